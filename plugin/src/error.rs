@@ -1,0 +1,100 @@
+//! The one error type of the core: every failure a user can cause names the file, field or
+//! tensor, the value found, and what would be valid.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading a model folder or generating an image.
+///
+/// Loading errors name the file (and tensor or config field); request errors name the
+/// request field and its value. Nothing in the core panics on user input: a malformed
+/// file or request always ends in one of these variants.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffusionError {
+    /// The model folder does not exist or is not a directory.
+    #[error("model folder {path} does not exist or is not a directory")]
+    ModelFolderMissing { path: PathBuf },
+
+    /// A file the diffusers layout requires is absent.
+    #[error("{path}: missing ({what})")]
+    MissingFile { path: PathBuf, what: String },
+
+    /// Weights stored as a Python pickle (`.bin`, `.ckpt`, `.pt`, `.pth`), which we never load.
+    #[error(
+        "{path}: pickled weights are refused (they can run arbitrary code); convert the model to \
+         safetensors, e.g. with diffusers' `save_pretrained(..., safe_serialization=True)`"
+    )]
+    PickleWeights { path: PathBuf },
+
+    /// A safetensors file that cannot be read: truncated, bad header, byte ranges that lie.
+    #[error("{path}: invalid safetensors file: {reason}")]
+    BadSafetensors { path: PathBuf, reason: String },
+
+    /// A tensor the config implies is absent from the weight file.
+    #[error("{path}: tensor `{tensor}` is missing (expected shape {expected:?})")]
+    MissingTensor { path: PathBuf, tensor: String, expected: Vec<usize> },
+
+    /// A tensor whose shape disagrees with the one implied by config.json.
+    #[error("{path}: tensor `{tensor}` has shape {found:?} but config.json implies {expected:?}")]
+    ShapeMismatch { path: PathBuf, tensor: String, expected: Vec<usize>, found: Vec<usize> },
+
+    /// A config file that cannot be parsed or has an invalid value.
+    #[error("{path}: field `{field}`: {reason}")]
+    InvalidConfig { path: PathBuf, field: String, reason: String },
+
+    /// A config key whose feature we do not implement; refused rather than silently ignored.
+    #[error("{path}: `{field}` = {value} is not supported by bevy_diffusion")]
+    UnsupportedConfig { path: PathBuf, field: String, value: String },
+
+    /// A model family we recognise but cannot run yet (e.g. SDXL).
+    #[error("{path}: {family} pipelines are not supported yet ({reason})")]
+    UnsupportedModel { path: PathBuf, family: String, reason: String },
+
+    /// The tokenizer files could not be loaded or a prompt could not be tokenized.
+    #[error("{path}: tokenizer error: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+
+    /// A generation request with an invalid field.
+    #[error("invalid request: `{field}` = {value}: {reason}")]
+    InvalidRequest { field: &'static str, value: String, reason: String },
+
+    /// A scheduler name that is not one of ours.
+    #[error(
+        "unknown scheduler `{0}`; expected one of: ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras, lcm"
+    )]
+    UnknownScheduler(String),
+
+    /// An image file (e.g. the img2img init image) that cannot be read or has the wrong size.
+    #[error("image {path}: {reason}")]
+    Image { path: PathBuf, reason: String },
+
+    /// The request was cancelled between two denoising steps.
+    #[error("cancelled")]
+    Cancelled,
+
+    /// A file-system error while reading or writing `path`.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A tensor operation failed (a shape bug or out of memory); not caused by user input.
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Shorthand for results of the core.
+pub type Result<T, E = DiffusionError> = std::result::Result<T, E>;
+
+impl DiffusionError {
+    /// An [`DiffusionError::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+
+    /// An [`DiffusionError::InvalidConfig`] for `path` and `field`.
+    pub fn config(path: impl Into<PathBuf>, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidConfig { path: path.into(), field: field.into(), reason: reason.into() }
+    }
+}

@@ -1,0 +1,1 @@
+//! STUB: tensor -> RGBA8.

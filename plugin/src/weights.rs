@@ -1,0 +1,1 @@
+//! STUB (owned by the loader helper): safetensors-only weight loading with typed errors.

@@ -1,0 +1,6 @@
+//! Integration tests of the bevy-free core against HF diffusers' reference tensors.
+
+mod models;
+mod schedulers;
+mod loading;
+mod pipeline;
