@@ -83,3 +83,66 @@ impl ResnetBlock2D {
         if self.output_scale_factor == 1.0 { Ok(out) } else { out / self.output_scale_factor }
     }
 }
+
+/// diffusers `Downsample2D` with `use_conv=True`: a stride-2 3x3 `conv`.
+///
+/// With `padding = 1` (UNet) the conv pads symmetrically; with `padding = 0` (VAE encoder)
+/// diffusers first pads right and bottom by one (`F.pad(x, (0, 1, 0, 1))`). Circular on tiled
+/// axes either way. `[b, c, h, w]` -> `[b, out, h/2, w/2]`.
+#[derive(Debug, Clone)]
+pub struct Downsample2D {
+    conv: candle_nn::Conv2d,
+    padding: usize,
+}
+
+impl Downsample2D {
+    /// Loads `conv` from `vb` (diffusers names it `downsamplers.0.conv`).
+    pub fn new(vb: VarBuilder, channels: usize, out_channels: usize, padding: usize) -> Result<Self> {
+        let cfg = candle_nn::Conv2dConfig { stride: 2, padding: 0, ..Default::default() };
+        let conv = candle_nn::conv2d(channels, out_channels, 3, cfg, vb.pp("conv"))?;
+        Ok(Self { conv, padding })
+    }
+
+    /// `[b, c, h, w]` -> `[b, out, h/2, w/2]`.
+    pub fn forward(&self, x: &Tensor, tiling: Tiling) -> Result<Tensor> {
+        let x = if self.padding == 0 {
+            let x = pad_end(x, 3, tiling.wraps_x())?;
+            pad_end(&x, 2, tiling.wraps_y())?
+        } else {
+            crate::tiling::pad_2d(x, self.padding, tiling)?
+        };
+        self.conv.forward(&x)
+    }
+}
+
+/// Pads one element at the end of `dim`: the first element when circular, else zero.
+fn pad_end(x: &Tensor, dim: usize, circular: bool) -> Result<Tensor> {
+    if circular {
+        Tensor::cat(&[x, &x.narrow(dim, 0, 1)?], dim)
+    } else {
+        x.pad_with_zeros(dim, 0, 1)
+    }
+}
+
+/// diffusers `Upsample2D` with `use_conv=True`: nearest-neighbour 2x, then a 3x3 `conv`.
+/// `[b, c, h, w]` -> `[b, out, 2h, 2w]`.
+#[derive(Debug, Clone)]
+pub struct Upsample2D {
+    conv: TiledConv2d,
+}
+
+impl Upsample2D {
+    /// Loads `conv` from `vb` (diffusers names it `upsamplers.0.conv`).
+    pub fn new(vb: VarBuilder, channels: usize, out_channels: usize) -> Result<Self> {
+        Ok(Self { conv: TiledConv2d::new(channels, out_channels, 3, 1, 1, vb.pp("conv"))? })
+    }
+
+    /// `[b, c, h, w]` -> `[b, out, 2h, 2w]`; `size` overrides the output size (diffusers'
+    /// `upsample_size`, used when a skip connection has an odd size).
+    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>, tiling: Tiling) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (oh, ow) = size.unwrap_or((2 * h, 2 * w));
+        let x = x.upsample_nearest2d(oh, ow)?;
+        self.conv.forward(&x, tiling)
+    }
+}
