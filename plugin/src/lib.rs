@@ -17,6 +17,7 @@
 //! # Ok::<(), bevy_diffusion::DiffusionError>(())
 //! ```
 
+pub mod embedded;
 pub mod error;
 pub mod model;
 pub mod model_folder;

@@ -1,20 +1,350 @@
-//! STUB (owned by the lead): prompt -> pixels.
-use crate::{GenerationRequest, Result, StableDiffusion};
+//! Where a prompt becomes pixels: the text-to-image and img2img pipeline, one linear story in the
+//! order of diffusers' `StableDiffusionPipeline.__call__` /
+//! `StableDiffusionImg2ImgPipeline.__call__`:
+//!
+//! 1. [`check_inputs`]: validate the request, resolve the output size.
+//! 2. [`encode_prompt`]: tokenize and encode `[uncond, cond]` (classifier-free guidance) or `[cond]`.
+//! 3. [`prepare_scheduler`]: build the scheduler from the folder's config; img2img keeps the tail
+//!    of the schedule (`strength`).
+//! 4. [`prepare_latents`]: unit noise times `init_noise_sigma`, or the VAE-encoded init image
+//!    noised to the first timestep.
+//! 5. [`denoise`]: the loop: UNet (twice batched for guidance), guidance, scheduler step, hooks
+//!    (progress, preview, cancel).
+//! 6. [`decode_latents`]: VAE decode and map to RGBA8 ([`crate::postprocess`]).
+//!
+//! All randomness comes from the request's seed through [`crate::noise`], or from tensors the
+//! caller passes in [`ExplicitNoise`], so the same request gives the same bytes.
+
+use candle_core::{DType, Tensor};
+use image::RgbaImage;
+
+use crate::error::{DiffusionError, Result};
+use crate::model::StableDiffusion;
+use crate::noise::{NoiseSource, SeededNoise};
+use crate::postprocess::{rgba_to_tensor, tensor_to_rgba};
+use crate::request::{GenerationRequest, InitImage};
+use crate::schedulers::{Scheduler, build_scheduler};
 
 /// The result of one generation.
+#[derive(Debug, Clone)]
 pub struct GeneratedImage {
-    /// RGBA8 pixels.
-    pub image: image::RgbaImage,
+    /// RGBA8 pixels, `width x height`. A 3-channel model gives alpha 255.
+    pub image: RgbaImage,
+    /// The seed the noise stream used (the request's).
+    pub seed: u64,
+    /// True when the prompt was longer than the text encoder's 77 tokens and was truncated.
+    pub prompt_truncated: bool,
+    /// Same for the negative prompt.
+    pub negative_prompt_truncated: bool,
+    /// Timesteps the UNet ran at, in order.
+    pub timesteps: Vec<f64>,
+    /// Latents after the last step, `[1, latent_channels, height/8, width/8]`, before the
+    /// division by the VAE's `scaling_factor`.
+    pub final_latents: Tensor,
 }
 
-/// Callbacks during generation.
-pub trait GenerationHooks {}
-/// No callbacks.
+/// Everything about one finished denoising step, for progress bars, previews and tests.
+/// Tensors are `[batch, channels, h/8, w/8]`; cloning them is cheap (reference counted).
+#[derive(Debug, Clone)]
+pub struct DenoisingStep {
+    /// 0-based index of this step among the steps that run.
+    pub step: usize,
+    /// Number of steps that run (img2img runs fewer than `num_inference_steps`).
+    pub total: usize,
+    /// The timestep the UNet saw.
+    pub timestep: f64,
+    /// x_t given to the scheduler.
+    pub latents_in: Tensor,
+    /// `scale_model_input(x_t)`, batched twice under guidance (`[2, ...]`, rows [uncond, cond]).
+    pub unet_input: Tensor,
+    /// Raw UNet output, rows [uncond, cond] under guidance.
+    pub unet_output: Tensor,
+    /// The guided prediction `uncond + g * (cond - uncond)` (= unet_output without guidance).
+    pub noise_pred: Tensor,
+    /// The scheduler's estimate of the clean latents (for previews).
+    pub pred_original_sample: Tensor,
+    /// The latents after the step.
+    pub latents_out: Tensor,
+}
+
+/// Callbacks during [`generate`] (stable-diffusion.cpp's progress/preview callbacks and cancel).
+pub trait GenerationHooks {
+    /// Called after every denoising step.
+    fn on_step(&mut self, _step: &DenoisingStep) {}
+    /// Polled before every UNet call; returning true ends the generation with
+    /// [`DiffusionError::Cancelled`].
+    fn should_cancel(&mut self) -> bool {
+        false
+    }
+}
+
+/// Hooks that do nothing.
+#[derive(Debug, Default, Clone, Copy)]
 pub struct NoHooks;
 impl GenerationHooks for NoHooks {}
 
-/// Runs one request.
-pub fn generate(model: &StableDiffusion, request: &GenerationRequest, hooks: &mut dyn GenerationHooks) -> Result<GeneratedImage> {
-    let _ = (model, request, hooks);
-    todo!()
+/// Noise given by the caller instead of drawing it from the seed (diffusers' `latents=` argument,
+/// the CLI's `--noise` file, or parity tests). Shapes `[1, latent_channels, height/8, width/8]`.
+#[derive(Debug, Clone, Default)]
+pub struct ExplicitNoise {
+    /// Text-to-image: the initial latents before scaling by `init_noise_sigma`.
+    /// img2img: the noise passed to the scheduler's `add_noise`.
+    pub noise: Option<Tensor>,
+    /// img2img: the unit draw for sampling the VAE posterior
+    /// (`image_latents = scaling_factor * (mean + std * eps)`).
+    pub vae_sample_eps: Option<Tensor>,
+}
+
+/// Runs `request` on `model` with noise from the request's seed.
+///
+/// Errors: [`DiffusionError::InvalidRequest`] for bad fields, [`DiffusionError::Image`] for an
+/// unreadable init image, [`DiffusionError::Cancelled`] when `hooks` cancels.
+pub fn generate(
+    model: &StableDiffusion,
+    request: &GenerationRequest,
+    hooks: &mut dyn GenerationHooks,
+) -> Result<GeneratedImage> {
+    let mut noise = SeededNoise::new(request.seed);
+    generate_with_noise(model, request, &ExplicitNoise::default(), &mut noise, hooks)
+}
+
+/// [`generate`] with caller-chosen noise: `explicit` replaces the named draws; every other draw
+/// (in diffusers' order: VAE sample, img2img/initial noise, then one per ancestral step) comes
+/// from `noise`.
+pub fn generate_with_noise(
+    model: &StableDiffusion,
+    request: &GenerationRequest,
+    explicit: &ExplicitNoise,
+    noise: &mut dyn NoiseSource,
+    hooks: &mut dyn GenerationHooks,
+) -> Result<GeneratedImage> {
+    // 1. Check inputs.
+    let init_image = load_init_image(request)?;
+    let (width, height) = check_inputs(model, request, init_image.as_ref())?;
+    // 2. Encode the prompt (and the negative prompt under guidance).
+    let guidance = request.guidance_scale > 1.0;
+    let prompt = encode_prompt(model, &request.prompt, &request.negative_prompt, guidance)?;
+    // 3. Timesteps.
+    let (mut scheduler, begin) = prepare_scheduler(model, request)?;
+    // 4. Latents.
+    let latents = prepare_latents(
+        model,
+        scheduler.as_ref(),
+        begin,
+        (width, height),
+        init_image.as_ref(),
+        explicit,
+        noise,
+    )?;
+    // 5. Denoising loop.
+    let final_latents = denoise(model, request, scheduler.as_mut(), begin, latents, &prompt.embeds, noise, hooks)?;
+    // 6. Decode.
+    let image = decode_latents(model, &final_latents, request.tiling)?;
+    Ok(GeneratedImage {
+        image,
+        seed: request.seed,
+        prompt_truncated: prompt.prompt_truncated,
+        negative_prompt_truncated: prompt.negative_prompt_truncated,
+        timesteps: scheduler.timesteps()[begin..].to_vec(),
+        final_latents,
+    })
+}
+
+/// Validates `request` against `model` and returns the output size `(width, height)` in pixels:
+/// the request's, else the init image's, else the UNet's native `sample_size * vae_scale`.
+pub fn check_inputs(
+    model: &StableDiffusion,
+    request: &GenerationRequest,
+    init_image: Option<&RgbaImage>,
+) -> Result<(u32, u32)> {
+    let scale = model.vae_config.downscale_factor;
+    request.validate(scale)?;
+    let native = (model.unet_config.sample_size * scale) as u32;
+    let pick = |requested: u32, from_image: Option<u32>| {
+        if requested != 0 {
+            requested
+        } else {
+            from_image.map(|v| v - v % scale as u32).filter(|&v| v > 0).unwrap_or(native)
+        }
+    };
+    let width = pick(request.width, init_image.map(|i| i.width()));
+    let height = pick(request.height, init_image.map(|i| i.height()));
+    Ok((width, height))
+}
+
+/// Reads the init image of an img2img request (RGBA8), or `None` for text-to-image.
+fn load_init_image(request: &GenerationRequest) -> Result<Option<RgbaImage>> {
+    match &request.init_image {
+        None => Ok(None),
+        Some(InitImage::Path(path)) => image::open(path)
+            .map(|i| Some(i.to_rgba8()))
+            .map_err(|e| DiffusionError::Image { path: path.clone(), reason: e.to_string() }),
+        Some(InitImage::Rgba { width, height, pixels }) => RgbaImage::from_raw(*width, *height, pixels.clone())
+            .map(Some)
+            .ok_or_else(|| DiffusionError::InvalidRequest {
+                field: "init_image",
+                value: format!("{width}x{height} with {} bytes", pixels.len()),
+                reason: "RGBA8 pixels must have width * height * 4 bytes".into(),
+            }),
+    }
+}
+
+/// Prompt embeddings for the UNet's cross-attention.
+#[derive(Debug, Clone)]
+pub struct PromptEmbeds {
+    /// `[2, 77, cross_attention_dim]` rows [uncond, cond] under guidance, else `[1, 77, dim]`.
+    pub embeds: Tensor,
+    pub prompt_truncated: bool,
+    pub negative_prompt_truncated: bool,
+}
+
+/// diffusers' `encode_prompt`: tokenizes `prompt` (and, under guidance, `negative_prompt`; empty
+/// = the empty prompt, as diffusers' `negative_prompt=None`) and runs the text encoder once on the
+/// batch `[uncond, cond]`.
+pub fn encode_prompt(
+    model: &StableDiffusion,
+    prompt: &str,
+    negative_prompt: &str,
+    guidance: bool,
+) -> Result<PromptEmbeds> {
+    let cond = model.tokenizer.encode(prompt)?;
+    let mut rows = Vec::new();
+    let mut negative_prompt_truncated = false;
+    if guidance {
+        let uncond = model.tokenizer.encode(negative_prompt)?;
+        negative_prompt_truncated = uncond.truncated;
+        rows.extend_from_slice(&uncond.ids);
+    }
+    rows.extend_from_slice(&cond.ids);
+    let batch = if guidance { 2 } else { 1 };
+    let ids = Tensor::from_vec(rows, (batch, cond.ids.len()), &model.device)?;
+    let embeds = model.text_encoder.forward(&ids)?;
+    Ok(PromptEmbeds { embeds, prompt_truncated: cond.truncated, negative_prompt_truncated })
+}
+
+/// Builds the request's scheduler from the folder's config and returns it with the index of the
+/// first step to run: 0 for text-to-image; for img2img diffusers' `get_timesteps`:
+/// `init_timestep = min(int(steps * strength), steps)`, `begin = steps - init_timestep`.
+pub fn prepare_scheduler(model: &StableDiffusion, request: &GenerationRequest) -> Result<(Box<dyn Scheduler>, usize)> {
+    let kind = request.scheduler.unwrap_or_else(|| model.scheduler_config.default_kind());
+    let steps = request.num_inference_steps;
+    let scheduler = build_scheduler(&model.scheduler_config, kind, steps, request.timestep_spacing)?;
+    let begin = if request.init_image.is_some() {
+        let init_timestep = ((steps as f64 * request.strength) as usize).min(steps);
+        steps - init_timestep
+    } else {
+        0
+    };
+    if begin >= steps {
+        return Err(DiffusionError::InvalidRequest {
+            field: "strength",
+            value: request.strength.to_string(),
+            reason: format!("runs no step with num_inference_steps = {steps}; raise strength or steps"),
+        });
+    }
+    Ok((scheduler, begin))
+}
+
+/// The starting latents `[1, latent_channels, height/8, width/8]`.
+///
+/// Text-to-image: `noise * init_noise_sigma` (diffusers' `prepare_latents`). img2img: the init
+/// image resized to `size`, VAE-encoded, sampled (`mean + std * eps`), times `scaling_factor`,
+/// then `scheduler.add_noise(image_latents, noise, begin)`.
+pub fn prepare_latents(
+    model: &StableDiffusion,
+    scheduler: &dyn Scheduler,
+    begin: usize,
+    (width, height): (u32, u32),
+    init_image: Option<&RgbaImage>,
+    explicit: &ExplicitNoise,
+    noise: &mut dyn NoiseSource,
+) -> Result<Tensor> {
+    let scale = model.vae_config.downscale_factor;
+    let shape = [1, model.unet_config.in_channels, height as usize / scale, width as usize / scale];
+    let mut draw = |given: &Option<Tensor>, what: &'static str| -> Result<Tensor> {
+        match given {
+            Some(t) if t.dims() == shape => Ok(t.to_dtype(DType::F32)?.to_device(&model.device)?),
+            Some(t) => Err(DiffusionError::InvalidRequest {
+                field: what,
+                value: format!("shape {:?}", t.dims()),
+                reason: format!("expected shape {shape:?}"),
+            }),
+            None => Ok(noise.randn(&shape, &model.device)?),
+        }
+    };
+    let Some(image) = init_image else {
+        return Ok((draw(&explicit.noise, "noise")? * scheduler.init_noise_sigma())?);
+    };
+    let image = if image.dimensions() == (width, height) {
+        image.clone()
+    } else {
+        image::imageops::resize(image, width, height, image::imageops::FilterType::Lanczos3)
+    };
+    let pixels = rgba_to_tensor(&image, model.vae_config.in_channels, &model.device)?;
+    let posterior = model.vae.encode(&pixels)?;
+    let eps = draw(&explicit.vae_sample_eps, "vae_sample_eps")?;
+    let image_latents = (posterior.sample(&eps)? * model.vae_config.scaling_factor)?;
+    let noise = draw(&explicit.noise, "noise")?;
+    Ok(scheduler.add_noise(&image_latents, &noise, begin)?)
+}
+
+/// The denoising loop over `scheduler.timesteps()[begin..]`: per step, the UNet on
+/// `scale_model_input(x)` (batched `[uncond, cond]` under guidance), the guided prediction
+/// `uncond + guidance_scale * (cond - uncond)`, and the scheduler step. Returns the final latents.
+#[allow(clippy::too_many_arguments)]
+pub fn denoise(
+    model: &StableDiffusion,
+    request: &GenerationRequest,
+    scheduler: &mut dyn Scheduler,
+    begin: usize,
+    mut latents: Tensor,
+    prompt_embeds: &Tensor,
+    noise: &mut dyn NoiseSource,
+    hooks: &mut dyn GenerationHooks,
+) -> Result<Tensor> {
+    let guidance = prompt_embeds.dim(0)? == 2;
+    let timesteps = scheduler.timesteps().to_vec();
+    let total = timesteps.len() - begin;
+    for (step, (index, &timestep)) in timesteps.iter().enumerate().skip(begin).enumerate() {
+        if hooks.should_cancel() {
+            return Err(DiffusionError::Cancelled);
+        }
+        let batch = if guidance { Tensor::cat(&[&latents, &latents], 0)? } else { latents.clone() };
+        let unet_input = scheduler.scale_model_input(&batch, index)?;
+        let unet_output = model.unet.forward(&unet_input, timestep, prompt_embeds, request.tiling)?;
+        let noise_pred = if guidance {
+            let uncond = unet_output.get(0)?.unsqueeze(0)?;
+            let cond = unet_output.get(1)?.unsqueeze(0)?;
+            (&uncond + ((cond - &uncond)? * request.guidance_scale)?)?
+        } else {
+            unet_output.clone()
+        };
+        let out = scheduler.step(&noise_pred, index, &latents, noise)?;
+        hooks.on_step(&DenoisingStep {
+            step,
+            total,
+            timestep,
+            latents_in: latents,
+            unet_input,
+            unet_output,
+            noise_pred,
+            pred_original_sample: out.pred_original_sample,
+            latents_out: out.prev_sample.clone(),
+        });
+        latents = out.prev_sample;
+    }
+    Ok(latents)
+}
+
+/// diffusers' `vae.decode(latents / scaling_factor)` then `postprocess`: `[1, C, h, w]` latents
+/// to an RGBA8 image of `8w x 8h` pixels (circular decoder convolutions on tiled axes).
+pub fn decode_latents(model: &StableDiffusion, latents: &Tensor, tiling: crate::Tiling) -> Result<RgbaImage> {
+    let decoded = decode_latents_raw(model, latents, tiling)?;
+    Ok(tensor_to_rgba(&decoded)?)
+}
+
+/// The VAE's raw output for `latents` (`[1, out_channels, 8h, 8w]`, roughly [-1, 1], unclamped).
+pub fn decode_latents_raw(model: &StableDiffusion, latents: &Tensor, tiling: crate::Tiling) -> Result<Tensor> {
+    let z = (latents / model.vae_config.scaling_factor)?;
+    Ok(model.vae.decode(&z, tiling)?)
 }
