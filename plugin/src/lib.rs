@@ -17,6 +17,7 @@
 //! # Ok::<(), bevy_diffusion::DiffusionError>(())
 //! ```
 
+pub mod cache;
 pub mod embedded;
 pub mod error;
 pub mod model;
@@ -30,6 +31,7 @@ pub mod schedulers;
 pub mod tiling;
 pub mod tokenizer;
 pub mod weights;
+pub mod worker;
 
 pub use error::{DiffusionError, Result};
 pub use model::{LoadOptions, StableDiffusion};
