@@ -25,7 +25,7 @@ impl CacheKey {
         h.update(model_identity.as_bytes());
         h.update(b"\0");
         // serde_json of a struct is deterministic (fields in declaration order).
-        h.update(&serde_json::to_vec(request).unwrap_or_default());
+        h.update(&serde_json::to_vec(&request.pixel_fields()).unwrap_or_default());
         Self(*h.finalize().as_bytes())
     }
 
@@ -122,7 +122,9 @@ mod tests {
         assert_eq!(k, CacheKey::new("m1", &r.clone()));
         assert_ne!(k, CacheKey::new("m2", &r));
         assert_ne!(k, CacheKey::new("m1", &GenerationRequest { seed: 1, ..r.clone() }));
-        assert_ne!(k, CacheKey::new("m1", &GenerationRequest { tiling: crate::Tiling::XY, ..r }));
+        assert_ne!(k, CacheKey::new("m1", &GenerationRequest { tiling: crate::Tiling::XY, ..r.clone() }));
+        let other_player = GenerationRequest { player: Some("bob".into()), priority: 3, ..r };
+        assert_eq!(k, CacheKey::new("m1", &other_player), "scheduling fields do not change the key");
     }
 
     #[test]

@@ -18,7 +18,29 @@ pub enum InitImage {
     Rgba { width: u32, height: u32, pixels: Vec<u8> },
 }
 
-/// Everything that determines the pixels of one generation (with the model).
+/// What the image is for: decides post-processing (and, in the Bevy layer, the sampler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssetKind {
+    /// A surface texture: usually requested with seamless tiling; opaque.
+    #[default]
+    Texture,
+    /// An item sprite with real transparency: the model's alpha channel where it has one, else the
+    /// solid background colour is keyed out with soft edges ([`crate::postprocess::key_out_background`]).
+    Sprite,
+}
+
+/// An optional pixel-art pass: snap to a grid of `cell`-pixel blocks and to a palette.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PixelArt {
+    /// Block size in pixels (>= 1): each block becomes one flat colour.
+    pub cell: u32,
+    /// Number of palette colours (2..=256).
+    pub colors: u32,
+}
+
+/// Everything that determines the pixels of one generation (with the model), plus two
+/// scheduling fields (`player`, `priority`) that do not.
 ///
 /// Same request + same model = same bytes on the same machine. Defaults follow diffusers'
 /// `StableDiffusionPipeline.__call__`, except the size (the model's native size when 0).
@@ -52,6 +74,14 @@ pub struct GenerationRequest {
     pub init_image: Option<InitImage>,
     /// img2img strength in (0, 1]: the fraction of the schedule that runs (1 = ignore the image).
     pub strength: f64,
+    /// Texture or sprite (post-processing).
+    pub kind: AssetKind,
+    /// Optional pixel-art pass applied after decoding.
+    pub pixel_art: Option<PixelArt>,
+    /// Whose request this is (queue quotas, "cancel all of a player's"); does not change pixels.
+    pub player: Option<String>,
+    /// Queue priority, higher first; does not change pixels.
+    pub priority: i32,
 }
 
 impl Default for GenerationRequest {
@@ -69,6 +99,10 @@ impl Default for GenerationRequest {
             tiling: Tiling::None,
             init_image: None,
             strength: 0.8,
+            kind: AssetKind::Texture,
+            pixel_art: None,
+            player: None,
+            priority: 0,
         }
     }
 }
@@ -106,7 +140,28 @@ impl GenerationRequest {
         if self.init_image.is_some() && !(self.strength > 0.0 && self.strength <= 1.0) {
             return bad("strength", self.strength.to_string(), "must be in (0, 1]".into());
         }
+        if let Some(p) = self.pixel_art
+            && (p.cell == 0 || !(2..=256).contains(&p.colors))
+        {
+            return bad("pixel_art", format!("{p:?}"), "cell must be >= 1 and colors in 2..=256".into());
+        }
         Ok(())
+    }
+
+    /// A seamless (x and y) texture request for `prompt`.
+    pub fn texture(prompt: impl Into<String>) -> Self {
+        Self { prompt: prompt.into(), tiling: Tiling::XY, kind: AssetKind::Texture, ..Default::default() }
+    }
+
+    /// A sprite request for `prompt` (transparent background, no tiling).
+    pub fn sprite(prompt: impl Into<String>) -> Self {
+        Self { prompt: prompt.into(), kind: AssetKind::Sprite, ..Default::default() }
+    }
+
+    /// The request without its scheduling fields (`player`, `priority`): what the pixels depend
+    /// on, and so what caches key on.
+    pub fn pixel_fields(&self) -> Self {
+        Self { player: None, priority: 0, ..self.clone() }
     }
 }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use image::RgbaImage;
 
+use crate::cache::{CacheKey, ImageCache};
 use crate::error::DiffusionError;
 use crate::pipeline::{DenoisingStep, GenerationHooks};
 use crate::request::GenerationRequest;
@@ -51,22 +52,23 @@ pub struct WorkerConfig {
     pub compute_threads: Option<usize>,
     /// Send a preview every this many steps (`None` = no previews).
     pub preview_every: Option<usize>,
+    /// Finished images kept in memory for cache hits (0 = no memory cache).
+    pub cache_memory_entries: usize,
+    /// Directory of the on-disk cache (`None` = no disk cache).
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { max_queued: 64, max_per_player: 8, compute_threads: None, preview_every: Some(1) }
+        Self {
+            max_queued: 64,
+            max_per_player: 8,
+            compute_threads: None,
+            preview_every: Some(1),
+            cache_memory_entries: 64,
+            cache_dir: None,
+        }
     }
-}
-
-/// A job as queued: the request plus scheduling data that does not change the pixels.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub request: GenerationRequest,
-    /// Whose request it is (for quotas and "cancel all of a player's").
-    pub player: Option<String>,
-    /// Higher runs first; equal priorities run in submission order.
-    pub priority: i32,
 }
 
 /// Why a submission was refused at once.
@@ -90,13 +92,14 @@ pub enum WorkerEvent {
     Started { id: RequestId },
     /// A denoising step finished (`step` is 1-based); `preview` when previews are on.
     Progress { id: RequestId, step: usize, total: usize, preview: Option<RgbaImage> },
-    Finished { id: RequestId, image: RgbaImage, seed: u64, elapsed: Duration },
+    /// The final image; `cached` when it came from the cache without running the model.
+    Finished { id: RequestId, image: RgbaImage, seed: u64, elapsed: Duration, cached: bool },
     Failed { id: RequestId, reason: String },
     Cancelled { id: RequestId },
 }
 
 enum Command {
-    Submit(RequestId, Job),
+    Submit(RequestId, GenerationRequest),
     Cancel(RequestId),
     CancelPlayer(String),
 }
@@ -140,6 +143,7 @@ impl GenerationWorker {
                     commands: cmd_rx,
                     events: ev_tx,
                     occupancy: thread_occupancy,
+                    cache: ImageCache::new(thread_config.cache_memory_entries, thread_config.cache_dir.clone()),
                     config: thread_config,
                     stopped: false,
                 };
@@ -154,7 +158,7 @@ impl GenerationWorker {
     }
 
     /// Queues `job`; answers at once with its id or why it was refused.
-    pub fn submit(&self, job: Job) -> Result<RequestId, SubmitError> {
+    pub fn submit(&self, job: GenerationRequest) -> Result<RequestId, SubmitError> {
         let mut occ = self.occupancy.lock().map_err(|_| SubmitError::WorkerStopped)?;
         if occ.total >= self.config.max_queued {
             return Err(SubmitError::QueueFull { queued: occ.total, limit: self.config.max_queued });
@@ -224,7 +228,7 @@ fn rayon_pool(threads: Option<usize>) -> Option<rayon::ThreadPool> {
 #[derive(Debug)]
 struct Queued {
     id: RequestId,
-    job: Job,
+    job: GenerationRequest,
 }
 impl PartialEq for Queued {
     fn eq(&self, other: &Self) -> bool {
@@ -250,6 +254,7 @@ struct WorkerThread {
     events: Sender<WorkerEvent>,
     occupancy: Arc<Mutex<Occupancy>>,
     config: WorkerConfig,
+    cache: ImageCache,
     stopped: bool,
 }
 
@@ -331,14 +336,25 @@ impl WorkerThread {
         }
     }
 
-    fn run_job<G: Generator>(&mut self, model: &G, id: RequestId, job: Job) {
+    fn run_job<G: Generator>(&mut self, model: &G, id: RequestId, job: GenerationRequest) {
         let _ = self.events.send(WorkerEvent::Started { id });
         let started = Instant::now();
-        let mut hooks = JobHooks { worker: self, model, id, player: job.player.clone(), cancelled: false };
-        let result = catch_unwind(AssertUnwindSafe(|| model.generate(&job.request, &mut hooks)));
+        let key = (self.config.cache_memory_entries > 0 || self.config.cache_dir.is_some())
+            .then(|| CacheKey::new(&model.identity(), &job));
+        if let Some(image) = key.and_then(|k| self.cache.get(&k)) {
+            let event = WorkerEvent::Finished { id, image, seed: job.seed, elapsed: started.elapsed(), cached: true };
+            return self.finish(id, &job, event);
+        }
+        let mut hooks = GenerationRequestHooks { worker: self, model, id, player: job.player.clone(), cancelled: false };
+        let result = catch_unwind(AssertUnwindSafe(|| model.generate(&job, &mut hooks)));
         let cancelled = hooks.cancelled;
         let event = match result {
-            Ok(Ok(image)) => WorkerEvent::Finished { id, image, seed: job.request.seed, elapsed: started.elapsed() },
+            Ok(Ok(image)) => {
+                if let Some(k) = key {
+                    self.cache.put(k, &image);
+                }
+                WorkerEvent::Finished { id, image, seed: job.seed, elapsed: started.elapsed(), cached: false }
+            }
             Ok(Err(DiffusionError::Cancelled)) => WorkerEvent::Cancelled { id },
             Ok(Err(_)) if cancelled => WorkerEvent::Cancelled { id },
             Ok(Err(e)) => WorkerEvent::Failed { id, reason: e.to_string() },
@@ -348,7 +364,7 @@ impl WorkerThread {
     }
 
     /// Sends the job's last event and frees its slot.
-    fn finish(&mut self, _id: RequestId, job: &Job, event: WorkerEvent) {
+    fn finish(&mut self, _id: RequestId, job: &GenerationRequest, event: WorkerEvent) {
         if let Ok(mut occ) = self.occupancy.lock() {
             occ.total = occ.total.saturating_sub(1);
             if let Some(player) = &job.player
@@ -364,7 +380,7 @@ impl WorkerThread {
     }
 }
 
-struct JobHooks<'a, G: Generator> {
+struct GenerationRequestHooks<'a, G: Generator> {
     worker: &'a mut WorkerThread,
     model: &'a G,
     id: RequestId,
@@ -372,7 +388,7 @@ struct JobHooks<'a, G: Generator> {
     cancelled: bool,
 }
 
-impl<G: Generator> GenerationHooks for JobHooks<'_, G> {
+impl<G: Generator> GenerationHooks for GenerationRequestHooks<'_, G> {
     fn on_step(&mut self, step: &DenoisingStep) {
         let n = step.step + 1;
         let preview = match self.worker.config.preview_every {
@@ -450,11 +466,14 @@ mod tests {
         }
     }
 
-    fn job(prompt: &str, seed: u64, steps: usize, player: Option<&str>, priority: i32) -> Job {
-        Job {
-            request: GenerationRequest { prompt: prompt.into(), seed, num_inference_steps: steps, ..Default::default() },
+    fn job(prompt: &str, seed: u64, steps: usize, player: Option<&str>, priority: i32) -> GenerationRequest {
+        GenerationRequest {
+            prompt: prompt.into(),
+            seed,
+            num_inference_steps: steps,
             player: player.map(str::to_string),
             priority,
+            ..Default::default()
         }
     }
 
@@ -549,5 +568,26 @@ mod tests {
         let events = wait_all(&w, &[id]);
         assert!(matches!(&events[0], WorkerEvent::ModelFailed { reason } if reason.contains("/nope")));
         assert_eq!(ended(&events), vec![(id, "failed")]);
+    }
+
+    #[test]
+    fn a_cache_hit_returns_the_same_pixels_without_running_the_model() {
+        let w = GenerationWorker::spawn(WorkerConfig::default(), || Ok(Fake { step_ms: 1 }));
+        let a = w.submit(job("wall", 9, 3, Some("ann"), 0)).unwrap();
+        let first = wait_all(&w, &[a]);
+        // Same pixels fields, other player: a hit.
+        let b = w.submit(job("wall", 9, 3, Some("bob"), 0)).unwrap();
+        let second = wait_all(&w, &[b]);
+        let image_of = |evs: &[WorkerEvent], want: RequestId| {
+            evs.iter().find_map(|e| match e {
+                WorkerEvent::Finished { id, image, cached, .. } if *id == want => Some((image.clone(), *cached)),
+                _ => None,
+            })
+        };
+        let (img_a, cached_a) = image_of(&first, a).unwrap();
+        let (img_b, cached_b) = image_of(&second, b).unwrap();
+        assert!(!cached_a && cached_b);
+        assert_eq!(img_a, img_b);
+        assert!(!second.iter().any(|e| matches!(e, WorkerEvent::Progress { .. })), "no model steps on a hit");
     }
 }
