@@ -20,12 +20,14 @@
 pub mod cache;
 pub mod embedded;
 pub mod error;
+pub mod generator;
 pub mod model;
 pub mod model_folder;
 pub mod models;
 pub mod noise;
 pub mod pipeline;
 pub mod postprocess;
+pub mod preview;
 pub mod request;
 pub mod schedulers;
 pub mod tiling;
