@@ -263,16 +263,17 @@ impl WorkerThread {
         let model = match catch_unwind(AssertUnwindSafe(load)) {
             Ok(Ok(model)) => {
                 let _ = self.events.send(WorkerEvent::ModelLoaded { identity: model.identity() });
-                Some(model)
+                Ok(model)
             }
             Ok(Err(e)) => {
-                let _ = self.events.send(WorkerEvent::ModelFailed { reason: e.to_string() });
-                None
+                let reason = e.to_string();
+                let _ = self.events.send(WorkerEvent::ModelFailed { reason: reason.clone() });
+                Err(reason)
             }
             Err(panic) => {
                 let reason = format!("model loading panicked: {}", panic_message(&panic));
-                let _ = self.events.send(WorkerEvent::ModelFailed { reason });
-                None
+                let _ = self.events.send(WorkerEvent::ModelFailed { reason: reason.clone() });
+                Err(reason)
             }
         };
         loop {
@@ -289,8 +290,11 @@ impl WorkerThread {
             }
             let Some(Queued { id, job }) = self.queue.pop() else { continue };
             match &model {
-                Some(model) => self.run_job(model, id, job),
-                None => self.finish(id, &job, WorkerEvent::Failed { id, reason: "the model failed to load".into() }),
+                Ok(model) => self.run_job(model, id, job),
+                Err(why) => {
+                    let reason = format!("the model failed to load: {why}");
+                    self.finish(id, &job, WorkerEvent::Failed { id, reason })
+                }
             }
         }
     }

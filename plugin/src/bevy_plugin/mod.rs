@@ -1,0 +1,104 @@
+//! The Bevy layer (feature `bevy`): [`DiffusionPlugin`], the [`Diffusion`] system parameter, the
+//! messages, and [`DiffusionStatus`].
+//!
+//! # Frame order
+//!
+//! - `PreStartup`, [`DiffusionSet::Start`]: the worker thread starts and loads the model in the
+//!   background; the first frames run while it loads ([`DiffusionStatus::Loading`]).
+//! - `PreUpdate`, [`DiffusionSet::Poll`]: the worker's news of the last frame is drained (bounded
+//!   per frame, never blocking): model ready/failed, progress, previews and results are written
+//!   into the requests' images and sent as messages. Systems in `Update` therefore see this
+//!   frame's messages without any ordering; systems in `PreUpdate` that want them go
+//!   `.after(DiffusionSet::Poll)`.
+//! - Submitting and cancelling ([`Diffusion::submit`], [`Diffusion::cancel`]) take effect at
+//!   once, from any system in any schedule.
+//!
+//! The model runs on the worker's own thread with a private pool of
+//! [`DiffusionSettings::compute_threads`] threads; Bevy's task pools are not used, so generation
+//! never stalls a frame.
+
+mod images;
+mod messages;
+mod request_param;
+mod runtime;
+mod settings;
+mod systems;
+
+use bevy::app::{App, Plugin, PreStartup, PreUpdate};
+use bevy::ecs::schedule::{IntoScheduleConfigs, SystemSet};
+
+pub use images::{placeholder, sampler_for, to_bevy_image};
+pub use messages::{
+    DiffusionStatus, GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress, GenerationStarted,
+    ModelLoadFailed, ModelReady,
+};
+pub use request_param::{Diffusion, Submitted};
+pub use runtime::DiffusionRuntime;
+pub use settings::{
+    BoxedGenerator, ComputeDevice, DiffusionSettings, GeneratorLoader, ModelSource, default_compute_threads,
+};
+
+use crate::worker::Generator;
+
+/// The plugin's systems, for ordering your own against them (see the [module docs](self)).
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiffusionSet {
+    /// `PreStartup`: start the worker, which loads the model in the background.
+    Start,
+    /// `PreUpdate`: drain the worker's events into images, [`DiffusionStatus`] and messages.
+    Poll,
+}
+
+/// Runs Stable-Diffusion-family models in the background and hands their images to the game as
+/// `Handle<Image>`s. Needs `AssetPlugin` and `ImagePlugin` (or `DefaultPlugins`).
+///
+/// `build` only registers resources, messages and systems; the model loads on the worker thread
+/// from `PreStartup` on.
+#[derive(Debug, Clone, Default)]
+pub struct DiffusionPlugin {
+    /// The plugin's settings.
+    pub settings: DiffusionSettings,
+}
+
+impl DiffusionPlugin {
+    /// A plugin with `settings`.
+    pub fn new(settings: DiffusionSettings) -> Self {
+        Self { settings }
+    }
+
+    /// The default model in `dir` (a diffusers-layout folder) with default settings.
+    pub fn from_folder(dir: impl Into<std::path::PathBuf>) -> Self {
+        Self::new(DiffusionSettings { model: ModelSource::Folder(dir.into()), ..Default::default() })
+    }
+
+    /// A plugin running your own [`Generator`], built by `load` on the worker thread.
+    pub fn with_generator<G, F>(load: F) -> Self
+    where
+        G: Generator,
+        F: Fn() -> crate::Result<G> + Send + Sync + 'static,
+    {
+        Self::new(DiffusionSettings { model: ModelSource::Custom(GeneratorLoader::new(load)), ..Default::default() })
+    }
+
+    /// Changes the settings in place (builder style).
+    pub fn configure(mut self, f: impl FnOnce(&mut DiffusionSettings)) -> Self {
+        f(&mut self.settings);
+        self
+    }
+}
+
+impl Plugin for DiffusionPlugin {
+    fn build(&self, app: &mut App) {
+        app.insert_resource(DiffusionRuntime::new(self.settings.clone()))
+            .init_resource::<DiffusionStatus>()
+            .add_message::<ModelReady>()
+            .add_message::<ModelLoadFailed>()
+            .add_message::<GenerationStarted>()
+            .add_message::<GenerationProgress>()
+            .add_message::<GenerationFinished>()
+            .add_message::<GenerationFailed>()
+            .add_message::<GenerationCancelled>()
+            .add_systems(PreStartup, systems::start_worker.in_set(DiffusionSet::Start))
+            .add_systems(PreUpdate, systems::poll_worker.in_set(DiffusionSet::Poll));
+    }
+}
