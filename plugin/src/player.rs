@@ -24,16 +24,38 @@ use crate::request::GenerationRequest;
 pub enum TemplateError {
     /// The template names an attribute the player does not have.
     #[error("prompt template `{template}` needs attribute `{name}`, which the player does not have")]
-    MissingAttribute { template: String, name: String },
+    MissingAttribute {
+        /// The template as written.
+        template: String,
+        /// The missing attribute.
+        name: String,
+    },
     /// A `{` without its `}`.
     #[error("prompt template `{template}`: `{{` at byte {at} is never closed (write `{{{{` for a literal brace)")]
-    Unclosed { template: String, at: usize },
+    Unclosed {
+        /// The template as written.
+        template: String,
+        /// Byte offset of the `{`.
+        at: usize,
+    },
     /// A `}` that closes nothing.
     #[error("prompt template `{template}`: stray `}}` at byte {at} (write `}}}}` for a literal brace)")]
-    StrayClose { template: String, at: usize },
+    StrayClose {
+        /// The template as written.
+        template: String,
+        /// Byte offset of the `}`.
+        at: usize,
+    },
     /// `{}` or a name with characters other than letters, digits, `_`, `-` and `.`.
     #[error("prompt template `{template}`: bad attribute name `{name}` at byte {at}")]
-    BadName { template: String, name: String, at: usize },
+    BadName {
+        /// The template as written.
+        template: String,
+        /// The name between the braces.
+        name: String,
+        /// Byte offset of the `{`.
+        at: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -280,7 +280,9 @@ impl WorkerThread {
             // Block for a command when idle.
             if self.queue.is_empty() {
                 match self.commands.recv() {
-                    Ok(cmd) => self.apply(cmd, None),
+                    Ok(cmd) => {
+                        self.apply(cmd, None);
+                    }
                     Err(_) => return,
                 }
             }

@@ -26,7 +26,7 @@ pub struct Submitted {
 /// ```no_run
 /// # use bevy::prelude::*;
 /// # use bevy_diffusion::{Diffusion, GenerationRequest};
-/// fn request_wall(mut diffusion: Diffusion, mut commands: Commands) {
+/// fn request_wall(mut diffusion: Diffusion) {
 ///     match diffusion.submit(GenerationRequest::texture("mossy stone wall")) {
 ///         Ok(job) => info!("request {} -> {:?}", job.id, job.handle),
 ///         Err(reason) => warn!("refused: {reason}"),
