@@ -156,6 +156,27 @@ fn previews_update_the_same_handle_during_denoising() {
 }
 
 #[test]
+fn with_previews_off_the_placeholder_stays_until_the_result() {
+    let (plugin, _) = Disc::plugin(3);
+    let mut app = app(plugin.configure(|s| s.previews = false));
+    let job = submit(&mut app, steps(1000)).expect("accepted");
+    wait_for(&mut app, "three progress messages", |app| log(app).progress_of(job.id).len() >= 3);
+    let (_, _, px) = pixels(&app, &job.handle);
+    assert!(px.chunks(4).all(|p| p == [128, 128, 128, 255]), "still the placeholder");
+    assert!(cancel(&mut app, job.id));
+    wait_ended(&mut app, job.id);
+}
+
+#[test]
+#[should_panic(expected = "AssetPlugin and ImagePlugin")]
+fn the_plugin_names_the_plugins_it_needs() {
+    let (plugin, _) = Disc::plugin(0);
+    let mut app = App::new();
+    app.add_plugins((MinimalPlugins, plugin));
+    app.finish();
+}
+
+#[test]
 fn cancel_stops_a_running_job_within_one_step_and_frees_its_slot() {
     let (plugin, steps_done) = Disc::plugin(5);
     let mut app = app(plugin.configure(|s| s.max_queued = 1));

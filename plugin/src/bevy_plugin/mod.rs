@@ -101,4 +101,12 @@ impl Plugin for DiffusionPlugin {
             .add_systems(PreStartup, systems::start_worker.in_set(DiffusionSet::Start))
             .add_systems(PreUpdate, systems::poll_worker.in_set(DiffusionSet::Poll));
     }
+
+    fn finish(&self, app: &mut App) {
+        // Fail at start-up with the fix rather than at the first frame with a missing resource.
+        assert!(
+            app.world().contains_resource::<bevy::asset::Assets<bevy::image::Image>>(),
+            "DiffusionPlugin needs Bevy's AssetPlugin and ImagePlugin (or DefaultPlugins) in the app"
+        );
+    }
 }
