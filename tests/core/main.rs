@@ -4,3 +4,4 @@ mod models;
 mod schedulers;
 mod loading;
 mod pipeline;
+mod vae;
