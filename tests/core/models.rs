@@ -446,3 +446,41 @@ fn unet_odd_latent_size_keeps_its_shape() {
         assert_eq!(out.dims(), &[1, 4, 7, 5]);
     }
 }
+
+/// Timing of one SD 1.5-sized UNet call (batch 2 = CFG, 64x64 latents = 512 px) with zero
+/// weights (the cost does not depend on the values). Needs ~6 GB of RAM; run with
+/// `cargo test -p bevy_diffusion_tests --test core sd15_sized_unet_speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn sd15_sized_unet_speed() {
+    let config = edited_unet_config("sd15", |m| {
+        for (k, v) in serde_json::json!({
+            "block_out_channels": [320, 640, 1280, 1280],
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "cross_attention_dim": 768,
+            "attention_head_dim": 8,
+            "sample_size": 64,
+        })
+        .as_object()
+        .unwrap()
+        {
+            m.insert(k.clone(), v.clone());
+        }
+    });
+    let cfg = UNet2DConditionConfig::from_file(&config).unwrap();
+    let model =
+        UNet2DConditionModel::new(VarBuilder::zeros(DType::F32, &Device::Cpu), &cfg).unwrap();
+    let sample = Tensor::randn(0f32, 1., (2, 4, 64, 64), &Device::Cpu).unwrap();
+    let context = Tensor::randn(0f32, 1., (2, 77, 768), &Device::Cpu).unwrap();
+    let start = std::time::Instant::now();
+    let out = model
+        .forward(&sample, 500.0, &context, Tiling::None)
+        .unwrap();
+    println!(
+        "SD 1.5-sized UNet, batch 2, 64x64: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(out.dims(), &[2, 4, 64, 64]);
+    std::fs::remove_dir_all(config.parent().unwrap()).ok();
+}

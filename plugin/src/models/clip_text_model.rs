@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde_json::Value;
 
@@ -227,16 +227,15 @@ impl ClipTextModel {
         let device = input_ids.device();
         let positions = Tensor::arange(0u32, seq as u32, device)?;
         let tokens = self.token_embedding.forward(input_ids)?;
-        let dtype = tokens.dtype();
         let mut h = tokens.broadcast_add(&self.position_embedding.forward(&positions)?)?;
-        let mask = causal_mask(seq, device)?.to_dtype(DType::F32)?;
+        let mask = causal_mask(seq, device)?;
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         hidden_states.push(h.clone());
         for layer in &self.layers {
             h = layer.forward(&h, &mask)?;
             hidden_states.push(h.clone());
         }
-        let last = self.final_layer_norm.forward(&h)?.to_dtype(dtype)?;
+        let last = self.final_layer_norm.forward(&h)?;
         Ok((last, hidden_states))
     }
 }
