@@ -33,6 +33,7 @@ impl ClipActivation {
 /// `CLIPTextConfig` defaults.
 #[derive(Debug, Clone)]
 pub struct ClipTextConfig {
+    /// Token ids are in `0..vocab_size` (49408 for CLIP).
     pub vocab_size: usize,
     /// Width of the token embeddings and of `last_hidden_state` (768 SD 1.x, 1024 SD 2.x).
     pub hidden_size: usize,
@@ -40,9 +41,13 @@ pub struct ClipTextConfig {
     pub max_position_embeddings: usize,
     /// Width of the MLP.
     pub intermediate_size: usize,
+    /// Encoder layers (12 SD 1.x, 23 in SD 2.x checkpoints).
     pub num_hidden_layers: usize,
+    /// Attention heads (they divide `hidden_size`).
     pub num_attention_heads: usize,
+    /// MLP activation.
     pub hidden_act: ClipActivation,
+    /// Eps of every LayerNorm (1e-5).
     pub layer_norm_eps: f64,
     /// `projection_dim` (of the CLIP model this encoder was cut from); unused by `CLIPTextModel`.
     pub projection_dim: Option<usize>,

@@ -65,7 +65,9 @@ fn resnet_config(
 /// Configuration of a [`DownBlock`].
 #[derive(Debug, Clone, Copy)]
 pub struct DownBlockConfig {
+    /// Channels of the input (the previous block's output).
     pub in_channels: usize,
+    /// Channels of every resnet output.
     pub out_channels: usize,
     /// Width of the timestep embedding.
     pub temb_channels: usize,
@@ -84,7 +86,7 @@ pub struct DownBlockConfig {
 }
 
 /// diffusers' `CrossAttnDownBlock2D` (with `attentions`) or `DownBlock2D` (without):
-/// `num_layers` x (`resnets.i` [-> `attentions.i`]), then an optional `downsamplers.0`.
+/// `num_layers` x (`resnets.i`, then `attentions.i` if any), then an optional `downsamplers.0`.
 #[derive(Debug, Clone)]
 pub struct DownBlock {
     resnets: Vec<ResnetBlock2D>,
@@ -171,9 +173,13 @@ impl DownBlock {
 /// Configuration of a [`UNetMidBlock2DCrossAttn`].
 #[derive(Debug, Clone, Copy)]
 pub struct MidBlockConfig {
+    /// Channels in and out (`block_out_channels[-1]`).
     pub channels: usize,
+    /// Width of the timestep embedding.
     pub temb_channels: usize,
+    /// `norm_eps` of the UNet config.
     pub resnet_eps: f64,
+    /// `norm_num_groups` of the UNet config.
     pub resnet_groups: usize,
     /// `mid_block_scale_factor`: the resnets' `output_scale_factor`.
     pub output_scale_factor: f64,
@@ -243,20 +249,24 @@ pub struct UpBlockConfig {
     pub in_channels: usize,
     /// Channels of the incoming hidden state (the previous up block's output).
     pub prev_output_channels: usize,
+    /// Channels of every resnet output.
     pub out_channels: usize,
+    /// Width of the timestep embedding.
     pub temb_channels: usize,
     /// Resnets in the block (`layers_per_block + 1`).
     pub num_layers: usize,
     /// A nearest-2x `upsamplers.0` follows (every block but the last).
     pub add_upsample: bool,
+    /// `norm_eps` of the UNet config.
     pub resnet_eps: f64,
+    /// `norm_num_groups` of the UNet config.
     pub resnet_groups: usize,
     /// `Some` for `CrossAttnUpBlock2D`, `None` for `UpBlock2D`.
     pub cross_attention: Option<CrossAttnConfig>,
 }
 
 /// diffusers' `CrossAttnUpBlock2D` (with `attentions`) or `UpBlock2D` (without): per layer, the
-/// last skip connection is concatenated on channels, then `resnets.i` [-> `attentions.i`];
+/// last skip connection is concatenated on channels, then `resnets.i` (then `attentions.i` if any);
 /// finally an optional `upsamplers.0`.
 #[derive(Debug, Clone)]
 pub struct UpBlock {

@@ -25,6 +25,7 @@ use crate::tiling::{TiledConv2d, Tiling};
 /// model configs of this crate).
 #[derive(Debug, Clone)]
 pub(crate) struct JsonConfig {
+    /// The file, named in every error.
     pub path: PathBuf,
     map: serde_json::Map<String, Value>,
 }
@@ -159,29 +160,43 @@ pub struct UNet2DConditionConfig {
     pub sample_size: usize,
     /// `center_input_sample`: the input is mapped `x -> 2x - 1` first.
     pub center_input_sample: bool,
+    /// Timestep embedding is `cat(cos, sin)` instead of `cat(sin, cos)` (true for SD).
     pub flip_sin_to_cos: bool,
+    /// `freq_shift`: the timestep embedding's `downscale_freq_shift` (0 for SD).
     pub freq_shift: f64,
+    /// One per entry of `block_out_channels`.
     pub down_block_types: Vec<DownBlockType>,
+    /// One per entry of `block_out_channels`, deepest first.
     pub up_block_types: Vec<UpBlockType>,
     /// `mid_block_type` is `UNetMidBlock2DCrossAttn` (true) or `null` (false: no mid block).
     pub has_mid_block: bool,
     /// Per down block (up blocks use it reversed).
     pub only_cross_attention: Vec<bool>,
+    /// Channels of each resolution level ([320, 640, 1280, 1280] in SD); one downsampler
+    /// between consecutive levels.
     pub block_out_channels: Vec<usize>,
     /// Per down block (up blocks have one more resnet each, reversed).
     pub layers_per_block: Vec<usize>,
+    /// Padding of the stride-2 downsampler convs (1 in SD).
     pub downsample_padding: usize,
+    /// Output scale of the mid block's resnets (1 in SD).
     pub mid_block_scale_factor: f64,
+    /// Groups of every GroupNorm (resnets, transformers, `conv_norm_out`).
     pub norm_num_groups: usize,
+    /// Eps of the resnets' GroupNorms and of `conv_norm_out` (the transformers' own norms use
+    /// diffusers' fixed 1e-6 / 1e-5).
     pub norm_eps: f64,
     /// Per down block.
     pub transformer_layers_per_block: Vec<usize>,
     /// Heads per down block, resolved from `num_attention_heads` or `attention_head_dim`.
     pub num_attention_heads: Vec<usize>,
+    /// Transformers' `proj_in`/`proj_out` are `Linear` (SD 2.x) instead of 1x1 convs (SD 1.x).
     pub use_linear_projection: bool,
     /// Accepted; attention is always computed in f32.
     pub upcast_attention: bool,
+    /// Kernel of `conv_in` (3; padding `(k - 1) / 2`).
     pub conv_in_kernel: usize,
+    /// Kernel of `conv_out` (3; padding `(k - 1) / 2`).
     pub conv_out_kernel: usize,
     /// Width of the timestep embedding (`time_embedding_dim`, default `4 * block_out_channels[0]`).
     pub time_embed_dim: usize,
