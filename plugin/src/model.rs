@@ -121,7 +121,8 @@ impl StableDiffusion {
     ///    ([`crate::DiffusionError::BadSafetensors`]).
     /// 2. The configs, parsed by their models' `from_file`
     ///    ([`crate::DiffusionError::InvalidConfig`] / [`crate::DiffusionError::UnsupportedConfig`]).
-    /// 3. The tokenizer (`tokenizer/`), padding to the text encoder's `max_position_embeddings`.
+    /// 3. The tokenizer (`tokenizer/`), padding to the text encoder's `max_position_embeddings`;
+    ///    its ids must fit the text encoder's `vocab_size` ([`crate::DiffusionError::InvalidConfig`]).
     /// 4. Text encoder, UNet and VAE, each built through a [`CheckedWeights`] var builder: a
     ///    tensor the config implies but the file lacks is
     ///    [`crate::DiffusionError::MissingTensor`], one of another shape
@@ -151,6 +152,12 @@ impl StableDiffusion {
             &folder.tokenizer_dir,
             text_encoder_config.max_position_embeddings,
         )?;
+        let vocab_size = text_encoder_config.vocab_size as u64;
+        if let Some(e) =
+            crate::model_folder::vocab_mismatch(&tokenizer, vocab_size, &folder.text_encoder.config)
+        {
+            return Err(e);
+        }
 
         let device = &options.device;
         let text_encoder = build_component(&folder.text_encoder, device, |vb| {

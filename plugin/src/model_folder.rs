@@ -684,8 +684,18 @@ fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool) -> Folder
             .as_ref()
             .and_then(|c| usize_field(c, "max_position_embeddings"))
             .map_or(77, |n| n as usize);
-        if let Err(e) = crate::tokenizer::PromptTokenizer::from_dir(&tokenizer_dir, max_length) {
-            problems.push(e);
+        match crate::tokenizer::PromptTokenizer::from_dir(&tokenizer_dir, max_length) {
+            Ok(tokenizer) => {
+                let vocab = configs[0]
+                    .as_ref()
+                    .and_then(|c| usize_field(c, "vocab_size"));
+                if let Some(e) = vocab.and_then(|v| {
+                    vocab_mismatch(&tokenizer, v, &dir.join("text_encoder/config.json"))
+                }) {
+                    problems.push(e);
+                }
+            }
+            Err(e) => problems.push(e),
         }
     } else {
         let has_json = tokenizer_dir.join("tokenizer.json").is_file();
@@ -783,6 +793,27 @@ fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool) -> Folder
         }
     }
     report
+}
+
+/// An error if `tokenizer` can produce ids that a text encoder with `vocab_size` embeddings has
+/// no row for.
+pub(crate) fn vocab_mismatch(
+    tokenizer: &crate::tokenizer::PromptTokenizer,
+    vocab_size: u64,
+    config: &Path,
+) -> Option<DiffusionError> {
+    let max_id = tokenizer.max_id();
+    (u64::from(max_id) >= vocab_size).then(|| {
+        DiffusionError::config(
+            config,
+            "vocab_size",
+            format!(
+                "is {vocab_size} but the tokenizer ({}) produces ids up to {max_id}; the tokenizer does \
+                 not belong to this text encoder",
+                tokenizer.path().display()
+            ),
+        )
+    })
 }
 
 /// The content hash described at [`ModelFolder::identity`].

@@ -384,6 +384,17 @@ impl PromptTokenizer {
         self.pad_id
     }
 
+    /// The largest id the tokenizer can produce (vocabulary and added tokens): the text
+    /// encoder's `vocab_size` must exceed it.
+    pub fn max_id(&self) -> u32 {
+        self.tokenizer
+            .get_vocab(true)
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The file the tokenizer was read from (`tokenizer.json`, or `vocab.json` when built from
     /// vocab.json + merges.txt).
     pub fn path(&self) -> &Path {

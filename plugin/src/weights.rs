@@ -10,7 +10,7 @@
 //!    `SafeTensors::read_metadata` (which candle's mmap runs again when the file is opened), but
 //!    with messages that name the offending tensor and byte counts.
 //! 2. [`CheckedWeights`] memory-maps validated files with candle's
-//!    [`MmapedSafetensors`](candle_core::safetensors::MmapedSafetensors) and hands out a
+//!    [`MmapedSafetensors`] and hands out a
 //!    [`VarBuilder`] whose backend checks every tensor a model asks for against the header: an
 //!    absent name becomes [`DiffusionError::MissingTensor`], a wrong shape
 //!    [`DiffusionError::ShapeMismatch`] (both naming the file, the full dotted tensor name and the

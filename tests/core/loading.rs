@@ -905,3 +905,20 @@ fn renamed_tensor_is_missing_tensor() {
     }
     assert!(e.to_string().contains("decoder.conv_out.weight"), "{e}");
 }
+
+#[test]
+fn tokenizer_larger_than_the_text_encoder_vocab_is_invalid_config() {
+    let dir = fixture_copy("vocab_size");
+    edit_json(&dir.join("text_encoder/config.json"), |j| {
+        j["vocab_size"] = 500.into()
+    });
+    let report = model_folder::validate(&dir, &FolderOptions::default());
+    match report.problems.as_slice() {
+        [e @ DiffusionError::InvalidConfig { path, field, .. }] => {
+            assert!(path.ends_with("text_encoder/config.json"));
+            assert_eq!(field, "vocab_size");
+            assert!(e.to_string().contains("999"), "{e}");
+        }
+        other => panic!("expected one InvalidConfig, got {other:?}"),
+    }
+}
