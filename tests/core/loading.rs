@@ -14,16 +14,38 @@ use candle_core::{DType, Device, Tensor};
 
 // ---------------------------------------------------------------- helpers
 
-/// A fresh, empty scratch folder for one test: `<tmp>/bevy_diffusion_loading/<name>-<pid>`.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir()
+/// A fresh, empty scratch folder for one test, `<tmp>/bevy_diffusion_loading/<name>-<pid>`,
+/// removed when dropped (derefs to the folder, or to the model folder of [`fixture_copy`]).
+struct Scratch {
+    root: PathBuf,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
+    let root = std::env::temp_dir()
         .join("bevy_diffusion_loading")
         .join(format!("{name}-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).unwrap();
+    if root.exists() {
+        std::fs::remove_dir_all(&root).unwrap();
     }
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    std::fs::create_dir_all(&root).unwrap();
+    Scratch {
+        path: root.clone(),
+        root,
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -39,11 +61,12 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A copy of the tiny-sd model folder to damage.
-fn fixture_copy(name: &str) -> PathBuf {
-    let dir = scratch(name).join("model");
-    copy_dir(&tiny_sd_model(), &dir);
-    dir
+/// A copy of the tiny-sd model folder to damage (derefs to the copy's `model/`).
+fn fixture_copy(name: &str) -> Scratch {
+    let mut scratch = scratch(name);
+    scratch.path = scratch.root.join("model");
+    copy_dir(&tiny_sd_model(), &scratch.path);
+    scratch
 }
 
 /// `StableDiffusion::load`'s error (it is not `Debug`, so no `unwrap_err`).
@@ -379,7 +402,8 @@ fn fp16_variant_is_used_only_when_preferred_or_alone() {
 
 #[test]
 fn missing_folder_is_model_folder_missing() {
-    let dir = scratch("missing_folder").join("no-such-model");
+    let scratch = scratch("missing_folder");
+    let dir = scratch.join("no-such-model");
     let e = load_err(&dir);
     assert!(
         matches!(&e, DiffusionError::ModelFolderMissing { path } if path == &dir),
@@ -765,7 +789,8 @@ fn checked_backend_loads_converts_and_reports_typed_errors() {
 
 #[test]
 fn checked_backend_reads_sharded_checkpoints() {
-    let dir = scratch("sharded").join("unet");
+    let scratch = scratch("sharded");
+    let dir = scratch.join("unet");
     std::fs::create_dir_all(&dir).unwrap();
     let a: HashMap<String, Tensor> = [(
         "lin.weight".to_string(),
