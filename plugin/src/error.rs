@@ -29,6 +29,14 @@ pub enum DiffusionError {
     #[error("{path}: invalid safetensors file: {reason}")]
     BadSafetensors { path: PathBuf, reason: String },
 
+    /// A weight file larger than the configured size cap (a safeguard against mapping a wrong
+    /// or corrupted multi-gigabyte file).
+    #[error(
+        "{path}: file is {size} bytes, over the {limit}-byte size cap (raise the cap if this \
+         model really is that large)"
+    )]
+    FileTooLarge { path: PathBuf, size: u64, limit: u64 },
+
     /// A tensor the config implies is absent from the weight file.
     #[error("{path}: tensor `{tensor}` is missing (expected shape {expected:?})")]
     MissingTensor { path: PathBuf, tensor: String, expected: Vec<usize> },
