@@ -41,7 +41,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn timed<T>(label: &str, reps: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<f64> {
+fn timed<T>(
+    label: &str,
+    reps: usize,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<f64> {
     f()?; // warm-up
     let start = Instant::now();
     for _ in 0..reps {
@@ -58,14 +62,20 @@ fn fixture_bench() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1., (2, 4, 8, 8), &dev)?;
     let ctx = Tensor::randn(0f32, 1., (2, 77, 32), &dev)?;
-    timed("tiny-sd unet step (batch 2, 8x8 latent)", 50, || Ok(model.unet.forward(&x, 500.0, &ctx, Tiling::None)?))?;
+    timed("tiny-sd unet step (batch 2, 8x8 latent)", 50, || {
+        Ok(model.unet.forward(&x, 500.0, &ctx, Tiling::None)?)
+    })?;
     let req = GenerationRequest {
         prompt: "mossy cobblestone".into(),
         num_inference_steps: 20,
         scheduler: Some(SchedulerKind::EulerAncestral),
         ..Default::default()
     };
-    timed("tiny-sd whole image (64 px, 20 steps euler-a, CFG)", 5, || Ok(pipeline::generate(&model, &req, &mut NoHooks)?))?;
+    timed(
+        "tiny-sd whole image (64 px, 20 steps euler-a, CFG)",
+        5,
+        || Ok(pipeline::generate(&model, &req, &mut NoHooks)?),
+    )?;
     Ok(())
 }
 
@@ -84,21 +94,30 @@ fn sd15_bench(latent: usize) -> anyhow::Result<()> {
     let unet_cfg = UNet2DConditionConfig::from_file(&write_config("unet.json", SD15_UNET)?)?;
     let started = Instant::now();
     let unet = UNet2DConditionModel::new(vb.clone(), &unet_cfg)?;
-    println!("sd15 unet built in {:.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "sd15 unet built in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let x = Tensor::randn(0f32, 1., (2, 4, latent, latent), &dev)?;
     let ctx = Tensor::randn(0f32, 1., (2, 77, 768), &dev)?;
-    timed(&format!("sd15 unet step (batch 2, {latent}x{latent} latent = {px} px)"), 2, || {
-        Ok(unet.forward(&x, 500.0, &ctx, Tiling::None)?)
-    })?;
+    timed(
+        &format!("sd15 unet step (batch 2, {latent}x{latent} latent = {px} px)"),
+        2,
+        || Ok(unet.forward(&x, 500.0, &ctx, Tiling::None)?),
+    )?;
     drop(unet);
     let vae_cfg = AutoencoderKLConfig::from_file(&write_config("vae.json", SD15_VAE)?)?;
     let vae = AutoencoderKL::new(vb.clone(), &vae_cfg)?;
     let z = Tensor::randn(0f32, 1., (1, 4, latent, latent), &dev)?;
-    timed(&format!("sd15 vae decode ({px}x{px})"), 2, || Ok(vae.decode(&z, Tiling::None)?))?;
+    timed(&format!("sd15 vae decode ({px}x{px})"), 2, || {
+        Ok(vae.decode(&z, Tiling::None)?)
+    })?;
     drop(vae);
     let clip_cfg = ClipTextConfig::from_file(&write_config("clip.json", CLIP_L)?)?;
     let clip = ClipTextModel::new(vb, &clip_cfg)?;
     let ids = Tensor::zeros((2, 77), DType::U32, &dev)?;
-    timed("clip-l text encoder (batch 2)", 3, || Ok(clip.forward(&ids)?))?;
+    timed("clip-l text encoder (batch 2)", 3, || {
+        Ok(clip.forward(&ids)?)
+    })?;
     Ok(())
 }

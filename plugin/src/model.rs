@@ -14,19 +14,6 @@ use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::PromptTokenizer;
 use crate::weights::CheckedWeights;
 
-// MERGE: delete this shim once the schedulers helper's inherent
-// `SchedulerConfig::from_file(&Path) -> crate::Result<Self>` is merged (the inherent function
-// takes precedence over this trait's, so the call below needs no change).
-trait SchedulerConfigFromFile: Sized {
-    fn from_file(path: &Path) -> Result<Self>;
-}
-impl SchedulerConfigFromFile for SchedulerConfig {
-    fn from_file(path: &Path) -> Result<Self> {
-        let _ = path;
-        todo!("SchedulerConfig::from_file is written by the schedulers helper")
-    }
-}
-
 /// How to load a model folder.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {

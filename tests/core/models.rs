@@ -446,4 +446,3 @@ fn unet_odd_latent_size_keeps_its_shape() {
         assert_eq!(out.dims(), &[1, 4, 7, 5]);
     }
 }
-
