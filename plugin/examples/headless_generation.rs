@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy_diffusion::{
-    Diffusion, DiffusionPlugin, DiffusionStatus, GenerationFailed, GenerationFinished, PlayerProfile, PromptTemplate,
+    Diffusion, DiffusionPlugin, DiffusionStatus, GenerationFailed, GenerationFinished,
+    PlayerProfile, PromptTemplate,
 };
 
 const FRAME: Duration = Duration::from_micros(16_667);
@@ -23,9 +24,18 @@ struct Done {
     failed: usize,
 }
 
-fn count(mut done: ResMut<Done>, mut ok: MessageReader<GenerationFinished>, mut bad: MessageReader<GenerationFailed>) {
+fn count(
+    mut done: ResMut<Done>,
+    mut ok: MessageReader<GenerationFinished>,
+    mut bad: MessageReader<GenerationFailed>,
+) {
     for f in ok.read() {
-        println!("request {} finished in {:.2} s (cached: {})", f.id, f.elapsed.as_secs_f64(), f.cached);
+        println!(
+            "request {} finished in {:.2} s (cached: {})",
+            f.id,
+            f.elapsed.as_secs_f64(),
+            f.cached
+        );
         done.finished += 1;
     }
     for f in bad.read() {
@@ -37,14 +47,26 @@ fn count(mut done: ResMut<Done>, mut ok: MessageReader<GenerationFinished>, mut 
 /// Two players, each asking for a wall texture and a sword sprite from their own theme.
 fn submit_requests(mut diffusion: Diffusion) {
     let wall = PromptTemplate::parse("{theme} stone wall, seamless").expect("template");
-    let sword = PromptTemplate::parse("{theme} sword, game item, plain background").expect("template");
-    let players = [PlayerProfile::new("ann").with("theme", "mossy"), PlayerProfile::new("bob").with("theme", "icy")];
+    let sword =
+        PromptTemplate::parse("{theme} sword, game item, plain background").expect("template");
+    let players = [
+        PlayerProfile::new("ann").with("theme", "mossy"),
+        PlayerProfile::new("bob").with("theme", "icy"),
+    ];
     for player in &players {
-        let requests = [player.texture_request(&wall, "castle/wall"), player.sprite_request(&sword, "weapon/sword")];
+        let requests = [
+            player.texture_request(&wall, "castle/wall"),
+            player.sprite_request(&sword, "weapon/sword"),
+        ];
         for request in requests {
             let request = request.expect("every attribute is set");
             match diffusion.submit(request) {
-                Ok(job) => println!("request {} for {} -> {:?}", job.id, player.id, job.handle.id()),
+                Ok(job) => println!(
+                    "request {} for {} -> {:?}",
+                    job.id,
+                    player.id,
+                    job.handle.id()
+                ),
                 Err(reason) => println!("refused: {reason}"),
             }
         }
@@ -77,21 +99,34 @@ fn report(phase: &str, mut times: Vec<Duration>) {
 
 fn main() {
     let mut app = App::new();
-    app.add_plugins((MinimalPlugins, AssetPlugin::default(), ImagePlugin::default()))
-        .add_plugins(DiffusionPlugin::default())
-        .init_resource::<Done>()
-        .add_systems(Update, count);
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin::default(),
+        ImagePlugin::default(),
+    ))
+    .add_plugins(DiffusionPlugin::default())
+    .init_resource::<Done>()
+    .add_systems(Update, count);
     app.finish();
     app.cleanup();
 
     let mut next = Instant::now();
     let loading = Instant::now();
-    while matches!(app.world().resource::<DiffusionStatus>(), DiffusionStatus::Loading) {
+    while matches!(
+        app.world().resource::<DiffusionStatus>(),
+        DiffusionStatus::Loading
+    ) {
         frame(&mut app, &mut next);
-        assert!(loading.elapsed() < Duration::from_secs(300), "the model did not load in 5 minutes");
+        assert!(
+            loading.elapsed() < Duration::from_secs(300),
+            "the model did not load in 5 minutes"
+        );
     }
     let status = app.world().resource::<DiffusionStatus>().clone();
-    println!("model {status:?} after {:.2} s", loading.elapsed().as_secs_f64());
+    println!(
+        "model {status:?} after {:.2} s",
+        loading.elapsed().as_secs_f64()
+    );
     if let DiffusionStatus::Failed { reason } = status {
         eprintln!("cannot run without a model: {reason}");
         std::process::exit(1);
@@ -100,7 +135,9 @@ fn main() {
     let idle: Vec<Duration> = (0..300).map(|_| frame(&mut app, &mut next)).collect();
     report("no_job", idle);
 
-    app.world_mut().run_system_cached(submit_requests).expect("submit system runs");
+    app.world_mut()
+        .run_system_cached(submit_requests)
+        .expect("submit system runs");
     let generating = Instant::now();
     let mut busy = Vec::new();
     loop {
@@ -109,7 +146,10 @@ fn main() {
         if done.finished + done.failed >= 4 {
             break;
         }
-        assert!(generating.elapsed() < Duration::from_secs(1800), "generation took over 30 minutes");
+        assert!(
+            generating.elapsed() < Duration::from_secs(1800),
+            "generation took over 30 minutes"
+        );
     }
     let finished = app.world().resource::<Done>().finished;
     println!("generation_s {:.2}", generating.elapsed().as_secs_f64());

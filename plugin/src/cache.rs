@@ -46,7 +46,10 @@ impl ImageCache {
     /// every image as `<disk>/<hex>.png`.
     pub fn new(memory_entries: usize, disk: Option<PathBuf>) -> Self {
         let cap = NonZeroUsize::new(memory_entries.max(1)).expect("max(1) is non-zero");
-        Self { memory: LruCache::new(cap), disk }
+        Self {
+            memory: LruCache::new(cap),
+            disk,
+        }
     }
 
     /// The cached image for `key`, from memory or disk. Unreadable disk entries count as misses
@@ -66,7 +69,10 @@ impl ImageCache {
                 Some(img)
             }
             Err(e) => {
-                tracing::warn!("cache entry {} is unreadable ({e}); regenerating", path.display());
+                tracing::warn!(
+                    "cache entry {} is unreadable ({e}); regenerating",
+                    path.display()
+                );
                 let _ = std::fs::remove_file(&path);
                 None
             }
@@ -85,7 +91,9 @@ impl ImageCache {
     }
 
     fn disk_path(&self, key: &CacheKey) -> Option<PathBuf> {
-        self.disk.as_ref().map(|d| d.join(format!("{}.png", key.hex())))
+        self.disk
+            .as_ref()
+            .map(|d| d.join(format!("{}.png", key.hex())))
     }
 }
 
@@ -110,21 +118,53 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("bevy_diffusion_cache_test_{name}_{}", std::process::id()));
+        let d = std::env::temp_dir().join(format!(
+            "bevy_diffusion_cache_test_{name}_{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&d);
         d
     }
 
     #[test]
     fn key_depends_on_model_and_every_field() {
-        let r = GenerationRequest { prompt: "wall".into(), ..Default::default() };
+        let r = GenerationRequest {
+            prompt: "wall".into(),
+            ..Default::default()
+        };
         let k = CacheKey::new("m1", &r);
         assert_eq!(k, CacheKey::new("m1", &r.clone()));
         assert_ne!(k, CacheKey::new("m2", &r));
-        assert_ne!(k, CacheKey::new("m1", &GenerationRequest { seed: 1, ..r.clone() }));
-        assert_ne!(k, CacheKey::new("m1", &GenerationRequest { tiling: crate::Tiling::XY, ..r.clone() }));
-        let other_player = GenerationRequest { player: Some("bob".into()), priority: 3, ..r };
-        assert_eq!(k, CacheKey::new("m1", &other_player), "scheduling fields do not change the key");
+        assert_ne!(
+            k,
+            CacheKey::new(
+                "m1",
+                &GenerationRequest {
+                    seed: 1,
+                    ..r.clone()
+                }
+            )
+        );
+        assert_ne!(
+            k,
+            CacheKey::new(
+                "m1",
+                &GenerationRequest {
+                    tiling: crate::Tiling::XY,
+                    ..r.clone()
+                }
+            )
+        );
+        let other_player = GenerationRequest {
+            player: Some("bob".into()),
+            priority: 3,
+            ..r
+        };
+        assert_eq!(
+            k,
+            CacheKey::new("m1", &other_player),
+            "scheduling fields do not change the key"
+        );
     }
 
     #[test]

@@ -11,6 +11,10 @@ pub const DEFAULT_MODEL_ENV: &str = "BEVY_DIFFUSION_DEFAULT_MODEL";
 pub fn default_model_dir() -> PathBuf {
     match std::env::var_os(DEFAULT_MODEL_ENV) {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("assets").join("models").join("default"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("assets")
+            .join("models")
+            .join("default"),
     }
 }

@@ -29,25 +29,58 @@ pub enum DiffusionError {
     #[error("{path}: invalid safetensors file: {reason}")]
     BadSafetensors { path: PathBuf, reason: String },
 
+    /// A weight file larger than the configured size cap (a safeguard against mapping a wrong
+    /// or corrupted multi-gigabyte file).
+    #[error(
+        "{path}: file is {size} bytes, over the {limit}-byte size cap (raise the cap if this \
+         model really is that large)"
+    )]
+    FileTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+
     /// A tensor the config implies is absent from the weight file.
     #[error("{path}: tensor `{tensor}` is missing (expected shape {expected:?})")]
-    MissingTensor { path: PathBuf, tensor: String, expected: Vec<usize> },
+    MissingTensor {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+    },
 
     /// A tensor whose shape disagrees with the one implied by config.json.
     #[error("{path}: tensor `{tensor}` has shape {found:?} but config.json implies {expected:?}")]
-    ShapeMismatch { path: PathBuf, tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
 
     /// A config file that cannot be parsed or has an invalid value.
     #[error("{path}: field `{field}`: {reason}")]
-    InvalidConfig { path: PathBuf, field: String, reason: String },
+    InvalidConfig {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
 
     /// A config key whose feature we do not implement; refused rather than silently ignored.
     #[error("{path}: `{field}` = {value} is not supported by bevy_diffusion")]
-    UnsupportedConfig { path: PathBuf, field: String, value: String },
+    UnsupportedConfig {
+        path: PathBuf,
+        field: String,
+        value: String,
+    },
 
     /// A model family we recognise but cannot run yet (e.g. SDXL).
     #[error("{path}: {family} pipelines are not supported yet ({reason})")]
-    UnsupportedModel { path: PathBuf, family: String, reason: String },
+    UnsupportedModel {
+        path: PathBuf,
+        family: String,
+        reason: String,
+    },
 
     /// The tokenizer files could not be loaded or a prompt could not be tokenized.
     #[error("{path}: tokenizer error: {reason}")]
@@ -55,7 +88,11 @@ pub enum DiffusionError {
 
     /// A generation request with an invalid field.
     #[error("invalid request: `{field}` = {value}: {reason}")]
-    InvalidRequest { field: &'static str, value: String, reason: String },
+    InvalidRequest {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
 
     /// A scheduler name that is not one of ours.
     #[error(
@@ -90,11 +127,22 @@ pub type Result<T, E = DiffusionError> = std::result::Result<T, E>;
 impl DiffusionError {
     /// An [`DiffusionError::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// An [`DiffusionError::InvalidConfig`] for `path` and `field`.
-    pub fn config(path: impl Into<PathBuf>, field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidConfig { path: path.into(), field: field.into(), reason: reason.into() }
+    pub fn config(
+        path: impl Into<PathBuf>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::InvalidConfig {
+            path: path.into(),
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }

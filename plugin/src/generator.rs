@@ -20,17 +20,28 @@ pub struct SdGenerator {
 impl SdGenerator {
     /// Wraps a loaded model.
     pub fn new(model: StableDiffusion) -> Self {
-        Self { model, previewer: OnceLock::new() }
+        Self {
+            model,
+            previewer: OnceLock::new(),
+        }
     }
 
     fn previewer(&self) -> Option<&LatentPreviewer> {
         self.previewer
             .get_or_init(|| {
                 let m = &self.model;
-                let decode = |z: &candle_core::Tensor| pipeline::decode_latents_raw(m, z, crate::Tiling::None).map_err(|e| candle_core::Error::Msg(e.to_string()));
-                LatentPreviewer::fit(m.unet_config.in_channels, m.vae_config.downscale_factor, &m.device, decode)
-                    .map_err(|e| tracing::warn!("latent previews are off: {e}"))
-                    .ok()
+                let decode = |z: &candle_core::Tensor| {
+                    pipeline::decode_latents_raw(m, z, crate::Tiling::None)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+                };
+                LatentPreviewer::fit(
+                    m.unet_config.in_channels,
+                    m.vae_config.downscale_factor,
+                    &m.device,
+                    decode,
+                )
+                .map_err(|e| tracing::warn!("latent previews are off: {e}"))
+                .ok()
             })
             .as_ref()
     }
@@ -41,7 +52,11 @@ impl Generator for SdGenerator {
         self.model.identity.clone()
     }
 
-    fn generate(&self, request: &GenerationRequest, hooks: &mut dyn GenerationHooks) -> crate::Result<RgbaImage> {
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        hooks: &mut dyn GenerationHooks,
+    ) -> crate::Result<RgbaImage> {
         let out = pipeline::generate(&self.model, request, hooks)?;
         Ok(crate::postprocess::finish(out.image, request))
     }

@@ -29,14 +29,18 @@ pub struct SeededNoise {
 impl SeededNoise {
     /// A stream that depends only on `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 }
 
 impl NoiseSource for SeededNoise {
     fn randn(&mut self, shape: &[usize], device: &Device) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut self.rng)).collect();
+        let data: Vec<f32> = (0..n)
+            .map(|_| StandardNormal.sample(&mut self.rng))
+            .collect();
         Tensor::from_vec(data, shape, device)
     }
 }
@@ -53,12 +57,21 @@ pub struct ReplayNoise {
 impl ReplayNoise {
     /// Replays `tensors` in order; asking for more than given is an error.
     pub fn new(tensors: impl IntoIterator<Item = Tensor>) -> Self {
-        Self { queue: tensors.into_iter().collect(), fallback: None }
+        Self {
+            queue: tensors.into_iter().collect(),
+            fallback: None,
+        }
     }
 
     /// Replays `tensors` first, then draws from `fallback`.
-    pub fn with_fallback(tensors: impl IntoIterator<Item = Tensor>, fallback: Box<dyn NoiseSource>) -> Self {
-        Self { queue: tensors.into_iter().collect(), fallback: Some(fallback) }
+    pub fn with_fallback(
+        tensors: impl IntoIterator<Item = Tensor>,
+        fallback: Box<dyn NoiseSource>,
+    ) -> Self {
+        Self {
+            queue: tensors.into_iter().collect(),
+            fallback: Some(fallback),
+        }
     }
 }
 
@@ -67,7 +80,11 @@ impl NoiseSource for ReplayNoise {
         match self.queue.pop_front() {
             Some(t) => {
                 if t.dims() != shape {
-                    candle_core::bail!("replayed noise has shape {:?}, expected {:?}", t.dims(), shape);
+                    candle_core::bail!(
+                        "replayed noise has shape {:?}, expected {:?}",
+                        t.dims(),
+                        shape
+                    );
                 }
                 t.to_device(device)?.to_dtype(candle_core::DType::F32)
             }
@@ -86,9 +103,18 @@ mod tests {
     #[test]
     fn same_seed_same_noise_and_unit_statistics() -> Result<()> {
         let dev = Device::Cpu;
-        let a = SeededNoise::new(7).randn(&[1, 4, 32, 32], &dev)?.flatten_all()?.to_vec1::<f32>()?;
-        let b = SeededNoise::new(7).randn(&[1, 4, 32, 32], &dev)?.flatten_all()?.to_vec1::<f32>()?;
-        let c = SeededNoise::new(8).randn(&[1, 4, 32, 32], &dev)?.flatten_all()?.to_vec1::<f32>()?;
+        let a = SeededNoise::new(7)
+            .randn(&[1, 4, 32, 32], &dev)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let b = SeededNoise::new(7)
+            .randn(&[1, 4, 32, 32], &dev)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let c = SeededNoise::new(8)
+            .randn(&[1, 4, 32, 32], &dev)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(a, b);
         assert_ne!(a, c);
         let mean = a.iter().sum::<f32>() / a.len() as f32;

@@ -137,7 +137,16 @@ pub fn generate_with_noise(
         noise,
     )?;
     // 5. Denoising loop.
-    let final_latents = denoise(model, request, scheduler.as_mut(), begin, latents, &prompt.embeds, noise, hooks)?;
+    let final_latents = denoise(
+        model,
+        request,
+        scheduler.as_mut(),
+        begin,
+        latents,
+        &prompt.embeds,
+        noise,
+        hooks,
+    )?;
     // 6. Decode.
     let image = decode_latents(model, &final_latents, request.tiling)?;
     Ok(GeneratedImage {
@@ -164,7 +173,10 @@ pub fn check_inputs(
         if requested != 0 {
             requested
         } else {
-            from_image.map(|v| v - v % scale as u32).filter(|&v| v > 0).unwrap_or(native)
+            from_image
+                .map(|v| v - v % scale as u32)
+                .filter(|&v| v > 0)
+                .unwrap_or(native)
         }
     };
     let width = pick(request.width, init_image.map(|i| i.width()));
@@ -176,10 +188,19 @@ pub fn check_inputs(
 fn load_init_image(request: &GenerationRequest) -> Result<Option<RgbaImage>> {
     match &request.init_image {
         None => Ok(None),
-        Some(InitImage::Path(path)) => image::open(path)
-            .map(|i| Some(i.to_rgba8()))
-            .map_err(|e| DiffusionError::Image { path: path.clone(), reason: e.to_string() }),
-        Some(InitImage::Rgba { width, height, pixels }) => RgbaImage::from_raw(*width, *height, pixels.clone())
+        Some(InitImage::Path(path)) => {
+            image::open(path)
+                .map(|i| Some(i.to_rgba8()))
+                .map_err(|e| DiffusionError::Image {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+        }
+        Some(InitImage::Rgba {
+            width,
+            height,
+            pixels,
+        }) => RgbaImage::from_raw(*width, *height, pixels.clone())
             .map(Some)
             .ok_or_else(|| DiffusionError::InvalidRequest {
                 field: "init_image",
@@ -219,16 +240,30 @@ pub fn encode_prompt(
     let batch = if guidance { 2 } else { 1 };
     let ids = Tensor::from_vec(rows, (batch, cond.ids.len()), &model.device)?;
     let embeds = model.text_encoder.forward(&ids)?;
-    Ok(PromptEmbeds { embeds, prompt_truncated: cond.truncated, negative_prompt_truncated })
+    Ok(PromptEmbeds {
+        embeds,
+        prompt_truncated: cond.truncated,
+        negative_prompt_truncated,
+    })
 }
 
 /// Builds the request's scheduler from the folder's config and returns it with the index of the
 /// first step to run: 0 for text-to-image; for img2img diffusers' `get_timesteps`:
 /// `init_timestep = min(int(steps * strength), steps)`, `begin = steps - init_timestep`.
-pub fn prepare_scheduler(model: &StableDiffusion, request: &GenerationRequest) -> Result<(Box<dyn Scheduler>, usize)> {
-    let kind = request.scheduler.unwrap_or_else(|| model.scheduler_config.default_kind());
+pub fn prepare_scheduler(
+    model: &StableDiffusion,
+    request: &GenerationRequest,
+) -> Result<(Box<dyn Scheduler>, usize)> {
+    let kind = request
+        .scheduler
+        .unwrap_or_else(|| model.scheduler_config.default_kind());
     let steps = request.num_inference_steps;
-    let scheduler = build_scheduler(&model.scheduler_config, kind, steps, request.timestep_spacing)?;
+    let scheduler = build_scheduler(
+        &model.scheduler_config,
+        kind,
+        steps,
+        request.timestep_spacing,
+    )?;
     let begin = if request.init_image.is_some() {
         let init_timestep = ((steps as f64 * request.strength) as usize).min(steps);
         steps - init_timestep
@@ -239,7 +274,9 @@ pub fn prepare_scheduler(model: &StableDiffusion, request: &GenerationRequest) -
         return Err(DiffusionError::InvalidRequest {
             field: "strength",
             value: request.strength.to_string(),
-            reason: format!("runs no step with num_inference_steps = {steps}; raise strength or steps"),
+            reason: format!(
+                "runs no step with num_inference_steps = {steps}; raise strength or steps"
+            ),
         });
     }
     Ok((scheduler, begin))
@@ -260,7 +297,12 @@ pub fn prepare_latents(
     noise: &mut dyn NoiseSource,
 ) -> Result<Tensor> {
     let scale = model.vae_config.downscale_factor;
-    let shape = [1, model.unet_config.in_channels, height as usize / scale, width as usize / scale];
+    let shape = [
+        1,
+        model.unet_config.in_channels,
+        height as usize / scale,
+        width as usize / scale,
+    ];
     let mut draw = |given: &Option<Tensor>, what: &'static str| -> Result<Tensor> {
         match given {
             Some(t) if t.dims() == shape => Ok(t.to_dtype(DType::F32)?.to_device(&model.device)?),
@@ -309,9 +351,16 @@ pub fn denoise(
         if hooks.should_cancel() {
             return Err(DiffusionError::Cancelled);
         }
-        let batch = if guidance { Tensor::cat(&[&latents, &latents], 0)? } else { latents.clone() };
+        let batch = if guidance {
+            Tensor::cat(&[&latents, &latents], 0)?
+        } else {
+            latents.clone()
+        };
         let unet_input = scheduler.scale_model_input(&batch, index)?;
-        let unet_output = model.unet.forward(&unet_input, timestep, prompt_embeds, request.tiling)?;
+        let unet_output =
+            model
+                .unet
+                .forward(&unet_input, timestep, prompt_embeds, request.tiling)?;
         let noise_pred = if guidance {
             let uncond = unet_output.get(0)?.unsqueeze(0)?;
             let cond = unet_output.get(1)?.unsqueeze(0)?;
@@ -338,13 +387,21 @@ pub fn denoise(
 
 /// diffusers' `vae.decode(latents / scaling_factor)` then `postprocess`: `[1, C, h, w]` latents
 /// to an RGBA8 image of `8w x 8h` pixels (circular decoder convolutions on tiled axes).
-pub fn decode_latents(model: &StableDiffusion, latents: &Tensor, tiling: crate::Tiling) -> Result<RgbaImage> {
+pub fn decode_latents(
+    model: &StableDiffusion,
+    latents: &Tensor,
+    tiling: crate::Tiling,
+) -> Result<RgbaImage> {
     let decoded = decode_latents_raw(model, latents, tiling)?;
     Ok(tensor_to_rgba(&decoded)?)
 }
 
 /// The VAE's raw output for `latents` (`[1, out_channels, 8h, 8w]`, roughly [-1, 1], unclamped).
-pub fn decode_latents_raw(model: &StableDiffusion, latents: &Tensor, tiling: crate::Tiling) -> Result<Tensor> {
+pub fn decode_latents_raw(
+    model: &StableDiffusion,
+    latents: &Tensor,
+    tiling: crate::Tiling,
+) -> Result<Tensor> {
     let z = (latents / model.vae_config.scaling_factor)?;
     Ok(model.vae.decode(&z, tiling)?)
 }

@@ -23,7 +23,9 @@ use crate::request::GenerationRequest;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     /// The template names an attribute the player does not have.
-    #[error("prompt template `{template}` needs attribute `{name}`, which the player does not have")]
+    #[error(
+        "prompt template `{template}` needs attribute `{name}`, which the player does not have"
+    )]
     MissingAttribute {
         /// The template as written.
         template: String,
@@ -31,7 +33,9 @@ pub enum TemplateError {
         name: String,
     },
     /// A `{` without its `}`.
-    #[error("prompt template `{template}`: `{{` at byte {at} is never closed (write `{{{{` for a literal brace)")]
+    #[error(
+        "prompt template `{template}`: `{{` at byte {at} is never closed (write `{{{{` for a literal brace)"
+    )]
     Unclosed {
         /// The template as written.
         template: String,
@@ -39,7 +43,9 @@ pub enum TemplateError {
         at: usize,
     },
     /// A `}` that closes nothing.
-    #[error("prompt template `{template}`: stray `}}` at byte {at} (write `}}}}` for a literal brace)")]
+    #[error(
+        "prompt template `{template}`: stray `}}` at byte {at} (write `}}}}` for a literal brace)"
+    )]
     StrayClose {
         /// The template as written.
         template: String,
@@ -90,17 +96,27 @@ impl PromptTemplate {
                     text.push('}');
                 }
                 '}' => {
-                    return Err(TemplateError::StrayClose { template: source.into(), at });
+                    return Err(TemplateError::StrayClose {
+                        template: source.into(),
+                        at,
+                    });
                 }
                 '{' => {
                     let rest = &source[at + 1..];
                     let Some(len) = rest.find('}') else {
-                        return Err(TemplateError::Unclosed { template: source.into(), at });
+                        return Err(TemplateError::Unclosed {
+                            template: source.into(),
+                            at,
+                        });
                     };
                     let name = &rest[..len];
                     let valid = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.');
                     if name.is_empty() || !name.chars().all(valid) {
-                        return Err(TemplateError::BadName { template: source.into(), name: name.into(), at });
+                        return Err(TemplateError::BadName {
+                            template: source.into(),
+                            name: name.into(),
+                            at,
+                        });
                     }
                     if !text.is_empty() {
                         parts.push(Part::Text(std::mem::take(&mut text)));
@@ -117,7 +133,10 @@ impl PromptTemplate {
         if !text.is_empty() {
             parts.push(Part::Text(text));
         }
-        Ok(Self { source: source.into(), parts })
+        Ok(Self {
+            source: source.into(),
+            parts,
+        })
     }
 
     /// The template as written.
@@ -180,7 +199,10 @@ pub struct PlayerProfile {
 impl PlayerProfile {
     /// A profile with no attributes.
     pub fn new(id: impl Into<String>) -> Self {
-        Self { id: id.into(), attributes: BTreeMap::new() }
+        Self {
+            id: id.into(),
+            attributes: BTreeMap::new(),
+        }
     }
 
     /// Sets an attribute (builder style).
@@ -253,18 +275,42 @@ mod tests {
     use super::*;
 
     fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn fills_placeholders_and_escapes() {
-        let t = PromptTemplate::parse("{theme} stone wall, {{not a name}} {theme}-ish {colour}").unwrap();
+        let t = PromptTemplate::parse("{theme} stone wall, {{not a name}} {theme}-ish {colour}")
+            .unwrap();
         assert_eq!(t.attributes(), vec!["theme", "colour"]);
-        let out = t.render(&attrs(&[("theme", "mossy"), ("colour", "green")])).unwrap();
+        let out = t
+            .render(&attrs(&[("theme", "mossy"), ("colour", "green")]))
+            .unwrap();
         assert_eq!(out, "mossy stone wall, {not a name} mossy-ish green");
-        assert_eq!(PromptTemplate::parse("plain").unwrap().render(&BTreeMap::new()).unwrap(), "plain");
-        assert_eq!(PromptTemplate::parse("{{}}").unwrap().render(&BTreeMap::new()).unwrap(), "{}");
-        assert_eq!(PromptTemplate::parse("ä{x}ö").unwrap().render(&attrs(&[("x", "ü")])).unwrap(), "äüö");
+        assert_eq!(
+            PromptTemplate::parse("plain")
+                .unwrap()
+                .render(&BTreeMap::new())
+                .unwrap(),
+            "plain"
+        );
+        assert_eq!(
+            PromptTemplate::parse("{{}}")
+                .unwrap()
+                .render(&BTreeMap::new())
+                .unwrap(),
+            "{}"
+        );
+        assert_eq!(
+            PromptTemplate::parse("ä{x}ö")
+                .unwrap()
+                .render(&attrs(&[("x", "ü")]))
+                .unwrap(),
+            "äüö"
+        );
     }
 
     #[test]
@@ -273,27 +319,55 @@ mod tests {
         let e = t.render(&attrs(&[("theme", "dark")])).unwrap_err();
         assert_eq!(
             e,
-            TemplateError::MissingAttribute { template: "{theme} {faction} banner".into(), name: "faction".into() }
+            TemplateError::MissingAttribute {
+                template: "{theme} {faction} banner".into(),
+                name: "faction".into()
+            }
         );
         assert!(e.to_string().contains("`faction`"), "{e}");
     }
 
     #[test]
     fn malformed_templates_are_typed_errors() {
-        assert!(matches!(PromptTemplate::parse("a {theme"), Err(TemplateError::Unclosed { at: 2, .. })));
-        assert!(matches!(PromptTemplate::parse("a } b"), Err(TemplateError::StrayClose { at: 2, .. })));
-        assert!(matches!(PromptTemplate::parse("{}"), Err(TemplateError::BadName { .. })));
-        assert!(matches!(PromptTemplate::parse("{two words}"), Err(TemplateError::BadName { .. })));
+        assert!(matches!(
+            PromptTemplate::parse("a {theme"),
+            Err(TemplateError::Unclosed { at: 2, .. })
+        ));
+        assert!(matches!(
+            PromptTemplate::parse("a } b"),
+            Err(TemplateError::StrayClose { at: 2, .. })
+        ));
+        assert!(matches!(
+            PromptTemplate::parse("{}"),
+            Err(TemplateError::BadName { .. })
+        ));
+        assert!(matches!(
+            PromptTemplate::parse("{two words}"),
+            Err(TemplateError::BadName { .. })
+        ));
     }
 
     #[test]
     fn seeds_are_stable_and_distinct() {
         // Fixed value: changing it breaks every player's saved content.
         assert_eq!(derive_seed("ann", "castle/wall"), 0x9211_dcd7_759c_6bcb);
-        assert_eq!(derive_seed("ann", "castle/wall"), derive_seed("ann", "castle/wall"));
-        assert_ne!(derive_seed("ann", "castle/wall"), derive_seed("bob", "castle/wall"));
-        assert_ne!(derive_seed("ann", "castle/wall"), derive_seed("ann", "castle/floor"));
-        assert_ne!(derive_seed("ab", "c"), derive_seed("a", "bc"), "length-prefixed");
+        assert_eq!(
+            derive_seed("ann", "castle/wall"),
+            derive_seed("ann", "castle/wall")
+        );
+        assert_ne!(
+            derive_seed("ann", "castle/wall"),
+            derive_seed("bob", "castle/wall")
+        );
+        assert_ne!(
+            derive_seed("ann", "castle/wall"),
+            derive_seed("ann", "castle/floor")
+        );
+        assert_ne!(
+            derive_seed("ab", "c"),
+            derive_seed("a", "bc"),
+            "length-prefixed"
+        );
     }
 
     #[test]

@@ -39,18 +39,36 @@ impl LatentPreviewer {
             let pooled = decoded.avg_pool2d(scale)?.squeeze(0)?; // [out, 8, 8]
             let z = z.squeeze(0)?.flatten_from(1)?.t()?.to_vec2::<f32>()?; // [64, C]
             let p = pooled.flatten_from(1)?.t()?.to_vec2::<f32>()?; // [64, out]
-            xs.extend(z.into_iter().map(|r| r.into_iter().map(f64::from).chain([1.0]).collect::<Vec<_>>()));
-            ys.extend(p.into_iter().map(|r| r.into_iter().map(f64::from).collect::<Vec<_>>()));
+            xs.extend(z.into_iter().map(|r| {
+                r.into_iter()
+                    .map(f64::from)
+                    .chain([1.0])
+                    .collect::<Vec<_>>()
+            }));
+            ys.extend(
+                p.into_iter()
+                    .map(|r| r.into_iter().map(f64::from).collect::<Vec<_>>()),
+            );
         }
-        let weights = (0..out_channels).map(|o| ridge(&xs, &ys.iter().map(|y| y[o]).collect::<Vec<_>>())).collect();
-        Ok(Self { weights, scale: scale as u32 })
+        let weights = (0..out_channels)
+            .map(|o| ridge(&xs, &ys.iter().map(|y| y[o]).collect::<Vec<_>>()))
+            .collect();
+        Ok(Self {
+            weights,
+            scale: scale as u32,
+        })
     }
 
     /// An RGBA preview of `latents` (`[1, C, h, w]`) at full size (`h*scale x w*scale`,
     /// nearest-neighbour), alpha 255 unless the model has an alpha channel.
     pub fn preview(&self, latents: &Tensor) -> candle_core::Result<RgbaImage> {
         let (_, c, h, w) = latents.dims4()?;
-        let z = latents.to_dtype(DType::F32)?.squeeze(0)?.flatten_from(1)?.t()?.to_vec2::<f32>()?; // [h*w, C]
+        let z = latents
+            .to_dtype(DType::F32)?
+            .squeeze(0)?
+            .flatten_from(1)?
+            .t()?
+            .to_vec2::<f32>()?; // [h*w, C]
         let mut small = RgbaImage::new(w as u32, h as u32);
         for (i, px) in small.pixels_mut().enumerate() {
             let mut out = [255u8; 4];
@@ -85,7 +103,9 @@ fn ridge(x: &[Vec<f64>], y: &[f64]) -> Vec<f64> {
         r[i] += 1e-3;
     }
     for col in 0..k {
-        let pivot = (col..k).max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs())).unwrap_or(col);
+        let pivot = (col..k)
+            .max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs()))
+            .unwrap_or(col);
         a.swap(col, pivot);
         let d = a[col][col];
         for v in a[col].iter_mut() {
@@ -112,7 +132,8 @@ mod tests {
     fn recovers_a_linear_decoder() -> candle_core::Result<()> {
         // A fake "VAE": pixel = 0.5 * z0 - 0.25 * z1 + 0.1 for R, z2 for G, -z3 for B, upsampled 2x.
         let decode = |z: &Tensor| -> candle_core::Result<Tensor> {
-            let r = ((z.narrow(1, 0, 1)? * 0.5)? - (z.narrow(1, 1, 1)? * 0.25)?)?.affine(1.0, 0.1)?;
+            let r =
+                ((z.narrow(1, 0, 1)? * 0.5)? - (z.narrow(1, 1, 1)? * 0.25)?)?.affine(1.0, 0.1)?;
             let g = z.narrow(1, 2, 1)?;
             let b = z.narrow(1, 3, 1)?.neg()?;
             let (_, _, h, w) = z.dims4()?;

@@ -15,7 +15,11 @@ pub enum InitImage {
     /// An image file on disk (resized to the request's size if it differs).
     Path(PathBuf),
     /// Row-major RGBA8 pixels, `width * height * 4` bytes.
-    Rgba { width: u32, height: u32, pixels: Vec<u8> },
+    Rgba {
+        width: u32,
+        height: u32,
+        pixels: Vec<u8>,
+    },
 }
 
 /// What the image is for: decides post-processing (and, in the Bevy layer, the sampler).
@@ -114,18 +118,30 @@ impl GenerationRequest {
     /// Errors: [`DiffusionError::InvalidRequest`] naming the field and its value.
     pub fn validate(&self, vae_scale: usize) -> Result<()> {
         let bad = |field: &'static str, value: String, reason: String| {
-            Err(DiffusionError::InvalidRequest { field, value, reason })
+            Err(DiffusionError::InvalidRequest {
+                field,
+                value,
+                reason,
+            })
         };
         for (field, v) in [("width", self.width), ("height", self.height)] {
-            if v != 0 && v as usize % vae_scale != 0 {
-                return bad(field, v.to_string(), format!("must be a multiple of {vae_scale} pixels"));
+            if v != 0 && !(v as usize).is_multiple_of(vae_scale) {
+                return bad(
+                    field,
+                    v.to_string(),
+                    format!("must be a multiple of {vae_scale} pixels"),
+                );
             }
             if v > 4096 {
                 return bad(field, v.to_string(), "must be at most 4096 pixels".into());
             }
         }
         if self.num_inference_steps == 0 {
-            return bad("num_inference_steps", "0".into(), "must be at least 1".into());
+            return bad(
+                "num_inference_steps",
+                "0".into(),
+                "must be at least 1".into(),
+            );
         }
         if self.num_inference_steps > 1000 {
             return bad(
@@ -135,33 +151,58 @@ impl GenerationRequest {
             );
         }
         if !self.guidance_scale.is_finite() || self.guidance_scale < 0.0 {
-            return bad("guidance_scale", self.guidance_scale.to_string(), "must be a finite number >= 0".into());
+            return bad(
+                "guidance_scale",
+                self.guidance_scale.to_string(),
+                "must be a finite number >= 0".into(),
+            );
         }
         if self.init_image.is_some() && !(self.strength > 0.0 && self.strength <= 1.0) {
-            return bad("strength", self.strength.to_string(), "must be in (0, 1]".into());
+            return bad(
+                "strength",
+                self.strength.to_string(),
+                "must be in (0, 1]".into(),
+            );
         }
         if let Some(p) = self.pixel_art
             && (p.cell == 0 || !(2..=256).contains(&p.colors))
         {
-            return bad("pixel_art", format!("{p:?}"), "cell must be >= 1 and colors in 2..=256".into());
+            return bad(
+                "pixel_art",
+                format!("{p:?}"),
+                "cell must be >= 1 and colors in 2..=256".into(),
+            );
         }
         Ok(())
     }
 
     /// A seamless (x and y) texture request for `prompt`.
     pub fn texture(prompt: impl Into<String>) -> Self {
-        Self { prompt: prompt.into(), tiling: Tiling::XY, kind: AssetKind::Texture, ..Default::default() }
+        Self {
+            prompt: prompt.into(),
+            tiling: Tiling::XY,
+            kind: AssetKind::Texture,
+            ..Default::default()
+        }
     }
 
     /// A sprite request for `prompt` (transparent background, no tiling).
     pub fn sprite(prompt: impl Into<String>) -> Self {
-        Self { prompt: prompt.into(), kind: AssetKind::Sprite, ..Default::default() }
+        Self {
+            prompt: prompt.into(),
+            kind: AssetKind::Sprite,
+            ..Default::default()
+        }
     }
 
     /// The request without its scheduling fields (`player`, `priority`): what the pixels depend
     /// on, and so what caches key on.
     pub fn pixel_fields(&self) -> Self {
-        Self { player: None, priority: 0, ..self.clone() }
+        Self {
+            player: None,
+            priority: 0,
+            ..self.clone()
+        }
     }
 }
 
@@ -173,7 +214,9 @@ impl std::str::FromStr for SchedulerKind {
             "euler" => SchedulerKind::Euler,
             "euler-a" | "euler_a" | "euler-ancestral" => SchedulerKind::EulerAncestral,
             "dpmpp-2m" | "dpm++2m" | "dpmpp_2m" => SchedulerKind::DpmSolverMultistep,
-            "dpmpp-2m-karras" | "dpm++2m-karras" | "dpmpp_2m_karras" => SchedulerKind::DpmSolverMultistepKarras,
+            "dpmpp-2m-karras" | "dpm++2m-karras" | "dpmpp_2m_karras" => {
+                SchedulerKind::DpmSolverMultistepKarras
+            }
             "lcm" => SchedulerKind::Lcm,
             _ => return Err(DiffusionError::UnknownScheduler(s.to_string())),
         })
@@ -187,7 +230,9 @@ impl std::str::FromStr for TimestepSpacing {
             "leading" => Ok(TimestepSpacing::Leading),
             "linspace" => Ok(TimestepSpacing::Linspace),
             "trailing" => Ok(TimestepSpacing::Trailing),
-            other => Err(format!("unknown timestep spacing `{other}`; expected leading, linspace or trailing")),
+            other => Err(format!(
+                "unknown timestep spacing `{other}`; expected leading, linspace or trailing"
+            )),
         }
     }
 }
@@ -198,23 +243,45 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let r = GenerationRequest { width: 100, ..Default::default() };
+        let r = GenerationRequest {
+            width: 100,
+            ..Default::default()
+        };
         let e = r.validate(8).unwrap_err().to_string();
-        assert!(e.contains("`width` = 100") && e.contains("multiple of 8"), "{e}");
-        let r = GenerationRequest { num_inference_steps: 0, ..Default::default() };
-        assert!(r.validate(8).unwrap_err().to_string().contains("num_inference_steps"));
+        assert!(
+            e.contains("`width` = 100") && e.contains("multiple of 8"),
+            "{e}"
+        );
+        let r = GenerationRequest {
+            num_inference_steps: 0,
+            ..Default::default()
+        };
+        assert!(
+            r.validate(8)
+                .unwrap_err()
+                .to_string()
+                .contains("num_inference_steps")
+        );
         let r = GenerationRequest {
             init_image: Some(InitImage::Path("x.png".into())),
             strength: 1.5,
             ..Default::default()
         };
-        assert!(r.validate(8).unwrap_err().to_string().contains("`strength` = 1.5"));
+        assert!(
+            r.validate(8)
+                .unwrap_err()
+                .to_string()
+                .contains("`strength` = 1.5")
+        );
         assert!(GenerationRequest::default().validate(8).is_ok());
     }
 
     #[test]
     fn scheduler_names_parse_and_unknown_is_typed() {
-        assert_eq!("euler-a".parse::<SchedulerKind>().unwrap(), SchedulerKind::EulerAncestral);
+        assert_eq!(
+            "euler-a".parse::<SchedulerKind>().unwrap(),
+            SchedulerKind::EulerAncestral
+        );
         let e = "heun".parse::<SchedulerKind>().unwrap_err();
         assert!(matches!(e, DiffusionError::UnknownScheduler(ref s) if s == "heun"));
     }

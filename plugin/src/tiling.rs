@@ -45,7 +45,9 @@ impl std::str::FromStr for Tiling {
             "x" => Ok(Tiling::X),
             "y" => Ok(Tiling::Y),
             "xy" => Ok(Tiling::XY),
-            other => Err(format!("unknown tiling `{other}`; expected none, x, y or xy")),
+            other => Err(format!(
+                "unknown tiling `{other}`; expected none, x, y or xy"
+            )),
         }
     }
 }
@@ -93,7 +95,11 @@ impl TiledConv2d {
         padding: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let cfg = Conv2dConfig { padding: 0, stride, ..Default::default() };
+        let cfg = Conv2dConfig {
+            padding: 0,
+            stride,
+            ..Default::default()
+        };
         let conv = candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb)?;
         Ok(Self { conv, padding })
     }
@@ -113,7 +119,10 @@ mod tests {
     #[test]
     fn circular_padding_wraps_only_the_tiled_axis() -> Result<()> {
         let x = Tensor::arange(0f32, 6., &Device::Cpu)?.reshape((1, 1, 2, 3))?;
-        let p = pad_2d(&x, 1, Tiling::X)?.squeeze(0)?.squeeze(0)?.to_vec2::<f32>()?;
+        let p = pad_2d(&x, 1, Tiling::X)?
+            .squeeze(0)?
+            .squeeze(0)?
+            .to_vec2::<f32>()?;
         assert_eq!(
             p,
             vec![
@@ -123,7 +132,10 @@ mod tests {
                 vec![0., 0., 0., 0., 0.],
             ]
         );
-        let p = pad_2d(&x, 1, Tiling::XY)?.squeeze(0)?.squeeze(0)?.to_vec2::<f32>()?;
+        let p = pad_2d(&x, 1, Tiling::XY)?
+            .squeeze(0)?
+            .squeeze(0)?
+            .to_vec2::<f32>()?;
         assert_eq!(p[0], vec![5., 3., 4., 5., 3.]);
         assert_eq!(p[3], vec![2., 0., 1., 2., 0.]);
         Ok(())

@@ -1,1 +1,527 @@
-//! STUB (owned by the loader helper): safetensors-only weight loading with typed errors.
+//! Safetensors-only weight loading with typed errors.
+//!
+//! Two layers:
+//!
+//! 1. [`read_header`] reads and checks the header of one `.safetensors` file *without* touching
+//!    the tensor data: a file that is too short, a header that is not JSON, a dtype/shape that
+//!    disagrees with its byte range, byte ranges that overlap, leave gaps, or run past the end of
+//!    the file (a truncated download) all become [`DiffusionError::BadSafetensors`] naming the
+//!    file and the reason. The same rules as the `safetensors` crate's
+//!    `SafeTensors::read_metadata` (which candle's mmap runs again when the file is opened), but
+//!    with messages that name the offending tensor and byte counts.
+//! 2. [`CheckedWeights`] memory-maps validated files with candle's
+//!    [`MmapedSafetensors`] and hands out a
+//!    [`VarBuilder`] whose backend checks every tensor a model asks for against the header: an
+//!    absent name becomes [`DiffusionError::MissingTensor`], a wrong shape
+//!    [`DiffusionError::ShapeMismatch`] (both naming the file, the full dotted tensor name and the
+//!    shapes). candle's errors are strings, so the typed error is recorded on the side and
+//!    [`CheckedWeights::build`] returns it when model construction fails.
+//!
+//! Pickled checkpoints (`.bin`, `.ckpt`, `.pt`, `.pth`) are never opened here: see
+//! [`crate::model_folder`], which refuses them with [`DiffusionError::PickleWeights`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+
+use crate::error::{DiffusionError, Result};
+
+/// candle-nn's var builder, re-exported for code that builds models from [`CheckedWeights`].
+pub use candle_nn::VarBuilder;
+
+/// The largest safetensors header we read (the `safetensors` crate's own limit, 100 MB).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// One tensor's entry in a safetensors header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorMeta {
+    /// The dtype as spelled in the header (`F32`, `F16`, `BF16`, ...).
+    pub dtype: String,
+    /// The shape, outermost dimension first.
+    pub shape: Vec<usize>,
+    /// `[start, end)` byte range inside the data section (after the header).
+    pub data_offsets: (usize, usize),
+}
+
+/// The validated header of one `.safetensors` file.
+#[derive(Debug, Clone)]
+pub struct SafetensorsHeader {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub file_len: u64,
+    /// Length of the JSON header (the 8-byte length prefix not included).
+    pub header_len: u64,
+    /// blake3 of the raw header bytes (names, dtypes, shapes, offsets): what model identities
+    /// hash instead of gigabytes of weights.
+    pub header_digest: [u8; 32],
+    /// Every tensor, by name.
+    pub tensors: BTreeMap<String, TensorMeta>,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> DiffusionError {
+    DiffusionError::BadSafetensors {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads and validates the header of the safetensors file `path` without reading tensor data.
+///
+/// Checks, in order: the file size is at most `max_file_bytes`
+/// ([`DiffusionError::FileTooLarge`]); the 8-byte little-endian header length and the header
+/// fit in the file and the header is at most [`MAX_HEADER_BYTES`]; the header is UTF-8 JSON
+/// mapping names to `{dtype, shape, data_offsets}` (plus an optional `__metadata__` map of
+/// strings); each tensor's byte range has exactly `prod(shape) * sizeof(dtype)` bytes; the
+/// ranges, sorted, start at 0 and neither overlap nor leave gaps; and the last one ends exactly
+/// at the end of the file. These are the rules of the `safetensors` crate
+/// (`SafeTensors::read_metadata`), which diffusers/transformers also enforce when loading.
+///
+/// # Errors
+/// [`DiffusionError::Io`] if the file cannot be read, [`DiffusionError::FileTooLarge`], or
+/// [`DiffusionError::BadSafetensors`] naming the file and what is wrong (e.g.
+/// `truncated: tensor `x` ends at byte 123 of the data section but only 61 bytes follow the
+/// header`). Never panics on malformed input.
+pub fn read_header(path: &Path, max_file_bytes: u64) -> Result<SafetensorsHeader> {
+    let mut file = File::open(path).map_err(|e| DiffusionError::io(path, e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| DiffusionError::io(path, e))?
+        .len();
+    if file_len > max_file_bytes {
+        return Err(DiffusionError::FileTooLarge {
+            path: path.to_path_buf(),
+            size: file_len,
+            limit: max_file_bytes,
+        });
+    }
+    if file_len < 8 {
+        return Err(bad(
+            path,
+            format!("the file is {file_len} bytes, too short for the 8-byte header length prefix"),
+        ));
+    }
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix)
+        .map_err(|e| DiffusionError::io(path, e))?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > MAX_HEADER_BYTES {
+        return Err(bad(
+            path,
+            format!("header length {header_len} bytes exceeds the {MAX_HEADER_BYTES}-byte limit"),
+        ));
+    }
+    if header_len > file_len - 8 {
+        return Err(bad(
+            path,
+            format!(
+                "truncated: the header claims {header_len} bytes but the file has only {} after \
+                 the length prefix",
+                file_len - 8
+            ),
+        ));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| DiffusionError::io(path, e))?;
+    let header_digest = *blake3::hash(&header).as_bytes();
+    let text =
+        std::str::from_utf8(&header).map_err(|e| bad(path, format!("header is not UTF-8: {e}")))?;
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| bad(path, format!("header is not valid JSON: {e}")))?;
+    let serde_json::Value::Object(map) = json else {
+        return Err(bad(path, "header is not a JSON object"));
+    };
+
+    let mut tensors = BTreeMap::new();
+    for (name, value) in map {
+        if name == "__metadata__" {
+            let ok = value
+                .as_object()
+                .is_some_and(|m| m.values().all(serde_json::Value::is_string));
+            if !ok {
+                return Err(bad(path, "`__metadata__` must be a map of strings"));
+            }
+            continue;
+        }
+        let info: safetensors::tensor::TensorInfo = serde_json::from_value(value)
+            .map_err(|e| bad(path, format!("tensor `{name}`: invalid entry: {e}")))?;
+        let elements = info
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let bits = elements.and_then(|n| n.checked_mul(info.dtype.bitsize()));
+        let Some(bits) = bits else {
+            return Err(bad(
+                path,
+                format!("tensor `{name}`: shape {:?} overflows", info.shape),
+            ));
+        };
+        if bits % 8 != 0 {
+            return Err(bad(
+                path,
+                format!("tensor `{name}`: data is not a whole number of bytes"),
+            ));
+        }
+        let (start, end) = info.data_offsets;
+        if end < start || end - start != bits / 8 {
+            return Err(bad(
+                path,
+                format!(
+                    "tensor `{name}`: dtype {:?} and shape {:?} need {} bytes but data_offsets \
+                     [{start}, {end}] say otherwise",
+                    info.dtype,
+                    info.shape,
+                    bits / 8
+                ),
+            ));
+        }
+        let meta = TensorMeta {
+            dtype: format!("{:?}", info.dtype),
+            shape: info.shape,
+            data_offsets: info.data_offsets,
+        };
+        tensors.insert(name, meta);
+    }
+
+    // Byte ranges: sorted, contiguous from 0, no overlap, ending exactly at the end of the file.
+    let mut ranges: Vec<(&str, (usize, usize))> = tensors
+        .iter()
+        .map(|(n, m)| (n.as_str(), m.data_offsets))
+        .collect();
+    ranges.sort_by_key(|&(_, r)| r);
+    let mut end = 0usize;
+    let mut previous: Option<&str> = None;
+    for &(name, (s, e)) in &ranges {
+        if s < end {
+            let other = previous.unwrap_or("?");
+            return Err(bad(
+                path,
+                format!(
+                    "byte ranges overlap: tensor `{name}` [{s}, {e}] starts before tensor \
+                     `{other}` ends at {end}"
+                ),
+            ));
+        }
+        if s > end {
+            return Err(bad(
+                path,
+                format!(
+                    "bytes [{end}, {s}) of the data section belong to no tensor (before `{name}`)"
+                ),
+            ));
+        }
+        end = e;
+        previous = Some(name);
+    }
+    let data_len = file_len - 8 - header_len;
+    let end = end as u64;
+    if end > data_len {
+        return Err(bad(
+            path,
+            format!(
+                "truncated: tensor `{}` ends at byte {end} of the data section but only \
+                 {data_len} bytes follow the header (file is {file_len} bytes, expected {})",
+                previous.unwrap_or("?"),
+                8 + header_len + end
+            ),
+        ));
+    }
+    if end < data_len {
+        return Err(bad(
+            path,
+            format!(
+                "{} unexpected bytes after the last tensor (the data section should end at the end \
+                 of the file)",
+                data_len - end
+            ),
+        ));
+    }
+    Ok(SafetensorsHeader {
+        path: path.to_path_buf(),
+        file_len,
+        header_len,
+        header_digest,
+        tensors,
+    })
+}
+
+/// The safetensors file(s) holding one model component's weights.
+#[derive(Debug, Clone)]
+pub struct WeightFiles {
+    /// The single `.safetensors` file, or the `*.safetensors.index.json` of a sharded checkpoint.
+    /// Errors about a tensor that is absent name this path.
+    pub path: PathBuf,
+    /// One validated header per file (one entry unless sharded), in shard order.
+    pub shards: Vec<SafetensorsHeader>,
+    /// True when this is the `fp16` variant (`*.fp16.safetensors`), converted to f32 on load.
+    pub fp16_variant: bool,
+}
+
+impl WeightFiles {
+    /// Total size of the weight files in bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.file_len).sum()
+    }
+
+    /// The file holding tensor `name` and its header entry.
+    pub fn tensor(&self, name: &str) -> Option<(&Path, &TensorMeta)> {
+        self.shards
+            .iter()
+            .rev() // like candle's MmapedSafetensors::multi: the last file holding a name wins
+            .find_map(|h| h.tensors.get(name).map(|m| (h.path.as_path(), m)))
+    }
+
+    /// Number of tensors over all files.
+    pub fn tensor_count(&self) -> usize {
+        self.shards.iter().map(|h| h.tensors.len()).sum()
+    }
+}
+
+/// What the checked backend recorded while a model was being built.
+#[derive(Default)]
+struct LoadLog {
+    /// Typed failures in the order they happened, with the tensor name.
+    failures: Vec<(String, DiffusionError)>,
+    /// Every tensor name a model asked for.
+    requested: HashSet<String>,
+}
+
+struct CheckedBackend {
+    mmap: MmapedSafetensors,
+    /// The file or index named by errors about absent tensors.
+    path: PathBuf,
+    /// name -> (file holding it, shape).
+    index: HashMap<String, (PathBuf, Vec<usize>)>,
+    log: Arc<Mutex<LoadLog>>,
+}
+
+impl CheckedBackend {
+    fn record(&self, name: &str, error: DiffusionError) -> candle_core::Error {
+        let message = error.to_string();
+        if let Ok(mut log) = self.log.lock() {
+            log.failures.push((name.to_string(), error));
+        }
+        candle_core::Error::Msg(message)
+    }
+
+    fn requested(&self, name: &str) {
+        if let Ok(mut log) = self.log.lock() {
+            log.requested.insert(name.to_string());
+        }
+    }
+
+    fn load(
+        &self,
+        name: &str,
+        file: &Path,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.mmap
+            .load(name, dev)
+            .and_then(|t| {
+                if t.dtype() == dtype {
+                    Ok(t)
+                } else {
+                    t.to_dtype(dtype)
+                }
+            })
+            .map_err(|e| {
+                let reason = format!("tensor `{name}` cannot be loaded as {dtype:?}: {e}");
+                self.record(name, bad(file, reason))
+            })
+    }
+}
+
+/// The [`SimpleBackend`] handed to candle: a shared handle on the checked backend.
+struct SharedBackend(Arc<CheckedBackend>);
+
+impl SimpleBackend for SharedBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let b = &self.0;
+        b.requested(name);
+        let Some((file, shape)) = b.index.get(name) else {
+            let error = DiffusionError::MissingTensor {
+                path: b.path.clone(),
+                tensor: name.to_string(),
+                expected: s.dims().to_vec(),
+            };
+            return Err(b.record(name, error));
+        };
+        if shape.as_slice() != s.dims() {
+            let error = DiffusionError::ShapeMismatch {
+                path: file.clone(),
+                tensor: name.to_string(),
+                expected: s.dims().to_vec(),
+                found: shape.clone(),
+            };
+            return Err(b.record(name, error));
+        }
+        b.load(name, file, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let b = &self.0;
+        b.requested(name);
+        let Some((file, _)) = b.index.get(name) else {
+            let error = DiffusionError::MissingTensor {
+                path: b.path.clone(),
+                tensor: name.to_string(),
+                expected: Vec::new(),
+            };
+            return Err(b.record(name, error));
+        };
+        b.load(name, file, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.index.contains_key(name)
+    }
+}
+
+/// Memory-mapped, header-checked weights of one component, handing out checking
+/// [`VarBuilder`]s.
+///
+/// Every tensor a model requests through [`CheckedWeights::var_builder`] is checked against the
+/// header before its data is read: absent → [`DiffusionError::MissingTensor`] (naming
+/// [`WeightFiles::path`], the full dotted name and the shape the model expected); wrong shape →
+/// [`DiffusionError::ShapeMismatch`] (naming the file holding it, the name, the expected and the
+/// stored shape). Tensors are converted to the requested dtype (f32 for the var builders made
+/// here), whatever they are stored as (f16, bf16, f32, ...). The tensor data is copied out of the
+/// mapping while loading, so the mapping can be dropped once the model is built.
+pub struct CheckedWeights {
+    backend: Arc<CheckedBackend>,
+    files: WeightFiles,
+    device: Device,
+}
+
+impl CheckedWeights {
+    /// Memory-maps `files` (whose headers [`read_header`] has validated) for loading onto
+    /// `device`.
+    ///
+    /// # Errors
+    /// [`DiffusionError::BadSafetensors`] if candle's mmap (which re-runs the `safetensors`
+    /// crate's header checks) refuses a file, e.g. because it changed since it was validated.
+    pub fn open(files: &WeightFiles, device: &Device) -> Result<Self> {
+        let paths: Vec<&Path> = files.shards.iter().map(|h| h.path.as_path()).collect();
+        // SAFETY: the mapping is read-only and only read while loading; as with every mmap-based
+        // loader (candle, safetensors, diffusers), another process truncating or rewriting the
+        // file during loading is undefined behaviour we cannot rule out.
+        let mmap = unsafe {
+            if paths.len() == 1 {
+                MmapedSafetensors::new(paths[0])
+            } else {
+                MmapedSafetensors::multi(&paths)
+            }
+        }
+        .map_err(|e| bad(&files.path, format!("cannot map the file(s): {e}")))?;
+
+        let mut index = HashMap::new();
+        for header in &files.shards {
+            for (name, meta) in &header.tensors {
+                index.insert(name.clone(), (header.path.clone(), meta.shape.clone()));
+            }
+        }
+        let backend = CheckedBackend {
+            mmap,
+            path: files.path.clone(),
+            index,
+            log: Arc::new(Mutex::new(LoadLog::default())),
+        };
+        Ok(Self {
+            backend: Arc::new(backend),
+            files: files.clone(),
+            device: device.clone(),
+        })
+    }
+
+    /// The files these weights come from.
+    pub fn files(&self) -> &WeightFiles {
+        &self.files
+    }
+
+    /// A root [`VarBuilder`] (f32, on the device given to [`CheckedWeights::open`]) whose every
+    /// lookup is checked; use `vb.pp("...")` to walk the checkpoint's tensor names.
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        let backend: Box<dyn SimpleBackend> = Box::new(SharedBackend(self.backend.clone()));
+        VarBuilder::from_backend(backend, DType::F32, self.device.clone())
+    }
+
+    /// Removes and returns the first typed failure recorded since the last call, if any.
+    pub fn take_failure(&self) -> Option<DiffusionError> {
+        let mut log = self.backend.log.lock().ok()?;
+        if log.failures.is_empty() {
+            None
+        } else {
+            Some(log.failures.remove(0).1)
+        }
+    }
+
+    /// Builds a model with `construct(self.var_builder())`, turning a failure into a typed error.
+    ///
+    /// If construction fails, returns the recorded tensor failure whose message the candle error
+    /// carries (the one that actually stopped construction), else the first recorded failure
+    /// (a model may probe optional tensors with `get` and recover), else the candle error as
+    /// [`DiffusionError::Candle`].
+    pub fn build<T>(
+        &self,
+        construct: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+    ) -> Result<T> {
+        match construct(self.var_builder()) {
+            Ok(model) => {
+                if let Ok(mut log) = self.backend.log.lock() {
+                    log.failures.clear();
+                }
+                Ok(model)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let mut log = match self.backend.log.lock() {
+                    Ok(log) => log,
+                    Err(_) => return Err(DiffusionError::Candle(e)),
+                };
+                let failures = std::mem::take(&mut log.failures);
+                let matching = failures
+                    .iter()
+                    .rposition(|(_, err)| message.contains(&err.to_string()));
+                let chosen = match matching {
+                    Some(i) => failures.into_iter().nth(i),
+                    None => failures.into_iter().next(),
+                };
+                Err(chosen.map_or(DiffusionError::Candle(e), |(_, err)| err))
+            }
+        }
+    }
+
+    /// Tensors present in the file(s) that no model asked for, sorted (diffusers warns about
+    /// these too: often harmless, e.g. CLIP's `position_ids`, but a long list hints at a config
+    /// that does not match the weights).
+    pub fn unused_tensors(&self) -> Vec<String> {
+        let Ok(log) = self.backend.log.lock() else {
+            return Vec::new();
+        };
+        let mut unused: Vec<String> = self
+            .backend
+            .index
+            .keys()
+            .filter(|n| !log.requested.contains(*n))
+            .cloned()
+            .collect();
+        unused.sort();
+        unused
+    }
+}

@@ -34,7 +34,11 @@ pub trait Generator: Send + 'static {
     /// A stable identity of the model (for cache keys and logs).
     fn identity(&self) -> String;
     /// Runs `request`; `hooks` get every step and may cancel.
-    fn generate(&self, request: &GenerationRequest, hooks: &mut dyn GenerationHooks) -> crate::Result<RgbaImage>;
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        hooks: &mut dyn GenerationHooks,
+    ) -> crate::Result<RgbaImage>;
     /// A cheap RGBA preview of a step (no VAE), or `None` when unsupported.
     fn preview(&self, _step: &DenoisingStep) -> Option<RgbaImage> {
         None
@@ -77,7 +81,11 @@ pub enum SubmitError {
     #[error("queue full: {queued} requests waiting or running (limit {limit})")]
     QueueFull { queued: usize, limit: usize },
     #[error("player `{player}` has {queued} requests waiting or running (limit {limit})")]
-    PlayerQuota { player: String, queued: usize, limit: usize },
+    PlayerQuota {
+        player: String,
+        queued: usize,
+        limit: usize,
+    },
     #[error("the generation worker has stopped")]
     WorkerStopped,
 }
@@ -86,16 +94,38 @@ pub enum SubmitError {
 #[derive(Debug, Clone)]
 pub enum WorkerEvent {
     /// The model loaded (identity given) or failed to load (every queued job then fails too).
-    ModelLoaded { identity: String },
-    ModelFailed { reason: String },
+    ModelLoaded {
+        identity: String,
+    },
+    ModelFailed {
+        reason: String,
+    },
     /// A job left the queue and started.
-    Started { id: RequestId },
+    Started {
+        id: RequestId,
+    },
     /// A denoising step finished (`step` is 1-based); `preview` when previews are on.
-    Progress { id: RequestId, step: usize, total: usize, preview: Option<RgbaImage> },
+    Progress {
+        id: RequestId,
+        step: usize,
+        total: usize,
+        preview: Option<RgbaImage>,
+    },
     /// The final image; `cached` when it came from the cache without running the model.
-    Finished { id: RequestId, image: RgbaImage, seed: u64, elapsed: Duration, cached: bool },
-    Failed { id: RequestId, reason: String },
-    Cancelled { id: RequestId },
+    Finished {
+        id: RequestId,
+        image: RgbaImage,
+        seed: u64,
+        elapsed: Duration,
+        cached: bool,
+    },
+    Failed {
+        id: RequestId,
+        reason: String,
+    },
+    Cancelled {
+        id: RequestId,
+    },
 }
 
 enum Command {
@@ -143,7 +173,10 @@ impl GenerationWorker {
                     commands: cmd_rx,
                     events: ev_tx,
                     occupancy: thread_occupancy,
-                    cache: ImageCache::new(thread_config.cache_memory_entries, thread_config.cache_dir.clone()),
+                    cache: ImageCache::new(
+                        thread_config.cache_memory_entries,
+                        thread_config.cache_dir.clone(),
+                    ),
                     config: thread_config,
                     stopped: false,
                 };
@@ -154,14 +187,26 @@ impl GenerationWorker {
                 }
             })
             .expect("spawning a thread");
-        Self { commands: cmd_tx, events: ev_rx, occupancy, config, thread: Some(thread) }
+        Self {
+            commands: cmd_tx,
+            events: ev_rx,
+            occupancy,
+            config,
+            thread: Some(thread),
+        }
     }
 
     /// Queues `job`; answers at once with its id or why it was refused.
     pub fn submit(&self, job: GenerationRequest) -> Result<RequestId, SubmitError> {
-        let mut occ = self.occupancy.lock().map_err(|_| SubmitError::WorkerStopped)?;
+        let mut occ = self
+            .occupancy
+            .lock()
+            .map_err(|_| SubmitError::WorkerStopped)?;
         if occ.total >= self.config.max_queued {
-            return Err(SubmitError::QueueFull { queued: occ.total, limit: self.config.max_queued });
+            return Err(SubmitError::QueueFull {
+                queued: occ.total,
+                limit: self.config.max_queued,
+            });
         }
         if let Some(player) = &job.player {
             let n = occ.per_player.get(player).copied().unwrap_or(0);
@@ -180,7 +225,9 @@ impl GenerationWorker {
             *occ.per_player.entry(player.clone()).or_default() += 1;
         }
         drop(occ);
-        self.commands.send(Command::Submit(id, job)).map_err(|_| SubmitError::WorkerStopped)?;
+        self.commands
+            .send(Command::Submit(id, job))
+            .map_err(|_| SubmitError::WorkerStopped)?;
         Ok(id)
     }
 
@@ -191,7 +238,9 @@ impl GenerationWorker {
 
     /// Cancels every waiting or running request of `player`.
     pub fn cancel_player(&self, player: &str) {
-        let _ = self.commands.send(Command::CancelPlayer(player.to_string()));
+        let _ = self
+            .commands
+            .send(Command::CancelPlayer(player.to_string()));
     }
 
     /// The event channel (poll it with `try_recv` every frame).
@@ -244,7 +293,10 @@ impl PartialOrd for Queued {
 impl Ord for Queued {
     /// Max-heap: higher priority first, then lower id (earlier submission) first.
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.job.priority.cmp(&other.job.priority).then_with(|| other.id.cmp(&self.id))
+        self.job
+            .priority
+            .cmp(&other.job.priority)
+            .then_with(|| other.id.cmp(&self.id))
     }
 }
 
@@ -262,17 +314,23 @@ impl WorkerThread {
     fn run<G: Generator>(&mut self, load: impl FnOnce() -> crate::Result<G>) {
         let model = match catch_unwind(AssertUnwindSafe(load)) {
             Ok(Ok(model)) => {
-                let _ = self.events.send(WorkerEvent::ModelLoaded { identity: model.identity() });
+                let _ = self.events.send(WorkerEvent::ModelLoaded {
+                    identity: model.identity(),
+                });
                 Ok(model)
             }
             Ok(Err(e)) => {
                 let reason = e.to_string();
-                let _ = self.events.send(WorkerEvent::ModelFailed { reason: reason.clone() });
+                let _ = self.events.send(WorkerEvent::ModelFailed {
+                    reason: reason.clone(),
+                });
                 Err(reason)
             }
             Err(panic) => {
                 let reason = format!("model loading panicked: {}", panic_message(&panic));
-                let _ = self.events.send(WorkerEvent::ModelFailed { reason: reason.clone() });
+                let _ = self.events.send(WorkerEvent::ModelFailed {
+                    reason: reason.clone(),
+                });
                 Err(reason)
             }
         };
@@ -290,10 +348,14 @@ impl WorkerThread {
             if self.stopped && self.queue.is_empty() {
                 return;
             }
-            let Some(Queued { id, job }) = self.queue.pop() else { continue };
+            let Some(Queued { id, job }) = self.queue.pop() else {
+                continue;
+            };
             match &model {
                 Ok(model) => self.run_job(model, id, job),
                 Err(why) => {
+                    // Every job names the load error, so a game that only watches its requests
+                    // still learns why.
                     let reason = format!("the model failed to load: {why}");
                     self.finish(id, &job, WorkerEvent::Failed { id, reason })
                 }
@@ -335,7 +397,9 @@ impl WorkerThread {
     }
 
     fn cancel_queued(&mut self, matches: impl Fn(&Queued) -> bool) {
-        let (cancelled, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue).into_iter().partition(|q| matches(q));
+        let (cancelled, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|q| matches(q));
         self.queue = kept.into();
         for q in cancelled {
             self.finish(q.id, &q.job, WorkerEvent::Cancelled { id: q.id });
@@ -348,10 +412,22 @@ impl WorkerThread {
         let key = (self.config.cache_memory_entries > 0 || self.config.cache_dir.is_some())
             .then(|| CacheKey::new(&model.identity(), &job));
         if let Some(image) = key.and_then(|k| self.cache.get(&k)) {
-            let event = WorkerEvent::Finished { id, image, seed: job.seed, elapsed: started.elapsed(), cached: true };
+            let event = WorkerEvent::Finished {
+                id,
+                image,
+                seed: job.seed,
+                elapsed: started.elapsed(),
+                cached: true,
+            };
             return self.finish(id, &job, event);
         }
-        let mut hooks = GenerationRequestHooks { worker: self, model, id, player: job.player.clone(), cancelled: false };
+        let mut hooks = GenerationRequestHooks {
+            worker: self,
+            model,
+            id,
+            player: job.player.clone(),
+            cancelled: false,
+        };
         let result = catch_unwind(AssertUnwindSafe(|| model.generate(&job, &mut hooks)));
         let cancelled = hooks.cancelled;
         let event = match result {
@@ -359,12 +435,24 @@ impl WorkerThread {
                 if let Some(k) = key {
                     self.cache.put(k, &image);
                 }
-                WorkerEvent::Finished { id, image, seed: job.seed, elapsed: started.elapsed(), cached: false }
+                WorkerEvent::Finished {
+                    id,
+                    image,
+                    seed: job.seed,
+                    elapsed: started.elapsed(),
+                    cached: false,
+                }
             }
             Ok(Err(DiffusionError::Cancelled)) => WorkerEvent::Cancelled { id },
             Ok(Err(_)) if cancelled => WorkerEvent::Cancelled { id },
-            Ok(Err(e)) => WorkerEvent::Failed { id, reason: e.to_string() },
-            Err(panic) => WorkerEvent::Failed { id, reason: format!("generation panicked: {}", panic_message(&panic)) },
+            Ok(Err(e)) => WorkerEvent::Failed {
+                id,
+                reason: e.to_string(),
+            },
+            Err(panic) => WorkerEvent::Failed {
+                id,
+                reason: format!("generation panicked: {}", panic_message(&panic)),
+            },
         };
         self.finish(id, &job, event);
     }
@@ -398,10 +486,17 @@ impl<G: Generator> GenerationHooks for GenerationRequestHooks<'_, G> {
     fn on_step(&mut self, step: &DenoisingStep) {
         let n = step.step + 1;
         let preview = match self.worker.config.preview_every {
-            Some(every) if every > 0 && n % every == 0 && n < step.total => self.model.preview(step),
+            Some(every) if every > 0 && n.is_multiple_of(every) && n < step.total => {
+                self.model.preview(step)
+            }
             _ => None,
         };
-        let _ = self.worker.events.send(WorkerEvent::Progress { id: self.id, step: n, total: step.total, preview });
+        let _ = self.worker.events.send(WorkerEvent::Progress {
+            id: self.id,
+            step: n,
+            total: step.total,
+            preview,
+        });
     }
 
     fn should_cancel(&mut self) -> bool {
@@ -438,7 +533,11 @@ mod tests {
         fn identity(&self) -> String {
             "fake".into()
         }
-        fn generate(&self, request: &GenerationRequest, hooks: &mut dyn GenerationHooks) -> crate::Result<RgbaImage> {
+        fn generate(
+            &self,
+            request: &GenerationRequest,
+            hooks: &mut dyn GenerationHooks,
+        ) -> crate::Result<RgbaImage> {
             match request.prompt.as_str() {
                 "panic" => panic!("boom"),
                 "fail" => return Err(DiffusionError::Cancelled.into_invalid()),
@@ -462,17 +561,31 @@ mod tests {
                     latents_out: t.clone(),
                 });
             }
-            Ok(RgbaImage::from_pixel(1, 1, image::Rgba([request.seed as u8, 0, 0, 255])))
+            Ok(RgbaImage::from_pixel(
+                1,
+                1,
+                image::Rgba([request.seed as u8, 0, 0, 255]),
+            ))
         }
     }
 
     impl DiffusionError {
         fn into_invalid(self) -> Self {
-            DiffusionError::InvalidRequest { field: "prompt", value: "fail".into(), reason: "test failure".into() }
+            DiffusionError::InvalidRequest {
+                field: "prompt",
+                value: "fail".into(),
+                reason: "test failure".into(),
+            }
         }
     }
 
-    fn job(prompt: &str, seed: u64, steps: usize, player: Option<&str>, priority: i32) -> GenerationRequest {
+    fn job(
+        prompt: &str,
+        seed: u64,
+        steps: usize,
+        player: Option<&str>,
+        priority: i32,
+    ) -> GenerationRequest {
         GenerationRequest {
             prompt: prompt.into(),
             seed,
@@ -488,8 +601,14 @@ mod tests {
         let mut events = Vec::new();
         let mut open: Vec<RequestId> = ids.to_vec();
         while !open.is_empty() {
-            let ev = worker.events().recv_timeout(Duration::from_secs(20)).expect("worker event");
-            if let WorkerEvent::Finished { id, .. } | WorkerEvent::Failed { id, .. } | WorkerEvent::Cancelled { id } = &ev {
+            let ev = worker
+                .events()
+                .recv_timeout(Duration::from_secs(20))
+                .expect("worker event");
+            if let WorkerEvent::Finished { id, .. }
+            | WorkerEvent::Failed { id, .. }
+            | WorkerEvent::Cancelled { id } = &ev
+            {
                 open.retain(|x| x != id);
             }
             events.push(ev);
@@ -516,7 +635,10 @@ mod tests {
         let b = w.submit(job("fail", 2, 2, None, 0)).unwrap();
         let c = w.submit(job("ok", 3, 2, None, 0)).unwrap();
         let events = wait_all(&w, &[a, b, c]);
-        assert_eq!(ended(&events), vec![(a, "failed"), (b, "failed"), (c, "finished")]);
+        assert_eq!(
+            ended(&events),
+            vec![(a, "failed"), (b, "failed"), (c, "finished")]
+        );
         let reason = events.iter().find_map(|e| match e {
             WorkerEvent::Failed { id, reason } if *id == a => Some(reason.clone()),
             _ => None,
@@ -527,17 +649,34 @@ mod tests {
 
     #[test]
     fn quotas_reject_at_once_with_a_reason_and_free_on_finish() {
-        let cfg = WorkerConfig { max_queued: 3, max_per_player: 2, ..Default::default() };
+        let cfg = WorkerConfig {
+            max_queued: 3,
+            max_per_player: 2,
+            ..Default::default()
+        };
         let w = GenerationWorker::spawn(cfg, || Ok(Fake { step_ms: 20 }));
         let a = w.submit(job("a", 1, 3, Some("ann"), 0)).unwrap();
         let b = w.submit(job("b", 2, 3, Some("ann"), 0)).unwrap();
         let e = w.submit(job("c", 3, 3, Some("ann"), 0)).unwrap_err();
-        assert_eq!(e, SubmitError::PlayerQuota { player: "ann".into(), queued: 2, limit: 2 });
+        assert_eq!(
+            e,
+            SubmitError::PlayerQuota {
+                player: "ann".into(),
+                queued: 2,
+                limit: 2
+            }
+        );
         assert!(e.to_string().contains("ann"));
         let c = w.submit(job("c", 3, 3, Some("bob"), 0)).unwrap();
-        assert!(matches!(w.submit(job("d", 4, 3, Some("cid"), 0)), Err(SubmitError::QueueFull { limit: 3, .. })));
+        assert!(matches!(
+            w.submit(job("d", 4, 3, Some("cid"), 0)),
+            Err(SubmitError::QueueFull { limit: 3, .. })
+        ));
         wait_all(&w, &[a, b, c]);
-        assert!(w.submit(job("e", 5, 1, Some("ann"), 0)).is_ok(), "slots are freed when jobs end");
+        assert!(
+            w.submit(job("e", 5, 1, Some("ann"), 0)).is_ok(),
+            "slots are freed when jobs end"
+        );
     }
 
     #[test]
@@ -546,7 +685,8 @@ mod tests {
         let long = w.submit(job("long", 1, 1000, Some("ann"), 0)).unwrap();
         // Wait until it runs, then queue more.
         loop {
-            if let WorkerEvent::Progress { id, .. } = w.events().recv_timeout(Duration::from_secs(20)).unwrap()
+            if let WorkerEvent::Progress { id, .. } =
+                w.events().recv_timeout(Duration::from_secs(20)).unwrap()
                 && id == long
             {
                 break;
@@ -559,20 +699,34 @@ mod tests {
         let events = wait_all(&w, &[long, low, high, queued]);
         let order = ended(&events);
         assert!(order.contains(&(long, "cancelled")) && order.contains(&(queued, "cancelled")));
-        let finished: Vec<_> = order.iter().filter(|(_, s)| *s == "finished").map(|(id, _)| *id).collect();
+        let finished: Vec<_> = order
+            .iter()
+            .filter(|(_, s)| *s == "finished")
+            .map(|(id, _)| *id)
+            .collect();
         assert_eq!(finished, vec![high, low], "higher priority runs first");
-        let steps_of_long = events.iter().filter(|e| matches!(e, WorkerEvent::Progress { id, .. } if *id == long)).count();
-        assert!(steps_of_long < 10, "cancel took effect within a step ({steps_of_long} more steps ran)");
+        let steps_of_long = events
+            .iter()
+            .filter(|e| matches!(e, WorkerEvent::Progress { id, .. } if *id == long))
+            .count();
+        assert!(
+            steps_of_long < 10,
+            "cancel took effect within a step ({steps_of_long} more steps ran)"
+        );
     }
 
     #[test]
     fn a_model_that_fails_to_load_fails_its_jobs_with_the_reason() {
         let w = GenerationWorker::spawn(WorkerConfig::default(), || -> crate::Result<Fake> {
-            Err(DiffusionError::ModelFolderMissing { path: "/nope".into() })
+            Err(DiffusionError::ModelFolderMissing {
+                path: "/nope".into(),
+            })
         });
         let id = w.submit(job("a", 1, 1, None, 0)).unwrap();
         let events = wait_all(&w, &[id]);
-        assert!(matches!(&events[0], WorkerEvent::ModelFailed { reason } if reason.contains("/nope")));
+        assert!(
+            matches!(&events[0], WorkerEvent::ModelFailed { reason } if reason.contains("/nope"))
+        );
         assert_eq!(ended(&events), vec![(id, "failed")]);
     }
 
@@ -586,7 +740,9 @@ mod tests {
         let second = wait_all(&w, &[b]);
         let image_of = |evs: &[WorkerEvent], want: RequestId| {
             evs.iter().find_map(|e| match e {
-                WorkerEvent::Finished { id, image, cached, .. } if *id == want => Some((image.clone(), *cached)),
+                WorkerEvent::Finished {
+                    id, image, cached, ..
+                } if *id == want => Some((image.clone(), *cached)),
                 _ => None,
             })
         };
@@ -594,6 +750,11 @@ mod tests {
         let (img_b, cached_b) = image_of(&second, b).unwrap();
         assert!(!cached_a && cached_b);
         assert_eq!(img_a, img_b);
-        assert!(!second.iter().any(|e| matches!(e, WorkerEvent::Progress { .. })), "no model steps on a hit");
+        assert!(
+            !second
+                .iter()
+                .any(|e| matches!(e, WorkerEvent::Progress { .. })),
+            "no model steps on a hit"
+        );
     }
 }

@@ -9,7 +9,8 @@ use bevy::image::{ImageAddressMode, ImageFilterMode, ImageSampler};
 use bevy::prelude::*;
 use bevy_diffusion::pipeline::{DenoisingStep, GenerationHooks};
 use bevy_diffusion::{
-    AssetKind, DiffusionError, DiffusionPlugin, DiffusionStatus, GenerationRequest, Generator, SubmitError,
+    AssetKind, DiffusionError, DiffusionPlugin, DiffusionStatus, GenerationRequest, Generator,
+    SubmitError,
 };
 use candle_core::{Device, Tensor};
 use image::RgbaImage;
@@ -28,7 +29,12 @@ impl Disc {
     fn plugin(step_ms: u64) -> (DiffusionPlugin, Arc<AtomicUsize>) {
         let steps = Arc::new(AtomicUsize::new(0));
         let counter = steps.clone();
-        let plugin = DiffusionPlugin::with_generator(move || Ok(Disc { step_ms, steps_done: counter.clone() }));
+        let plugin = DiffusionPlugin::with_generator(move || {
+            Ok(Disc {
+                step_ms,
+                steps_done: counter.clone(),
+            })
+        });
         (plugin, steps)
     }
 }
@@ -71,43 +77,83 @@ impl Generator for Disc {
         }
         let (w, h) = size(request);
         let image = RgbaImage::from_fn(w, h, |x, y| {
-            let d = ((x as f32 - w as f32 / 2.0).powi(2) + (y as f32 - h as f32 / 2.0).powi(2)).sqrt();
-            if d < w.min(h) as f32 / 4.0 { image::Rgba([200, 30, 30, 255]) } else { image::Rgba([255, 255, 255, 255]) }
+            let d =
+                ((x as f32 - w as f32 / 2.0).powi(2) + (y as f32 - h as f32 / 2.0).powi(2)).sqrt();
+            if d < w.min(h) as f32 / 4.0 {
+                image::Rgba([200, 30, 30, 255])
+            } else {
+                image::Rgba([255, 255, 255, 255])
+            }
         });
         Ok(bevy_diffusion::postprocess::finish(image, request))
     }
 
     fn preview(&self, step: &DenoisingStep) -> Option<RgbaImage> {
-        let v = step.pred_original_sample.flatten_all().ok()?.to_vec1::<f32>().ok()?[0] as u32;
-        Some(RgbaImage::from_pixel(32, 32, image::Rgba([(v % 256) as u8, 1, 2, 255])))
+        let v = step
+            .pred_original_sample
+            .flatten_all()
+            .ok()?
+            .to_vec1::<f32>()
+            .ok()?[0] as u32;
+        Some(RgbaImage::from_pixel(
+            32,
+            32,
+            image::Rgba([(v % 256) as u8, 1, 2, 255]),
+        ))
     }
 }
 
 fn steps(n: usize) -> GenerationRequest {
-    GenerationRequest { prompt: "disc".into(), num_inference_steps: n, ..Default::default() }
+    GenerationRequest {
+        prompt: "disc".into(),
+        num_inference_steps: n,
+        ..Default::default()
+    }
 }
 
 #[test]
 fn the_handle_is_valid_at_once_and_filled_in_place_with_the_result() {
     let (plugin, _) = Disc::plugin(0);
     let mut app = app(plugin);
-    let request = GenerationRequest { width: 24, height: 40, ..steps(2) };
+    let request = GenerationRequest {
+        width: 24,
+        height: 40,
+        ..steps(2)
+    };
     let job = submit(&mut app, request).expect("accepted");
     // Same frame: a placeholder of the request's size.
     let (w, h, placeholder) = pixels(&app, &job.handle);
     assert_eq!((w, h), (24, 40));
-    assert!(placeholder.chunks(4).all(|p| p == [128, 128, 128, 255]), "grey placeholder");
+    assert!(
+        placeholder.chunks(4).all(|p| p == [128, 128, 128, 255]),
+        "grey placeholder"
+    );
     wait_ended(&mut app, job.id);
     let finished = log(&app).finished_of(job.id);
     assert_eq!(finished.len(), 1);
-    assert_eq!(finished[0].handle, job.handle, "the result lands in the handle returned at submission");
+    assert_eq!(
+        finished[0].handle, job.handle,
+        "the result lands in the handle returned at submission"
+    );
     let (w, h, result) = pixels(&app, &job.handle);
     assert_eq!((w, h), (24, 40));
     assert_eq!(&result[..4], &[255, 255, 255, 255]);
-    let image = app.world().resource::<Assets<Image>>().get(&job.handle).unwrap();
-    assert_eq!(image.texture_descriptor.format, wgpu_types::TextureFormat::Rgba8UnormSrgb);
-    let ImageSampler::Descriptor(d) = &image.sampler else { panic!("textures get an explicit sampler") };
-    assert_eq!((d.address_mode_u, d.address_mode_v), (ImageAddressMode::Repeat, ImageAddressMode::Repeat));
+    let image = app
+        .world()
+        .resource::<Assets<Image>>()
+        .get(&job.handle)
+        .unwrap();
+    assert_eq!(
+        image.texture_descriptor.format,
+        wgpu_types::TextureFormat::Rgba8UnormSrgb
+    );
+    let ImageSampler::Descriptor(d) = &image.sampler else {
+        panic!("textures get an explicit sampler")
+    };
+    assert_eq!(
+        (d.address_mode_u, d.address_mode_v),
+        (ImageAddressMode::Repeat, ImageAddressMode::Repeat)
+    );
     assert!(
         matches!(app.world().resource::<DiffusionStatus>(), DiffusionStatus::Ready { identity } if identity == "disc")
     );
@@ -118,10 +164,16 @@ fn the_handle_is_valid_at_once_and_filled_in_place_with_the_result() {
 fn a_sprite_is_keyed_transparent_around_an_opaque_centre_with_a_nearest_sampler() {
     let (plugin, _) = Disc::plugin(0);
     let mut app = app(plugin);
-    let request = GenerationRequest { num_inference_steps: 1, ..GenerationRequest::sprite("disc") };
+    let request = GenerationRequest {
+        num_inference_steps: 1,
+        ..GenerationRequest::sprite("disc")
+    };
     let job = submit(&mut app, request).expect("accepted");
     let (_, _, placeholder) = pixels(&app, &job.handle);
-    assert!(placeholder.chunks(4).all(|p| p[3] == 0), "transparent sprite placeholder");
+    assert!(
+        placeholder.chunks(4).all(|p| p[3] == 0),
+        "transparent sprite placeholder"
+    );
     wait_ended(&mut app, job.id);
     let (w, h, px) = pixels(&app, &job.handle);
     let alpha = |x: u32, y: u32| px[((y * w + x) * 4 + 3) as usize];
@@ -129,9 +181,18 @@ fn a_sprite_is_keyed_transparent_around_an_opaque_centre_with_a_nearest_sampler(
         assert_eq!(alpha(x, y), 0, "corner ({x}, {y}) is transparent");
     }
     assert_eq!(alpha(w / 2, h / 2), 255, "centre is opaque");
-    let image = app.world().resource::<Assets<Image>>().get(&job.handle).unwrap();
-    let ImageSampler::Descriptor(d) = &image.sampler else { panic!("sprites get an explicit sampler") };
-    assert_eq!((d.mag_filter, d.min_filter), (ImageFilterMode::Nearest, ImageFilterMode::Nearest));
+    let image = app
+        .world()
+        .resource::<Assets<Image>>()
+        .get(&job.handle)
+        .unwrap();
+    let ImageSampler::Descriptor(d) = &image.sampler else {
+        panic!("sprites get an explicit sampler")
+    };
+    assert_eq!(
+        (d.mag_filter, d.min_filter),
+        (ImageFilterMode::Nearest, ImageFilterMode::Nearest)
+    );
     assert_eq!(AssetKind::Sprite, GenerationRequest::sprite("x").kind);
 }
 
@@ -145,7 +206,11 @@ fn previews_update_the_same_handle_during_denoising() {
         // The image holds the preview of the newest step seen so far (previews are coalesced).
         if let Some(last) = log(app).progress_of(job.id).last().map(|p| p.step) {
             let (_, _, px) = pixels(app, &job.handle);
-            assert_eq!(&px[..4], &[((last - 1) % 256) as u8, 1, 2, 255], "preview of step {last}");
+            assert_eq!(
+                &px[..4],
+                &[((last - 1) % 256) as u8, 1, 2, 255],
+                "preview of step {last}"
+            );
             checked += 1;
         }
         checked >= 5
@@ -160,9 +225,14 @@ fn with_previews_off_the_placeholder_stays_until_the_result() {
     let (plugin, _) = Disc::plugin(3);
     let mut app = app(plugin.configure(|s| s.previews = false));
     let job = submit(&mut app, steps(1000)).expect("accepted");
-    wait_for(&mut app, "three progress messages", |app| log(app).progress_of(job.id).len() >= 3);
+    wait_for(&mut app, "three progress messages", |app| {
+        log(app).progress_of(job.id).len() >= 3
+    });
     let (_, _, px) = pixels(&app, &job.handle);
-    assert!(px.chunks(4).all(|p| p == [128, 128, 128, 255]), "still the placeholder");
+    assert!(
+        px.chunks(4).all(|p| p == [128, 128, 128, 255]),
+        "still the placeholder"
+    );
     assert!(cancel(&mut app, job.id));
     wait_ended(&mut app, job.id);
 }
@@ -181,16 +251,35 @@ fn cancel_stops_a_running_job_within_one_step_and_frees_its_slot() {
     let (plugin, steps_done) = Disc::plugin(5);
     let mut app = app(plugin.configure(|s| s.max_queued = 1));
     let job = submit(&mut app, steps(10_000)).expect("accepted");
-    wait_for(&mut app, "the job to run", |app| !log(app).progress_of(job.id).is_empty());
-    assert!(matches!(submit(&mut app, steps(1)), Err(SubmitError::QueueFull { limit: 1, .. })), "the slot is taken");
+    wait_for(&mut app, "the job to run", |app| {
+        !log(app).progress_of(job.id).is_empty()
+    });
+    assert!(
+        matches!(
+            submit(&mut app, steps(1)),
+            Err(SubmitError::QueueFull { limit: 1, .. })
+        ),
+        "the slot is taken"
+    );
     assert!(cancel(&mut app, job.id), "in flight");
     // Read after the cancel was sent: at most the step running now completes.
     let at_cancel = steps_done.load(Ordering::SeqCst);
     wait_ended(&mut app, job.id);
-    assert_eq!(log(&app).cancelled.iter().filter(|c| c.id == job.id).count(), 1);
+    assert_eq!(
+        log(&app)
+            .cancelled
+            .iter()
+            .filter(|c| c.id == job.id)
+            .count(),
+        1
+    );
     assert!(log(&app).finished_of(job.id).is_empty());
     let after = steps_done.load(Ordering::SeqCst);
-    assert!(after <= at_cancel + 1, "{} steps ran after the cancel", after - at_cancel);
+    assert!(
+        after <= at_cancel + 1,
+        "{} steps ran after the cancel",
+        after - at_cancel
+    );
     assert!(!cancel(&mut app, job.id), "no longer in flight");
     let next = submit(&mut app, steps(1)).expect("the cancelled job freed its slot");
     wait_ended(&mut app, next.id);
@@ -201,13 +290,33 @@ fn cancel_stops_a_running_job_within_one_step_and_frees_its_slot() {
 fn a_player_over_quota_is_rejected_at_once_with_the_reason_and_can_cancel_all() {
     let (plugin, _) = Disc::plugin(5);
     let mut app = app(plugin.configure(|s| s.max_per_player = 2));
-    let for_player = |p: &str| GenerationRequest { player: Some(p.into()), ..steps(10_000) };
+    let for_player = |p: &str| GenerationRequest {
+        player: Some(p.into()),
+        ..steps(10_000)
+    };
     let a = submit(&mut app, for_player("ann")).expect("first");
     let b = submit(&mut app, for_player("ann")).expect("second");
     let err = submit(&mut app, for_player("ann")).expect_err("third is over quota");
-    assert_eq!(err, SubmitError::PlayerQuota { player: "ann".into(), queued: 2, limit: 2 });
-    assert!(err.to_string().contains("ann") && err.to_string().contains("limit 2"), "{err}");
-    let c = submit(&mut app, GenerationRequest { num_inference_steps: 1, ..for_player("bob") }).expect("bob has room");
+    assert_eq!(
+        err,
+        SubmitError::PlayerQuota {
+            player: "ann".into(),
+            queued: 2,
+            limit: 2
+        }
+    );
+    assert!(
+        err.to_string().contains("ann") && err.to_string().contains("limit 2"),
+        "{err}"
+    );
+    let c = submit(
+        &mut app,
+        GenerationRequest {
+            num_inference_steps: 1,
+            ..for_player("bob")
+        },
+    )
+    .expect("bob has room");
     let n = app
         .world_mut()
         .run_system_once(|mut d: bevy_diffusion::Diffusion| d.cancel_player("ann"))

@@ -12,9 +12,9 @@ use std::time::Duration;
 use bevy::ecs::system::RunSystemOnce;
 use bevy::prelude::*;
 use bevy_diffusion::{
-    Diffusion, DiffusionPlugin, DiffusionSet, DiffusionStatus, GenerationCancelled, GenerationFailed,
-    GenerationFinished, GenerationProgress, GenerationRequest, GenerationStarted, ModelLoadFailed, ModelReady,
-    RequestId, SubmitError, Submitted,
+    Diffusion, DiffusionPlugin, DiffusionSet, DiffusionStatus, GenerationCancelled,
+    GenerationFailed, GenerationFinished, GenerationProgress, GenerationRequest, GenerationStarted,
+    ModelLoadFailed, ModelReady, RequestId, SubmitError, Submitted,
 };
 
 /// Every message the plugin wrote, in order, collected after [`DiffusionSet::Poll`].
@@ -46,7 +46,10 @@ impl Log {
     }
     /// The failure reason of `id`, if it failed.
     pub fn failure_of(&self, id: RequestId) -> Option<&str> {
-        self.failed.iter().find(|m| m.id == id).map(|m| m.reason.as_str())
+        self.failed
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.reason.as_str())
     }
 }
 
@@ -73,9 +76,14 @@ fn collect(
 /// A headless app with `plugin` and a [`Log`] of every message, ready for `app.update()`.
 pub fn app(plugin: DiffusionPlugin) -> App {
     let mut app = App::new();
-    app.add_plugins((MinimalPlugins, AssetPlugin::default(), ImagePlugin::default(), plugin))
-        .init_resource::<Log>()
-        .add_systems(PreUpdate, collect.after(DiffusionSet::Poll));
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin::default(),
+        ImagePlugin::default(),
+        plugin,
+    ))
+    .init_resource::<Log>()
+    .add_systems(PreUpdate, collect.after(DiffusionSet::Poll));
     app.finish();
     app.cleanup();
     app
@@ -99,7 +107,9 @@ pub fn wait_for(app: &mut App, what: &str, mut done: impl FnMut(&mut App) -> boo
 
 /// Waits until request `id` has ended.
 pub fn wait_ended(app: &mut App, id: RequestId) {
-    wait_for(app, &format!("request {id} to end"), |app| app.world().resource::<Log>().ended(id));
+    wait_for(app, &format!("request {id} to end"), |app| {
+        app.world().resource::<Log>().ended(id)
+    });
 }
 
 /// Submits `request` through the [`Diffusion`] system parameter, as a game system would.
@@ -111,14 +121,20 @@ pub fn submit(app: &mut App, request: GenerationRequest) -> Result<Submitted, Su
 
 /// Cancels request `id` through [`Diffusion::cancel`].
 pub fn cancel(app: &mut App, id: RequestId) -> bool {
-    app.world_mut().run_system_once(move |mut diffusion: Diffusion| diffusion.cancel(id)).expect("cancel runs")
+    app.world_mut()
+        .run_system_once(move |mut diffusion: Diffusion| diffusion.cancel(id))
+        .expect("cancel runs")
 }
 
 /// The pixels and size behind `handle` now.
 pub fn pixels(app: &App, handle: &Handle<Image>) -> (u32, u32, Vec<u8>) {
     let images = app.world().resource::<Assets<Image>>();
     let image = images.get(handle).expect("the handle has an image");
-    (image.width(), image.height(), image.data.clone().expect("CPU-side pixels"))
+    (
+        image.width(),
+        image.height(),
+        image.data.clone().expect("CPU-side pixels"),
+    )
 }
 
 /// The log so far.

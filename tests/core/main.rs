@@ -1,6 +1,7 @@
 //! Integration tests of the bevy-free core against HF diffusers' reference tensors.
 
-mod models;
-mod schedulers;
 mod loading;
+mod models;
 mod pipeline;
+mod schedulers;
+mod vae;

@@ -5,13 +5,18 @@ use bevy_diffusion::noise::{NoiseSource, ReplayNoise, SeededNoise};
 use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks, NoHooks};
 use bevy_diffusion::request::InitImage;
 use bevy_diffusion::schedulers::TimestepSpacing;
-use bevy_diffusion::{DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling};
+use bevy_diffusion::{
+    DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling,
+};
 use bevy_diffusion_tests::{References, assert_close, tiny_sd_dir, tiny_sd_model};
+use candle_core::Tensor;
 use std::sync::OnceLock;
 
 fn model() -> &'static StableDiffusion {
     static MODEL: OnceLock<StableDiffusion> = OnceLock::new();
-    MODEL.get_or_init(|| StableDiffusion::load(&tiny_sd_model(), &LoadOptions::default()).expect("fixture loads"))
+    MODEL.get_or_init(|| {
+        StableDiffusion::load(&tiny_sd_model(), &LoadOptions::default()).expect("fixture loads")
+    })
 }
 
 fn refs() -> &'static References {
@@ -38,13 +43,20 @@ fn request_for(case: &str) -> GenerationRequest {
         "DDIMScheduler" => SchedulerKind::Ddim,
         "EulerDiscreteScheduler" => SchedulerKind::Euler,
         "EulerAncestralDiscreteScheduler" => SchedulerKind::EulerAncestral,
-        "DPMSolverMultistepScheduler" if cfg["use_karras_sigmas"] == true => SchedulerKind::DpmSolverMultistepKarras,
+        "DPMSolverMultistepScheduler" if cfg["use_karras_sigmas"] == true => {
+            SchedulerKind::DpmSolverMultistepKarras
+        }
         "DPMSolverMultistepScheduler" => SchedulerKind::DpmSolverMultistep,
         "LCMScheduler" => SchedulerKind::Lcm,
         other => panic!("unexpected scheduler class {other}"),
     };
     let spacing: TimestepSpacing = cfg["timestep_spacing"].as_str().unwrap().parse().unwrap();
-    let spec = refs().json["spec"]["pipeline_cases"].as_array().unwrap().iter().find(|p| p["name"] == case).unwrap();
+    let spec = refs().json["spec"]["pipeline_cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == case)
+        .unwrap();
     let img2img = c["kind"] == "img2img";
     GenerationRequest {
         prompt: c["prompt"].as_str().unwrap().to_string(),
@@ -57,9 +69,15 @@ fn request_for(case: &str) -> GenerationRequest {
         scheduler: Some(scheduler),
         timestep_spacing: Some(spacing),
         tiling: Tiling::None,
-        init_image: img2img
-            .then(|| InitImage::Path(tiny_sd_dir().join("images").join(format!("{case}__init_image.png")))),
+        init_image: img2img.then(|| {
+            InitImage::Path(
+                tiny_sd_dir()
+                    .join("images")
+                    .join(format!("{case}__init_image.png")),
+            )
+        }),
         strength: spec["strength"].as_f64().unwrap_or(0.8),
+        ..Default::default()
     }
 }
 
@@ -73,7 +91,10 @@ fn run_case(case: &str) {
             vae_sample_eps: Some(r.get(&format!("{case}/vae_sample_eps"))),
         }
     } else {
-        ExplicitNoise { noise: Some(r.get(&format!("{case}/init_noise"))), vae_sample_eps: None }
+        ExplicitNoise {
+            noise: Some(r.get(&format!("{case}/init_noise"))),
+            vae_sample_eps: None,
+        }
     };
     let n = r.case(case)["n_steps_run"].as_u64().unwrap() as usize;
     let step_noise: Vec<_> = (0..n)
@@ -81,45 +102,111 @@ fn run_case(case: &str) {
         .filter(|name| r.has(name))
         .map(|name| r.get(&name))
         .collect();
-    let mut noise: Box<dyn NoiseSource> = Box::new(ReplayNoise::with_fallback(step_noise, Box::new(SeededNoise::new(0))));
+    let mut noise: Box<dyn NoiseSource> = Box::new(ReplayNoise::with_fallback(
+        step_noise,
+        Box::new(SeededNoise::new(0)),
+    ));
     let mut rec = Recorder::default();
     let out = pipeline::generate_with_noise(model(), &request, &explicit, noise.as_mut(), &mut rec)
         .unwrap_or_else(|e| panic!("{case}: {e}"));
 
-    let expected_t: Vec<f64> = r.case(case)["unet_timesteps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let expected_t: Vec<f64> = r.case(case)["unet_timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     let got_t: Vec<f64> = out.timesteps.iter().map(|&t| t as f32 as f64).collect();
     assert_eq!(got_t, expected_t, "{case}: timesteps");
     assert_eq!(rec.steps.len(), n, "{case}: steps run");
     for (k, s) in rec.steps.iter().enumerate() {
         let p = format!("{case}/step_{k:02}");
-        assert_close(&format!("{p}/latents_in"), &s.latents_in, &r.get(&format!("{p}/latents_in")));
-        assert_close(&format!("{p}/unet_input"), &s.unet_input, &r.get(&format!("{p}/unet_input")));
-        assert_close(&format!("{p}/unet_output"), &s.unet_output, &r.get(&format!("{p}/unet_output")));
-        assert_close(&format!("{p}/noise_pred"), &s.noise_pred, &r.get(&format!("{p}/noise_pred")));
+        assert_close(
+            &format!("{p}/latents_in"),
+            &s.latents_in,
+            &r.get(&format!("{p}/latents_in")),
+        );
+        assert_close(
+            &format!("{p}/unet_input"),
+            &s.unet_input,
+            &r.get(&format!("{p}/unet_input")),
+        );
+        assert_close(
+            &format!("{p}/unet_output"),
+            &s.unet_output,
+            &r.get(&format!("{p}/unet_output")),
+        );
+        assert_close(
+            &format!("{p}/noise_pred"),
+            &s.noise_pred,
+            &r.get(&format!("{p}/noise_pred")),
+        );
         assert_close(
             &format!("{p}/pred_original_sample"),
             &s.pred_original_sample,
             &r.get(&format!("{p}/pred_original_sample")),
         );
-        assert_close(&format!("{p}/latents_out"), &s.latents_out, &r.get(&format!("{p}/latents_out")));
+        assert_close(
+            &format!("{p}/latents_out"),
+            &s.latents_out,
+            &r.get(&format!("{p}/latents_out")),
+        );
     }
-    assert_close(&format!("{case}/final_latents"), &out.final_latents, &r.get(&format!("{case}/final_latents")));
+    assert_close(
+        &format!("{case}/final_latents"),
+        &out.final_latents,
+        &r.get(&format!("{case}/final_latents")),
+    );
 
     // The image: HWC float in [0, 1]; ours is RGBA8. Within 1/255 per channel.
-    let reference = r.get(&format!("{case}/image")).flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let ours: Vec<f32> = out.image.pixels().flat_map(|p| p.0[..3].iter().map(|&v| v as f32 / 255.0).collect::<Vec<_>>()).collect();
+    let reference = r
+        .get(&format!("{case}/image"))
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let ours: Vec<f32> = out
+        .image
+        .pixels()
+        .flat_map(|p| {
+            p.0[..3]
+                .iter()
+                .map(|&v| v as f32 / 255.0)
+                .collect::<Vec<_>>()
+        })
+        .collect();
     assert_eq!(ours.len(), reference.len(), "{case}: image size");
-    let worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(worst <= 1.0 / 255.0 + 1e-6, "{case}: image differs by {worst} (> 1/255)");
-    assert!(out.image.pixels().all(|p| p.0[3] == 255), "{case}: RGB model gives opaque pixels");
+    let worst = ours
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= 1.0 / 255.0 + 1e-6,
+        "{case}: image differs by {worst} (> 1/255)"
+    );
+    assert!(
+        out.image.pixels().all(|p| p.0[3] == 255),
+        "{case}: RGB model gives opaque pixels"
+    );
 }
 
 #[test]
 fn prompt_embeds_match_diffusers() {
     for case in ["pipe_ddim4", "pipe_lcm4", "pipe_euler6"] {
         let req = request_for(case);
-        let e = pipeline::encode_prompt(model(), &req.prompt, &req.negative_prompt, req.guidance_scale > 1.0).unwrap();
-        assert_close(&format!("{case}/prompt_embeds"), &e.embeds, &refs().get(&format!("{case}/prompt_embeds")));
+        let e = pipeline::encode_prompt(
+            model(),
+            &req.prompt,
+            &req.negative_prompt,
+            req.guidance_scale > 1.0,
+        )
+        .unwrap();
+        assert_close(
+            &format!("{case}/prompt_embeds"),
+            &e.embeds,
+            &refs().get(&format!("{case}/prompt_embeds")),
+        );
     }
 }
 
@@ -161,9 +248,21 @@ fn pipe_euler_a4() {
 fn seam_ratio(img: &image::RgbaImage, along_x: bool) -> f64 {
     let (w, h) = img.dimensions();
     let (n, m) = if along_x { (w, h) } else { (h, w) };
-    let px = |i: u32, j: u32| if along_x { img.get_pixel(i, j) } else { img.get_pixel(j, i) };
+    let px = |i: u32, j: u32| {
+        if along_x {
+            img.get_pixel(i, j)
+        } else {
+            img.get_pixel(j, i)
+        }
+    };
     let diff = |a: u32, b: u32| -> f64 {
-        (0..m).map(|j| (0..3).map(|c| (px(a, j).0[c] as f64 - px(b, j).0[c] as f64).abs()).sum::<f64>()).sum::<f64>()
+        (0..m)
+            .map(|j| {
+                (0..3)
+                    .map(|c| (px(a, j).0[c] as f64 - px(b, j).0[c] as f64).abs())
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
             / (m as f64 * 3.0)
     };
     let seam = diff(n - 1, 0);
@@ -171,28 +270,114 @@ fn seam_ratio(img: &image::RgbaImage, along_x: bool) -> f64 {
     seam / interior
 }
 
-#[test]
-fn seamless_tiling_xy_has_no_seam_and_plain_has_one() {
-    let base = GenerationRequest {
+/// Text-to-image with DDIM from explicit initial noise (no other randomness).
+fn generate_from_noise(noise: &Tensor, tiling: Tiling) -> image::RgbaImage {
+    let req = GenerationRequest {
         prompt: "seamless mossy cobblestone floor texture".into(),
-        seed: 3,
         width: 64,
         height: 64,
         num_inference_steps: 4,
         guidance_scale: 7.5,
         scheduler: Some(SchedulerKind::Ddim),
+        tiling,
         ..Default::default()
     };
-    let tiled = pipeline::generate(model(), &GenerationRequest { tiling: Tiling::XY, ..base.clone() }, &mut NoHooks).unwrap();
-    let plain = pipeline::generate(model(), &base, &mut NoHooks).unwrap();
-    let (tx, ty) = (seam_ratio(&tiled.image, true), seam_ratio(&tiled.image, false));
-    let (px, py) = (seam_ratio(&plain.image, true), seam_ratio(&plain.image, false));
-    eprintln!("seam/interior ratio: tiled x {tx:.3} y {ty:.3}; plain x {px:.3} y {py:.3}");
-    assert!(tx <= 1.1 && ty <= 1.1, "tiled seams: x {tx:.3}, y {ty:.3}");
-    assert!(px > tx && py > ty, "plain should show a seam: x {px:.3} vs {tx:.3}, y {py:.3} vs {ty:.3}");
-    // X-only tiling wraps columns but not rows.
-    let only_x = pipeline::generate(model(), &GenerationRequest { tiling: Tiling::X, ..base }, &mut NoHooks).unwrap();
-    assert!(seam_ratio(&only_x.image, true) <= 1.1);
+    let explicit = ExplicitNoise {
+        noise: Some(noise.clone()),
+        vae_sample_eps: None,
+    };
+    pipeline::generate_with_noise(
+        model(),
+        &req,
+        &explicit,
+        &mut SeededNoise::new(0),
+        &mut NoHooks,
+    )
+    .unwrap()
+    .image
+}
+
+/// Rolls `t` (`[1, C, H, W]`) left by `k` along the width.
+fn roll_x(t: &Tensor, k: usize) -> Tensor {
+    let w = t.dim(3).unwrap();
+    Tensor::cat(
+        &[t.narrow(3, k, w - k).unwrap(), t.narrow(3, 0, k).unwrap()],
+        3,
+    )
+    .unwrap()
+}
+
+#[test]
+fn seamless_tiling_xy_has_no_seam() {
+    // The seam statistic, averaged over seeds and both axes (one column pair is a noisy figure).
+    let (mut tiled, mut plain) = (Vec::new(), Vec::new());
+    for seed in 0..6 {
+        let noise = SeededNoise::new(seed)
+            .randn(&[1, 4, 8, 8], &candle_core::Device::Cpu)
+            .unwrap();
+        let t = generate_from_noise(&noise, Tiling::XY);
+        let p = generate_from_noise(&noise, Tiling::None);
+        tiled.extend([seam_ratio(&t, true), seam_ratio(&t, false)]);
+        plain.extend([seam_ratio(&p, true), seam_ratio(&p, false)]);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    eprintln!(
+        "seam / interior, mean of 6 seeds x 2 axes: tiling xy {:.3}, tiling none {:.3}",
+        mean(&tiled),
+        mean(&plain)
+    );
+    assert!(mean(&tiled) <= 1.1, "tiled seam ratio {:.3}", mean(&tiled));
+    // Same seeds without tiling: the wrap-around is rougher than the interior.
+    assert!(
+        mean(&plain) > mean(&tiled),
+        "untiled {:.3} vs tiled {:.3}",
+        mean(&plain),
+        mean(&tiled)
+    );
+}
+
+#[test]
+fn tiling_xy_makes_the_image_a_torus_and_none_does_not() {
+    // On a torus, rolling the initial noise by 2 latent columns rolls the image by 16 pixels
+    // exactly: there is no edge, so no seam anywhere. Without tiling the edges are special and
+    // the rolled generation differs.
+    let noise = SeededNoise::new(3)
+        .randn(&[1, 4, 8, 8], &candle_core::Device::Cpu)
+        .unwrap();
+    let rolled_noise = roll_x(&noise, 2);
+    let max_and_mean_diff = |a: &image::RgbaImage, b: &image::RgbaImage| {
+        let mut worst = 0u8;
+        let mut sum = 0f64;
+        for y in 0..64 {
+            for x in 0..64 {
+                let (p, q) = (a.get_pixel((x + 16) % 64, y).0, b.get_pixel(x, y).0);
+                for c in 0..3 {
+                    worst = worst.max(p[c].abs_diff(q[c]));
+                    sum += p[c].abs_diff(q[c]) as f64;
+                }
+            }
+        }
+        (worst, sum / (64.0 * 64.0 * 3.0))
+    };
+    let (tiled_worst, tiled_mean) = max_and_mean_diff(
+        &generate_from_noise(&noise, Tiling::XY),
+        &generate_from_noise(&rolled_noise, Tiling::XY),
+    );
+    let (_, plain_mean) = max_and_mean_diff(
+        &generate_from_noise(&noise, Tiling::None),
+        &generate_from_noise(&rolled_noise, Tiling::None),
+    );
+    eprintln!(
+        "rolled-by-16px difference: tiling xy worst {tiled_worst} mean {tiled_mean:.4}; tiling none mean {plain_mean:.3}"
+    );
+    assert!(
+        tiled_worst <= 1,
+        "tiling xy is shift-equivariant (worst {tiled_worst})"
+    );
+    assert!(
+        plain_mean > 10.0 * tiled_mean.max(0.01),
+        "without tiling the edges differ (mean {plain_mean:.3})"
+    );
 }
 
 #[test]
@@ -206,30 +391,67 @@ fn same_seed_same_bytes_other_seed_other_image() {
     };
     let a = pipeline::generate(model(), &req, &mut NoHooks).unwrap();
     let b = pipeline::generate(model(), &req, &mut NoHooks).unwrap();
-    let c = pipeline::generate(model(), &GenerationRequest { seed: 12, ..req }, &mut NoHooks).unwrap();
+    let c = pipeline::generate(
+        model(),
+        &GenerationRequest { seed: 12, ..req },
+        &mut NoHooks,
+    )
+    .unwrap();
     assert_eq!(a.image.as_raw(), b.image.as_raw());
     assert_ne!(a.image.as_raw(), c.image.as_raw());
-    assert_eq!((a.image.width(), a.image.height()), (64, 64), "native size = sample_size * 8");
+    assert_eq!(
+        (a.image.width(), a.image.height()),
+        (64, 64),
+        "native size = sample_size * 8"
+    );
 }
 
 #[test]
 fn empty_prompt_and_overlong_prompt_work() {
-    let req = GenerationRequest { num_inference_steps: 2, ..Default::default() };
+    let req = GenerationRequest {
+        num_inference_steps: 2,
+        ..Default::default()
+    };
     assert!(pipeline::generate(model(), &req, &mut NoHooks).is_ok());
     let long = "mossy cobblestone ".repeat(60);
-    let out = pipeline::generate(model(), &GenerationRequest { prompt: long, ..req }, &mut NoHooks).unwrap();
+    let out = pipeline::generate(
+        model(),
+        &GenerationRequest {
+            prompt: long,
+            ..req
+        },
+        &mut NoHooks,
+    )
+    .unwrap();
     assert!(out.prompt_truncated);
 }
 
 #[test]
 fn bad_requests_are_typed_errors() {
-    let base = GenerationRequest { num_inference_steps: 2, ..Default::default() };
+    let base = GenerationRequest {
+        num_inference_steps: 2,
+        ..Default::default()
+    };
     let cases: Vec<(GenerationRequest, &str)> = vec![
-        (GenerationRequest { width: 60, ..base.clone() }, "`width` = 60"),
-        (GenerationRequest { num_inference_steps: 0, ..base.clone() }, "`num_inference_steps` = 0"),
         (
             GenerationRequest {
-                init_image: Some(InitImage::Path(tiny_sd_dir().join("images/pipe_img2img_s05__init_image.png"))),
+                width: 60,
+                ..base.clone()
+            },
+            "`width` = 60",
+        ),
+        (
+            GenerationRequest {
+                num_inference_steps: 0,
+                ..base.clone()
+            },
+            "`num_inference_steps` = 0",
+        ),
+        (
+            GenerationRequest {
+                init_image: Some(InitImage::Path(
+                    tiny_sd_dir().join("images/pipe_img2img_s05__init_image.png"),
+                )),
                 strength: 0.0,
                 ..base.clone()
             },
@@ -237,7 +459,9 @@ fn bad_requests_are_typed_errors() {
         ),
         (
             GenerationRequest {
-                init_image: Some(InitImage::Path(tiny_sd_dir().join("images/pipe_img2img_s05__init_image.png"))),
+                init_image: Some(InitImage::Path(
+                    tiny_sd_dir().join("images/pipe_img2img_s05__init_image.png"),
+                )),
                 strength: 1.5,
                 ..base.clone()
             },
@@ -249,9 +473,16 @@ fn bad_requests_are_typed_errors() {
         assert!(matches!(e, DiffusionError::InvalidRequest { .. }), "{e:?}");
         assert!(e.to_string().contains(needle), "`{e}` should name {needle}");
     }
-    let missing = GenerationRequest { init_image: Some(InitImage::Path("/nonexistent/init.png".into())), ..base };
+    let missing = GenerationRequest {
+        init_image: Some(InitImage::Path("/nonexistent/init.png".into())),
+        ..base
+    };
     let e = pipeline::generate(model(), &missing, &mut NoHooks).unwrap_err();
-    assert!(matches!(e, DiffusionError::Image { .. }) && e.to_string().contains("/nonexistent/init.png"), "{e}");
+    assert!(
+        matches!(e, DiffusionError::Image { .. })
+            && e.to_string().contains("/nonexistent/init.png"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -265,7 +496,10 @@ fn cancel_stops_before_the_next_step() {
             self.1 >= self.0
         }
     }
-    let req = GenerationRequest { num_inference_steps: 5, ..Default::default() };
+    let req = GenerationRequest {
+        num_inference_steps: 5,
+        ..Default::default()
+    };
     let mut hooks = CancelAfter(2, 0);
     let e = pipeline::generate(model(), &req, &mut hooks).unwrap_err();
     assert!(matches!(e, DiffusionError::Cancelled));

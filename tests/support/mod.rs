@@ -11,7 +11,9 @@ use candle_core::{DType, Device, Tensor};
 
 /// `tests/fixtures/tiny-sd`.
 pub fn tiny_sd_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("tiny-sd")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("tiny-sd")
 }
 
 /// `tests/fixtures/tiny-sd/model`: the diffusers-layout pipeline folder.
@@ -31,16 +33,23 @@ impl References {
     /// this is test code).
     pub fn load() -> Self {
         let dir = tiny_sd_dir();
-        let tensors = candle_core::safetensors::load(dir.join("references.safetensors"), &Device::Cpu)
-            .expect("tests/fixtures/tiny-sd/references.safetensors");
-        let json_text = std::fs::read_to_string(dir.join("references.json")).expect("references.json");
-        let json = serde_json::from_str(&json_text).expect("references.json parses");
+        let tensors =
+            candle_core::safetensors::load(dir.join("references.safetensors"), &Device::Cpu)
+                .expect("tests/fixtures/tiny-sd/references.safetensors");
+        let json_text =
+            std::fs::read_to_string(dir.join("references.json")).expect("references.json");
+        // Python's json writes -Infinity (DPM-Solver's lambda_min_clipped), which is not JSON.
+        let json = bevy_diffusion::schedulers::config::parse_lenient_json(&json_text)
+            .expect("references.json parses");
         Self { tensors, json }
     }
 
     /// The tensor `name`, converted to f32 (ids stay integer: use [`References::ids`]).
     pub fn get(&self, name: &str) -> Tensor {
-        let t = self.tensors.get(name).unwrap_or_else(|| panic!("reference tensor `{name}` not found"));
+        let t = self
+            .tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("reference tensor `{name}` not found"));
         t.to_dtype(DType::F32).expect("to f32")
     }
 
@@ -51,7 +60,10 @@ impl References {
 
     /// An int64 tensor as rows of i64 (`[rows, cols]`).
     pub fn ids(&self, name: &str) -> Vec<Vec<i64>> {
-        let t = self.tensors.get(name).unwrap_or_else(|| panic!("reference tensor `{name}` not found"));
+        let t = self
+            .tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("reference tensor `{name}` not found"));
         t.to_dtype(DType::I64).unwrap().to_vec2::<i64>().unwrap()
     }
 
@@ -63,12 +75,35 @@ impl References {
 
 /// max |a - b| and max |reference|.
 pub fn max_abs_diff(actual: &Tensor, reference: &Tensor) -> (f32, f32) {
-    assert_eq!(actual.dims(), reference.dims(), "shape of actual vs reference");
-    let a = actual.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let r = reference.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let diff = a.iter().zip(&r).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert_eq!(
+        actual.dims(),
+        reference.dims(),
+        "shape of actual vs reference"
+    );
+    let a = actual
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let r = reference
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let diff = a
+        .iter()
+        .zip(&r)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     let scale = r.iter().map(|y| y.abs()).fold(0f32, f32::max);
-    assert!(a.iter().all(|x| x.is_finite()), "actual has non-finite values");
+    assert!(
+        a.iter().all(|x| x.is_finite()),
+        "actual has non-finite values"
+    );
     (diff, scale)
 }
 
@@ -81,5 +116,8 @@ pub fn assert_close(what: &str, actual: &Tensor, reference: &Tensor) {
 pub fn assert_close_rtol(what: &str, actual: &Tensor, reference: &Tensor, rtol: f32) {
     let (diff, scale) = max_abs_diff(actual, reference);
     let tol = rtol * scale.max(1.0);
-    assert!(diff <= tol, "{what}: max|diff| = {diff:e} > tolerance {tol:e} (max|ref| = {scale})");
+    assert!(
+        diff <= tol,
+        "{what}: max|diff| = {diff:e} > tolerance {tol:e} (max|ref| = {scale})"
+    );
 }

@@ -27,7 +27,11 @@ pub fn sampler_for(kind: AssetKind) -> ImageSampler {
 pub fn to_bevy_image(pixels: RgbaImage, kind: AssetKind) -> Image {
     let (width, height) = pixels.dimensions();
     let mut image = Image::new(
-        Extent3d { width, height, depth_or_array_layers: 1 },
+        Extent3d {
+            width,
+            height,
+            depth_or_array_layers: 1,
+        },
         TextureDimension::D2,
         pixels.into_raw(),
         TextureFormat::Rgba8UnormSrgb,
@@ -44,7 +48,10 @@ pub fn placeholder(width: u32, height: u32, kind: AssetKind) -> Image {
         AssetKind::Texture => image::Rgba([128, 128, 128, 255]),
         AssetKind::Sprite => image::Rgba([0, 0, 0, 0]),
     };
-    to_bevy_image(RgbaImage::from_pixel(width.max(1), height.max(1), pixel), kind)
+    to_bevy_image(
+        RgbaImage::from_pixel(width.max(1), height.max(1), pixel),
+        kind,
+    )
 }
 
 #[cfg(test)]
@@ -59,12 +66,16 @@ mod tests {
         assert_eq!((img.width(), img.height()), (3, 2));
         assert_eq!(img.texture_descriptor.format, TextureFormat::Rgba8UnormSrgb);
         assert_eq!(img.asset_usage, RenderAssetUsages::default());
-        let ImageSampler::Descriptor(d) = &img.sampler else { panic!("texture sampler is explicit") };
+        let ImageSampler::Descriptor(d) = &img.sampler else {
+            panic!("texture sampler is explicit")
+        };
         assert_eq!(d.address_mode_u, ImageAddressMode::Repeat);
         assert_eq!(d.address_mode_v, ImageAddressMode::Repeat);
         let sprite = placeholder(4, 4, AssetKind::Sprite);
         assert!(sprite.data.as_ref().unwrap().iter().all(|&b| b == 0));
-        let ImageSampler::Descriptor(d) = &sprite.sampler else { panic!("sprite sampler is explicit") };
+        let ImageSampler::Descriptor(d) = &sprite.sampler else {
+            panic!("sprite sampler is explicit")
+        };
         assert_eq!(d.mag_filter, bevy::image::ImageFilterMode::Nearest);
         assert_eq!(d.min_filter, bevy::image::ImageFilterMode::Nearest);
     }

@@ -29,13 +29,14 @@ use bevy::ecs::schedule::{IntoScheduleConfigs, SystemSet};
 
 pub use images::{placeholder, sampler_for, to_bevy_image};
 pub use messages::{
-    DiffusionStatus, GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress, GenerationStarted,
-    ModelLoadFailed, ModelReady,
+    DiffusionStatus, GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress,
+    GenerationStarted, ModelLoadFailed, ModelReady,
 };
 pub use request_param::{Diffusion, Submitted};
 pub use runtime::DiffusionRuntime;
 pub use settings::{
-    BoxedGenerator, ComputeDevice, DiffusionSettings, GeneratorLoader, ModelSource, default_compute_threads,
+    BoxedGenerator, ComputeDevice, DiffusionSettings, GeneratorLoader, ModelSource,
+    default_compute_threads,
 };
 
 use crate::worker::Generator;
@@ -68,7 +69,10 @@ impl DiffusionPlugin {
 
     /// The default model in `dir` (a diffusers-layout folder) with default settings.
     pub fn from_folder(dir: impl Into<std::path::PathBuf>) -> Self {
-        Self::new(DiffusionSettings { model: ModelSource::Folder(dir.into()), ..Default::default() })
+        Self::new(DiffusionSettings {
+            model: ModelSource::Folder(dir.into()),
+            ..Default::default()
+        })
     }
 
     /// A plugin running your own [`Generator`], built by `load` on the worker thread.
@@ -77,7 +81,10 @@ impl DiffusionPlugin {
         G: Generator,
         F: Fn() -> crate::Result<G> + Send + Sync + 'static,
     {
-        Self::new(DiffusionSettings { model: ModelSource::Custom(GeneratorLoader::new(load)), ..Default::default() })
+        Self::new(DiffusionSettings {
+            model: ModelSource::Custom(GeneratorLoader::new(load)),
+            ..Default::default()
+        })
     }
 
     /// Changes the settings in place (builder style).
@@ -98,14 +105,18 @@ impl Plugin for DiffusionPlugin {
             .add_message::<GenerationFinished>()
             .add_message::<GenerationFailed>()
             .add_message::<GenerationCancelled>()
-            .add_systems(PreStartup, systems::start_worker.in_set(DiffusionSet::Start))
+            .add_systems(
+                PreStartup,
+                systems::start_worker.in_set(DiffusionSet::Start),
+            )
             .add_systems(PreUpdate, systems::poll_worker.in_set(DiffusionSet::Poll));
     }
 
     fn finish(&self, app: &mut App) {
         // Fail at start-up with the fix rather than at the first frame with a missing resource.
         assert!(
-            app.world().contains_resource::<bevy::asset::Assets<bevy::image::Image>>(),
+            app.world()
+                .contains_resource::<bevy::asset::Assets<bevy::image::Image>>(),
             "DiffusionPlugin needs Bevy's AssetPlugin and ImagePlugin (or DefaultPlugins) in the app"
         );
     }

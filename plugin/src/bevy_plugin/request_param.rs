@@ -57,7 +57,10 @@ impl Diffusion<'_> {
         let kind = request.kind;
         let handle = self.images.reserve_handle();
         let id = self.runtime.submit(request, handle.clone())?;
-        if let Err(e) = self.images.insert(handle.id(), placeholder(width, height, kind)) {
+        if let Err(e) = self
+            .images
+            .insert(handle.id(), placeholder(width, height, kind))
+        {
             tracing::warn!("bevy_diffusion: could not store the placeholder of request {id}: {e}");
         }
         Ok(Submitted { id, handle })

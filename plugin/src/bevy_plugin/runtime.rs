@@ -43,7 +43,12 @@ pub struct DiffusionRuntime {
 impl DiffusionRuntime {
     /// A runtime for `settings`; nothing starts until [`DiffusionRuntime::start`].
     pub fn new(settings: DiffusionSettings) -> Self {
-        Self { settings, worker: None, native_size: Arc::new(OnceLock::new()), pending: HashMap::new() }
+        Self {
+            settings,
+            worker: None,
+            native_size: Arc::new(OnceLock::new()),
+            pending: HashMap::new(),
+        }
     }
 
     /// The settings the plugin was built with.
@@ -88,7 +93,14 @@ impl DiffusionRuntime {
     ) -> Result<RequestId, SubmitError> {
         let (kind, player) = (request.kind, request.player.clone());
         let id = self.start().submit(request)?;
-        self.pending.insert(id, Pending { handle, kind, player });
+        self.pending.insert(
+            id,
+            Pending {
+                handle,
+                kind,
+                player,
+            },
+        );
         Ok(id)
     }
 
@@ -108,7 +120,10 @@ impl DiffusionRuntime {
     pub(crate) fn cancel_player(&mut self, player: &str) -> usize {
         let Some(worker) = &self.worker else { return 0 };
         worker.cancel_player(player);
-        self.pending.values().filter(|p| p.player.as_deref() == Some(player)).count()
+        self.pending
+            .values()
+            .filter(|p| p.player.as_deref() == Some(player))
+            .count()
     }
 
     /// The image handle of request `id` while it is in flight.
@@ -143,10 +158,17 @@ fn loader(
     settings: &DiffusionSettings,
     native: Arc<OnceLock<(u32, u32)>>,
 ) -> impl FnOnce() -> crate::Result<DynGenerator> + Send + 'static {
-    let (model, device, fp16) = (settings.model.clone(), settings.device, settings.prefer_fp16_variant);
+    let (model, device, fp16) = (
+        settings.model.clone(),
+        settings.device,
+        settings.prefer_fp16_variant,
+    );
     move || {
         let load_folder = |dir: &Path| -> crate::Result<BoxedGenerator> {
-            let options = LoadOptions { device: device.to_candle()?, prefer_fp16_variant: fp16 };
+            let options = LoadOptions {
+                device: device.to_candle()?,
+                prefer_fp16_variant: fp16,
+            };
             let model = StableDiffusion::load(dir, &options)?;
             let side = (model.unet_config.sample_size * model.vae_config.downscale_factor) as u32;
             let _ = native.set((side, side));
@@ -169,7 +191,11 @@ impl Generator for DynGenerator {
     fn identity(&self) -> String {
         self.0.identity()
     }
-    fn generate(&self, request: &GenerationRequest, hooks: &mut dyn GenerationHooks) -> crate::Result<RgbaImage> {
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        hooks: &mut dyn GenerationHooks,
+    ) -> crate::Result<RgbaImage> {
         self.0.generate(request, hooks)
     }
     fn preview(&self, step: &DenoisingStep) -> Option<RgbaImage> {

@@ -45,7 +45,9 @@ impl GeneratorLoader {
         G: Generator,
         F: Fn() -> crate::Result<G> + Send + Sync + 'static,
     {
-        Self(Arc::new(move || load().map(|g| Box::new(g) as BoxedGenerator)))
+        Self(Arc::new(move || {
+            load().map(|g| Box::new(g) as BoxedGenerator)
+        }))
     }
 
     /// Runs the loader.
@@ -146,7 +148,9 @@ impl DiffusionSettings {
 
 /// All cores but one, at least one.
 pub fn default_compute_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).max(1)
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1)
 }
 
 #[cfg(test)]
@@ -161,7 +165,11 @@ mod tests {
         let w = s.worker_config();
         assert_eq!(w.compute_threads, Some(s.compute_threads));
         assert_eq!(w.preview_every, Some(1));
-        let w = DiffusionSettings { previews: false, ..s }.worker_config();
+        let w = DiffusionSettings {
+            previews: false,
+            ..s
+        }
+        .worker_config();
         assert_eq!(w.preview_every, None);
     }
 }

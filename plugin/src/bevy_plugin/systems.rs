@@ -53,30 +53,51 @@ pub(crate) fn poll_worker(
         match event {
             WorkerEvent::ModelLoaded { identity } => {
                 tracing::info!("bevy_diffusion: model ready ({identity})");
-                *status = DiffusionStatus::Ready { identity: identity.clone() };
+                *status = DiffusionStatus::Ready {
+                    identity: identity.clone(),
+                };
                 out.ready.write(ModelReady { identity });
             }
             WorkerEvent::ModelFailed { reason } => {
                 tracing::error!("bevy_diffusion: the model failed to load: {reason}");
-                *status = DiffusionStatus::Failed { reason: reason.clone() };
+                *status = DiffusionStatus::Failed {
+                    reason: reason.clone(),
+                };
                 out.load_failed.write(ModelLoadFailed { reason });
             }
             WorkerEvent::Started { id } => {
                 out.started.write(GenerationStarted { id });
             }
-            WorkerEvent::Progress { id, step, total, preview } => {
+            WorkerEvent::Progress {
+                id,
+                step,
+                total,
+                preview,
+            } => {
                 if let Some(preview) = preview {
                     previews.insert(id, preview);
                 }
                 out.progress.write(GenerationProgress { id, step, total });
             }
-            WorkerEvent::Finished { id, image, seed, elapsed, cached } => {
+            WorkerEvent::Finished {
+                id,
+                image,
+                seed,
+                elapsed,
+                cached,
+            } => {
                 previews.remove(&id);
                 let Some(job) = runtime.pending.remove(&id) else {
                     continue;
                 };
                 store(&mut images, &job.handle, image, job.kind, id);
-                out.finished.write(GenerationFinished { id, handle: job.handle, seed, elapsed, cached });
+                out.finished.write(GenerationFinished {
+                    id,
+                    handle: job.handle,
+                    seed,
+                    elapsed,
+                    cached,
+                });
             }
             WorkerEvent::Failed { id, reason } => {
                 previews.remove(&id);
@@ -99,7 +120,13 @@ pub(crate) fn poll_worker(
 }
 
 /// Replaces the image behind `handle` in place (same handle, new pixels).
-fn store(images: &mut Assets<Image>, handle: &Handle<Image>, pixels: RgbaImage, kind: AssetKind, id: RequestId) {
+fn store(
+    images: &mut Assets<Image>,
+    handle: &Handle<Image>,
+    pixels: RgbaImage,
+    kind: AssetKind,
+    id: RequestId,
+) {
     if let Err(e) = images.insert(handle.id(), to_bevy_image(pixels, kind)) {
         tracing::warn!("bevy_diffusion: could not store the image of request {id}: {e}");
     }

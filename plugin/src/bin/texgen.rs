@@ -9,15 +9,19 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks};
 use bevy_diffusion::noise::SeededNoise;
-use bevy_diffusion::request::InitImage;
+use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks};
+use bevy_diffusion::request::{AssetKind, InitImage, PixelArt};
 use bevy_diffusion::schedulers::TimestepSpacing;
 use bevy_diffusion::{GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "texgen", version, about = "Generate game textures and sprites with Stable-Diffusion-family models")]
+#[command(
+    name = "texgen",
+    version,
+    about = "Generate game textures and sprites with Stable-Diffusion-family models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,6 +78,12 @@ struct GenerateArgs {
     /// initial latents (img2img: the add_noise noise), and optionally `vae_sample_eps`.
     #[arg(long)]
     noise: Option<PathBuf>,
+    /// texture | sprite (sprites get a transparent background).
+    #[arg(long, default_value = "texture")]
+    kind: String,
+    /// Pixel-art pass: CELLxCOLORS, e.g. 2x16 (2-pixel blocks, 16-colour palette).
+    #[arg(long)]
+    pixel_art: Option<String>,
     /// Where to write the PNG.
     #[arg(long)]
     out: PathBuf,
@@ -99,12 +109,21 @@ fn run(cli: Cli) -> Result<()> {
 struct StepPrinter;
 impl GenerationHooks for StepPrinter {
     fn on_step(&mut self, step: &DenoisingStep) {
-        eprintln!("step {}/{} (t = {})", step.step + 1, step.total, step.timestep);
+        eprintln!(
+            "step {}/{} (t = {})",
+            step.step + 1,
+            step.total,
+            step.timestep
+        );
     }
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
-    let scheduler = args.scheduler.as_deref().map(str::parse::<SchedulerKind>).transpose()?;
+    let scheduler = args
+        .scheduler
+        .as_deref()
+        .map(str::parse::<SchedulerKind>)
+        .transpose()?;
     let timestep_spacing = args
         .timestep_spacing
         .as_deref()
@@ -112,8 +131,17 @@ fn generate(args: GenerateArgs) -> Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let tiling: Tiling = args.tiling.parse().map_err(anyhow::Error::msg)?;
-    if args.out.extension().and_then(|e| e.to_str()).map(|e| e.eq_ignore_ascii_case("png")) != Some(true) {
-        bail!("--out {}: the output must be a .png file", args.out.display());
+    if args
+        .out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.eq_ignore_ascii_case("png"))
+        != Some(true)
+    {
+        bail!(
+            "--out {}: the output must be a .png file",
+            args.out.display()
+        );
     }
     let request = GenerationRequest {
         prompt: args.prompt,
@@ -128,31 +156,60 @@ fn generate(args: GenerateArgs) -> Result<()> {
         tiling,
         init_image: args.init_image.map(InitImage::Path),
         strength: args.strength,
+        kind: parse_kind(&args.kind)?,
+        pixel_art: args.pixel_art.as_deref().map(parse_pixel_art).transpose()?,
+        ..Default::default()
     };
-    let model_dir = args.model.unwrap_or_else(bevy_diffusion::embedded::default_model_dir);
+    let model_dir = args
+        .model
+        .unwrap_or_else(bevy_diffusion::embedded::default_model_dir);
     let started = Instant::now();
     let model = StableDiffusion::load(&model_dir, &LoadOptions::default())?;
-    eprintln!("loaded {} in {:.2} s", model_dir.display(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded {} in {:.2} s",
+        model_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
     let explicit = match &args.noise {
         Some(path) => read_noise_file(path)?,
         None => ExplicitNoise::default(),
     };
     let started = Instant::now();
     let mut noise = SeededNoise::new(request.seed);
-    let out = pipeline::generate_with_noise(&model, &request, &explicit, &mut noise, &mut StepPrinter)?;
+    let out =
+        pipeline::generate_with_noise(&model, &request, &explicit, &mut noise, &mut StepPrinter)?;
     if out.prompt_truncated {
         eprintln!("note: the prompt was longer than 77 tokens and was truncated");
     }
-    write_png(&out.image, &args.out)?;
+    let image = bevy_diffusion::postprocess::finish(out.image, &request);
+    write_png(&image, &args.out)?;
     eprintln!(
         "wrote {} ({}x{}, seed {}) in {:.2} s",
         args.out.display(),
-        out.image.width(),
-        out.image.height(),
+        image.width(),
+        image.height(),
         out.seed,
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn parse_kind(s: &str) -> Result<AssetKind> {
+    match s {
+        "texture" => Ok(AssetKind::Texture),
+        "sprite" => Ok(AssetKind::Sprite),
+        other => bail!("--kind {other}: expected texture or sprite"),
+    }
+}
+
+fn parse_pixel_art(s: &str) -> Result<PixelArt> {
+    let parsed = s.split_once('x').and_then(|(c, n)| {
+        Some(PixelArt {
+            cell: c.parse().ok()?,
+            colors: n.parse().ok()?,
+        })
+    });
+    parsed.with_context(|| format!("--pixel-art {s}: expected CELLxCOLORS, e.g. 2x16"))
 }
 
 /// Reads `noise` (and optional `vae_sample_eps`) from a safetensors file.
@@ -160,9 +217,15 @@ fn read_noise_file(path: &std::path::Path) -> Result<ExplicitNoise> {
     let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
         .with_context(|| format!("--noise {}", path.display()))?;
     let Some(noise) = tensors.get("noise") else {
-        bail!("--noise {}: no tensor named `noise` in the file", path.display());
+        bail!(
+            "--noise {}: no tensor named `noise` in the file",
+            path.display()
+        );
     };
-    Ok(ExplicitNoise { noise: Some(noise.clone()), vae_sample_eps: tensors.get("vae_sample_eps").cloned() })
+    Ok(ExplicitNoise {
+        noise: Some(noise.clone()),
+        vae_sample_eps: tensors.get("vae_sample_eps").cloned(),
+    })
 }
 
 /// Writes a PNG atomically: to a temporary file beside `path`, then renamed over it.
@@ -171,6 +234,7 @@ fn write_png(image: &image::RgbaImage, path: &std::path::Path) -> Result<()> {
     image
         .save_with_format(&tmp, image::ImageFormat::Png)
         .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! | `embeddings.rs` | diffusers `models/embeddings.py` (timestep embedding) |
 //! | `resnet.rs` | diffusers `models/resnet.py` (`ResnetBlock2D`, `Downsample2D`, `Upsample2D`) |
 //! | `autoencoder_kl.rs` | diffusers `models/autoencoders/autoencoder_kl.py` + `vae.py` |
+//! | `vae.rs` | diffusers `models/autoencoders/vae.py` (`Encoder`, `Decoder`) and the VAE's blocks |
 
 pub mod autoencoder_kl;
 pub mod clip_text_model;
@@ -18,3 +19,4 @@ pub mod resnet;
 pub mod transformer_2d;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;
+pub mod vae;

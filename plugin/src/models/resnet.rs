@@ -49,7 +49,14 @@ impl ResnetBlock2D {
         let norm2 = candle_nn::group_norm(cfg.groups, cout, cfg.eps, vb.pp("norm2"))?;
         let conv2 = TiledConv2d::new(cout, cout, 3, 1, 1, vb.pp("conv2"))?;
         let conv_shortcut = if cin != cout {
-            Some(TiledConv2d::new(cin, cout, 1, 1, 0, vb.pp("conv_shortcut"))?)
+            Some(TiledConv2d::new(
+                cin,
+                cout,
+                1,
+                1,
+                0,
+                vb.pp("conv_shortcut"),
+            )?)
         } else {
             None
         };
@@ -80,7 +87,11 @@ impl ResnetBlock2D {
             None => x.clone(),
         };
         let out = (shortcut + h)?;
-        if self.output_scale_factor == 1.0 { Ok(out) } else { out / self.output_scale_factor }
+        if self.output_scale_factor == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale_factor
+        }
     }
 }
 
@@ -97,8 +108,17 @@ pub struct Downsample2D {
 
 impl Downsample2D {
     /// Loads `conv` from `vb` (diffusers names it `downsamplers.0.conv`).
-    pub fn new(vb: VarBuilder, channels: usize, out_channels: usize, padding: usize) -> Result<Self> {
-        let cfg = candle_nn::Conv2dConfig { stride: 2, padding: 0, ..Default::default() };
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        out_channels: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let cfg = candle_nn::Conv2dConfig {
+            stride: 2,
+            padding: 0,
+            ..Default::default()
+        };
         let conv = candle_nn::conv2d(channels, out_channels, 3, cfg, vb.pp("conv"))?;
         Ok(Self { conv, padding })
     }
@@ -134,12 +154,19 @@ pub struct Upsample2D {
 impl Upsample2D {
     /// Loads `conv` from `vb` (diffusers names it `upsamplers.0.conv`).
     pub fn new(vb: VarBuilder, channels: usize, out_channels: usize) -> Result<Self> {
-        Ok(Self { conv: TiledConv2d::new(channels, out_channels, 3, 1, 1, vb.pp("conv"))? })
+        Ok(Self {
+            conv: TiledConv2d::new(channels, out_channels, 3, 1, 1, vb.pp("conv"))?,
+        })
     }
 
     /// `[b, c, h, w]` -> `[b, out, 2h, 2w]`; `size` overrides the output size (diffusers'
     /// `upsample_size`, used when a skip connection has an odd size).
-    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>, tiling: Tiling) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        size: Option<(usize, usize)>,
+        tiling: Tiling,
+    ) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (oh, ow) = size.unwrap_or((2 * h, 2 * w));
         let x = x.upsample_nearest2d(oh, ow)?;

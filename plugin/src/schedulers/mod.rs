@@ -24,8 +24,17 @@ pub mod schedule;
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use config::{PredictionType, SchedulerConfig, TimestepSpacing};
+pub use config::{
+    BetaSchedule, FinalSigmasType, PredictionType, SchedulerConfig, SchedulerParams,
+    TimestepSpacing,
+};
+pub use ddim::DdimScheduler;
+pub use dpm_solver_multistep::DpmSolverMultistepScheduler;
+pub use euler_ancestral_discrete::EulerAncestralDiscreteScheduler;
+pub use euler_discrete::EulerDiscreteScheduler;
+pub use lcm::LcmScheduler;
 
+use crate::error::DiffusionError;
 use crate::noise::NoiseSource;
 
 /// Which scheduler a request runs. Serialised (and parsed) as the CLI names:
@@ -81,4 +90,84 @@ pub trait Scheduler: Send {
     /// diffusers' `add_noise`: noises clean latents `original` with unit `noise` to the level of
     /// `timesteps()[step_index]` (img2img starts there).
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor>;
+    /// The sigma schedule (float32, `timesteps().len() + 1` entries, the last one the final
+    /// sigma) of the sigma-parametrised schedulers (Euler, Euler ancestral, DPM-Solver++);
+    /// `None` for DDIM and LCM, which have none.
+    fn sigmas(&self) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// Builds the scheduler `kind` for `num_inference_steps` steps from a folder's config, as
+/// diffusers' `<Class>.from_config(config, timestep_spacing=spacing_override)` followed by
+/// `set_timesteps(num_inference_steps)` (see [`SchedulerConfig::resolve`] for how missing keys
+/// are filled and which options are refused).
+///
+/// Errors: [`DiffusionError::InvalidRequest`] (`num_inference_steps`) for 0 steps, more steps
+/// than `num_train_timesteps`, or (LCM) more than `original_inference_steps`;
+/// [`DiffusionError::UnsupportedConfig`] / [`DiffusionError::InvalidConfig`] naming the config
+/// file and field for options the scheduler would use but we do not implement.
+pub fn build_scheduler(
+    config: &SchedulerConfig,
+    kind: SchedulerKind,
+    num_inference_steps: usize,
+    spacing_override: Option<TimestepSpacing>,
+) -> crate::Result<Box<dyn Scheduler>> {
+    let mut params = config.resolve(kind)?;
+    if let Some(spacing) = spacing_override {
+        params.timestep_spacing = spacing;
+    }
+    let bad_steps = |reason: String| DiffusionError::InvalidRequest {
+        field: "num_inference_steps",
+        value: num_inference_steps.to_string(),
+        reason,
+    };
+    if num_inference_steps == 0 {
+        return Err(bad_steps("must be at least 1".into()));
+    }
+    if num_inference_steps > params.num_train_timesteps {
+        return Err(bad_steps(format!(
+            "must be at most num_train_timesteps = {} (the training schedule's length)",
+            params.num_train_timesteps
+        )));
+    }
+    Ok(match kind {
+        SchedulerKind::Ddim => Box::new(DdimScheduler::new(
+            &params,
+            num_inference_steps,
+            &config.path,
+        )?),
+        SchedulerKind::Euler => Box::new(EulerDiscreteScheduler::new(&params, num_inference_steps)),
+        SchedulerKind::EulerAncestral => Box::new(EulerAncestralDiscreteScheduler::new(
+            &params,
+            num_inference_steps,
+        )),
+        SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => Box::new(
+            DpmSolverMultistepScheduler::new(&params, num_inference_steps),
+        ),
+        SchedulerKind::Lcm => match LcmScheduler::new(&params, num_inference_steps) {
+            Some(s) => Box::new(s),
+            None => {
+                return Err(bad_steps(format!(
+                    "LCM runs at most original_inference_steps = {} steps (and needs num_train_timesteps >= it)",
+                    params.original_inference_steps
+                )));
+            }
+        },
+    })
+}
+
+/// `a * x + b * y` for tensors of one shape.
+pub(crate) fn lin(a: f64, x: &Tensor, b: f64, y: &Tensor) -> Result<Tensor> {
+    x.affine(a, 0.0)? + y.affine(b, 0.0)?
+}
+
+/// Errors (instead of panicking) on a step index past the schedule.
+pub(crate) fn check_step_index(step_index: usize, len: usize) -> Result<()> {
+    if step_index >= len {
+        candle_core::bail!(
+            "scheduler step_index {step_index} is out of range: the schedule has {len} steps"
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,123 @@
+//! Speed figures (not a test): `cargo run --release -p bevy_diffusion --example bench [-- --quick]`.
+//!
+//! Prints seconds per UNet step and per whole image on the tiny fixture model, and, for a
+//! full-size SD 1.5 architecture built in memory with zero weights (no download: the work of a
+//! dense network does not depend on its values), seconds per UNet step (batch 2, 64x64 latent =
+//! 512 px), per VAE decode at 512x512, and per CLIP-L prompt encoding. `--quick` runs SD 1.5 at
+//! 256 px (32x32 latent) instead.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bevy_diffusion::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
+use bevy_diffusion::models::clip_text_model::{ClipTextConfig, ClipTextModel};
+use bevy_diffusion::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
+use bevy_diffusion::pipeline::{self, NoHooks};
+use bevy_diffusion::{GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+const SD15_UNET: &str = r#"{"_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
+ "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": false, "cross_attention_dim": 768,
+ "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+ "downsample_padding": 1, "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+ "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+ "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]}"#;
+const SD15_VAE: &str = r#"{"_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
+ "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+ "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3,
+ "sample_size": 512, "scaling_factor": 0.18215,
+ "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]}"#;
+const CLIP_L: &str = r#"{"architectures": ["CLIPTextModel"], "hidden_act": "quick_gelu", "hidden_size": 768,
+ "intermediate_size": 3072, "layer_norm_eps": 1e-05, "max_position_embeddings": 77, "num_attention_heads": 12,
+ "num_hidden_layers": 12, "vocab_size": 49408, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+ "projection_dim": 768, "model_type": "clip_text_model"}"#;
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    println!("threads: {}", candle_core::utils::get_num_threads());
+    fixture_bench()?;
+    sd15_bench(if quick { 32 } else { 64 })?;
+    Ok(())
+}
+
+fn timed<T>(
+    label: &str,
+    reps: usize,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<f64> {
+    f()?; // warm-up
+    let start = Instant::now();
+    for _ in 0..reps {
+        f()?;
+    }
+    let secs = start.elapsed().as_secs_f64() / reps as f64;
+    println!("{label}: {secs:.4} s");
+    Ok(secs)
+}
+
+fn fixture_bench() -> anyhow::Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-sd/model");
+    let model = StableDiffusion::load(&dir, &LoadOptions::default())?;
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (2, 4, 8, 8), &dev)?;
+    let ctx = Tensor::randn(0f32, 1., (2, 77, 32), &dev)?;
+    timed("tiny-sd unet step (batch 2, 8x8 latent)", 50, || {
+        Ok(model.unet.forward(&x, 500.0, &ctx, Tiling::None)?)
+    })?;
+    let req = GenerationRequest {
+        prompt: "mossy cobblestone".into(),
+        num_inference_steps: 20,
+        scheduler: Some(SchedulerKind::EulerAncestral),
+        ..Default::default()
+    };
+    timed(
+        "tiny-sd whole image (64 px, 20 steps euler-a, CFG)",
+        5,
+        || Ok(pipeline::generate(&model, &req, &mut NoHooks)?),
+    )?;
+    Ok(())
+}
+
+fn write_config(name: &str, json: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("bevy_diffusion_bench_{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(name);
+    std::fs::write(&path, json)?;
+    Ok(path)
+}
+
+fn sd15_bench(latent: usize) -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let px = latent * 8;
+    let vb = VarBuilder::zeros(DType::F32, &dev);
+    let unet_cfg = UNet2DConditionConfig::from_file(&write_config("unet.json", SD15_UNET)?)?;
+    let started = Instant::now();
+    let unet = UNet2DConditionModel::new(vb.clone(), &unet_cfg)?;
+    println!(
+        "sd15 unet built in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let x = Tensor::randn(0f32, 1., (2, 4, latent, latent), &dev)?;
+    let ctx = Tensor::randn(0f32, 1., (2, 77, 768), &dev)?;
+    timed(
+        &format!("sd15 unet step (batch 2, {latent}x{latent} latent = {px} px)"),
+        2,
+        || Ok(unet.forward(&x, 500.0, &ctx, Tiling::None)?),
+    )?;
+    drop(unet);
+    let vae_cfg = AutoencoderKLConfig::from_file(&write_config("vae.json", SD15_VAE)?)?;
+    let vae = AutoencoderKL::new(vb.clone(), &vae_cfg)?;
+    let z = Tensor::randn(0f32, 1., (1, 4, latent, latent), &dev)?;
+    timed(&format!("sd15 vae decode ({px}x{px})"), 2, || {
+        Ok(vae.decode(&z, Tiling::None)?)
+    })?;
+    drop(vae);
+    let clip_cfg = ClipTextConfig::from_file(&write_config("clip.json", CLIP_L)?)?;
+    let clip = ClipTextModel::new(vb, &clip_cfg)?;
+    let ids = Tensor::zeros((2, 77), DType::U32, &dev)?;
+    timed("clip-l text encoder (batch 2)", 3, || {
+        Ok(clip.forward(&ids)?)
+    })?;
+    Ok(())
+}
