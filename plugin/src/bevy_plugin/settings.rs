@@ -100,7 +100,8 @@ pub struct DiffusionSettings {
     pub cache_memory_entries: usize,
     /// A directory of cached PNGs that survives restarts (`None` = no disk cache).
     pub cache_dir: Option<PathBuf>,
-    /// Write a preview into the request's image during denoising.
+    /// Write a preview into the request's image during denoising (a cheap linear decode of the
+    /// current estimate; sprite keying and pixel-art apply to the final image only).
     pub previews: bool,
     /// With previews on: one every this many steps (>= 1).
     pub preview_every: usize,
