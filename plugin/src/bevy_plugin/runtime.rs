@@ -163,7 +163,12 @@ fn loader(
         settings.device,
         settings.prefer_fp16_variant,
     );
+    let background = settings.background_priority;
     move || {
+        if background {
+            // The loader runs inside the worker's compute pool: lower every thread of it.
+            rayon::broadcast(|_| lower_current_thread_priority());
+        }
         let load_folder = |dir: &Path| -> crate::Result<BoxedGenerator> {
             let options = LoadOptions {
                 device: device.to_candle()?,
@@ -202,3 +207,23 @@ impl Generator for DynGenerator {
         self.0.preview(step)
     }
 }
+
+/// Gives the calling thread (only) nice 10, so the game's threads preempt it on a busy core.
+#[cfg(target_os = "linux")]
+fn lower_current_thread_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
+    let result = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10)
+    };
+    if result != 0 {
+        tracing::debug!(
+            "bevy_diffusion: could not lower the worker's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Elsewhere thread priorities are left alone (a per-process call would slow the game too).
+#[cfg(not(target_os = "linux"))]
+fn lower_current_thread_priority() {}

@@ -92,6 +92,9 @@ pub struct DiffusionSettings {
     /// Threads for the tensor maths, private to the worker (default: all cores but one, at least
     /// one, so the game's main thread keeps a core).
     pub compute_threads: usize,
+    /// Run the worker and its compute threads at a lower OS priority than the game (nice 10 on
+    /// Linux; elsewhere a no-op), so a frame's threads win a contended core at once.
+    pub background_priority: bool,
     /// Requests waiting or running at once, over all players; more are rejected at once.
     pub max_queued: usize,
     /// Requests waiting or running at once for one player ([`crate::GenerationRequest::player`]).
@@ -121,6 +124,7 @@ impl Default for DiffusionSettings {
             device: ComputeDevice::default(),
             prefer_fp16_variant: false,
             compute_threads: default_compute_threads(),
+            background_priority: true,
             max_queued: worker.max_queued,
             max_per_player: worker.max_per_player,
             cache_memory_entries: worker.cache_memory_entries,
