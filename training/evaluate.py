@@ -12,6 +12,9 @@ Per image:
   class    the pattern/object classifier (classifier.py) predicts the prompt's class
   sprites  alpha: mean alpha of the outer border (size/16 px) <= 0.05 and of the central (size/8)^2 block >= 0.9
   tiles    seam: mean |last - first| column and row <= 1.1 x mean interior neighbour |difference|
+           (even perfectly periodic ground truth passes only ~70%: the seam is one sample of neighbour
+           differences; so seam_rank is reported too: the seam's rank among the interior columns/rows,
+           ~0.5 for a seamless tile, -> 1 for a visible seam)
 Reported separately for the "train" and "heldout" splits (holdout.txt combinations) and for tiles/sprites.
 """
 import argparse
@@ -109,6 +112,7 @@ def score(rows, images, classifier=None):
             e["shape_ok"] = bool(b <= 0.05 and c >= 0.9)
         else:
             e["seam_ratio"] = round(float(dataset.seam_ratio(img)), 4)
+            e["seam_rank"] = round(dataset.seam_rank(img), 4)
             e["alpha_mean"] = round(float(img[..., 3].mean() / 255.0), 4)
             e["shape_ok"] = bool(e["seam_ratio"] <= 1.1)
         per.append(e)
@@ -128,6 +132,7 @@ def score(rows, images, classifier=None):
             if kind == "tile":
                 d["seam_pass"] = float(np.mean([e["shape_ok"] for e in sel]))
                 d["seam_ratio_median"] = float(np.median([e["seam_ratio"] for e in sel]))
+                d["seam_rank_mean"] = float(np.mean([e["seam_rank"] for e in sel]))  # 0.5 = seamless
             summary[f"{split}/{kind}"] = d
     return per, summary
 

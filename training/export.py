@@ -132,7 +132,7 @@ def main():
     ap.add_argument("--force", action="store_true", help="replace an existing --out folder")
     ap.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA ones")
     ap.add_argument("--no-check", action="store_true", help="skip the reload + generate check")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     out = os.path.abspath(a.out)
