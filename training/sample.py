@@ -2,7 +2,7 @@
 """Generate the evaluation images from an exported model folder with diffusers' StableDiffusionPipeline.
 
     python sample.py --model ../assets/models/default --out gen/ [--prompts prompts.txt] [--steps 12]
-                     [--guidance 4] [--scheduler ddim|euler-a] [--tiling auto|none] [--limit N]
+                     [--guidance 4] [--scheduler ddim|euler-a] [--tiling auto|none] [--limit N] [--every K]
 
 Writes <id>.png (RGBA) for each prompts.txt row, seeded with the row's seed. --tiling auto turns on circular
 padding in the UNet and VAE decoder for tile prompts (what the runtime's seamless tiling mode does).
@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--scheduler", choices=["ddim", "euler-a"], default="ddim")
     ap.add_argument("--tiling", choices=["auto", "none"], default="auto")
     ap.add_argument("--limit", type=int, default=0, help="only the first N prompts (0 = all)")
+    ap.add_argument("--every", type=int, default=1, help="only every K-th prompt (a quick spread-out subset)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -41,7 +42,7 @@ def main():
     pipe.set_progress_bar_config(disable=True)
     if a.scheduler == "euler-a":
         pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
-    rows = dataset.read_prompts(a.prompts)
+    rows = dataset.read_prompts(a.prompts)[:: a.every]
     if a.limit:
         rows = rows[: a.limit]
     os.makedirs(a.out, exist_ok=True)

@@ -422,7 +422,7 @@ def main():
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--circular-frac", type=float, default=0.25,
                     help="fraction of steps that train on tiles only with circular padding (seamless mode)")
-    ap.add_argument("--vae-steps", type=int, default=2000)
+    ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-warmup", type=int, default=100)
