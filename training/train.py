@@ -412,7 +412,10 @@ def main():
     ap.add_argument("--stage", choices=["vae", "unet", "all"], default="all")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is robust on a shared machine; 2 if it is idle)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads for the unet stage (1 is robust on a shared machine; 2 if it is idle)")
+    ap.add_argument("--vae-threads", type=int, default=1,
+                    help="threads for the vae stage (its 32x32 convs ran slower with 2 threads than with 1 here)")
     ap.add_argument("--minutes", type=float, default=0, help="stop (with a checkpoint) after this long; 0 = no limit")
     ap.add_argument("--ckpt-minutes", type=float, default=10)
     ap.add_argument("--sample-minutes", type=float, default=15, help="EMA preview grid every N minutes; 0 = off")
@@ -442,11 +445,13 @@ def main():
     stopper = Stopper()
     t0 = time.time()
     if a.stage in ("vae", "all"):
+        torch.set_num_threads(a.vae_threads)
         if train_vae(a, meta, data, stopper) == "stopped":
             return
         vae_preview(a, meta, data, os.path.join(a.run, "samples", "vae_reconstruction.png"))
         a.minutes = max(0.01, a.minutes - (time.time() - t0) / 60) if a.minutes else 0
     if a.stage in ("unet", "all"):
+        torch.set_num_threads(a.threads)
         train_unet(a, meta, data, stopper)
 
 
