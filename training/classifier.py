@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""A small CNN that recognises the pattern (14 tile classes) or object (12 sprite classes) of a 32x32 RGBA image.
+Trained on the procedural data (all colours, held-out combinations included: it judges shape, not colour) with
+blur/noise augmentation so that soft generated images are judged fairly. Used by evaluate.py.
+
+    python classifier.py --out runs/classifier [--n 16000] [--epochs 8] [--threads 1]
+
+Writes classifier.safetensors (+ classifier.json: classes, accuracy on a fresh validation set).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import dataset  # noqa: E402
+
+
+class Net(nn.Module):
+    def __init__(self, n_classes=len(dataset.CLASSES), w=24):
+        super().__init__()
+
+        def block(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.GroupNorm(8, o), nn.SiLU(),
+                                 nn.Conv2d(o, o, 3, padding=1), nn.GroupNorm(8, o), nn.SiLU())
+
+        self.f = nn.Sequential(block(4, w), nn.AvgPool2d(2), block(w, 2 * w), nn.AvgPool2d(2), block(2 * w, 4 * w),
+                               nn.AvgPool2d(2), block(4 * w, 4 * w))
+        self.head = nn.Linear(8 * w, n_classes)
+
+    def forward(self, x):
+        h = self.f(x)
+        return self.head(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], 1))
+
+
+def to_input(u8):
+    """uint8 [N,H,W,4] (any H=W, resized to 32) -> float [N,4,32,32]; RGB premultiplied by alpha."""
+    x = torch.from_numpy(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float() / 255.0
+    if x.shape[-1] != 32:
+        x = nn.functional.interpolate(x, size=(32, 32), mode="area")
+    x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
+    return x * 2 - 1
+
+
+def augment(x, is_tile, g):
+    n = x.shape[0]
+    out = x.clone()
+    for i in range(n):
+        if is_tile[i]:
+            dy, dx = torch.randint(0, 32, (2,), generator=g)
+            out[i] = torch.roll(out[i], (int(dy), int(dx)), dims=(1, 2))
+    flip = torch.rand(n, generator=g) < 0.5
+    out[flip] = out[flip].flip(-1)
+    blur = torch.rand(n, generator=g) < 0.4
+    if blur.any():
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = (k[:, None] * k[None]) / 16
+        out[blur] = nn.functional.conv2d(nn.functional.pad(out[blur], (1, 1, 1, 1), mode="replicate"),
+                                         k.expand(4, 1, 3, 3).contiguous(), groups=4)
+    out = out + torch.randn(out.shape, generator=g) * 0.04 * torch.rand(n, 1, 1, 1, generator=g)
+    return out
+
+
+class Classifier:
+    def __init__(self, net):
+        self.net = net.eval()
+
+    @classmethod
+    def load(cls, path, threads=None):
+        from safetensors.torch import load_file
+
+        if threads:
+            torch.set_num_threads(threads)
+        net = Net()
+        net.load_state_dict(load_file(path))
+        return cls(net)
+
+    @torch.no_grad()
+    def predict(self, u8, batch=256):
+        out = []
+        for i in range(0, len(u8), batch):
+            dev = next(self.net.parameters()).device
+            out.append(self.net(to_input(u8[i:i + batch]).to(dev)).argmax(1).cpu())
+        return torch.cat(out).numpy()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(HERE, "runs", "classifier"))
+    ap.add_argument("--n", type=int, default=16000)
+    ap.add_argument("--n-val", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=101)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
+    t0 = time.time()
+    tr = dataset.generate(a.n, a.seed, holdout=set())
+    va = dataset.generate(a.n_val, a.seed + 1, holdout=set())
+    print(f"data: {a.n} train / {a.n_val} val in {time.time() - t0:.0f} s", flush=True)
+    x_tr, y_tr = to_input(tr["images"]), torch.from_numpy(tr["labels"])
+    net = Net().to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-4)
+    steps = a.epochs * (a.n // a.batch)
+    sch = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=steps)
+    g = torch.Generator().manual_seed(a.seed)
+    step = 0
+    for ep in range(a.epochs):
+        net.train()
+        perm = torch.randperm(a.n, generator=g)
+        tot, t1 = 0.0, time.time()
+        for i in range(a.n // a.batch):
+            idx = perm[i * a.batch:(i + 1) * a.batch]
+            x = augment(x_tr[idx], tr["is_tile"][idx.numpy()], g).to(dev)
+            loss = nn.functional.cross_entropy(net(x), y_tr[idx].to(dev), label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sch.step()
+            step += 1
+            tot += loss.item()
+        clf = Classifier(net)
+        acc = float((clf.predict(va["images"]) == va["labels"]).mean())
+        print(f"epoch {ep + 1}/{a.epochs} loss {tot / max(1, a.n // a.batch):.4f} val acc {acc:.4f} "
+              f"({time.time() - t1:.0f} s)", flush=True)
+    from safetensors.torch import save_file
+
+    os.makedirs(a.out, exist_ok=True)
+    save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, os.path.join(a.out, "classifier.safetensors"))
+    with open(os.path.join(a.out, "classifier.json"), "w", encoding="utf-8") as f:
+        json.dump({"classes": dataset.CLASSES, "val_acc": acc, "n_train": a.n, "epochs": a.epochs, "seed": a.seed}, f,
+                  indent=1)
+    print(f"saved {a.out}/classifier.safetensors (val acc {acc:.4f})")
+
+
+if __name__ == "__main__":
+    main()

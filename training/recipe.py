@@ -1,0 +1,144 @@
+"""Shared pieces of the recipe: model configs, builders, seamless (circular) padding, a small DDIM sampler."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+IMAGE_SIZE = 32
+
+# AutoencoderKL: RGBA in/out, 3 blocks -> 4x down (32 px -> 8x8 latents). scaling_factor is measured after the
+# VAE stage (1 / std of the latents) and written into the config then. norm_num_groups 4 (8-16 channels per
+# group, like tests/fixtures/tiny-sd's VAE): with 32 groups the 32-channel conv_norm_out before the decoder's
+# conv_out is a per-channel instance norm, which erases the mean colour of flat regions (measured: after 600
+# steps every tile decoded grey-brown; L1 0.166).
+VAE_CONFIG = {
+    "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [32, 64, 64], "layers_per_block": 1, "latent_channels": 4,
+    "norm_num_groups": 4, "sample_size": IMAGE_SIZE, "scaling_factor": 1.0, "act_fn": "silu",
+}
+
+# UNet2DConditionModel on 8x8 latents: cross-attention at 8x8 and 4x4 (and the 2x2 mid block).
+# norm_num_groups 32 (every channel count is a multiple of 32). attention_head_dim is diffusers' SD1.x naming
+# quirk: it is the number of heads (4), head size = channels / 4.
+UNET_CONFIG = {
+    "sample_size": IMAGE_SIZE // 4, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [64, 96, 96], "layers_per_block": 1,
+    "cross_attention_dim": 128, "attention_head_dim": 4, "norm_num_groups": 32, "norm_eps": 1e-5,
+    "use_linear_projection": False, "flip_sin_to_cos": True, "freq_shift": 0, "downsample_padding": 1,
+    "mid_block_scale_factor": 1.0, "act_fn": "silu", "center_input_sample": False,
+    "transformer_layers_per_block": 1, "mid_block_type": "UNetMidBlock2DCrossAttn", "upcast_attention": False,
+}
+
+# CLIPTextModel (SD 1.x style: quick_gelu, last_hidden_state after final_layer_norm, causal mask only).
+TEXT_CONFIG = {
+    "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3, "num_attention_heads": 4,
+    "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 128, "layer_norm_eps": 1e-5,
+}
+
+# Training noise schedule (DDPM, epsilon) and the shipped sampler (DDIM, see README for why).
+TRAIN_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                   "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "clip_sample": False}
+SHIPPED_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                     "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "clip_sample": False,
+                     "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "trailing"}
+DEFAULT_STEPS, DEFAULT_GUIDANCE = 12, 4.0
+
+
+def build_vae(cfg):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**cfg)
+
+
+def build_unet(cfg):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**cfg)
+
+
+def build_text_encoder(cfg, tok):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(vocab_size=tok["vocab_size"], bos_token_id=tok["bos_id"],
+                                        eos_token_id=tok["eos_id"], pad_token_id=tok["pad_id"], **cfg))
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+# ----------------------------------------------------------------------------------------- seamless padding
+def set_circular(module, on):
+    """Switch every padded Conv2d of `module` between zero and circular padding (the runtime's seamless
+    tiling does the same). diffusers' VAE encoder Downsample2D pads (0,1,0,1) by hand and is not affected;
+    use `encode_wrapped` for periodic inputs."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d) and any(p > 0 for p in m.padding if isinstance(p, int)):
+            m.padding_mode = "circular" if on else "zeros"
+
+
+def encode_wrapped(vae, x, pad=8):
+    """Latent distribution of periodic images: wrap-pad by `pad` px, encode, crop the centre latents.
+    Returns (mean, std) of the 8x8 posterior."""
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="circular")
+    d = vae.encode(xp).latent_dist
+    c = pad // f
+    return d.mean[..., c:-c, c:-c], d.std[..., c:-c, c:-c]
+
+
+def to_tensor(u8):
+    """uint8 [N,H,W,4] -> float [N,4,H,W] in [-1, 1]."""
+    return torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_u8(x):
+    """[N,C,H,W] in ~[-1,1] -> uint8 [N,H,W,C] exactly like diffusers' postprocess (round(clamp(x/2+.5)*255))."""
+    import numpy as np
+
+    y = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().float().numpy()
+    return (y * 255).round().astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def sample(unet, text_encoder, vae, ids, uncond_ids, *, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE,
+           circular=None, generator=None, device="cpu"):
+    """DDIM (the shipped scheduler config) with classifier-free guidance; ids [N,77]. circular: bool per row
+    (seamless tiles) or None. Returns uint8 RGBA [N,H,W,4]."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(**SHIPPED_SCHEDULER)
+    sched.set_timesteps(steps)
+    n = ids.shape[0]
+    cond = text_encoder(ids.to(device))[0]
+    unc = text_encoder(uncond_ids.to(device).expand(n, -1))[0]
+    sz = unet.config.sample_size
+    lat = torch.randn((n, unet.config.in_channels, sz, sz), generator=generator).to(device) * sched.init_noise_sigma
+    groups = [torch.ones(n, dtype=torch.bool)] if circular is None else [circular, ~circular]
+    out = torch.zeros_like(lat)
+    sf = vae.config.scaling_factor
+    for gi, sel in enumerate(groups):
+        if not sel.any():
+            continue
+        circ = circular is not None and gi == 0
+        set_circular(unet, circ)
+        set_circular(vae.decoder, circ)
+        x = lat[sel.to(lat.device)]
+        c, u = cond[sel.to(cond.device)], unc[sel.to(unc.device)]
+        for t in sched.timesteps:
+            e = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([u, c])).sample
+            eu, ec = e.chunk(2)
+            x = sched.step(eu + guidance * (ec - eu), t, x).prev_sample
+        out[sel.to(out.device)] = x
+    img = vae.decode(out / sf).sample
+    set_circular(unet, False)
+    set_circular(vae.decoder, False)
+    return to_u8(img)
