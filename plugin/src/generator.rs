@@ -61,6 +61,10 @@ impl Generator for SdGenerator {
         Ok(crate::postprocess::finish(out.image, request))
     }
 
+    fn max_useful_threads(&self) -> Option<usize> {
+        self.model.max_useful_threads()
+    }
+
     fn preview(&self, step: &DenoisingStep) -> Option<RgbaImage> {
         self.previewer()?.preview(&step.pred_original_sample).ok()
     }

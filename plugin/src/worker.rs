@@ -39,6 +39,11 @@ pub trait Generator: Send + 'static {
         request: &GenerationRequest,
         hooks: &mut dyn GenerationHooks,
     ) -> crate::Result<RgbaImage>;
+    /// The most compute threads that still speed this model up (`None` = no limit). Small models
+    /// are dominated by per-operation overhead and run fastest on one thread.
+    fn max_useful_threads(&self) -> Option<usize> {
+        None
+    }
     /// A cheap RGBA preview of a step (no VAE), or `None` when unsupported.
     fn preview(&self, _step: &DenoisingStep) -> Option<RgbaImage> {
         None
@@ -52,7 +57,8 @@ pub struct WorkerConfig {
     pub max_queued: usize,
     /// Requests waiting or running at once for one player.
     pub max_per_player: usize,
-    /// Threads for tensor maths (a rayon pool private to the worker); `None` = all cores.
+    /// Upper bound on threads for tensor maths (a rayon pool private to the worker); `None` = all
+    /// cores. Lowered further to [`Generator::max_useful_threads`].
     pub compute_threads: Option<usize>,
     /// Send a preview every this many steps (`None` = no previews).
     pub preview_every: Option<usize>,
@@ -167,7 +173,6 @@ impl GenerationWorker {
         let thread = std::thread::Builder::new()
             .name("bevy_diffusion-worker".into())
             .spawn(move || {
-                let pool = rayon_pool(thread_config.compute_threads);
                 let mut state = WorkerThread {
                     queue: BinaryHeap::new(),
                     commands: cmd_rx,
@@ -180,10 +185,13 @@ impl GenerationWorker {
                     config: thread_config,
                     stopped: false,
                 };
-                let run = || state.run(load);
+                let model = state.load(load);
+                let useful = model.as_ref().ok().and_then(Generator::max_useful_threads);
+                let pool = rayon_pool(compute_threads(state.config.compute_threads, useful));
+                let serve = || state.serve(model);
                 match pool {
-                    Some(pool) => pool.install(run),
-                    None => run(),
+                    Some(pool) => pool.install(serve),
+                    None => serve(),
                 }
             })
             .expect("spawning a thread");
@@ -265,6 +273,15 @@ impl Drop for GenerationWorker {
     }
 }
 
+/// The compute pool's size: the configured upper bound (`None` = all cores), lowered to what
+/// the model can use well.
+fn compute_threads(configured: Option<usize>, useful: Option<usize>) -> Option<usize> {
+    match (configured, useful) {
+        (Some(c), Some(u)) => Some(c.min(u)),
+        (c, u) => c.or(u),
+    }
+}
+
 fn rayon_pool(threads: Option<usize>) -> Option<rayon::ThreadPool> {
     let n = threads?;
     rayon::ThreadPoolBuilder::new()
@@ -311,8 +328,9 @@ struct WorkerThread {
 }
 
 impl WorkerThread {
-    fn run<G: Generator>(&mut self, load: impl FnOnce() -> crate::Result<G>) {
-        let model = match catch_unwind(AssertUnwindSafe(load)) {
+    /// Loads the model (on the worker thread) and reports the outcome.
+    fn load<G: Generator>(&mut self, load: impl FnOnce() -> crate::Result<G>) -> Result<G, String> {
+        match catch_unwind(AssertUnwindSafe(load)) {
             Ok(Ok(model)) => {
                 let _ = self.events.send(WorkerEvent::ModelLoaded {
                     identity: model.identity(),
@@ -333,7 +351,11 @@ impl WorkerThread {
                 });
                 Err(reason)
             }
-        };
+        }
+    }
+
+    /// Runs queued jobs until the command channel closes.
+    fn serve<G: Generator>(&mut self, model: Result<G, String>) {
         loop {
             // Block for a command when idle.
             if self.queue.is_empty() {

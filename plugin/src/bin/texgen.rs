@@ -84,6 +84,10 @@ struct GenerateArgs {
     /// Pixel-art pass: CELLxCOLORS, e.g. 2x16 (2-pixel blocks, 16-colour palette).
     #[arg(long)]
     pixel_art: Option<String>,
+    /// CPU threads for tensor maths (default: 1 for small models such as the embedded one, else
+    /// all cores).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Where to write the PNG.
     #[arg(long)]
     out: PathBuf,
