@@ -17,6 +17,7 @@
 //! # Ok::<(), bevy_diffusion::DiffusionError>(())
 //! ```
 
+pub mod bake;
 pub mod cache;
 pub mod embedded;
 pub mod error;
