@@ -37,8 +37,8 @@
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use image::RgbaImage;
@@ -110,13 +110,20 @@ pub fn parse_ron<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, RonE
         field,
         message: e.code.to_string(),
     };
-    let mut de = ron::Deserializer::from_str_with_options(text, &options)
-        .map_err(|e| error(e, None))?;
+    let mut de =
+        ron::Deserializer::from_str_with_options(text, &options).map_err(|e| error(e, None))?;
     let value = match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Ok(v) => v,
         Err(e) => {
-            let field = e.path().to_string();
-            let field = (field != "." && !field.is_empty()).then_some(field);
+            // serde_path_to_error writes `?` for a segment it could not name (e.g. the key
+            // being read when the syntax broke): leave those out.
+            let segments: Vec<String> = e
+                .path()
+                .iter()
+                .filter(|s| !matches!(s, serde_path_to_error::Segment::Unknown))
+                .map(|s| s.to_string())
+                .collect();
+            let field = (!segments.is_empty()).then(|| segments.join("."));
             let spanned = de.span_error(e.into_inner());
             return Err(error(spanned, field));
         }
@@ -205,9 +212,9 @@ impl BakeManifest {
 
     /// Reads and parses the manifest file `path`.
     pub fn load(path: &Path) -> Result<Self, BakeError> {
-        let text = std::fs::read_to_string(path).map_err(|e| BakeError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| BakeError::Io {
             path: path.to_path_buf(),
-            source: e,
+            error,
         })?;
         Ok(Self::parse(&text, path)?)
     }
@@ -379,7 +386,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Encodes `image` as PNG (the bytes `texgen bake` writes).
 pub fn encode_png(image: &RgbaImage) -> Result<Vec<u8>, image::ImageError> {
     let mut bytes = Vec::new();
-    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+    image.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
     Ok(bytes)
 }
 
@@ -631,11 +641,10 @@ pub enum BakeError {
     #[error(transparent)]
     Model(#[from] DiffusionError),
     /// The manifest cannot be read or the output folder cannot be created.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -687,10 +696,13 @@ pub fn bake(
         options.force,
     );
     on_event(&BakeEvent::Planned { items: &planned });
-    if planned.iter().any(|p| matches!(p.state, ItemState::Needed(_))) {
-        std::fs::create_dir_all(&options.out_dir).map_err(|e| BakeError::Io {
+    if planned
+        .iter()
+        .any(|p| matches!(p.state, ItemState::Needed(_)))
+    {
+        std::fs::create_dir_all(&options.out_dir).map_err(|error| BakeError::Io {
             path: options.out_dir.clone(),
-            source: e,
+            error,
         })?;
     }
 
@@ -837,9 +849,16 @@ mod tests {
         .unwrap();
         assert_eq!(
             (r2.tiling, r2.kind, r2.scheduler),
-            (Tiling::XY, AssetKind::Sprite, Some(SchedulerKind::EulerAncestral))
+            (
+                Tiling::XY,
+                AssetKind::Sprite,
+                Some(SchedulerKind::EulerAncestral)
+            )
         );
-        assert_eq!(parse_request_ron("()", p()).unwrap(), GenerationRequest::default());
+        assert_eq!(
+            parse_request_ron("()", p()).unwrap(),
+            GenerationRequest::default()
+        );
     }
 
     #[test]
@@ -909,7 +928,10 @@ mod tests {
             assert!(check_item_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_item_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
-        assert!(check_item_name("combat").is_ok(), "only com1..com9 are reserved");
+        assert!(
+            check_item_name("combat").is_ok(),
+            "only com1..com9 are reserved"
+        );
     }
 
     #[test]

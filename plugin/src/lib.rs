@@ -22,6 +22,8 @@ pub mod cache;
 pub mod embedded;
 pub mod error;
 pub mod generator;
+pub mod hub;
+pub mod inspect;
 pub mod model;
 pub mod model_folder;
 pub mod models;
