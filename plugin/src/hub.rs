@@ -68,6 +68,8 @@ pub struct HubOptions {
     /// Fetch the `fp16` weight variants when the repo has them (half the download; converted to
     /// f32 on load).
     pub prefer_fp16: bool,
+    /// The Hub's address; `None` = `$HF_ENDPOINT` or `https://huggingface.co`.
+    pub endpoint: Option<String>,
 }
 
 /// Resolves a `--model` argument (or a manifest's `model`) to a local folder: an existing path
@@ -100,7 +102,7 @@ fn fetch_repo(spec: &str, _: &HubOptions) -> Result<PathBuf, HubError> {
 
 #[cfg(feature = "hf-hub")]
 fn fetch_repo(spec: &str, options: &HubOptions) -> Result<PathBuf, HubError> {
-    let repo = HfHubRepo::new(spec, options.cache_dir.clone())?;
+    let repo = HfHubRepo::new(spec, options)?;
     download(&repo, options.prefer_fp16, &mut |file| {
         eprintln!("fetching {spec}/{file}")
     })
@@ -454,23 +456,32 @@ impl RepoSource for LocalRepo {
 }
 
 /// A Hub model repo through `hf_hub`'s sync API: files land in its cache
-/// (`<cache>/models--owner--name/snapshots/<sha>/<file>`), so an unchanged file is not
-/// downloaded twice. Honours `HF_HOME`, `HF_ENDPOINT` and `HF_TOKEN` (or the cache's `token`
+/// (`<cache>/models--owner--name/snapshots/<sha>/<file>`), so a file already there is not
+/// downloaded again, and a repo fetched once works offline (the file list then comes from the
+/// cached snapshot). Honours `HF_HOME`, `HF_ENDPOINT` and `HF_TOKEN` (or the cache's `token`
 /// file) for gated repos.
 #[cfg(feature = "hf-hub")]
 pub struct HfHubRepo {
     id: String,
     repo: hf_hub::api::sync::ApiRepo,
+    cached: hf_hub::CacheRepo,
 }
 
 #[cfg(feature = "hf-hub")]
 impl HfHubRepo {
-    /// A handle on `spec` (`owner/name` or `owner/name@revision`), caching in `cache_dir`
-    /// (default: `$HF_HOME/hub` or `~/.cache/huggingface/hub`).
-    pub fn new(spec: &str, cache_dir: Option<PathBuf>) -> Result<Self, HubError> {
+    /// A handle on `spec` (`owner/name` or `owner/name@revision`), caching in
+    /// `options.cache_dir` (default: `$HF_HOME/hub` or `~/.cache/huggingface/hub`).
+    pub fn new(spec: &str, options: &HubOptions) -> Result<Self, HubError> {
         let mut builder = hf_hub::api::sync::ApiBuilder::from_env();
-        if let Some(dir) = cache_dir {
-            builder = builder.with_cache_dir(dir);
+        let cache = match &options.cache_dir {
+            Some(dir) => {
+                builder = builder.with_cache_dir(dir.clone());
+                hf_hub::Cache::new(dir.clone())
+            }
+            None => hf_hub::Cache::from_env(),
+        };
+        if let Some(endpoint) = &options.endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
         }
         if let Ok(token) = std::env::var("HF_TOKEN")
             && !token.is_empty()
@@ -486,14 +497,11 @@ impl HfHubRepo {
             Some((id, rev)) => (id, rev.to_string()),
             None => (spec, "main".to_string()),
         };
-        let repo = api.repo(hf_hub::Repo::with_revision(
-            id.to_string(),
-            hf_hub::RepoType::Model,
-            revision,
-        ));
+        let repo = hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision);
         Ok(Self {
             id: spec.to_string(),
-            repo,
+            cached: cache.repo(repo.clone()),
+            repo: api.repo(repo),
         })
     }
 }
@@ -505,12 +513,32 @@ impl RepoSource for HfHubRepo {
     }
 
     fn list_files(&self) -> Result<Vec<String>, HubError> {
-        let info = self.repo.info().map_err(|e| HubError::Fetch {
-            repo: self.id.clone(),
-            file: "(file list)".into(),
-            reason: e.to_string(),
-        })?;
-        Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
+        let error = match self.repo.info() {
+            Ok(info) => return Ok(info.siblings.into_iter().map(|s| s.rfilename).collect()),
+            Err(e) => e.to_string(),
+        };
+        // Offline: the snapshot a previous download left in the cache, if any.
+        let snapshot = self
+            .cached
+            .get("model_index.json")
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let mut files = Vec::new();
+        match snapshot {
+            Some(root) if walk(&root, &root, &mut files).is_ok() => {
+                tracing::warn!(
+                    "{}: cannot reach the Hub ({error}); using the cached snapshot {}",
+                    self.id,
+                    root.display()
+                );
+                files.sort();
+                Ok(files)
+            }
+            _ => Err(HubError::Fetch {
+                repo: self.id.clone(),
+                file: "(file list)".into(),
+                reason: error,
+            }),
+        }
     }
 
     fn fetch(&self, file: &str) -> Result<PathBuf, HubError> {
@@ -672,6 +700,43 @@ mod tests {
             root_of(Path::new("/c/other.json"), "unet/config.json"),
             None
         );
+    }
+
+    /// The HF implementation, offline: a snapshot already in the cache is listed and fetched
+    /// from there (the endpoint is a closed local port, so nothing can be downloaded).
+    #[cfg(feature = "hf-hub")]
+    #[test]
+    fn hf_repo_works_offline_from_its_cache() {
+        let cache = std::env::temp_dir().join(format!("bd_hub_cache_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
+        let repo_dir = cache.join("models--tests--tiny-sd");
+        std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+        std::fs::write(repo_dir.join("refs/main"), "0123abcd").unwrap();
+        let snapshot = repo_dir.join("snapshots/0123abcd");
+        let model = crate::embedded::bundled_model_dir();
+        let mut files = Vec::new();
+        walk(&model, &model, &mut files).unwrap();
+        for f in &files {
+            let target = snapshot.join(f);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(model.join(f), target).unwrap();
+        }
+        let options = HubOptions {
+            cache_dir: Some(cache.clone()),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        let repo = HfHubRepo::new("tests/tiny-sd", &options).unwrap();
+        let local = download(&repo, false, &mut |_| {}).unwrap();
+        assert_eq!(local, snapshot);
+        assert!(crate::model_folder::ModelFolder::open(&local, &Default::default()).is_ok());
+        // Not cached: the fetch error names the repo.
+        let missing = HfHubRepo::new("tests/absent", &options).unwrap();
+        let e = download(&missing, false, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("tests/absent: cannot fetch"), "{e}");
+        let _ = std::fs::remove_dir_all(&cache);
     }
 
     #[cfg(not(feature = "hf-hub"))]

@@ -8,6 +8,10 @@
 //! denoise with the UNet ([`models::unet_2d_condition`]) under a [`schedulers`] loop -> decode with
 //! the VAE ([`models::autoencoder_kl`]) -> RGBA8 ([`postprocess`]).
 //!
+//! Editor-time tooling, also bevy-free: [`bake`] (`texgen bake`: manifests of named requests baked
+//! to PNGs + sidecars, only what changed), [`inspect`] (`texgen inspect`: every problem of a model
+//! folder) and [`hub`] (`--model owner/name` with the opt-in `hf-hub` feature).
+//!
 //! ```no_run
 //! use bevy_diffusion::{GenerationRequest, StableDiffusion, LoadOptions};
 //! let model = StableDiffusion::load("path/to/sd-folder".as_ref(), &LoadOptions::default())?;

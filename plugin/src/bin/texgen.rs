@@ -67,7 +67,7 @@ impl ModelArgs {
     fn hub(&self) -> HubOptions {
         HubOptions {
             cache_dir: self.hf_cache.clone(),
-            prefer_fp16: false,
+            ..HubOptions::default()
         }
     }
 
@@ -445,6 +445,7 @@ fn inspect_folder(args: InspectArgs) -> Result<()> {
     let hub = HubOptions {
         cache_dir: args.hf_cache,
         prefer_fp16: args.fp16,
+        ..HubOptions::default()
     };
     let dir = resolve_model(&args.dir, Path::new("."), &hub)?;
     let dir = dir.strip_prefix("./").map(Path::to_path_buf).unwrap_or(dir);
