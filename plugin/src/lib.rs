@@ -49,6 +49,10 @@
 //!
 //! Without Bevy:
 //!
+//! Editor-time tooling, also bevy-free: [`bake`] (`texgen bake`: manifests of named requests baked
+//! to PNGs + sidecars, only what changed), [`inspect`] (`texgen inspect`: every problem of a model
+//! folder) and [`hub`] (`--model owner/name` with the opt-in `hf-hub` feature).
+//!
 //! ```no_run
 //! use bevy_diffusion::{GenerationRequest, StableDiffusion, LoadOptions};
 //! let model = StableDiffusion::load("path/to/sd-folder".as_ref(), &LoadOptions::default())?;
@@ -58,12 +62,15 @@
 //! # Ok::<(), bevy_diffusion::DiffusionError>(())
 //! ```
 
+pub mod bake;
 #[cfg(feature = "bevy")]
 pub mod bevy_plugin;
 pub mod cache;
 pub mod embedded;
 pub mod error;
 pub mod generator;
+pub mod hub;
+pub mod inspect;
 pub mod model;
 pub mod model_folder;
 pub mod models;

@@ -451,8 +451,11 @@ fn sharded(
     }
 }
 
-/// Finds and checks one component's weights (see the module docs for the search order).
-fn component_weights(
+/// Finds and checks one component's weights in its folder `dir` (see the module docs for the
+/// search order): the chosen file(s) with validated headers, or every problem with them (a
+/// pickle instead of safetensors, a missing file, a bad header or shard index). Used by
+/// [`validate`] and by `texgen inspect` to describe the components of a folder with problems.
+pub fn component_weights(
     dir: &Path,
     kind: ComponentKind,
     options: &FolderOptions,

@@ -28,9 +28,11 @@ pub enum InitImage {
 pub enum AssetKind {
     /// A surface texture: usually requested with seamless tiling; opaque.
     #[default]
+    #[serde(alias = "Texture")]
     Texture,
     /// An item sprite with real transparency: the model's alpha channel where it has one, else the
     /// solid background colour is keyed out with soft edges ([`crate::postprocess::key_out_background`]).
+    #[serde(alias = "Sprite")]
     Sprite,
 }
 

@@ -17,12 +17,16 @@ use serde::{Deserialize, Serialize};
 pub enum Tiling {
     /// Ordinary zero padding: no seamless edges.
     #[default]
+    #[serde(alias = "None")]
     None,
     /// Left and right edges match (horizontal repeat).
+    #[serde(alias = "X")]
     X,
     /// Top and bottom edges match (vertical repeat).
+    #[serde(alias = "Y")]
     Y,
     /// Both axes repeat.
+    #[serde(alias = "XY")]
     XY,
 }
 

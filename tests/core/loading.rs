@@ -12,13 +12,13 @@ use bevy_diffusion::{DiffusionError, LoadOptions, StableDiffusion};
 use bevy_diffusion_tests::{tiny_sd_dir, tiny_sd_model};
 use candle_core::{DType, Device, Tensor};
 
-// ---------------------------------------------------------------- helpers
+// ---------------------------------------------------------------- helpers (shared with bake.rs)
 
 /// A fresh, empty scratch folder for one test, `<tmp>/bevy_diffusion_loading/<name>-<pid>`,
 /// removed when dropped (derefs to the folder, or to the model folder of [`fixture_copy`]).
-struct Scratch {
-    root: PathBuf,
-    path: PathBuf,
+pub(crate) struct Scratch {
+    pub(crate) root: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl std::ops::Deref for Scratch {
@@ -34,7 +34,7 @@ impl Drop for Scratch {
     }
 }
 
-fn scratch(name: &str) -> Scratch {
+pub(crate) fn scratch(name: &str) -> Scratch {
     let root = std::env::temp_dir()
         .join("bevy_diffusion_loading")
         .join(format!("{name}-{}", std::process::id()));
@@ -48,7 +48,7 @@ fn scratch(name: &str) -> Scratch {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -62,7 +62,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// A copy of the tiny-sd model folder to damage (derefs to the copy's `model/`).
-fn fixture_copy(name: &str) -> Scratch {
+pub(crate) fn fixture_copy(name: &str) -> Scratch {
     let mut scratch = scratch(name);
     scratch.path = scratch.root.join("model");
     copy_dir(&tiny_sd_model(), &scratch.path);
@@ -70,14 +70,14 @@ fn fixture_copy(name: &str) -> Scratch {
 }
 
 /// `StableDiffusion::load`'s error (it is not `Debug`, so no `unwrap_err`).
-fn load_err(dir: &Path) -> DiffusionError {
+pub(crate) fn load_err(dir: &Path) -> DiffusionError {
     match StableDiffusion::load(dir, &LoadOptions::default()) {
         Ok(_) => panic!("{} loaded but should not", dir.display()),
         Err(e) => e,
     }
 }
 
-fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+pub(crate) fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let mut json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     edit(&mut json);
@@ -85,7 +85,7 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 }
 
 /// Writes a safetensors file with a hand-written header (`data` follows it verbatim).
-fn write_raw_safetensors(path: &Path, header: &str, data: &[u8]) {
+pub(crate) fn write_raw_safetensors(path: &Path, header: &str, data: &[u8]) {
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header.as_bytes());
     bytes.extend_from_slice(data);

@@ -1,5 +1,6 @@
 //! Integration tests of the bevy-free core against HF diffusers' reference tensors.
 
+mod bake;
 mod loading;
 mod models;
 mod pipeline;

@@ -1,14 +1,24 @@
 //! `texgen`: the command-line face of bevy_diffusion's core.
 //!
-//! `texgen generate --prompt "mossy cobblestone" --out wall.png` runs one request on the embedded
-//! default model (or `--model DIR`, any diffusers-layout SD folder). Errors end the process with a
-//! non-zero exit code and one line on stderr.
+//! - `texgen generate --prompt "mossy cobblestone" --out wall.png` runs one request on the
+//!   embedded default model (or `--model DIR`, any diffusers-layout SD folder).
+//! - `texgen bake textures.ron --out assets/textures` bakes a manifest of named requests,
+//!   regenerating only what changed ([`bevy_diffusion::bake`]).
+//! - `texgen inspect DIR` describes a model folder and lists every problem with it
+//!   ([`bevy_diffusion::inspect`]).
+//!
+//! With the `hf-hub` feature, `--model` also takes a Hugging Face repo id
+//! ([`bevy_diffusion::hub`]). Errors end the process with a non-zero exit code and one line on
+//! stderr.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use bevy_diffusion::bake::{BakeEvent, BakeManifest, BakeOptions, ItemOutcome, ItemState};
+use bevy_diffusion::hub::{HubOptions, resolve_model};
+use bevy_diffusion::inspect::{InspectOptions, inspect};
 use bevy_diffusion::noise::SeededNoise;
 use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks};
 use bevy_diffusion::request::{AssetKind, InitImage, PixelArt};
@@ -28,16 +38,89 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 enum Command {
     /// Generate one image from a prompt.
     Generate(GenerateArgs),
+    /// Bake a RON manifest of named requests into NAME.png + NAME.texgen.json, skipping items
+    /// that are up to date.
+    Bake(BakeArgs),
+    /// Describe a model folder (family, components, scheduler, tokenizer) and list every problem.
+    Inspect(InspectArgs),
+}
+
+/// Where the model comes from.
+#[derive(Args)]
+struct ModelArgs {
+    /// Model folder in the diffusers layout (default: the embedded model in
+    /// assets/models/default). With the `hf-hub` feature also a Hugging Face repo id
+    /// (`owner/name[@revision]`), downloaded once into the Hub cache.
+    #[arg(long)]
+    model: Option<String>,
+    /// Hugging Face cache folder for downloaded models (default: $HF_HOME/hub or
+    /// ~/.cache/huggingface/hub).
+    #[arg(long)]
+    hf_cache: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn hub(&self) -> HubOptions {
+        HubOptions {
+            cache_dir: self.hf_cache.clone(),
+            ..HubOptions::default()
+        }
+    }
+
+    /// The model folder: `--model` (relative to the current folder), else `fallback`, else the
+    /// default model.
+    fn resolve(&self, fallback: Option<(&str, &Path)>) -> Result<PathBuf> {
+        let (spec, base) = match (&self.model, fallback) {
+            (Some(m), _) => (m.as_str(), Path::new(".")),
+            (None, Some((m, base))) => (m, base),
+            (None, None) => return Ok(bevy_diffusion::embedded::default_model_dir()),
+        };
+        let dir = resolve_model(spec, base, &self.hub())?;
+        Ok(dir.strip_prefix("./").map(Path::to_path_buf).unwrap_or(dir))
+    }
+}
+
+#[derive(Args)]
+struct BakeArgs {
+    /// The manifest: `(model: None, items: { "wall": (prompt: "mossy stone wall", seed: 3,
+    /// tiling: xy), ... })`.
+    manifest: PathBuf,
+    /// Output folder for NAME.png and NAME.texgen.json.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Regenerate every item, even those that are up to date.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The model folder (with the `hf-hub` feature also a repo id).
+    dir: String,
+    /// Report weight files larger than this many bytes as a problem.
+    #[arg(long, default_value_t = bevy_diffusion::model_folder::DEFAULT_MAX_FILE_BYTES)]
+    max_file_bytes: u64,
+    /// Describe the fp16 weight variants when both exist.
+    #[arg(long)]
+    fp16: bool,
+    /// Also load every weight (StableDiffusion::load) after the checks; slow on real models.
+    #[arg(long)]
+    load: bool,
+    /// Hugging Face cache folder (for a repo id).
+    #[arg(long)]
+    hf_cache: Option<PathBuf>,
 }
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// Model folder in the diffusers layout (default: the embedded model in assets/models/default).
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// What to draw.
     #[arg(long, default_value = "")]
     prompt: String,
@@ -97,15 +180,34 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("texgen: error: {e:#}");
+            eprintln!("texgen: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes on one line, leaving out a cause its parent's message already
+/// includes (thiserror messages often embed their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(args),
+        Command::Bake(args) => bake(args),
+        Command::Inspect(args) => inspect_folder(args),
     }
 }
 
@@ -164,9 +266,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         pixel_art: args.pixel_art.as_deref().map(parse_pixel_art).transpose()?,
         ..Default::default()
     };
-    let model_dir = args
-        .model
-        .unwrap_or_else(bevy_diffusion::embedded::default_model_dir);
+    let model_dir = args.model.resolve(None)?;
     let started = Instant::now();
     let model = StableDiffusion::load(&model_dir, &LoadOptions::default())?;
     eprintln!(
@@ -240,5 +340,132 @@ fn write_png(image: &image::RgbaImage, path: &std::path::Path) -> Result<()> {
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Prints a status line above the progress bar (or plainly when the bar is hidden, e.g. when
+/// stderr is not a terminal: indicatif then drops `println`).
+fn status(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+fn bake(args: BakeArgs) -> Result<()> {
+    let manifest = BakeManifest::load(&args.manifest)?;
+    let base_dir = match args.manifest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let model_dir = args
+        .model
+        .resolve(manifest.model.as_deref().map(|m| (m, base_dir.as_path())))?;
+    let options = BakeOptions {
+        base_dir,
+        force: args.force,
+        ..BakeOptions::new(&args.out, &model_dir)
+    };
+
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(manifest.items.len() as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let mut on_event = |event: &BakeEvent<'_>| match event {
+        BakeEvent::Planned { items } => {
+            let needed = items
+                .iter()
+                .filter(|i| matches!(i.state, ItemState::Needed(_)))
+                .count();
+            status(
+                &bar,
+                format!(
+                    "bake {}: {} items, {needed} to generate, into {} (model {})",
+                    args.manifest.display(),
+                    items.len(),
+                    args.out.display(),
+                    model_dir.display()
+                ),
+            );
+        }
+        BakeEvent::LoadingModel { dir } => bar.set_message(format!("loading {}", dir.display())),
+        BakeEvent::ModelLoaded { dir, seconds } => {
+            status(&bar, format!("loaded {} in {seconds:.2} s", dir.display()))
+        }
+        BakeEvent::ItemStarted { name, reason, .. } => {
+            bar.set_message(format!("{name} ({reason})"))
+        }
+        BakeEvent::Step {
+            name, step, total, ..
+        } => bar.set_message(format!("{name}: step {step}/{total}")),
+        BakeEvent::ItemFinished { name, outcome, .. } => {
+            bar.inc(1);
+            let line = match outcome {
+                ItemOutcome::Baked {
+                    png,
+                    width,
+                    height,
+                    seconds,
+                } => format!(
+                    "done    {name} -> {} ({width}x{height}, {seconds:.2} s)",
+                    png.display()
+                ),
+                ItemOutcome::Skipped => format!("skipped {name} (up to date)"),
+                ItemOutcome::Failed(reason) => format!("FAILED  {name}: {reason}"),
+            };
+            status(&bar, line);
+        }
+    };
+    let result = bevy_diffusion::bake::bake(&manifest, &options, &mut on_event);
+    bar.finish_and_clear();
+    let report = result?;
+    eprintln!("{}", report.summary());
+    let failed: Vec<&str> = report
+        .items
+        .iter()
+        .filter(|(_, o)| matches!(o, ItemOutcome::Failed(_)))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} items failed: {}",
+            failed.len(),
+            report.items.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn inspect_folder(args: InspectArgs) -> Result<()> {
+    let hub = HubOptions {
+        cache_dir: args.hf_cache,
+        prefer_fp16: args.fp16,
+        ..HubOptions::default()
+    };
+    let dir = resolve_model(&args.dir, Path::new("."), &hub)?;
+    let dir = dir.strip_prefix("./").map(Path::to_path_buf).unwrap_or(dir);
+    let options = InspectOptions {
+        max_file_bytes: args.max_file_bytes,
+        prefer_fp16_variant: args.fp16,
+        full_load: args.load,
+    };
+    let report = inspect(&dir, &options);
+    print!("{report}");
+    if !report.is_ok() {
+        bail!(
+            "{} problem(s) found in {}",
+            report.problems.len(),
+            dir.display()
+        );
+    }
     Ok(())
 }

@@ -26,8 +26,11 @@ use crate::error::{DiffusionError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TimestepSpacing {
+    #[serde(alias = "Leading")]
     Leading,
+    #[serde(alias = "Linspace")]
     Linspace,
+    #[serde(alias = "Trailing")]
     Trailing,
 }
 

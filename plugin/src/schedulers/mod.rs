@@ -38,20 +38,21 @@ use crate::error::DiffusionError;
 use crate::noise::NoiseSource;
 
 /// Which scheduler a request runs. Serialised (and parsed) as the CLI names:
-/// `ddim`, `euler`, `euler-a`, `dpmpp-2m`, `dpmpp-2m-karras`, `lcm`.
+/// `ddim`, `euler`, `euler-a`, `dpmpp-2m`, `dpmpp-2m-karras`, `lcm`; the Rust variant names are
+/// accepted too when parsing (`EulerAncestral`: RON cannot write `euler-a` without `r#`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SchedulerKind {
-    #[serde(rename = "ddim")]
+    #[serde(rename = "ddim", alias = "Ddim")]
     Ddim,
-    #[serde(rename = "euler")]
+    #[serde(rename = "euler", alias = "Euler")]
     Euler,
-    #[serde(rename = "euler-a")]
+    #[serde(rename = "euler-a", alias = "EulerAncestral")]
     EulerAncestral,
-    #[serde(rename = "dpmpp-2m")]
+    #[serde(rename = "dpmpp-2m", alias = "DpmSolverMultistep")]
     DpmSolverMultistep,
-    #[serde(rename = "dpmpp-2m-karras")]
+    #[serde(rename = "dpmpp-2m-karras", alias = "DpmSolverMultistepKarras")]
     DpmSolverMultistepKarras,
-    #[serde(rename = "lcm")]
+    #[serde(rename = "lcm", alias = "Lcm")]
     Lcm,
 }
 

@@ -1,0 +1,176 @@
+//! The `texgen` binary itself: exit codes, the one-line error, bake's summary and inspect's
+//! report (the logic is tested on the core in `tests/core/bake.rs`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-sd/model")
+}
+
+fn texgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_texgen"))
+        .args(args)
+        .output()
+        .expect("run texgen")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fresh scratch folder, removed when dropped.
+struct Scratch(PathBuf);
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir()
+            .join("bevy_diffusion_cli")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The last line of stderr is the one error line, and it is the only one.
+fn assert_one_error_line(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
+    let err = stderr(o);
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("texgen: error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert_eq!(err.lines().last(), Some(errors[0]), "{err}");
+    errors[0].to_string()
+}
+
+#[test]
+fn bake_reports_items_summary_and_exit_code() {
+    let dir = Scratch::new("bake");
+    let manifest = dir.0.join("textures.ron");
+    let model = fixture_model();
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"(
+    model: {:?},
+    items: {{
+        "wall": (prompt: "mossy stone wall", seed: 3, tiling: xy, width: 16, height: 16, num_inference_steps: 2),
+        "bad":  (prompt: "oops", width: 100, num_inference_steps: 2),
+        "coin": (prompt: "gold coin", kind: sprite, width: 16, height: 16, num_inference_steps: 1),
+    }},
+)"#,
+            model.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = dir.0.join("out");
+    let args = [
+        "bake",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+
+    let first = texgen(&args);
+    let line = assert_one_error_line(&first);
+    assert!(line.contains("1 of 3 items failed: bad"), "{line}");
+    let err = stderr(&first);
+    assert!(err.contains("baked 2, skipped 0, failed 1"), "{err}");
+    assert!(err.contains("done    wall"), "{err}");
+    assert!(
+        err.contains("FAILED  bad: invalid request: `width` = 100"),
+        "{err}"
+    );
+    assert!(out.join("wall.png").is_file() && out.join("coin.texgen.json").is_file());
+
+    let second = texgen(&args);
+    assert_one_error_line(&second);
+    let err = stderr(&second);
+    assert!(err.contains("baked 0, skipped 2, failed 1"), "{err}");
+    assert!(
+        !err.contains("loaded "),
+        "an all-skipped bake loads no model: {err}"
+    );
+
+    // Without the bad item: exit 0.
+    let good = dir.0.join("good.ron");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.contains("\"bad\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&good, text).unwrap();
+    let ok = texgen(&[
+        "bake",
+        good.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(stderr(&ok).contains("baked 0, skipped 2, failed 0"));
+}
+
+#[test]
+fn a_malformed_manifest_is_one_line_naming_line_and_field() {
+    let dir = Scratch::new("malformed");
+    let manifest = dir.0.join("m.ron");
+    std::fs::write(
+        &manifest,
+        "(\n  items: {\n    \"wall\": (prompt: \"x\", width: \"big\"),\n  },\n)\n",
+    )
+    .unwrap();
+    let o = texgen(&["bake", manifest.to_str().unwrap(), "--out", "unused"]);
+    let line = assert_one_error_line(&o);
+    assert!(line.contains("m.ron:3:"), "{line}");
+    assert!(line.contains("items.wall.width"), "{line}");
+}
+
+#[test]
+fn inspect_exit_codes() {
+    let ok = texgen(&["inspect", fixture_model().to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let report = String::from_utf8_lossy(&ok.stdout);
+    assert!(report.contains("family        SD1.x"), "{report}");
+    assert!(report.contains("problems      none"), "{report}");
+
+    let capped = texgen(&[
+        "inspect",
+        fixture_model().to_str().unwrap(),
+        "--max-file-bytes",
+        "1000000",
+    ]);
+    let line = assert_one_error_line(&capped);
+    assert!(line.contains("1 problem(s)"), "{line}");
+    let report = String::from_utf8_lossy(&capped.stdout);
+    assert!(
+        report.contains("over the 1000000-byte size cap"),
+        "{report}"
+    );
+}
+
+#[cfg(not(feature = "hf-hub"))]
+#[test]
+fn a_repo_id_without_the_feature_says_how_to_enable_it() {
+    let o = texgen(&[
+        "generate",
+        "--model",
+        "stabilityai/sd-turbo",
+        "--prompt",
+        "x",
+        "--out",
+        "x.png",
+    ]);
+    let line = assert_one_error_line(&o);
+    assert!(
+        line.contains("stabilityai/sd-turbo") && line.contains("--features hf-hub"),
+        "{line}"
+    );
+}
