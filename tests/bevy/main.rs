@@ -6,6 +6,7 @@
 
 mod custom;
 mod fixture_model;
+mod texgen_asset;
 
 use std::time::Duration;
 
@@ -54,7 +55,7 @@ impl Log {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn collect(
+pub fn collect(
     mut log: ResMut<Log>,
     mut ready: MessageReader<ModelReady>,
     mut load_failed: MessageReader<ModelLoadFailed>,

@@ -23,6 +23,7 @@ mod request_param;
 mod runtime;
 mod settings;
 mod systems;
+mod texgen_asset;
 
 use bevy::app::{App, Plugin, PreStartup, PreUpdate};
 use bevy::ecs::schedule::{IntoScheduleConfigs, SystemSet};
@@ -38,6 +39,7 @@ pub use settings::{
     BoxedGenerator, ComputeDevice, DiffusionSettings, GeneratorLoader, ModelSource,
     default_compute_threads,
 };
+pub use texgen_asset::{TexgenAssets, TexgenLoadError, TexgenLoader, submit_texgen_assets};
 
 use crate::worker::Generator;
 
@@ -109,7 +111,12 @@ impl Plugin for DiffusionPlugin {
                 PreStartup,
                 systems::start_worker.in_set(DiffusionSet::Start),
             )
-            .add_systems(PreUpdate, systems::poll_worker.in_set(DiffusionSet::Poll));
+            .add_systems(
+                PreUpdate,
+                (texgen_asset::submit_texgen_assets, systems::poll_worker)
+                    .chain()
+                    .in_set(DiffusionSet::Poll),
+            );
     }
 
     fn finish(&self, app: &mut App) {
@@ -119,5 +126,9 @@ impl Plugin for DiffusionPlugin {
                 .contains_resource::<bevy::asset::Assets<bevy::image::Image>>(),
             "DiffusionPlugin needs Bevy's AssetPlugin and ImagePlugin (or DefaultPlugins) in the app"
         );
+        // `*.texgen.ron` prompt files (registered here: the AssetServer exists by now).
+        let (loader, queue) = texgen_asset::texgen_loader(self.settings.placeholder_size);
+        app.insert_resource(queue);
+        bevy::asset::AssetApp::register_asset_loader(app, loader);
     }
 }
