@@ -522,6 +522,8 @@ pub struct BakeOptions {
     pub load: LoadOptions,
     /// Set to true to stop between two denoising steps; the item in progress is not written.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Compute threads (`None` = [`StableDiffusion::max_useful_threads`], else all cores).
+    pub threads: Option<usize>,
 }
 
 impl BakeOptions {
@@ -535,6 +537,7 @@ impl BakeOptions {
             force: false,
             load: LoadOptions::default(),
             cancel: None,
+            threads: None,
         }
     }
 }
@@ -650,7 +653,7 @@ pub enum BakeError {
 
 /// Forwards denoising steps as [`BakeEvent::Step`] and polls the cancel flag.
 struct BakeHooks<'a, 'b> {
-    on_event: &'a mut dyn FnMut(&BakeEvent<'_>),
+    on_event: &'a mut (dyn FnMut(&BakeEvent<'_>) + Send),
     index: usize,
     name: &'b str,
     cancel: Option<&'b AtomicBool>,
@@ -679,7 +682,7 @@ impl GenerationHooks for BakeHooks<'_, '_> {
 pub fn bake(
     manifest: &BakeManifest,
     options: &BakeOptions,
-    on_event: &mut dyn FnMut(&BakeEvent<'_>),
+    on_event: &mut (dyn FnMut(&BakeEvent<'_>) + Send),
 ) -> Result<BakeReport, BakeError> {
     let folder_options = FolderOptions {
         prefer_fp16_variant: options.load.prefer_fp16_variant,
@@ -745,7 +748,9 @@ pub fn bake(
                     name,
                     cancel: options.cancel.as_deref(),
                 };
-                match bake_one(model, entry, options, &mut hooks) {
+                match model.run_with_threads(options.threads, || {
+                    bake_one(model, entry, options, &mut hooks)
+                }) {
                     Ok(outcome) => outcome,
                     Err(DiffusionError::Cancelled) => {
                         report.cancelled = true;

@@ -97,6 +97,10 @@ struct BakeArgs {
     /// Regenerate every item, even those that are up to date.
     #[arg(long)]
     force: bool,
+    /// CPU threads for tensor maths (default: 1 for small models such as the embedded one, else
+    /// all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -280,8 +284,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     let started = Instant::now();
     let mut noise = SeededNoise::new(request.seed);
-    let out =
-        pipeline::generate_with_noise(&model, &request, &explicit, &mut noise, &mut StepPrinter)?;
+    let out = model.run_with_threads(args.threads, || {
+        pipeline::generate_with_noise(&model, &request, &explicit, &mut noise, &mut StepPrinter)
+    })?;
     if out.prompt_truncated {
         eprintln!("note: the prompt was longer than 77 tokens and was truncated");
     }
@@ -365,6 +370,7 @@ fn bake(args: BakeArgs) -> Result<()> {
     let options = BakeOptions {
         base_dir,
         force: args.force,
+        threads: args.threads,
         ..BakeOptions::new(&args.out, &model_dir)
     };
 
