@@ -140,6 +140,18 @@ impl Args {
         }
     }
 
+    /// How the UI names the model: the folder's name, or `embedded default`.
+    pub fn model_label(&self) -> String {
+        match &self.model {
+            Some(dir) => dir
+                .file_name()
+                .unwrap_or(dir.as_os_str())
+                .to_string_lossy()
+                .into_owned(),
+            None => "embedded default".into(),
+        }
+    }
+
     /// The scripted run, if a screenshot was asked for.
     pub fn scripted_run(&self) -> Option<ScriptedRun> {
         let screenshot = self.screenshot.clone()?;

@@ -175,7 +175,7 @@ pub fn handle_actions(
             DemoAction::NextPlayer => {
                 let old = players.active().id.clone();
                 let cancelled = diffusion.cancel_player(&old);
-                players.next();
+                players.next_player();
                 let ids = load_world(
                     &mut diffusion,
                     &players,

@@ -30,7 +30,12 @@ fn main() -> AppExit {
             .set(ImagePlugin::default_nearest()),
     )
     .add_plugins(DiffusionPlugin::new(args.diffusion_settings()))
-    .add_plugins((args.demo_plugin(), DemoUiPlugin));
+    .add_plugins((
+        args.demo_plugin(),
+        DemoUiPlugin {
+            model_label: args.model_label(),
+        },
+    ));
     if let Some(run) = args.scripted_run() {
         app.add_plugins(ScriptedPlugin(run));
     }

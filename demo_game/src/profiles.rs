@@ -178,7 +178,7 @@ impl Players {
     }
 
     /// Makes the next player active (wrapping) and returns them.
-    pub fn next(&mut self) -> &PlayerProfile {
+    pub fn next_player(&mut self) -> &PlayerProfile {
         self.active = (self.active + 1) % self.list.len();
         self.active()
     }

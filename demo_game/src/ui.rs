@@ -15,9 +15,8 @@ use crate::world::{Jobs, Notice, ROOM_CENTER, ROOM_COLS, ROOM_ROWS, TILE, bob_it
 pub const MAX_ROWS: usize = 7;
 
 /// The help line.
-pub const HELP: &str = "Type a prompt ({theme}, {colour}, {metal} = the player's)  |  Enter: generate  |  \
-                        Backspace: edit  |  F1 floor  F2 wall  F3 item  |  Tab: switch player  |  \
-                        Esc: cancel pending";
+pub const HELP: &str = "Type a prompt ({theme} = the player's)  |  Enter: generate  |  Backspace: edit  \
+                        |  F1 floor  F2 wall  F3 item  |  Tab: next player  |  Esc: cancel";
 
 const PANEL_BG: Color = Color::srgba(0.06, 0.07, 0.09, 0.92);
 const TEXT: Color = Color::srgb(0.88, 0.9, 0.92);
@@ -164,11 +163,12 @@ fn set(text: &mut Text, value: String) {
     }
 }
 
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn update_texts(
     time: Res<Time<Real>>,
     players: Res<Players>,
     status: Res<DiffusionStatus>,
+    label: Res<ModelLabel>,
     stats: Res<FrameStats>,
     input: Res<PromptInput>,
     notice: Res<Notice>,
@@ -190,8 +190,11 @@ fn update_texts(
         format!("player: {}   [Tab]", players.describe_active()),
     );
     let model = match &*status {
-        DiffusionStatus::Loading => "model: loading...".to_string(),
-        DiffusionStatus::Ready { identity } => format!("model: ready ({identity})"),
+        DiffusionStatus::Loading => format!("model: {} (loading...)", label.0),
+        DiffusionStatus::Ready { identity } => {
+            let short: String = identity.chars().take(8).collect();
+            format!("model: {} (ready, {short})", label.0)
+        }
         DiffusionStatus::Failed { reason } => format!("model FAILED: {reason}"),
     };
     set(&mut texts.p1(), model);
@@ -201,13 +204,13 @@ fn update_texts(
             set(
                 &mut texts.p2(),
                 format!(
-                    "frame: {:.1} ms p50 | {:.1} ms p99 | {:.1} ms max | {:.0} FPS",
+                    "frame p50 {:.1} ms | p99 {:.1} | max {:.1} | {:.0} FPS",
                     s.p50_ms, s.p99_ms, s.max_ms, s.fps
                 ),
             );
         }
     }
-    let cursor = if (now * 2.0) as u32 % 2 == 0 {
+    let cursor = if ((now * 2.0) as u32).is_multiple_of(2) {
         "_"
     } else {
         " "
@@ -348,12 +351,21 @@ fn sync_job_rows(
     }
 }
 
+/// How the panel names the model (`embedded default`, a folder).
+#[derive(Resource, Debug, Clone, Default)]
+pub struct ModelLabel(pub String);
+
 /// The window's look: camera, panel, help, and the item animation.
-pub struct DemoUiPlugin;
+#[derive(Debug, Clone, Default)]
+pub struct DemoUiPlugin {
+    /// How the panel names the model.
+    pub model_label: String,
+}
 
 impl Plugin for DemoUiPlugin {
     fn build(&self, app: &mut App) {
         app.insert_resource(ClearColor(Color::srgb(0.03, 0.03, 0.04)))
+            .insert_resource(ModelLabel(self.model_label.clone()))
             .add_systems(Startup, spawn_ui)
             .add_systems(
                 Update,

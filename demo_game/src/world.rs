@@ -30,6 +30,9 @@ pub const ROOM_COLS: i32 = 13;
 pub const ROOM_ROWS: i32 = 9;
 /// Centre of the room in world space (the room sits left of the side panel).
 pub const ROOM_CENTER: Vec2 = Vec2::new(-208.0, -8.0);
+/// Tint of the wall tiles: a little darker than the floor, so the room reads as a room whatever
+/// the textures are.
+pub const WALL_TINT: Color = Color::srgb(0.72, 0.72, 0.76);
 /// Item places as (column, row) of the room grid, row 0 at the top.
 pub const ITEM_CELLS: [(i32, i32); ITEM_SLOTS] = [(3, 2), (6, 2), (9, 2), (3, 6), (6, 6), (9, 6)];
 
@@ -172,6 +175,11 @@ pub fn spawn_world(mut commands: Commands) {
             Tile(slot),
             Sprite {
                 custom_size: Some(Vec2::splat(TILE)),
+                color: if slot == Slot::Wall {
+                    WALL_TINT
+                } else {
+                    Color::WHITE
+                },
                 ..default()
             },
             Transform::from_translation(at.extend(0.0)),
