@@ -234,7 +234,12 @@ fn update_texts(
         format!("Generating: {}   [Esc: cancel]", jobs.pending.len())
     };
     set(&mut texts.p5(), header);
-    set(&mut texts.p6(), format!("{}'s world", players.active().id));
+    let player = players.active();
+    let title = match player.attributes.get("theme") {
+        Some(theme) => format!("{}'s world: {theme}", player.id),
+        None => format!("{}'s world", player.id),
+    };
+    set(&mut texts.p6(), title);
 }
 
 fn update_chips(input: Res<PromptInput>, mut chips: Query<(&TargetChip, &mut BackgroundColor)>) {
