@@ -204,7 +204,7 @@ fn update_texts(
             set(
                 &mut texts.p2(),
                 format!(
-                    "frame p50 {:.1} ms | p99 {:.1} | max {:.1} | {:.0} FPS",
+                    "frame ms: p50 {:.1} | p99 {:.1} | max {:.1} | {:.0} FPS",
                     s.p50_ms, s.p99_ms, s.max_ms, s.fps
                 ),
             );

@@ -169,7 +169,7 @@ impl Jobs {
 pub struct Notice(pub String);
 
 /// Spawns the room's tiles and item places (images come from [`WorldSlots`]).
-pub fn spawn_world(mut commands: Commands) {
+pub fn spawn_world(mut commands: Commands, mut images: ResMut<Assets<Image>>) {
     for (slot, at) in room_tiles() {
         commands.spawn((
             Tile(slot),
@@ -185,6 +185,7 @@ pub fn spawn_world(mut commands: Commands) {
             Transform::from_translation(at.extend(0.0)),
         ));
     }
+    let shadow = images.add(shadow_image());
     for (index, &(col, row)) in ITEM_CELLS.iter().enumerate() {
         let home = cell_center(col, row);
         commands.spawn((
@@ -195,8 +196,44 @@ pub fn spawn_world(mut commands: Commands) {
             },
             Transform::from_translation(home.extend(1.0)),
             Visibility::Hidden,
+            // A soft shadow under the item (hidden with it), so a cut-out sprite reads as lying
+            // on the floor.
+            children![(
+                Sprite {
+                    image: shadow.clone(),
+                    custom_size: Some(Vec2::new(ITEM_SIZE * 0.7, ITEM_SIZE * 0.22)),
+                    ..default()
+                },
+                Transform::from_xyz(0.0, -ITEM_SIZE * 0.4, -0.5),
+            )],
         ));
     }
+}
+
+/// A 32x8 black ellipse whose alpha fades out towards the edge.
+pub fn shadow_image() -> Image {
+    let (w, h) = (32u32, 8u32);
+    let mut data = Vec::with_capacity((w * h * 4) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let dx = (x as f32 + 0.5) / w as f32 * 2.0 - 1.0;
+            let dy = (y as f32 + 0.5) / h as f32 * 2.0 - 1.0;
+            let d = (dx * dx + dy * dy).sqrt();
+            let alpha = ((1.0 - d).clamp(0.0, 1.0) * 1.6).min(1.0) * 150.0;
+            data.extend_from_slice(&[0, 0, 0, alpha as u8]);
+        }
+    }
+    Image::new(
+        bevy::render::render_resource::Extent3d {
+            width: w,
+            height: h,
+            depth_or_array_layers: 1,
+        },
+        bevy::render::render_resource::TextureDimension::D2,
+        data,
+        bevy::render::render_resource::TextureFormat::Rgba8UnormSrgb,
+        bevy::asset::RenderAssetUsages::default(),
+    )
 }
 
 /// Submits one request for `slot` and records it in `jobs`; a refusal goes to `notice`.
@@ -367,6 +404,7 @@ pub fn track_generation(
             continue;
         };
         jobs.failed += 1;
+        forget_empty_item(&mut slots, m.id, &job);
         if jobs.startup_left.is_some() && job.origin == Origin::World {
             let reason = format!("{} (\"{}\") failed: {}", job.slot, job.prompt, m.reason);
             jobs.startup_failures.push(reason);
@@ -374,9 +412,25 @@ pub fn track_generation(
         notice.0 = format!("{} failed: {}", job.slot, m.reason);
     }
     for m in cancelled.read() {
-        if jobs.ended(m.id).is_some() {
+        if let Some(job) = jobs.ended(m.id) {
             jobs.cancelled += 1;
+            forget_empty_item(&mut slots, m.id, &job);
         }
+    }
+}
+
+/// An item place whose world request ended without a single preview stays empty (rather than
+/// showing a transparent placeholder over its shadow). Textures keep their placeholder or last
+/// preview, like the plugin's images.
+fn forget_empty_item(slots: &mut WorldSlots, id: RequestId, job: &Job) {
+    if matches!(job.slot, Slot::Item(_))
+        && job.step == 0
+        && slots
+            .0
+            .get(&job.slot)
+            .is_some_and(|v| v.request == Some(id))
+    {
+        slots.0.remove(&job.slot);
     }
 }
 

@@ -418,6 +418,14 @@ fn esc_cancels_the_pending_requests() {
         record.lock().unwrap().len() <= 2,
         "the queued requests never ran"
     );
+    assert!(
+        item_places(&mut app).values().all(|(_, shown)| !shown),
+        "cancelled items without a preview leave their places empty"
+    );
+    assert!(
+        slots(&app).shown(Slot::Floor).is_some(),
+        "tiles keep their image"
+    );
 }
 
 /// A folder under the system temp dir, removed when dropped.
