@@ -22,11 +22,25 @@ pub fn bundled_model_dir() -> PathBuf {
         .join("default")
 }
 
-/// The default model folder: `$BEVY_DIFFUSION_DEFAULT_MODEL` if set, else the repository's
-/// `assets/models/default` (resolved at compile time from this crate's location).
+/// The default model folder, the first of:
+/// 1. `$BEVY_DIFFUSION_DEFAULT_MODEL` when set (and not empty);
+/// 2. `assets/models/default` beside the executable, then in the current folder (where a shipped
+///    game keeps its Bevy `assets/`), when it exists;
+/// 3. the repository's `assets/models/default` (resolved at compile time from this crate's
+///    location; what `cargo run` in a checkout uses).
 pub fn default_model_dir() -> PathBuf {
-    match std::env::var_os(DEFAULT_MODEL_ENV) {
-        Some(dir) => PathBuf::from(dir),
-        None => bundled_model_dir(),
+    if let Some(dir) = std::env::var_os(DEFAULT_MODEL_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
     }
+    let relative = std::path::Path::new("assets")
+        .join("models")
+        .join("default");
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(&relative)));
+    beside_exe
+        .into_iter()
+        .chain(std::env::current_dir().ok().map(|d| d.join(&relative)))
+        .find(|d| d.join("model_index.json").is_file())
+        .unwrap_or_else(bundled_model_dir)
 }

@@ -147,6 +147,7 @@ pub fn generate_with_noise(
         noise,
         hooks,
     )?;
+    check_finite(&final_latents)?;
     // 6. Decode.
     let image = decode_latents(model, &final_latents, request.tiling)?;
     Ok(GeneratedImage {
@@ -156,6 +157,27 @@ pub fn generate_with_noise(
         negative_prompt_truncated: prompt.negative_prompt_truncated,
         timesteps: scheduler.timesteps()[begin..].to_vec(),
         final_latents,
+    })
+}
+
+/// Refuses latents with NaN or infinite values (a diverging schedule, non-finite explicit noise,
+/// or a broken model) instead of writing a black image.
+fn check_finite(latents: &Tensor) -> Result<()> {
+    let sum = latents
+        .abs()?
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    if sum.is_finite() {
+        return Ok(());
+    }
+    Err(DiffusionError::InvalidRequest {
+        field: "num_inference_steps",
+        value: "(this request)".into(),
+        reason:
+            "denoising produced non-finite latents (NaN/inf): the schedule or the explicit noise \
+                 is out of range for this model; try fewer steps or another scheduler"
+                .into(),
     })
 }
 
@@ -181,6 +203,17 @@ pub fn check_inputs(
     };
     let width = pick(request.width, init_image.map(|i| i.width()));
     let height = pick(request.height, init_image.map(|i| i.height()));
+    // The same cap as explicit sizes (GenerationRequest::validate): a model's native size or an
+    // init image's must not ask for more memory than an explicit request may.
+    for (field, v) in [("width", width), ("height", height)] {
+        if v > 4096 {
+            return Err(DiffusionError::InvalidRequest {
+                field,
+                value: v.to_string(),
+                reason: "the resolved size (model's native size or init image) must be at most 4096 pixels; set width/height".into(),
+            });
+        }
+    }
     Ok((width, height))
 }
 

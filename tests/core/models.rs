@@ -446,3 +446,20 @@ fn unet_odd_latent_size_keeps_its_shape() {
         assert_eq!(out.dims(), &[1, 4, 7, 5]);
     }
 }
+
+#[test]
+fn an_out_of_range_sample_size_is_refused_naming_the_field() {
+    for bad in [0u64, 100_000] {
+        let config = edited_unet_config(&format!("sample{bad}"), |m| {
+            m.insert("sample_size".into(), serde_json::json!(bad));
+        });
+        let e = UNet2DConditionConfig::from_file(&config)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sample_size") && e.contains(&bad.to_string()),
+            "{e}"
+        );
+        std::fs::remove_dir_all(config.parent().unwrap()).ok();
+    }
+}

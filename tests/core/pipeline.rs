@@ -505,3 +505,26 @@ fn cancel_stops_before_the_next_step() {
     assert!(matches!(e, DiffusionError::Cancelled));
     assert_eq!(hooks.1, 2, "exactly two steps ran");
 }
+
+#[test]
+fn non_finite_noise_is_an_error_not_a_black_image() {
+    let nan = Tensor::full(f32::NAN, (1, 4, 8, 8), &candle_core::Device::Cpu).unwrap();
+    let req = GenerationRequest {
+        num_inference_steps: 2,
+        scheduler: Some(SchedulerKind::Ddim),
+        ..Default::default()
+    };
+    let explicit = ExplicitNoise {
+        noise: Some(nan),
+        vae_sample_eps: None,
+    };
+    let e = pipeline::generate_with_noise(
+        model(),
+        &req,
+        &explicit,
+        &mut SeededNoise::new(0),
+        &mut NoHooks,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("non-finite"), "{e}");
+}

@@ -27,7 +27,7 @@ use super::images::placeholder;
 use super::runtime::DiffusionRuntime;
 use crate::bake::{RonError, parse_request_ron};
 use crate::request::GenerationRequest;
-use crate::worker::RequestId;
+use crate::worker::{RequestId, SubmitError};
 
 /// Why a `*.texgen.ron` file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -137,9 +137,13 @@ pub fn submit_texgen_assets(
         if let Some(old) = queue.running.remove(&path) {
             runtime.cancel(old);
         }
-        match runtime.submit(request, handle) {
+        match runtime.submit(request.clone(), handle) {
             Ok(id) => {
                 queue.running.insert(path, id);
+            }
+            // Queue or quota full: try again next frame rather than dropping the file.
+            Err(SubmitError::QueueFull { .. } | SubmitError::PlayerQuota { .. }) => {
+                still_waiting.push((path, request));
             }
             Err(e) => tracing::warn!("bevy_diffusion: {path} was not queued: {e}"),
         }

@@ -339,13 +339,8 @@ fn read_noise_file(path: &std::path::Path) -> Result<ExplicitNoise> {
 
 /// Writes a PNG atomically: to a temporary file beside `path`, then renamed over it.
 fn write_png(image: &image::RgbaImage, path: &std::path::Path) -> Result<()> {
-    let tmp = path.with_extension("png.tmp");
-    image
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    bevy_diffusion::cache::write_png_atomic(image, path)
+        .with_context(|| format!("--out {}", path.display()))
 }
 
 /// Prints a status line above the progress bar (or plainly when the bar is hidden, e.g. when

@@ -388,6 +388,13 @@ impl UNet2DConditionConfig {
             }
             Some(v) => j.parse("sample_size", v)?,
         };
+        if !(1..=512).contains(&sample_size) {
+            return Err(DiffusionError::config(
+                &j.path,
+                "sample_size",
+                format!("{sample_size} latents is out of range (1..=512)"),
+            ));
+        }
         let conv_in_kernel: usize = j.get_or("conv_in_kernel", 3)?;
         let conv_out_kernel: usize = j.get_or("conv_out_kernel", 3)?;
         for (key, k) in [
