@@ -74,11 +74,15 @@ pub trait Scheduler: Send {
     /// The timesteps the UNet sees, in order (length = num_inference_steps).
     fn timesteps(&self) -> &[f64];
     /// Standard deviation of the initial noise (`init_noise_sigma`): initial latents are
-    /// unit noise times this.
-    fn init_noise_sigma(&self) -> f64;
+    /// unit noise times this. 1 for DDIM, DPM++ and LCM.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
     /// diffusers' `scale_model_input`: the UNet input for `sample` at `step_index`
     /// (identity for DDIM/DPM++/LCM, `x / sqrt(sigma^2 + 1)` for Euler schedulers).
-    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor>;
+    fn scale_model_input(&self, sample: &Tensor, _step_index: usize) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
     /// Advances `sample` (x_t at `timesteps()[step_index]`) given the (guided) `model_output`.
     /// Ancestral/consistency schedulers draw their noise from `noise`, in diffusers' order.
     fn step(
