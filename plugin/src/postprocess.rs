@@ -170,10 +170,12 @@ pub fn pixel_art(image: &RgbaImage, cell: u32, colors: u32) -> RgbaImage {
 }
 
 /// Applies the request's post-processing to a decoded image: sprite keying (for opaque model
-/// output) and the optional pixel-art pass.
+/// output), opaque alpha for textures, and the optional pixel-art pass.
 pub fn finish(mut image: RgbaImage, request: &crate::request::GenerationRequest) -> RgbaImage {
-    if request.kind == crate::request::AssetKind::Sprite {
-        key_out_background(&mut image);
+    match request.kind {
+        crate::request::AssetKind::Sprite => key_out_background(&mut image),
+        // Surface textures are opaque, whatever alpha a 4-channel model drew.
+        crate::request::AssetKind::Texture => image.pixels_mut().for_each(|p| p.0[3] = 255),
     }
     match request.pixel_art {
         Some(p) => pixel_art(&image, p.cell, p.colors),
