@@ -110,9 +110,7 @@ impl Scheduler for LcmScheduler {
     /// `sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise` at `t = timesteps()[step_index]`.
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
         check_step_index(step_index, self.timesteps.len())?;
-        let a = self
-            .schedule
-            .alpha_cumprod(self.timesteps[step_index] as usize);
-        lin(a.sqrt() as f64, original, (1.0 - a).sqrt() as f64, noise)
+        self.schedule
+            .add_noise(original, noise, self.timesteps[step_index] as usize)
     }
 }

@@ -9,6 +9,8 @@
 //! - the three `timestep_spacing` rules in the variants of DDIM/LCM (int64), Euler (float32) and
 //!   DPM-Solver (int64, `n + 1` points).
 
+use candle_core::Tensor;
+
 use super::config::{BetaSchedule, SchedulerParams, TimestepSpacing};
 
 /// The training noise schedule of `T = num_train_timesteps` steps.
@@ -57,6 +59,18 @@ impl NoiseSchedule {
             betas,
             alphas_cumprod,
         }
+    }
+
+    /// diffusers' `add_noise` for discrete-time schedulers (DDIM, LCM):
+    /// `sqrt(abar_t) * original + sqrt(1 - abar_t) * noise`, shapes `[batch, channels, h, w]`.
+    pub fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        t: usize,
+    ) -> candle_core::Result<Tensor> {
+        let a = self.alpha_cumprod(t);
+        super::lin(a.sqrt() as f64, original, (1.0 - a).sqrt() as f64, noise)
     }
 
     /// `abar` at an integer timestep (DDIM/LCM index `alphas_cumprod[t]`).
