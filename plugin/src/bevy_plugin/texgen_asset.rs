@@ -8,6 +8,10 @@
 //! (prompt: "mossy cobblestone", seed: 7, tiling: xy, num_inference_steps: 12)
 //! ```
 //!
+//! An img2img file names its init image relative to itself (`init_image: Path("rock.png")` is the
+//! asset `rock.png` beside the prompt file, read through the same asset source); an absolute path
+//! is a file on disk.
+//!
 //! [`TexgenLoader`] parses the file and returns a placeholder image at once (a malformed file is a
 //! load error naming the file, line, column and field); it hands the request to
 //! [`submit_texgen_assets`], which queues it once the placeholder is in `Assets<Image>` and points
@@ -26,7 +30,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::images::placeholder;
 use super::runtime::DiffusionRuntime;
 use crate::bake::{RonError, parse_request_ron};
-use crate::request::GenerationRequest;
+use crate::request::{GenerationRequest, InitImage};
 use crate::worker::{RequestId, SubmitError};
 
 /// Why a `*.texgen.ron` file could not be loaded.
@@ -42,6 +46,17 @@ pub enum TexgenLoadError {
     /// The file is not a valid request (names the line, column and field).
     #[error(transparent)]
     Parse(#[from] RonError),
+    /// The request's relative `init_image` (resolved beside the prompt file, in the same asset
+    /// source) could not be read or decoded.
+    #[error("{file}: init_image {init_image}: {reason}")]
+    InitImage {
+        /// The prompt file.
+        file: String,
+        /// The resolved asset path of the init image.
+        init_image: String,
+        /// Why it could not be used (missing file, not an image...).
+        reason: String,
+    },
 }
 
 /// The [`AssetLoader`] of `*.texgen.ron` prompt files (registered by the plugin).
@@ -72,7 +87,32 @@ impl AssetLoader for TexgenLoader {
                 source,
             })?;
         let text = String::from_utf8_lossy(&bytes);
-        let request = parse_request_ron(&text, path.path())?;
+        let mut request = parse_request_ron(&text, path.path())?;
+        // A relative init image is an asset beside the prompt file (read through the asset source,
+        // so it works from any working folder and from embedded/processed sources); its pixels
+        // travel with the request. Absolute paths stay files on disk.
+        if let Some(InitImage::Path(p)) = &request.init_image
+            && p.is_relative()
+        {
+            let asset = path.resolve_embed(&AssetPath::from_path(p));
+            let fail = |reason: String| TexgenLoadError::InitImage {
+                file: path.to_string(),
+                init_image: asset.to_string(),
+                reason,
+            };
+            let bytes = load_context
+                .read_asset_bytes(asset.clone())
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let rgba = image::load_from_memory(&bytes)
+                .map_err(|e| fail(e.to_string()))?
+                .to_rgba8();
+            request.init_image = Some(InitImage::Rgba {
+                width: rgba.width(),
+                height: rgba.height(),
+                pixels: rgba.into_raw(),
+            });
+        }
         let pick = |v: u32, fallback: u32| if v == 0 { fallback } else { v };
         let (w, h) = (
             pick(request.width, self.placeholder_size.0),

@@ -304,7 +304,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
 }
 
 fn parse_kind(s: &str) -> Result<AssetKind> {
-    match s {
+    // Case-insensitive, like the manifests' `kind: Sprite`.
+    match s.to_ascii_lowercase().as_str() {
         "texture" => Ok(AssetKind::Texture),
         "sprite" => Ok(AssetKind::Sprite),
         other => bail!("--kind {other}: expected texture or sprite"),
