@@ -171,7 +171,7 @@ impl GenerationRequest {
         {
             return bad(
                 "pixel_art",
-                format!("{p:?}"),
+                format!("cell {}, colors {}", p.cell, p.colors),
                 "cell must be >= 1 and colors in 2..=256".into(),
             );
         }
