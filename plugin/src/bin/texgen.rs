@@ -270,6 +270,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
         pixel_art: args.pixel_art.as_deref().map(parse_pixel_art).transpose()?,
         ..Default::default()
     };
+    // Fail fast on what does not need the model (the size's multiple is checked after loading).
+    request.validate(1)?;
+    if let Some(InitImage::Path(p)) = &request.init_image
+        && !p.is_file()
+    {
+        bail!("--init-image {}: no such file", p.display());
+    }
     let model_dir = args.model.resolve(None)?;
     let started = Instant::now();
     let model = StableDiffusion::load(&model_dir, &LoadOptions::default())?;
