@@ -315,7 +315,7 @@ fn parse_kind(s: &str) -> Result<AssetKind> {
     match s.to_ascii_lowercase().as_str() {
         "texture" => Ok(AssetKind::Texture),
         "sprite" => Ok(AssetKind::Sprite),
-        other => bail!("--kind {other}: expected texture or sprite"),
+        _ => bail!("--kind {s}: expected texture or sprite"),
     }
 }
 
