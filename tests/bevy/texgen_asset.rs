@@ -171,9 +171,43 @@ fn a_missing_init_image_fails_the_load_naming_the_prompt_file_and_the_image() {
     });
     let error = error.unwrap();
     assert!(
-        error.contains("walls/rock.texgen.ron") && error.contains("walls/rock.png"),
+        error.contains("walls/rock.texgen.ron") && error.contains("rock.png"),
         "{error}"
     );
+    assert!(app.world().resource::<Log>().started.is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_init_image_outside_the_asset_folder_is_refused_not_read() {
+    let escape = ROCK.replace("rock.png", "../../outside.png");
+    let absolute = ROCK.replace("rock.png", "/etc/outside.png");
+    let (mut app, dir) = app_with_asset_bytes(
+        "img2img_escape",
+        &[
+            ("walls/escape.texgen.ron", escape.into_bytes()),
+            ("walls/absolute.texgen.ron", absolute.into_bytes()),
+        ],
+    );
+    // Refused before any read: the message says why.
+    for file in ["walls/escape.texgen.ron", "walls/absolute.texgen.ron"] {
+        let handle: Handle<Image> = app.world().resource::<AssetServer>().load(file);
+        let mut error = None;
+        crate::wait_for(&mut app, "the prompt file to fail loading", |app| {
+            if let LoadState::Failed(e) = app.world().resource::<AssetServer>().load_state(&handle)
+            {
+                error = Some(e.to_string());
+            }
+            error.is_some()
+        });
+        let error = error.unwrap();
+        assert!(
+            error.contains(file)
+                && error.contains("outside.png")
+                && error.contains("inside the asset folder"),
+            "{error}"
+        );
+    }
     assert!(app.world().resource::<Log>().started.is_empty());
     let _ = std::fs::remove_dir_all(dir);
 }

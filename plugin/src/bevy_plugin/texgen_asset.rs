@@ -9,8 +9,8 @@
 //! ```
 //!
 //! An img2img file names its init image relative to itself (`init_image: Path("rock.png")` is the
-//! asset `rock.png` beside the prompt file, read through the same asset source); an absolute path
-//! is a file on disk.
+//! asset `rock.png` beside the prompt file, read through the same asset source). Absolute paths and
+//! paths that leave the asset folder (`../../x.png`) are refused: prompt files may come from mods.
 //!
 //! [`TexgenLoader`] parses the file and returns a placeholder image at once (a malformed file is a
 //! load error naming the file, line, column and field); it hands the request to
@@ -46,13 +46,13 @@ pub enum TexgenLoadError {
     /// The file is not a valid request (names the line, column and field).
     #[error(transparent)]
     Parse(#[from] RonError),
-    /// The request's relative `init_image` (resolved beside the prompt file, in the same asset
-    /// source) could not be read or decoded.
+    /// The request's `init_image` (resolved beside the prompt file, in the same asset source)
+    /// is outside the asset folder, or could not be read or decoded.
     #[error("{file}: init_image {init_image}: {reason}")]
     InitImage {
         /// The prompt file.
         file: String,
-        /// The resolved asset path of the init image.
+        /// The init image as written in the file.
         init_image: String,
         /// Why it could not be used (missing file, not an image...).
         reason: String,
@@ -88,24 +88,29 @@ impl AssetLoader for TexgenLoader {
             })?;
         let text = String::from_utf8_lossy(&bytes);
         let mut request = parse_request_ron(&text, path.path())?;
-        // A relative init image is an asset beside the prompt file (read through the asset source,
-        // so it works from any working folder and from embedded/processed sources); its pixels
-        // travel with the request. Absolute paths stay files on disk.
-        if let Some(InitImage::Path(p)) = &request.init_image
-            && p.is_relative()
-        {
+        // The init image is an asset beside the prompt file, read through the asset source (so it
+        // works from any working folder, from embedded/processed sources, and reloads with the
+        // file); its pixels travel with the request. A prompt file may come from a mod: absolute
+        // paths and paths that climb out of the asset folder are refused, not read from disk.
+        if let Some(InitImage::Path(p)) = &request.init_image {
             let asset = path.resolve_embed(&AssetPath::from_path(p));
             let fail = |reason: String| TexgenLoadError::InitImage {
                 file: path.to_string(),
-                init_image: asset.to_string(),
+                init_image: p.display().to_string(),
                 reason,
             };
+            if p.has_root() || asset.path().starts_with("..") {
+                return Err(fail(
+                    "must be an asset path relative to the prompt file, inside the asset folder"
+                        .into(),
+                ));
+            }
             let bytes = load_context
                 .read_asset_bytes(asset.clone())
                 .await
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(format!("{asset}: {e}")))?;
             let rgba = image::load_from_memory(&bytes)
-                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(format!("{asset}: {e}")))?
                 .to_rgba8();
             request.init_image = Some(InitImage::Rgba {
                 width: rgba.width(),

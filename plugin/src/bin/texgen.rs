@@ -311,7 +311,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
 }
 
 fn parse_kind(s: &str) -> Result<AssetKind> {
-    // Case-insensitive, like the manifests' `kind: Sprite`.
+    // Any case: `sprite`, `Sprite`, `SPRITE`.
     match s.to_ascii_lowercase().as_str() {
         "texture" => Ok(AssetKind::Texture),
         "sprite" => Ok(AssetKind::Sprite),
