@@ -4,9 +4,12 @@
     python export.py --run runs/default --out ../assets/models/default [--force] [--no-ema] [--no-check]
 
 Writes model_index.json, unet/, vae/, text_encoder/ (config.json + f32 .safetensors), tokenizer/ (tokenizer.json,
-vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json) and scheduler/scheduler_config.json with
-StableDiffusionPipeline.save_pretrained(dir, safe_serialization=True). Then it checks that
-  * only .json / .safetensors files and tokenizer/merges.txt were written (no pickles),
+vocab.json, tokenizer_config.json, special_tokens_map.json; no merges.txt: tokenizer.json holds the merges and
+transformers loads it) and scheduler/scheduler_config.json with
+StableDiffusionPipeline.save_pretrained(dir, safe_serialization=True). --embedded adds
+"_bevy_diffusion_embedded": true to model_index.json (how the runtime and `texgen inspect` recognise the
+shipped default model; diffusers ignores it). Then it checks that
+  * only .json / .safetensors files were written (no pickles),
   * the folder is <= 25 MB,
   * every tensor name in the files matches the freshly built model (text_encoder names start with text_model.),
   * (unless --no-check) StableDiffusionPipeline.from_pretrained(dir) reloads it and makes a 32x32 RGBA image.
@@ -27,7 +30,7 @@ import torch  # noqa: E402
 import recipe  # noqa: E402
 
 MAX_BYTES = 25 * 1000 * 1000
-ALLOWED_TXT = {os.path.join("tokenizer", "merges.txt")}
+EMBEDDED_MARKER = "_bevy_diffusion_embedded"  # plugin/src/embedded.rs
 
 
 def dir_files(path):
@@ -67,7 +70,7 @@ def build_pipeline(run, use_ema=True):
     return pipe, meta, ust["step"]
 
 
-def write_folder(pipe, run, out):
+def write_folder(pipe, run, out, embedded=False):
     from safetensors.torch import load_file, save_file
 
     pipe.save_pretrained(out, safe_serialization=True)
@@ -80,6 +83,15 @@ def write_folder(pipe, run, out):
     # The canonical CLIP-layout tokenizer files (what tokenizer.json-based loaders read).
     shutil.rmtree(os.path.join(out, "tokenizer"))
     shutil.copytree(os.path.join(run, "tokenizer"), os.path.join(out, "tokenizer"))
+    os.remove(os.path.join(out, "tokenizer", "merges.txt"))
+    if embedded:
+        index = os.path.join(out, "model_index.json")
+        with open(index, encoding="utf-8") as f:
+            j = json.load(f)
+        j[EMBEDDED_MARKER] = True
+        with open(index, "w", encoding="utf-8") as f:
+            json.dump(j, f, indent=2)
+            f.write("\n")
     for f in dir_files(out):
         os.chmod(os.path.join(out, f), 0o644)
 
@@ -89,7 +101,7 @@ def check_folder(out, pipe):
 
     problems = []
     for f in dir_files(out):
-        if not (f.endswith(".json") or f.endswith(".safetensors") or f in ALLOWED_TXT):
+        if not (f.endswith(".json") or f.endswith(".safetensors")):
             problems.append(f"unexpected file {f}")
     size = dir_size(out)
     if size > MAX_BYTES:
@@ -132,6 +144,7 @@ def main():
     ap.add_argument("--force", action="store_true", help="replace an existing --out folder")
     ap.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA ones")
     ap.add_argument("--no-check", action="store_true", help="skip the reload + generate check")
+    ap.add_argument("--embedded", action="store_true", help="mark the folder as the shipped default model")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -143,7 +156,7 @@ def main():
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
-        write_folder(pipe, a.run, tmp)
+        write_folder(pipe, a.run, tmp, embedded=a.embedded)
         size, problems = check_folder(tmp, pipe)
         if problems:
             sys.exit("export check failed:\n  " + "\n  ".join(problems))

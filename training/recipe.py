@@ -15,10 +15,11 @@ IMAGE_SIZE = 32
 # group, like tests/fixtures/tiny-sd's VAE): with 32 groups the 32-channel conv_norm_out before the decoder's
 # conv_out is a per-channel instance norm, which erases the mean colour of flat regions (measured: after 600
 # steps every tile decoded grey-brown; L1 0.166).
+LATENT_CHANNELS = 16
 VAE_CONFIG = {
     "in_channels": 4, "out_channels": 4,
     "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
-    "block_out_channels": [32, 64, 64], "layers_per_block": 1, "latent_channels": 4,
+    "block_out_channels": [32, 64, 64], "layers_per_block": 1, "latent_channels": LATENT_CHANNELS,
     "norm_num_groups": 4, "sample_size": IMAGE_SIZE, "scaling_factor": 1.0, "act_fn": "silu",
 }
 
@@ -26,7 +27,7 @@ VAE_CONFIG = {
 # norm_num_groups 32 (every channel count is a multiple of 32). attention_head_dim is diffusers' SD1.x naming
 # quirk: it is the number of heads (4), head size = channels / 4.
 UNET_CONFIG = {
-    "sample_size": IMAGE_SIZE // 4, "in_channels": 4, "out_channels": 4,
+    "sample_size": IMAGE_SIZE // 4, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS,
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     "block_out_channels": [64, 96, 96], "layers_per_block": 1,
