@@ -434,7 +434,7 @@ def main():
     ap.add_argument("--vae-warmup", type=int, default=100)
     ap.add_argument("--vae-edge", type=float, default=0.5, help="weight of the L1 loss on neighbour differences")
     ap.add_argument("--vae-kl", type=float, default=1e-5, help="KL weight relative to the per-element L1+MSE")
-    ap.add_argument("--unet-steps", type=int, default=13500)
+    ap.add_argument("--unet-steps", type=int, default=15500)
     ap.add_argument("--unet-batch", type=int, default=64)
     ap.add_argument("--unet-lr", type=float, default=5e-4)
     ap.add_argument("--unet-warmup", type=int, default=500)
