@@ -51,6 +51,19 @@ fn app_with_asset_bytes(name: &str, files: &[(&str, Vec<u8>)]) -> (App, std::pat
     (app, dir)
 }
 
+/// Loads `file` and waits until it fails; returns the load error's message.
+fn load_error(app: &mut App, file: &str) -> String {
+    let handle: Handle<Image> = app.world().resource::<AssetServer>().load(file.to_owned());
+    let mut error = None;
+    crate::wait_for(app, &format!("{file} to fail loading"), |app| {
+        if let LoadState::Failed(e) = app.world().resource::<AssetServer>().load_state(&handle) {
+            error = Some(e.to_string());
+        }
+        error.is_some()
+    });
+    error.expect("wait_for returned, so the load failed")
+}
+
 const WALL: &str = "(\n    prompt: \"a mossy stone wall\",\n    seed: 5,\n    num_inference_steps: 3,\n    tiling: xy,\n)\n";
 
 #[test]
@@ -83,18 +96,7 @@ fn a_prompt_file_loads_as_an_image_that_fills_in_with_the_generated_pixels() {
 fn a_malformed_prompt_file_fails_to_load_naming_the_line_and_field() {
     let broken = "(\n    prompt: \"wall\",\n    seed: \"seven\",\n)\n";
     let (mut app, dir) = app_with_assets("bad", &[("broken.texgen.ron", broken)]);
-    let handle: Handle<Image> = app
-        .world()
-        .resource::<AssetServer>()
-        .load("broken.texgen.ron");
-    let mut error = None;
-    crate::wait_for(&mut app, "the broken prompt file to fail loading", |app| {
-        if let LoadState::Failed(e) = app.world().resource::<AssetServer>().load_state(&handle) {
-            error = Some(e.to_string());
-        }
-        error.is_some()
-    });
-    let error = error.unwrap();
+    let error = load_error(&mut app, "broken.texgen.ron");
     assert!(
         error.contains("broken.texgen.ron") && error.contains(":3:") && error.contains("seed"),
         "{error}"
@@ -158,18 +160,7 @@ fn a_relative_init_image_is_read_beside_the_prompt_file_not_from_the_working_fol
 #[test]
 fn a_missing_init_image_fails_the_load_naming_the_prompt_file_and_the_image() {
     let (mut app, dir) = app_with_assets("img2img_missing", &[("walls/rock.texgen.ron", ROCK)]);
-    let handle: Handle<Image> = app
-        .world()
-        .resource::<AssetServer>()
-        .load("walls/rock.texgen.ron");
-    let mut error = None;
-    crate::wait_for(&mut app, "the prompt file to fail loading", |app| {
-        if let LoadState::Failed(e) = app.world().resource::<AssetServer>().load_state(&handle) {
-            error = Some(e.to_string());
-        }
-        error.is_some()
-    });
-    let error = error.unwrap();
+    let error = load_error(&mut app, "walls/rock.texgen.ron");
     assert!(
         error.contains("walls/rock.texgen.ron") && error.contains("rock.png"),
         "{error}"
@@ -191,16 +182,7 @@ fn an_init_image_outside_the_asset_folder_is_refused_not_read() {
     );
     // Refused before any read: the message says why.
     for file in ["walls/escape.texgen.ron", "walls/absolute.texgen.ron"] {
-        let handle: Handle<Image> = app.world().resource::<AssetServer>().load(file);
-        let mut error = None;
-        crate::wait_for(&mut app, "the prompt file to fail loading", |app| {
-            if let LoadState::Failed(e) = app.world().resource::<AssetServer>().load_state(&handle)
-            {
-                error = Some(e.to_string());
-            }
-            error.is_some()
-        });
-        let error = error.unwrap();
+        let error = load_error(&mut app, file);
         assert!(
             error.contains(file)
                 && error.contains("outside.png")
