@@ -61,10 +61,10 @@ pub struct GenerationRequest {
     pub negative_prompt: String,
     /// Seed of the request's noise stream (ChaCha8; see [`crate::noise`]).
     pub seed: u64,
-    /// Output width in pixels, a multiple of 8 (the VAE's downscale factor); 0 = the model's
-    /// native `unet.sample_size * 8`.
+    /// Output width in pixels, a multiple of the model's VAE factor `f` (its downscale factor:
+    /// 8 for SD, 4 for the embedded model); 0 = the model's native `unet.sample_size * f`.
     pub width: u32,
-    /// Output height in pixels, a multiple of 8; 0 = the model's native size.
+    /// Output height in pixels, a multiple of the VAE factor `f`; 0 = the model's native size.
     pub height: u32,
     /// Denoising steps (diffusers' `num_inference_steps`), >= 1.
     pub num_inference_steps: usize,
@@ -115,7 +115,8 @@ impl Default for GenerationRequest {
 
 impl GenerationRequest {
     /// Checks the fields that do not depend on the model. `vae_scale` is the model's
-    /// pixels-per-latent factor (8 for SD).
+    /// pixels-per-latent factor `f` (8 for SD, 4 for the embedded model; 1 checks only the
+    /// model-free bounds).
     ///
     /// Errors: [`DiffusionError::InvalidRequest`] naming the field and its value.
     pub fn validate(&self, vae_scale: usize) -> Result<()> {
@@ -131,7 +132,7 @@ impl GenerationRequest {
                 return bad(
                     field,
                     v.to_string(),
-                    format!("must be a multiple of {vae_scale} pixels"),
+                    format!("must be a multiple of {vae_scale} pixels (this model's VAE factor f)"),
                 );
             }
             if v > 4096 {
