@@ -66,6 +66,9 @@ pub mod bake;
 #[cfg(feature = "bevy")]
 pub mod bevy_plugin;
 pub mod cache;
+pub mod cancel;
+pub mod compute_pool;
+pub mod config_bounds;
 pub mod embedded;
 pub mod error;
 pub mod generator;
@@ -85,6 +88,8 @@ pub mod tiling;
 pub mod tokenizer;
 pub mod weights;
 pub mod worker;
+mod worker_task;
+mod worker_thread;
 
 pub use error::{DiffusionError, Result};
 pub use model::{LoadOptions, StableDiffusion};
@@ -94,10 +99,29 @@ pub use tiling::Tiling;
 
 #[cfg(feature = "bevy")]
 pub use bevy_plugin::{
-    Diffusion, DiffusionPlugin, DiffusionSet, DiffusionSettings, DiffusionStatus,
+    Diffusion, DiffusionPlugin, DiffusionSettings, DiffusionStatus, DiffusionSystems,
     GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress,
     GenerationStarted, ModelLoadFailed, ModelReady, ModelSource, Submitted,
 };
 pub use player::{PlayerProfile, PromptTemplate, derive_seed};
 pub use request::AssetKind;
 pub use worker::{Generator, RequestId, SubmitError};
+
+#[cfg(feature = "bevy")]
+#[allow(deprecated)]
+pub use bevy_plugin::DiffusionSet;
+
+/// The names a game needs: `use bevy_diffusion::prelude::*;`.
+pub mod prelude {
+    #[cfg(feature = "bevy")]
+    pub use crate::bevy_plugin::{
+        Diffusion, DiffusionPlugin, DiffusionSettings, DiffusionStatus, DiffusionSystems,
+        GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress,
+        GenerationStarted, ModelLoadFailed, ModelReady, ModelSource, Submitted,
+    };
+    pub use crate::error::DiffusionError;
+    pub use crate::request::{AssetKind, GenerationRequest, PixelArt};
+    pub use crate::tiling::Tiling;
+    pub use crate::worker::{Generator, RequestId, SubmitError};
+    pub use crate::{PlayerProfile, PromptTemplate, SchedulerKind};
+}

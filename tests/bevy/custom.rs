@@ -250,7 +250,7 @@ fn the_plugin_names_the_plugins_it_needs() {
 fn cancel_stops_a_running_job_within_one_step_and_frees_its_slot() {
     let (plugin, steps_done) = Disc::plugin(5);
     let mut app = app(plugin.configure(|s| s.max_queued = 1));
-    let job = submit(&mut app, steps(10_000)).expect("accepted");
+    let job = submit(&mut app, steps(1000)).expect("accepted");
     wait_for(&mut app, "the job to run", |app| {
         !log(app).progress_of(job.id).is_empty()
     });
@@ -292,7 +292,7 @@ fn a_player_over_quota_is_rejected_at_once_with_the_reason_and_can_cancel_all() 
     let mut app = app(plugin.configure(|s| s.max_per_player = 2));
     let for_player = |p: &str| GenerationRequest {
         player: Some(p.into()),
-        ..steps(10_000)
+        ..steps(1000)
     };
     let a = submit(&mut app, for_player("ann")).expect("first");
     let b = submit(&mut app, for_player("ann")).expect("second");

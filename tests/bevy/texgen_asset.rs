@@ -4,7 +4,7 @@
 use bevy::asset::LoadState;
 use bevy::prelude::*;
 use bevy_diffusion::{
-    DiffusionPlugin, DiffusionSet, LoadOptions, StableDiffusion, bake, pipeline, postprocess,
+    DiffusionPlugin, DiffusionSystems, LoadOptions, StableDiffusion, bake, pipeline, postprocess,
 };
 use bevy_diffusion_tests::tiny_sd_model;
 
@@ -45,7 +45,7 @@ fn app_with_asset_bytes(name: &str, files: &[(&str, Vec<u8>)]) -> (App, std::pat
         DiffusionPlugin::from_folder(tiny_sd_model()).configure(|s| s.compute_threads = 1),
     ))
     .init_resource::<Log>()
-    .add_systems(PreUpdate, crate::collect.after(DiffusionSet::Poll));
+    .add_systems(PreUpdate, crate::collect.after(DiffusionSystems::Poll));
     app.finish();
     app.cleanup();
     (app, dir)

@@ -7,3 +7,4 @@ mod models;
 mod pipeline;
 mod schedulers;
 mod vae;
+mod worker;

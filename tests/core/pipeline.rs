@@ -526,5 +526,10 @@ fn non_finite_noise_is_an_error_not_a_black_image() {
         &mut NoHooks,
     )
     .unwrap_err();
+    assert!(
+        matches!(e, DiffusionError::NonFiniteLatents { total: 2, ref scheduler, .. } if scheduler == "Ddim"),
+        "a typed cause, not num_inference_steps: {e:?}"
+    );
     assert!(e.to_string().contains("non-finite"), "{e}");
+    assert!(!e.to_string().contains("`num_inference_steps`"), "{e}");
 }
