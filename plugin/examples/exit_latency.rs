@@ -73,7 +73,7 @@ fn main() {
         prompt: "mossy cobblestone".into(),
         width: size,
         height: size,
-        num_inference_steps: 12,
+        num_inference_steps: Some(12),
         ..Default::default()
     };
     let job: Submitted = app

@@ -45,14 +45,14 @@ impl Generator for Fast {
             });
         }
         let t = Tensor::zeros((1, 1, 1, 1), candle_core::DType::F32, &Device::Cpu)?;
-        for step in 0..request.num_inference_steps {
+        for step in 0..request.steps() {
             if hooks.should_cancel() {
                 return Err(DiffusionError::Cancelled);
             }
             std::thread::sleep(Duration::from_micros(200));
             hooks.on_step(&DenoisingStep {
                 step,
-                total: request.num_inference_steps,
+                total: request.steps(),
                 timestep: 0.0,
                 latents_in: t.clone(),
                 unet_input: t.clone(),
@@ -92,7 +92,7 @@ fn submit_burst(mut diffusion: Diffusion, mut tally: ResMut<Tally>) {
                 format!("wall {i}")
             },
             seed: i as u64,
-            num_inference_steps: 2,
+            num_inference_steps: Some(2),
             player: Some(player.clone()),
             priority: (i % 3) as i32,
             ..Default::default()

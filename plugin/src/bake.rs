@@ -555,6 +555,8 @@ pub enum ItemOutcome {
         height: u32,
         /// Generation time (the model load not included).
         seconds: f64,
+        /// Which of the item's prompts were longer than 77 tokens and were cut.
+        truncated: crate::pipeline::PromptTruncation,
     },
     /// Up to date; nothing done.
     Skipped,
@@ -819,6 +821,10 @@ fn bake_one(
         width: image.width(),
         height: image.height(),
         seconds: started.elapsed().as_secs_f64(),
+        truncated: crate::pipeline::PromptTruncation {
+            prompt: out.prompt_truncated,
+            negative_prompt: out.negative_prompt_truncated,
+        },
     })
 }
 
@@ -846,7 +852,7 @@ mod tests {
         assert_eq!(r.tiling, Tiling::XY);
         assert_eq!(r.kind, AssetKind::Sprite);
         assert_eq!(r.scheduler, Some(SchedulerKind::EulerAncestral));
-        assert_eq!(r.num_inference_steps, 20, "defaults fill the rest");
+        assert_eq!(r.steps(), 20, "defaults fill the rest");
         let r2 = parse_request_ron(
             "(tiling: xy, kind: Sprite, scheduler: Some(EulerAncestral))",
             p(),

@@ -65,6 +65,9 @@ pub struct StableDiffusion {
     pub identity: String,
     /// Number of UNet parameters (from the weight files' headers).
     pub unet_parameters: usize,
+    /// The sampling settings the folder recommends (`bevy_diffusion.json`; empty without one),
+    /// used for the fields a request leaves unset.
+    pub recommended: crate::request::RecommendedSettings,
 }
 
 impl StableDiffusion {
@@ -168,6 +171,7 @@ impl StableDiffusion {
         let unet_config = UNet2DConditionConfig::from_file(&folder.unet.config)?;
         let vae_config = AutoencoderKLConfig::from_file(&folder.vae.config)?;
         let scheduler_config = SchedulerConfig::from_file(&folder.scheduler_config)?;
+        let recommended = crate::request::RecommendedSettings::read(dir)?;
         match scheduler_config.stand_in() {
             Some((note, true)) => tracing::warn!("{note}"),
             Some((note, false)) => tracing::info!("{note}"),
@@ -218,6 +222,7 @@ impl StableDiffusion {
             class_name: folder.class_name,
             identity: folder.identity,
             unet_parameters,
+            recommended,
         })
     }
 }

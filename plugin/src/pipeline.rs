@@ -157,6 +157,8 @@ pub fn generate_with_noise(
     noise: &mut dyn NoiseSource,
     hooks: &mut dyn GenerationHooks,
 ) -> Result<GeneratedImage> {
+    // Unset steps/guidance/scheduler/size take the model folder's recommendation.
+    let request = &request.with_recommended(&model.recommended);
     // Any error raised once the request's cancel check answers true (a model's checkpoint
     // between two blocks, or a tensor op cut short) is the cancel, not a failure.
     let check = hooks.cancel_check();
@@ -190,7 +192,7 @@ fn run_stages(
     let init_image = load_init_image(request)?;
     let (width, height) = check_inputs(model, request, init_image.as_ref())?;
     // 2. Encode the prompt (and the negative prompt under guidance).
-    let guidance = request.guidance_scale > 1.0;
+    let guidance = request.guidance() > 1.0;
     checkpoint(hooks)?;
     let prompt = encode_prompt(model, &request.prompt, &request.negative_prompt, guidance)?;
     hooks.on_prompt_encoded(PromptTruncation {
@@ -366,7 +368,7 @@ pub fn prepare_scheduler(
     let kind = request
         .scheduler
         .unwrap_or_else(|| model.scheduler_config.default_kind());
-    let steps = request.num_inference_steps;
+    let steps = request.steps();
     let scheduler = build_scheduler(
         &model.scheduler_config,
         kind,
@@ -473,7 +475,7 @@ pub fn denoise(
         let noise_pred = if guidance {
             let uncond = unet_output.get(0)?.unsqueeze(0)?;
             let cond = unet_output.get(1)?.unsqueeze(0)?;
-            (&uncond + ((cond - &uncond)? * request.guidance_scale)?)?
+            (&uncond + ((cond - &uncond)? * request.guidance())?)?
         } else {
             unet_output.clone()
         };

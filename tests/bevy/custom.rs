@@ -55,7 +55,7 @@ impl Generator for Disc {
         hooks: &mut dyn GenerationHooks,
     ) -> bevy_diffusion::Result<RgbaImage> {
         let t = Tensor::zeros((1, 1, 1, 1), candle_core::DType::F32, &Device::Cpu)?;
-        let total = request.num_inference_steps;
+        let total = request.steps();
         for step in 0..total {
             if hooks.should_cancel() {
                 return Err(DiffusionError::Cancelled);
@@ -106,7 +106,7 @@ impl Generator for Disc {
 fn steps(n: usize) -> GenerationRequest {
     GenerationRequest {
         prompt: "disc".into(),
-        num_inference_steps: n,
+        num_inference_steps: Some(n),
         ..Default::default()
     }
 }
@@ -165,7 +165,7 @@ fn a_sprite_is_keyed_transparent_around_an_opaque_centre_with_a_nearest_sampler(
     let (plugin, _) = Disc::plugin(0);
     let mut app = app(plugin);
     let request = GenerationRequest {
-        num_inference_steps: 1,
+        num_inference_steps: Some(1),
         ..GenerationRequest::sprite("disc")
     };
     let job = submit(&mut app, request).expect("accepted");
@@ -312,7 +312,7 @@ fn a_player_over_quota_is_rejected_at_once_with_the_reason_and_can_cancel_all() 
     let c = submit(
         &mut app,
         GenerationRequest {
-            num_inference_steps: 1,
+            num_inference_steps: Some(1),
             ..for_player("bob")
         },
     )

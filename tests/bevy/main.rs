@@ -6,6 +6,8 @@
 
 mod custom;
 mod fixture_model;
+#[cfg(feature = "file_watcher")]
+mod hot_reload;
 mod robustness;
 mod texgen_asset;
 

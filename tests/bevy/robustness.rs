@@ -33,7 +33,7 @@ impl Generator for Slow {
     ) -> bevy_diffusion::Result<RgbaImage> {
         let check = hooks.cancel_check();
         let t = Tensor::zeros((1, 1, 1, 1), candle_core::DType::F32, &Device::Cpu)?;
-        for step in 0..request.num_inference_steps {
+        for step in 0..request.steps() {
             if check.as_ref().is_some_and(|c| c()) {
                 return Err(DiffusionError::Cancelled);
             }
@@ -42,7 +42,7 @@ impl Generator for Slow {
             let s = || t.clone();
             hooks.on_step(&DenoisingStep {
                 step,
-                total: request.num_inference_steps,
+                total: request.steps(),
                 timestep: 0.0,
                 latents_in: s(),
                 unet_input: s(),
@@ -71,7 +71,7 @@ fn slow(step_ms: u64) -> (DiffusionPlugin, Arc<AtomicUsize>) {
 fn long(n: usize) -> GenerationRequest {
     GenerationRequest {
         prompt: "slow".into(),
-        num_inference_steps: n,
+        num_inference_steps: Some(n),
         ..Default::default()
     }
 }
@@ -176,7 +176,7 @@ fn failures_carry_the_typed_error_and_truncation_is_reported() {
         &mut app,
         GenerationRequest {
             width: 100,
-            num_inference_steps: 1,
+            num_inference_steps: Some(1),
             ..Default::default()
         },
     )
@@ -187,7 +187,7 @@ fn failures_carry_the_typed_error_and_truncation_is_reported() {
         GenerationRequest {
             prompt: long_prompt.clone(),
             negative_prompt: long_prompt,
-            num_inference_steps: 1,
+            num_inference_steps: Some(1),
             ..Default::default()
         },
     )

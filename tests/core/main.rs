@@ -1,6 +1,7 @@
 //! Integration tests of the bevy-free core against HF diffusers' reference tensors.
 
 mod bake;
+mod break_it;
 mod embedded_model;
 mod loading;
 mod models;

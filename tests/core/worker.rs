@@ -53,12 +53,12 @@ impl Generator for Fake {
             }
             _ => {}
         }
-        for step in 0..request.num_inference_steps {
+        for step in 0..request.steps() {
             if hooks.should_cancel() {
                 return Err(DiffusionError::Cancelled);
             }
             std::thread::sleep(Duration::from_millis(self.step_ms));
-            hooks.on_step(&fake_step(step, request.num_inference_steps));
+            hooks.on_step(&fake_step(step, request.steps()));
         }
         Ok(RgbaImage::from_pixel(
             1,
@@ -78,7 +78,7 @@ fn job(
     GenerationRequest {
         prompt: prompt.into(),
         seed,
-        num_inference_steps: steps,
+        num_inference_steps: Some(steps),
         player: player.map(str::to_string),
         priority,
         ..Default::default()
@@ -300,7 +300,7 @@ fn absurd_sizes_and_counts_are_refused_at_submit_without_taking_a_slot() {
             ..Default::default()
         },
         GenerationRequest {
-            num_inference_steps: usize::MAX,
+            num_inference_steps: Some(usize::MAX),
             ..Default::default()
         },
         GenerationRequest {
@@ -341,7 +341,7 @@ fn dropping_the_worker_stops_the_running_job_within_a_step_and_cancels_the_queue
             let check = hooks
                 .cancel_check()
                 .expect("the worker gives a cancel check");
-            for _ in 0..request.num_inference_steps {
+            for _ in 0..request.steps() {
                 if check() {
                     return Err(DiffusionError::Cancelled);
                 }

@@ -134,12 +134,14 @@ struct GenerateArgs {
     /// Seed of the noise stream.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Denoising steps (num_inference_steps).
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Classifier-free guidance scale (guidance is off at <= 1).
-    #[arg(long, default_value_t = 7.5)]
-    guidance: f64,
+    /// Denoising steps (num_inference_steps; default: the model folder's bevy_diffusion.json,
+    /// e.g. 12 for the embedded model, else 20).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale, off at <= 1 (default: the model folder's
+    /// bevy_diffusion.json, e.g. 4 for the embedded model, else 7.5).
+    #[arg(long)]
+    guidance: Option<f64>,
     /// ddim | euler | euler-a | dpmpp-2m | dpmpp-2m-karras | lcm (default: the folder's scheduler).
     #[arg(long)]
     scheduler: Option<String>,
@@ -480,9 +482,14 @@ fn bake(args: BakeArgs) -> Result<()> {
                     width,
                     height,
                     seconds,
+                    truncated,
                 } => format!(
-                    "done    {name} -> {} ({width}x{height}, {seconds:.2} s)",
-                    png.display()
+                    "done    {name} -> {} ({width}x{height}, {seconds:.2} s){}",
+                    png.display(),
+                    truncated
+                        .note()
+                        .map(|n| format!("; note: {n}"))
+                        .unwrap_or_default()
                 ),
                 ItemOutcome::Skipped => format!("skipped {name} (up to date)"),
                 ItemOutcome::Failed(reason) => format!("FAILED  {name}: {reason}"),
