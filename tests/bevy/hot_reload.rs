@@ -9,8 +9,10 @@ use bevy_diffusion_tests::tiny_sd_model;
 
 use crate::{Log, log, wait_for};
 
-const FIRST: &str = "(prompt: \"a mossy stone wall\", seed: 5, num_inference_steps: 2, width: 32, height: 32)\n";
-const SECOND: &str = "(prompt: \"a mossy stone wall\", seed: 6, num_inference_steps: 2, width: 32, height: 32)\n";
+const FIRST: &str =
+    "(prompt: \"a mossy stone wall\", seed: 5, num_inference_steps: 2, width: 32, height: 32)\n";
+const SECOND: &str =
+    "(prompt: \"a mossy stone wall\", seed: 6, num_inference_steps: 2, width: 32, height: 32)\n";
 
 #[test]
 fn hot_reload_editing_a_prompt_file_regenerates_the_same_handle() {
@@ -36,11 +38,23 @@ fn hot_reload_editing_a_prompt_file_regenerates_the_same_handle() {
     .add_systems(PreUpdate, crate::collect.after(DiffusionSystems::Poll));
     app.finish();
     app.cleanup();
-    let handle: Handle<Image> = app.world().resource::<AssetServer>().load("wall.texgen.ron");
+    let handle: Handle<Image> = app
+        .world()
+        .resource::<AssetServer>()
+        .load("wall.texgen.ron");
     wait_for(&mut app, "the first generation", |app| {
-        log(app).finished.iter().any(|f| f.handle.id() == handle.id())
+        log(app)
+            .finished
+            .iter()
+            .any(|f| f.handle.id() == handle.id())
     });
-    let first = app.world().resource::<Assets<Image>>().get(&handle).unwrap().data.clone();
+    let first = app
+        .world()
+        .resource::<Assets<Image>>()
+        .get(&handle)
+        .unwrap()
+        .data
+        .clone();
     // Let the watcher settle, then edit the file.
     std::thread::sleep(std::time::Duration::from_millis(300));
     std::fs::write(&file, SECOND).unwrap();
@@ -52,7 +66,16 @@ fn hot_reload_editing_a_prompt_file_regenerates_the_same_handle() {
             .count()
             >= 2
     });
-    let second = app.world().resource::<Assets<Image>>().get(&handle).unwrap().data.clone();
-    assert_ne!(first, second, "seed 6 draws other pixels into the same handle");
+    let second = app
+        .world()
+        .resource::<Assets<Image>>()
+        .get(&handle)
+        .unwrap()
+        .data
+        .clone();
+    assert_ne!(
+        first, second,
+        "seed 6 draws other pixels into the same handle"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -142,11 +142,18 @@ fn bake_reports_truncation_per_item() {
 }
 
 #[test]
-fn a_model_folder_recommends_its_sampling_settings_and_requests_that_leave_them_unset_use_them()
-{
+fn a_model_folder_recommends_its_sampling_settings_and_requests_that_leave_them_unset_use_them() {
     let model = embedded();
-    assert_eq!(model.recommended.num_inference_steps, Some(12), "the recipe's measured steps");
-    assert_eq!(model.recommended.guidance_scale, Some(4.0), "the recipe's guidance");
+    assert_eq!(
+        model.recommended.num_inference_steps,
+        Some(12),
+        "the recipe's measured steps"
+    );
+    assert_eq!(
+        model.recommended.guidance_scale,
+        Some(4.0),
+        "the recipe's guidance"
+    );
     struct Count(usize, usize);
     impl pipeline::GenerationHooks for Count {
         fn on_step(&mut self, step: &pipeline::DenoisingStep) {
@@ -161,15 +168,22 @@ fn a_model_folder_recommends_its_sampling_settings_and_requests_that_leave_them_
             .expect("generates");
         hooks.0
     };
-    assert_eq!(run(GenerationRequest::texture("moss")), 12, "unset: the folder's 12");
+    assert_eq!(
+        run(GenerationRequest::texture("moss")),
+        12,
+        "unset: the folder's 12"
+    );
     let explicit = GenerationRequest {
         num_inference_steps: Some(3),
         ..GenerationRequest::texture("moss")
     };
     assert_eq!(run(explicit), 3, "a set field wins");
     // The tiny fixture has no bevy_diffusion.json: the crate defaults.
-    let tiny = StableDiffusion::load(&bevy_diffusion_tests::tiny_sd_model(), &LoadOptions::default())
-        .expect("loads");
+    let tiny = StableDiffusion::load(
+        &bevy_diffusion_tests::tiny_sd_model(),
+        &LoadOptions::default(),
+    )
+    .expect("loads");
     assert!(tiny.recommended.is_empty());
     let report = inspect(&model.dir, &InspectOptions::default()).to_string();
     assert!(
@@ -182,7 +196,10 @@ fn a_model_folder_recommends_its_sampling_settings_and_requests_that_leave_them_
         std::path::Path::new("x.ron"),
     )
     .unwrap();
-    assert_eq!((r.num_inference_steps, r.guidance_scale), (Some(7), Some(2.5)));
+    assert_eq!(
+        (r.num_inference_steps, r.guidance_scale),
+        (Some(7), Some(2.5))
+    );
 }
 
 #[test]
@@ -195,7 +212,8 @@ fn a_bad_recommendation_file_is_refused_by_name() {
     .unwrap();
     let e = load_err(&dir);
     assert!(
-        e.to_string().contains("bevy_diffusion.json") && e.to_string().contains("num_inference_steps"),
+        e.to_string().contains("bevy_diffusion.json")
+            && e.to_string().contains("num_inference_steps"),
         "{e}"
     );
     std::fs::write(dir.join("bevy_diffusion.json"), r#"{ "stepz": 3 }"#).unwrap();

@@ -239,10 +239,12 @@ impl BasicTransformerBlock {
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let attn1_context = self.only_cross_attention.then_some(context);
         let x = (self.attn1.forward(&self.norm1.forward(x)?, attn1_context)? + x)?;
+        crate::cancel::checkpoint()?;
         let x = (self
             .attn2
             .forward(&self.norm2.forward(&x)?, Some(context))?
             + &x)?;
+        crate::cancel::checkpoint()?;
         self.ff.forward(&self.norm3.forward(&x)?)? + &x
     }
 }
