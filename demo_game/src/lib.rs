@@ -27,7 +27,7 @@ pub mod world;
 
 use bevy::input::keyboard::KeyboardInput;
 use bevy::prelude::*;
-use bevy_diffusion::DiffusionSet;
+use bevy_diffusion::DiffusionSystems;
 
 use frame_stats::FrameStats;
 use input::{DemoAction, PromptInput};
@@ -73,7 +73,7 @@ impl Plugin for DemoPlugin {
             )
             .add_systems(
                 PreUpdate,
-                world::pixel_art_samplers.after(DiffusionSet::Poll),
+                world::pixel_art_samplers.after(DiffusionSystems::Poll),
             )
             .add_systems(
                 Update,

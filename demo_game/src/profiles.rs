@@ -254,8 +254,8 @@ pub fn slot_request(
         player: Some(player.id.clone()),
         width: settings.size,
         height: settings.size,
-        num_inference_steps: settings.steps,
-        guidance_scale: settings.guidance,
+        num_inference_steps: Some(settings.steps),
+        guidance_scale: Some(settings.guidance),
         ..base
     }
 }

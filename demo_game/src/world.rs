@@ -250,7 +250,7 @@ pub fn submit_slot(
 ) -> Option<(RequestId, Handle<Image>)> {
     let player = players.active();
     let request = slot_request(player, slot, &prompt, settings);
-    let total = request.num_inference_steps;
+    let total = request.steps();
     match diffusion.submit(request) {
         Ok(job) => {
             jobs.pending.insert(

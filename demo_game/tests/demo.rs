@@ -43,7 +43,7 @@ impl Generator for Recorder {
     ) -> bevy_diffusion::Result<RgbaImage> {
         self.record.lock().unwrap().push(request.clone());
         let t = Tensor::zeros((1, 1, 1, 1), candle_core::DType::F32, &Device::Cpu)?;
-        let total = request.num_inference_steps;
+        let total = request.steps();
         for step in 0..total {
             if hooks.should_cancel() {
                 return Err(DiffusionError::Cancelled);
@@ -273,7 +273,7 @@ fn start_up_requests_the_active_players_world() {
         expected_world("ann", "mossy dark", "red", "iron"),
         "floor and wall: seamless textures; items: sprites; seeds derive_seed(player, key)"
     );
-    assert!(requests.iter().all(|r| r.num_inference_steps == 3));
+    assert!(requests.iter().all(|r| r.num_inference_steps == Some(3)));
     assert_eq!(jobs(&app).finished, 6);
 
     let floor = tile_image(&mut app, Slot::Floor);

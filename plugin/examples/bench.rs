@@ -67,7 +67,7 @@ fn fixture_bench() -> anyhow::Result<()> {
     })?;
     let req = GenerationRequest {
         prompt: "mossy cobblestone".into(),
-        num_inference_steps: 20,
+        num_inference_steps: Some(20),
         scheduler: Some(SchedulerKind::EulerAncestral),
         ..Default::default()
     };

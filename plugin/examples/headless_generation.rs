@@ -1,8 +1,10 @@
 //! A headless game loop (no window) with the diffusion plugin on the default model: measures the
-//! main thread's frame time with no job, then while 4 requests of 2 players generate.
+//! main thread's frame time while the model loads, with no job, then while 4 requests of 2
+//! players generate.
 //!
 //! ```text
-//! cargo run --release --example headless_generation
+//! cargo run --release --example headless_generation            # jobs on AsyncComputeTaskPool
+//! cargo run --release --example headless_generation -- thread  # jobs on the worker thread
 //! ```
 //!
 //! Frames are paced at 60 Hz like a game's; the figures are the time `app.update()` takes.
@@ -10,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
+use bevy_diffusion::bevy_plugin::JobRunner;
 use bevy_diffusion::{
     Diffusion, DiffusionPlugin, DiffusionStatus, GenerationFailed, GenerationFinished,
     PlayerProfile, PromptTemplate,
@@ -17,11 +20,13 @@ use bevy_diffusion::{
 
 const FRAME: Duration = Duration::from_micros(16_667);
 
-/// Requests finished (or failed) so far.
+/// Requests finished (or failed) so far, and the handles of those submitted (a request whose
+/// handles are all dropped is cancelled).
 #[derive(Resource, Default)]
 struct Done {
     finished: usize,
     failed: usize,
+    handles: Vec<Handle<Image>>,
 }
 
 fn count(
@@ -45,7 +50,7 @@ fn count(
 }
 
 /// Two players, each asking for a wall texture and a sword sprite from their own theme.
-fn submit_requests(mut diffusion: Diffusion) {
+fn submit_requests(mut diffusion: Diffusion, mut done: ResMut<Done>) {
     let wall = PromptTemplate::parse("{theme} stone wall, seamless").expect("template");
     let sword =
         PromptTemplate::parse("{theme} sword, game item, plain background").expect("template");
@@ -61,12 +66,15 @@ fn submit_requests(mut diffusion: Diffusion) {
         for request in requests {
             let request = request.expect("every attribute is set");
             match diffusion.submit(request) {
-                Ok(job) => println!(
-                    "request {} for {} -> {:?}",
-                    job.id,
-                    player.id,
-                    job.handle.id()
-                ),
+                Ok(job) => {
+                    println!(
+                        "request {} for {} -> {:?}",
+                        job.id,
+                        player.id,
+                        job.handle.id()
+                    );
+                    done.handles.push(job.handle);
+                }
                 Err(reason) => println!("refused: {reason}"),
             }
         }
@@ -88,6 +96,9 @@ fn frame(app: &mut App, next: &mut Instant) -> Duration {
 }
 
 fn report(phase: &str, mut times: Vec<Duration>) {
+    if times.is_empty() {
+        return;
+    }
     times.sort_unstable();
     let ms = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
     println!("phase {phase}");
@@ -98,13 +109,19 @@ fn report(phase: &str, mut times: Vec<Duration>) {
 }
 
 fn main() {
+    // `-- thread` runs jobs on the plugin's dedicated thread instead of AsyncComputeTaskPool.
+    let runner = match std::env::args().nth(1).as_deref() {
+        Some("thread") => JobRunner::DedicatedThread,
+        _ => JobRunner::AsyncComputeTaskPool,
+    };
+    println!("job_runner {runner:?}");
     let mut app = App::new();
     app.add_plugins((
         MinimalPlugins,
         AssetPlugin::default(),
         ImagePlugin::default(),
     ))
-    .add_plugins(DiffusionPlugin::default())
+    .add_plugins(DiffusionPlugin::default().configure(|s| s.job_runner = runner))
     .init_resource::<Done>()
     .add_systems(Update, count);
     app.finish();
@@ -112,11 +129,12 @@ fn main() {
 
     let mut next = Instant::now();
     let loading = Instant::now();
+    let mut loading_frames = Vec::new();
     while matches!(
         app.world().resource::<DiffusionStatus>(),
         DiffusionStatus::Loading
     ) {
-        frame(&mut app, &mut next);
+        loading_frames.push(frame(&mut app, &mut next));
         assert!(
             loading.elapsed() < Duration::from_secs(300),
             "the model did not load in 5 minutes"
@@ -131,6 +149,7 @@ fn main() {
         eprintln!("cannot run without a model: {reason}");
         std::process::exit(1);
     }
+    report("loading", loading_frames);
 
     let idle: Vec<Duration> = (0..300).map(|_| frame(&mut app, &mut next)).collect();
     report("no_job", idle);

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 /// request field and its value. Nothing in the core panics on user input: a malformed
 /// file or request always ends in one of these variants.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DiffusionError {
     /// The model folder does not exist or is not a directory.
     #[error("model folder {path} does not exist or is not a directory")]
@@ -104,9 +105,32 @@ pub enum DiffusionError {
     #[error("image {path}: {reason}")]
     Image { path: PathBuf, reason: String },
 
-    /// The request was cancelled between two denoising steps.
+    /// The request was cancelled (between two model blocks, or before it started).
     #[error("cancelled")]
     Cancelled,
+
+    /// Denoising produced NaN or infinite latents: the schedule, the guidance or explicit noise
+    /// is out of range for this model, or the model itself is broken (`step` is the 1-based
+    /// denoising step after which it was found, `scheduler` the scheduler that ran).
+    #[error(
+        "denoising produced non-finite latents (NaN/inf) after step {step} of {total} with the \
+         {scheduler} scheduler: the schedule, guidance_scale or explicit noise is out of range \
+         for this model; try another scheduler, fewer steps or a lower guidance_scale"
+    )]
+    NonFiniteLatents {
+        step: usize,
+        total: usize,
+        scheduler: String,
+    },
+
+    /// The model a request needed failed to load (the load error is the source).
+    #[error("the model failed to load: {0}")]
+    ModelUnavailable(#[source] std::sync::Arc<DiffusionError>),
+
+    /// A generator panicked while running a request (or while loading); the message is the
+    /// panic's. Only that request fails; the worker keeps serving.
+    #[error("{what} panicked: {message}")]
+    Panicked { what: &'static str, message: String },
 
     /// A file-system error while reading or writing `path`.
     #[error("{path}: {source}")]

@@ -65,8 +65,11 @@
 //! ```
 
 // Layers, each importing only from those above it in this list:
-// leaves (error, noise, tiling) -> schedulers, models -> request -> loading -> pipeline -> runtime
+// leaves (error, noise, tiling, cancel, compute_pool, config_bounds) -> schedulers, models -> request -> loading -> pipeline -> runtime
 // -> tools and bevy_plugin.
+pub mod cancel;
+pub mod compute_pool;
+pub mod config_bounds;
 pub mod error;
 pub mod noise;
 pub mod tiling;
@@ -94,10 +97,29 @@ pub use tiling::Tiling;
 
 #[cfg(feature = "bevy")]
 pub use bevy_plugin::{
-    Diffusion, DiffusionPlugin, DiffusionSet, DiffusionSettings, DiffusionStatus,
+    Diffusion, DiffusionPlugin, DiffusionSettings, DiffusionStatus, DiffusionSystems,
     GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress,
     GenerationStarted, ModelLoadFailed, ModelReady, ModelSource, Submitted,
 };
 pub use request::AssetKind;
 pub use request::player::{PlayerProfile, PromptTemplate, derive_seed};
 pub use runtime::worker::{Generator, RequestId, SubmitError};
+
+#[cfg(feature = "bevy")]
+#[allow(deprecated)]
+pub use bevy_plugin::DiffusionSet;
+
+/// The names a game needs: `use bevy_diffusion::prelude::*;`.
+pub mod prelude {
+    #[cfg(feature = "bevy")]
+    pub use crate::bevy_plugin::{
+        Diffusion, DiffusionPlugin, DiffusionSettings, DiffusionStatus, DiffusionSystems,
+        GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress,
+        GenerationStarted, ModelLoadFailed, ModelReady, ModelSource, Submitted,
+    };
+    pub use crate::error::DiffusionError;
+    pub use crate::request::{AssetKind, GenerationRequest, PixelArt};
+    pub use crate::runtime::worker::{Generator, RequestId, SubmitError};
+    pub use crate::tiling::Tiling;
+    pub use crate::{PlayerProfile, PromptTemplate, SchedulerKind};
+}

@@ -174,3 +174,60 @@ fn a_repo_id_without_the_feature_says_how_to_enable_it() {
         "{line}"
     );
 }
+
+#[test]
+fn argument_errors_are_one_line_with_the_usage_exit_code() {
+    for args in [
+        &["generate", "--stepz", "3", "--out", "x.png"][..],
+        &["generate", "--steps", "many", "--out", "x.png"][..],
+        &["generate"][..],
+        &["frobnicate"][..],
+    ] {
+        let o = texgen(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line, got:\n{err}");
+        assert!(err.starts_with("texgen: error: "), "{err}");
+    }
+    let o = texgen(&["generate", "--stepz", "3", "--out", "x.png"]);
+    assert!(
+        stderr(&o).contains("--steps"),
+        "the tip survives: {}",
+        stderr(&o)
+    );
+    let help = texgen(&["--help"]);
+    assert_eq!(help.status.code(), Some(0), "--help is not an error");
+}
+
+#[test]
+fn threads_above_the_cores_are_capped_with_a_note() {
+    let dir = Scratch::new("threads");
+    let out = dir.0.join("x.png");
+    let model = fixture_model();
+    let o = texgen(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--threads",
+        "100000",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("--threads") && err.contains("100000") && err.contains("cores"),
+        "{err}"
+    );
+    assert!(out.is_file());
+}
+
+#[test]
+fn help_speaks_of_the_vae_factor_not_of_eight() {
+    let o = texgen(&["generate", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(!help.contains("multiple of 8"), "{help}");
+    assert!(help.contains("VAE factor"), "{help}");
+}

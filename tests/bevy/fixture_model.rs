@@ -18,7 +18,7 @@ fn plugin() -> DiffusionPlugin {
 fn wall(seed: u64) -> GenerationRequest {
     GenerationRequest {
         seed,
-        num_inference_steps: 3,
+        num_inference_steps: Some(3),
         ..GenerationRequest::texture("a mossy stone wall")
     }
 }

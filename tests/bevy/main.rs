@@ -6,6 +6,9 @@
 
 mod custom;
 mod fixture_model;
+#[cfg(feature = "file_watcher")]
+mod hot_reload;
+mod robustness;
 mod texgen_asset;
 
 use std::time::Duration;
@@ -13,12 +16,12 @@ use std::time::Duration;
 use bevy::ecs::system::RunSystemOnce;
 use bevy::prelude::*;
 use bevy_diffusion::{
-    Diffusion, DiffusionPlugin, DiffusionSet, DiffusionStatus, GenerationCancelled,
+    Diffusion, DiffusionPlugin, DiffusionStatus, DiffusionSystems, GenerationCancelled,
     GenerationFailed, GenerationFinished, GenerationProgress, GenerationRequest, GenerationStarted,
     ModelLoadFailed, ModelReady, RequestId, SubmitError, Submitted,
 };
 
-/// Every message the plugin wrote, in order, collected after [`DiffusionSet::Poll`].
+/// Every message the plugin wrote, in order, collected after [`DiffusionSystems::Poll`].
 #[derive(Resource, Default, Debug)]
 pub struct Log {
     pub ready: Vec<ModelReady>,
@@ -84,7 +87,7 @@ pub fn app(plugin: DiffusionPlugin) -> App {
         plugin,
     ))
     .init_resource::<Log>()
-    .add_systems(PreUpdate, collect.after(DiffusionSet::Poll));
+    .add_systems(PreUpdate, collect.after(DiffusionSystems::Poll));
     app.finish();
     app.cleanup();
     app

@@ -4,8 +4,8 @@
 use bevy::asset::LoadState;
 use bevy::prelude::*;
 use bevy_diffusion::{
-    DiffusionPlugin, DiffusionSet, LoadOptions, StableDiffusion, pipeline, pipeline::postprocess,
-    request::ron,
+    DiffusionPlugin, DiffusionSystems, LoadOptions, StableDiffusion, pipeline,
+    pipeline::postprocess, request::ron,
 };
 use bevy_diffusion_tests::tiny_sd_model;
 
@@ -46,7 +46,7 @@ fn app_with_asset_bytes(name: &str, files: &[(&str, Vec<u8>)]) -> (App, std::pat
         DiffusionPlugin::from_folder(tiny_sd_model()).configure(|s| s.compute_threads = 1),
     ))
     .init_resource::<Log>()
-    .add_systems(PreUpdate, crate::collect.after(DiffusionSet::Poll));
+    .add_systems(PreUpdate, crate::collect.after(DiffusionSystems::Poll));
     app.finish();
     app.cleanup();
     (app, dir)

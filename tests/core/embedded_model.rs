@@ -137,8 +137,8 @@ fn colour_class(img: &RgbaImage) -> &'static str {
 fn request(prompt: &str, seed: u64) -> GenerationRequest {
     GenerationRequest {
         seed,
-        num_inference_steps: 12,
-        guidance_scale: 4.0,
+        num_inference_steps: Some(12),
+        guidance_scale: Some(4.0),
         ..GenerationRequest::texture(prompt)
     }
 }
@@ -196,8 +196,8 @@ fn sprites_have_transparent_borders_and_opaque_centres() {
     ] {
         let req = GenerationRequest {
             seed,
-            num_inference_steps: 12,
-            guidance_scale: 4.0,
+            num_inference_steps: Some(12),
+            guidance_scale: Some(4.0),
             ..GenerationRequest::sprite(prompt)
         };
         let img = generate(req);

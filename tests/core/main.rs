@@ -1,9 +1,11 @@
 //! Integration tests of the bevy-free core against HF diffusers' reference tensors.
 
 mod bake;
+mod break_it;
 mod embedded_model;
 mod loading;
 mod models;
 mod pipeline;
 mod schedulers;
 mod vae;
+mod worker;

@@ -64,8 +64,8 @@ fn request_for(case: &str) -> GenerationRequest {
         seed: 0,
         width: c["width"].as_u64().unwrap() as u32,
         height: c["height"].as_u64().unwrap() as u32,
-        num_inference_steps: c["steps"].as_u64().unwrap() as usize,
-        guidance_scale: c["guidance_scale"].as_f64().unwrap(),
+        num_inference_steps: Some(c["steps"].as_u64().unwrap() as usize),
+        guidance_scale: Some(c["guidance_scale"].as_f64().unwrap()),
         scheduler: Some(scheduler),
         timestep_spacing: Some(spacing),
         tiling: Tiling::None,
@@ -199,7 +199,7 @@ fn prompt_embeds_match_diffusers() {
             model(),
             &req.prompt,
             &req.negative_prompt,
-            req.guidance_scale > 1.0,
+            req.guidance() > 1.0,
         )
         .unwrap();
         assert_close(
@@ -276,8 +276,8 @@ fn generate_from_noise(noise: &Tensor, tiling: Tiling) -> image::RgbaImage {
         prompt: "seamless mossy cobblestone floor texture".into(),
         width: 64,
         height: 64,
-        num_inference_steps: 4,
-        guidance_scale: 7.5,
+        num_inference_steps: Some(4),
+        guidance_scale: Some(7.5),
         scheduler: Some(SchedulerKind::Ddim),
         tiling,
         ..Default::default()
@@ -385,7 +385,7 @@ fn same_seed_same_bytes_other_seed_other_image() {
     let req = GenerationRequest {
         prompt: "a red potion".into(),
         seed: 11,
-        num_inference_steps: 3,
+        num_inference_steps: Some(3),
         scheduler: Some(SchedulerKind::EulerAncestral),
         ..Default::default()
     };
@@ -409,7 +409,7 @@ fn same_seed_same_bytes_other_seed_other_image() {
 #[test]
 fn empty_prompt_and_overlong_prompt_work() {
     let req = GenerationRequest {
-        num_inference_steps: 2,
+        num_inference_steps: Some(2),
         ..Default::default()
     };
     assert!(pipeline::generate(model(), &req, &mut NoHooks).is_ok());
@@ -429,7 +429,7 @@ fn empty_prompt_and_overlong_prompt_work() {
 #[test]
 fn bad_requests_are_typed_errors() {
     let base = GenerationRequest {
-        num_inference_steps: 2,
+        num_inference_steps: Some(2),
         ..Default::default()
     };
     let cases: Vec<(GenerationRequest, &str)> = vec![
@@ -442,7 +442,7 @@ fn bad_requests_are_typed_errors() {
         ),
         (
             GenerationRequest {
-                num_inference_steps: 0,
+                num_inference_steps: Some(0),
                 ..base.clone()
             },
             "`num_inference_steps` = 0",
@@ -497,7 +497,7 @@ fn cancel_stops_before_the_next_step() {
         }
     }
     let req = GenerationRequest {
-        num_inference_steps: 5,
+        num_inference_steps: Some(5),
         ..Default::default()
     };
     let mut hooks = CancelAfter(2, 0);
@@ -510,7 +510,7 @@ fn cancel_stops_before_the_next_step() {
 fn non_finite_noise_is_an_error_not_a_black_image() {
     let nan = Tensor::full(f32::NAN, (1, 4, 8, 8), &candle_core::Device::Cpu).unwrap();
     let req = GenerationRequest {
-        num_inference_steps: 2,
+        num_inference_steps: Some(2),
         scheduler: Some(SchedulerKind::Ddim),
         ..Default::default()
     };
@@ -526,5 +526,10 @@ fn non_finite_noise_is_an_error_not_a_black_image() {
         &mut NoHooks,
     )
     .unwrap_err();
+    assert!(
+        matches!(e, DiffusionError::NonFiniteLatents { total: 2, ref scheduler, .. } if scheduler == "Ddim"),
+        "a typed cause, not num_inference_steps: {e:?}"
+    );
     assert!(e.to_string().contains("non-finite"), "{e}");
+    assert!(!e.to_string().contains("`num_inference_steps`"), "{e}");
 }

@@ -1,10 +1,11 @@
 //! The messages the plugin writes (read them with `MessageReader<T>`), and the
 //! [`DiffusionStatus`] resource.
 //!
-//! All are written by [`super::DiffusionSet::Poll`] in `PreUpdate`, so systems in `Update` see
+//! All are written by [`super::DiffusionSystems::Poll`] in `PreUpdate`, so systems in `Update` see
 //! them in the frame the worker's news arrived. Every request ends in exactly one of
 //! [`GenerationFinished`], [`GenerationFailed`] or [`GenerationCancelled`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bevy::asset::Handle;
@@ -12,6 +13,8 @@ use bevy::ecs::message::Message;
 use bevy::ecs::resource::Resource;
 use bevy::image::Image;
 
+use crate::error::DiffusionError;
+use crate::pipeline::PromptTruncation;
 use crate::runtime::worker::RequestId;
 
 /// Where the model is: loading in the background, ready, or failed (the game goes on; requests
@@ -48,9 +51,11 @@ pub struct ModelReady {
 }
 
 /// The model failed to load.
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[derive(Message, Debug, Clone)]
 pub struct ModelLoadFailed {
-    /// The loader's error text.
+    /// The loader's typed error (match on it; e.g. [`DiffusionError::MissingFile`]).
+    pub error: Arc<DiffusionError>,
+    /// Its text (`error.to_string()`).
     pub reason: String,
 }
 
@@ -85,14 +90,19 @@ pub struct GenerationFinished {
     pub elapsed: Duration,
     /// True when the image came from the cache without running the model.
     pub cached: bool,
+    /// Which prompts were longer than 77 tokens and were cut (the model never saw the rest).
+    pub truncated: PromptTruncation,
 }
 
 /// A request failed; its image keeps the placeholder (or the last preview).
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[derive(Message, Debug, Clone)]
 pub struct GenerationFailed {
     /// The request.
     pub id: RequestId,
-    /// Why (the core's error text).
+    /// Why, typed: match on it (e.g. [`DiffusionError::InvalidRequest`] names the field,
+    /// [`DiffusionError::NonFiniteLatents`], [`DiffusionError::ModelUnavailable`]).
+    pub error: Arc<DiffusionError>,
+    /// Its text (`error.to_string()`).
     pub reason: String,
 }
 

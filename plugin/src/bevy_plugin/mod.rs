@@ -3,19 +3,27 @@
 //!
 //! # Frame order
 //!
-//! - `PreStartup`, [`DiffusionSet::Start`]: the worker thread starts and loads the model in the
+//! - `PreStartup`, [`DiffusionSystems::Start`]: the worker thread starts and loads the model in the
 //!   background; the first frames run while it loads ([`DiffusionStatus::Loading`]).
-//! - `PreUpdate`, [`DiffusionSet::Poll`]: the worker's news of the last frame is drained (bounded
+//! - `PreUpdate`, [`DiffusionSystems::Poll`]: the worker's news of the last frame is drained (bounded
 //!   per frame, never blocking): model ready/failed, progress, previews and results are written
 //!   into the requests' images and sent as messages. Systems in `Update` therefore see this
 //!   frame's messages without any ordering; systems in `PreUpdate` that want them go
-//!   `.after(DiffusionSet::Poll)`.
+//!   `.after(DiffusionSystems::Poll)`.
 //! - Submitting and cancelling ([`Diffusion::submit`], [`Diffusion::cancel`]) take effect at
 //!   once, from any system in any schedule.
 //!
-//! The model runs on the worker's own thread with a private pool of
-//! [`DiffusionSettings::compute_threads`] threads; Bevy's task pools are not used, so generation
-//! never stalls a frame.
+//! The queue (priorities, quotas, cancels) lives on the plugin's worker thread; each job runs as
+//! one task on Bevy's `AsyncComputeTaskPool` ([`JobRunner::AsyncComputeTaskPool`], the default)
+//! or on the worker thread itself ([`JobRunner::DedicatedThread`]). Either way the tensor maths
+//! run in the plugin's own compute pool of [`DiffusionSettings::compute_threads`] threads (at a
+//! lowered OS priority with [`DiffusionSettings::background_priority`]), results come back
+//! through channels, and a frame never waits for a model. The model loads in that pool too.
+//!
+//! A request cannot hurt the game: sizes and counts are checked in [`Diffusion::submit`] before
+//! anything is allocated; a cancel or app exit stops a running request at its next model block
+//! (a UNet or VAE resnet/attention block, or a text-encoder layer); dropping every handle of a
+//! request cancels it ([`DiffusionSettings::cancel_unused`]).
 
 mod images;
 mod messages;
@@ -36,7 +44,7 @@ pub use messages::{
 pub use request_param::{Diffusion, Submitted};
 pub use runtime::DiffusionRuntime;
 pub use settings::{
-    BoxedGenerator, ComputeDevice, DiffusionSettings, GeneratorLoader, ModelSource,
+    BoxedGenerator, ComputeDevice, DiffusionSettings, GeneratorLoader, JobRunner, ModelSource,
     default_compute_threads,
 };
 pub use texgen_asset::{TexgenAssets, TexgenLoadError, TexgenLoader, submit_texgen_assets};
@@ -44,13 +52,21 @@ pub use texgen_asset::{TexgenAssets, TexgenLoadError, TexgenLoader, submit_texge
 use crate::runtime::worker::Generator;
 
 /// The plugin's systems, for ordering your own against them (see the [module docs](self)).
+/// Named after Bevy's `*Systems` sets (`TransformSystems`, `AssetTrackingSystems`).
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DiffusionSet {
+pub enum DiffusionSystems {
     /// `PreStartup`: start the worker, which loads the model in the background.
     Start,
     /// `PreUpdate`: drain the worker's events into images, [`DiffusionStatus`] and messages.
     Poll,
 }
+
+/// The old name of [`DiffusionSystems`].
+#[deprecated(
+    since = "0.1.1",
+    note = "renamed to `DiffusionSystems`, after Bevy's `*Systems` sets"
+)]
+pub type DiffusionSet = DiffusionSystems;
 
 /// Runs Stable-Diffusion-family models in the background and hands their images to the game as
 /// `Handle<Image>`s. Needs `AssetPlugin` and `ImagePlugin` (or `DefaultPlugins`).
@@ -109,13 +125,16 @@ impl Plugin for DiffusionPlugin {
             .add_message::<GenerationCancelled>()
             .add_systems(
                 PreStartup,
-                systems::start_worker.in_set(DiffusionSet::Start),
+                systems::start_worker.in_set(DiffusionSystems::Start),
             )
             .add_systems(
                 PreUpdate,
                 (texgen_asset::submit_texgen_assets, systems::poll_worker)
                     .chain()
-                    .in_set(DiffusionSet::Poll),
+                    .in_set(DiffusionSystems::Poll)
+                    // After Bevy drops the images nobody holds, so their requests are cancelled
+                    // in the same frame.
+                    .after(bevy::asset::AssetTrackingSystems),
             );
     }
 
@@ -126,6 +145,14 @@ impl Plugin for DiffusionPlugin {
                 .contains_resource::<bevy::asset::Assets<bevy::image::Image>>(),
             "DiffusionPlugin needs Bevy's AssetPlugin and ImagePlugin (or DefaultPlugins) in the app"
         );
+        // Diffusion::submit reserves image handles without borrowing Assets<Image>.
+        let provider = app
+            .world()
+            .resource::<bevy::asset::Assets<bevy::image::Image>>()
+            .get_handle_provider();
+        app.world_mut()
+            .resource_mut::<DiffusionRuntime>()
+            .image_handles = Some(provider);
         // `*.texgen.ron` prompt files (registered here: the AssetServer exists by now).
         let (loader, queue) = texgen_asset::texgen_loader(self.settings.placeholder_size);
         app.insert_resource(queue);

@@ -5,24 +5,28 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use bevy::asset::Handle;
+use bevy::asset::{AssetHandleProvider, AssetId, Handle};
 use bevy::ecs::resource::Resource;
 use bevy::image::Image;
-use image::RgbaImage;
 
 use super::settings::{BoxedGenerator, DiffusionSettings, ModelSource};
 use crate::pipeline::model::{LoadOptions, StableDiffusion};
-use crate::pipeline::{DenoisingStep, GenerationHooks};
 use crate::request::{AssetKind, GenerationRequest};
 use crate::runtime::generator::SdGenerator;
-use crate::runtime::worker::{GenerationWorker, Generator, RequestId, SubmitError};
+use crate::runtime::worker::{GenerationWorker, RequestId, SubmitError};
 
 /// A request in flight: where its pixels go.
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
-    pub handle: Handle<Image>,
+    /// The image the pixels go to. Only an id: the game's handles keep the image alive, and
+    /// when the last of them is dropped the request is cancelled (unless
+    /// [`DiffusionSettings::cancel_unused`] is off).
+    pub image: AssetId<Image>,
+    /// A strong handle kept by the plugin when unused requests keep running.
+    pub keep: Option<Handle<Image>>,
+    /// The placeholder is in `Assets<Image>` (before that, a missing image is not a drop).
+    pub placeholder: bool,
     pub kind: AssetKind,
-    pub player: Option<String>,
 }
 
 /// Owns the [`GenerationWorker`] (started at `PreStartup`, or on first use) and the requests in
@@ -30,7 +34,7 @@ pub(crate) struct Pending {
 /// (`Res<DiffusionRuntime>`) is fine for queries such as [`DiffusionRuntime::in_flight`].
 ///
 /// Dropping it (app exit) cancels every request in flight and joins the worker, which takes at
-/// most one denoising step.
+/// most one model block of the running request (a UNet or VAE resnet/attention block).
 #[derive(Resource)]
 pub struct DiffusionRuntime {
     settings: DiffusionSettings,
@@ -38,6 +42,8 @@ pub struct DiffusionRuntime {
     /// The model's native output size, set by the loader on the worker thread.
     native_size: Arc<OnceLock<(u32, u32)>>,
     pub(crate) pending: HashMap<RequestId, Pending>,
+    /// Reserves image handles without borrowing `Assets<Image>` (set in `Plugin::finish`).
+    pub(crate) image_handles: Option<AssetHandleProvider>,
 }
 
 impl DiffusionRuntime {
@@ -48,6 +54,7 @@ impl DiffusionRuntime {
             worker: None,
             native_size: Arc::new(OnceLock::new()),
             pending: HashMap::new(),
+            image_handles: None,
         }
     }
 
@@ -89,46 +96,59 @@ impl DiffusionRuntime {
     pub(crate) fn submit(
         &mut self,
         request: GenerationRequest,
-        handle: Handle<Image>,
+        handle: &Handle<Image>,
+        placeholder: bool,
     ) -> Result<RequestId, SubmitError> {
-        let (kind, player) = (request.kind, request.player.clone());
+        let kind = request.kind;
         let id = self.start().submit(request)?;
+        let keep = (!self.settings.cancel_unused).then(|| handle.clone());
         self.pending.insert(
             id,
             Pending {
-                handle,
+                image: handle.id(),
+                keep,
+                placeholder,
                 kind,
-                player,
             },
         );
         Ok(id)
     }
 
-    /// Cancels `id` if it is in flight; true when it was (its [`super::GenerationCancelled`]
-    /// follows, unless it finishes first).
+    /// A new strong image handle (no image behind it yet), from `Assets<Image>`'s handle
+    /// provider taken when the plugin was finished.
+    pub(crate) fn reserve_image(&self) -> Result<Handle<Image>, SubmitError> {
+        let provider = self
+            .image_handles
+            .as_ref()
+            .ok_or(SubmitError::WorkerStopped)?;
+        Ok(provider.reserve_handle().typed::<Image>())
+    }
+
+    /// Marks the placeholder of `id` as stored.
+    pub(crate) fn placeholder_stored(&mut self, id: RequestId) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.placeholder = true;
+        }
+    }
+
+    /// Cancels `id` if it is in flight; true the first time for a request in flight (its
+    /// [`super::GenerationCancelled`] follows, unless it finishes first), false after.
     pub(crate) fn cancel(&mut self, id: RequestId) -> bool {
         match (&self.worker, self.pending.contains_key(&id)) {
-            (Some(worker), true) => {
-                worker.cancel(id);
-                true
-            }
+            (Some(worker), true) => worker.cancel(id),
             _ => false,
         }
     }
 
-    /// Cancels every request of `player` in flight; returns how many there were.
+    /// Cancels every request of `player` in flight; returns how many were newly cancelled.
     pub(crate) fn cancel_player(&mut self, player: &str) -> usize {
         let Some(worker) = &self.worker else { return 0 };
-        worker.cancel_player(player);
-        self.pending
-            .values()
-            .filter(|p| p.player.as_deref() == Some(player))
-            .count()
+        worker.cancel_player(player)
     }
 
-    /// The image handle of request `id` while it is in flight.
-    pub fn handle(&self, id: RequestId) -> Option<&Handle<Image>> {
-        self.pending.get(&id).map(|p| &p.handle)
+    /// The image of request `id` while it is in flight.
+    pub fn image(&self, id: RequestId) -> Option<AssetId<Image>> {
+        self.pending.get(&id).map(|p| p.image)
     }
 
     /// Requests submitted whose end (finished, failed or cancelled) the game has not seen yet.
@@ -144,31 +164,30 @@ impl DiffusionRuntime {
 
 impl Drop for DiffusionRuntime {
     fn drop(&mut self) {
-        // Cancel everything so joining the worker (GenerationWorker's Drop) waits one step at most.
-        if let Some(worker) = &self.worker {
-            for id in self.pending.keys() {
-                worker.cancel(*id);
-            }
+        // Dropping the worker (app exit) cancels everything: the running job stops at its next
+        // model block and the thread is joined.
+        if let Some(worker) = self.worker.take() {
+            let started = std::time::Instant::now();
+            drop(worker);
+            tracing::debug!(
+                "bevy_diffusion: worker stopped in {:.0} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
         }
     }
 }
 
-/// The worker's load closure for `settings`: runs on the worker thread.
+/// The worker's load closure for `settings`: runs on the worker thread, inside its compute pool.
 fn loader(
     settings: &DiffusionSettings,
     native: Arc<OnceLock<(u32, u32)>>,
-) -> impl FnOnce() -> crate::Result<DynGenerator> + Send + 'static {
+) -> impl FnOnce() -> crate::Result<BoxedGenerator> + Send + 'static {
     let (model, device, fp16) = (
         settings.model.clone(),
         settings.device,
         settings.prefer_fp16_variant,
     );
-    let background = settings.background_priority;
     move || {
-        if background {
-            // The loader runs inside the worker's compute pool: lower every thread of it.
-            rayon::broadcast(|_| lower_current_thread_priority());
-        }
         let load_folder = |dir: &Path| -> crate::Result<BoxedGenerator> {
             let options = LoadOptions {
                 device: device.to_candle()?,
@@ -185,45 +204,6 @@ fn loader(
             ModelSource::Custom(loader) => loader.load()?,
         };
         tracing::info!("bevy_diffusion: model `{}` loaded", generator.identity());
-        Ok(DynGenerator(generator))
+        Ok(generator)
     }
 }
-
-/// A boxed generator as the worker's (generic) generator type.
-struct DynGenerator(BoxedGenerator);
-
-impl Generator for DynGenerator {
-    fn identity(&self) -> String {
-        self.0.identity()
-    }
-    fn generate(
-        &self,
-        request: &GenerationRequest,
-        hooks: &mut dyn GenerationHooks,
-    ) -> crate::Result<RgbaImage> {
-        self.0.generate(request, hooks)
-    }
-    fn preview(&self, step: &DenoisingStep) -> Option<RgbaImage> {
-        self.0.preview(step)
-    }
-}
-
-/// Gives the calling thread (only) nice 10, so the game's threads preempt it on a busy core.
-#[cfg(target_os = "linux")]
-fn lower_current_thread_priority() {
-    // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
-    let result = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10)
-    };
-    if result != 0 {
-        tracing::debug!(
-            "bevy_diffusion: could not lower the worker's priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-/// Elsewhere thread priorities are left alone (a per-process call would slow the game too).
-#[cfg(not(target_os = "linux"))]
-fn lower_current_thread_priority() {}

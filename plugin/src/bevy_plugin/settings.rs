@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::runtime::worker::{Generator, WorkerConfig};
+use crate::runtime::worker::{Generator, JobSpawner, WorkerConfig};
 
 /// Where the model comes from.
 #[derive(Clone, Default)]
@@ -80,6 +80,19 @@ impl ComputeDevice {
     }
 }
 
+/// Where the plugin runs each generation job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobRunner {
+    /// One task per job on Bevy's `AsyncComputeTaskPool` (the task enters the plugin's own
+    /// compute pool for the tensor maths, so the game's task pools keep their threads free).
+    #[default]
+    AsyncComputeTaskPool,
+    /// Every job on the plugin's dedicated worker thread (inside its compute pool); Bevy's task
+    /// pools are not used at all.
+    DedicatedThread,
+}
+
 /// Settings of [`super::DiffusionPlugin`]. Every field has a working default.
 #[derive(Debug, Clone)]
 pub struct DiffusionSettings {
@@ -93,8 +106,15 @@ pub struct DiffusionSettings {
     /// one, so the game's main thread keeps a core).
     pub compute_threads: usize,
     /// Run the worker and its compute threads at a lower OS priority than the game (nice 10 on
-    /// Linux; elsewhere a no-op), so a frame's threads win a contended core at once.
+    /// Linux; elsewhere a no-op), so a frame's threads win a contended core at once. Only the
+    /// plugin's own threads: rayon's global pool and Bevy's task pools keep their priority.
     pub background_priority: bool,
+    /// Where jobs run: tasks on Bevy's `AsyncComputeTaskPool` (default) or the worker thread.
+    /// The queue, priorities and quotas are the same either way.
+    pub job_runner: JobRunner,
+    /// Cancel a request once every strong handle of its image is dropped (nobody can see the
+    /// result any more). Off: such requests run to their end (e.g. to fill a disk cache).
+    pub cancel_unused: bool,
     /// Requests waiting or running at once, over all players; more are rejected at once.
     pub max_queued: usize,
     /// Requests waiting or running at once for one player ([`crate::GenerationRequest::player`]).
@@ -125,6 +145,8 @@ impl Default for DiffusionSettings {
             prefer_fp16_variant: false,
             compute_threads: default_compute_threads(),
             background_priority: true,
+            cancel_unused: true,
+            job_runner: JobRunner::default(),
             max_queued: worker.max_queued,
             max_per_player: worker.max_per_player,
             cache_memory_entries: worker.cache_memory_entries,
@@ -144,11 +166,26 @@ impl DiffusionSettings {
             max_queued: self.max_queued,
             max_per_player: self.max_per_player,
             compute_threads: Some(self.compute_threads.max(1)),
+            background_priority: self.background_priority,
+            job_spawner: match self.job_runner {
+                JobRunner::AsyncComputeTaskPool => Some(async_compute_spawner()),
+                JobRunner::DedicatedThread => None,
+            },
             preview_every: self.previews.then_some(self.preview_every.max(1)),
             cache_memory_entries: self.cache_memory_entries,
             cache_dir: self.cache_dir.clone(),
         }
     }
+}
+
+/// Spawns each job as a task on Bevy's `AsyncComputeTaskPool` (initialised with Bevy's
+/// defaults if no `TaskPoolPlugin` did it first).
+fn async_compute_spawner() -> JobSpawner {
+    JobSpawner::new(|job| {
+        bevy::tasks::AsyncComputeTaskPool::get_or_init(bevy::tasks::TaskPool::default)
+            .spawn(async move { job() })
+            .detach();
+    })
 }
 
 /// All cores but one, at least one.
@@ -170,6 +207,10 @@ mod tests {
         let w = s.worker_config();
         assert_eq!(w.compute_threads, Some(s.compute_threads));
         assert_eq!(w.preview_every, Some(1));
+        assert!(
+            w.background_priority,
+            "the priority setting reaches the worker"
+        );
         let w = DiffusionSettings {
             previews: false,
             ..s

@@ -1,9 +1,9 @@
-//! The plugin's two systems: start the worker ([`super::DiffusionSet::Start`]) and turn its news
-//! into image updates and messages every frame ([`super::DiffusionSet::Poll`]).
+//! The plugin's two systems: start the worker ([`super::DiffusionSystems::Start`]) and turn its news
+//! into image updates and messages every frame ([`super::DiffusionSystems::Poll`]).
 
 use std::collections::HashMap;
 
-use bevy::asset::{Assets, Handle};
+use bevy::asset::{AssetId, Assets};
 use bevy::ecs::prelude::{MessageWriter, ResMut};
 use bevy::ecs::system::SystemParam;
 use bevy::image::Image;
@@ -33,7 +33,8 @@ pub(crate) struct DiffusionWriters<'w> {
 }
 
 /// Drains up to [`super::DiffusionSettings::max_events_per_frame`] worker events (never blocks),
-/// updates [`DiffusionStatus`], fills the requests' images and writes the messages.
+/// updates [`DiffusionStatus`], fills the requests' images and writes the messages; then cancels
+/// the requests whose image nobody holds any more ([`super::DiffusionSettings::cancel_unused`]).
 ///
 /// Previews are coalesced: only the newest preview of each request that is still running at the
 /// end of the drain is written to its image, so a burst of steps costs one image update.
@@ -58,12 +59,13 @@ pub(crate) fn poll_worker(
                 };
                 out.ready.write(ModelReady { identity });
             }
-            WorkerEvent::ModelFailed { reason } => {
+            WorkerEvent::ModelFailed { error } => {
+                let reason = error.to_string();
                 tracing::error!("bevy_diffusion: the model failed to load: {reason}");
                 *status = DiffusionStatus::Failed {
                     reason: reason.clone(),
                 };
-                out.load_failed.write(ModelLoadFailed { reason });
+                out.load_failed.write(ModelLoadFailed { error, reason });
             }
             WorkerEvent::Started { id } => {
                 out.started.write(GenerationStarted { id });
@@ -85,25 +87,36 @@ pub(crate) fn poll_worker(
                 seed,
                 elapsed,
                 cached,
+                truncated,
             } => {
                 previews.remove(&id);
                 let Some(job) = runtime.pending.remove(&id) else {
                     continue;
                 };
-                store(&mut images, &job.handle, image, job.kind, id);
+                if let Some(note) = truncated.note() {
+                    tracing::warn!("bevy_diffusion: request {id}: {note}");
+                }
+                store(&mut images, job.image, image, job.kind, id);
+                // The game's handle keeps the image alive; without one (dropped while
+                // `cancel_unused` is off, or after the last poll) there is nothing to announce.
+                let Some(handle) = job.keep.or_else(|| images.get_strong_handle(job.image)) else {
+                    continue;
+                };
                 out.finished.write(GenerationFinished {
                     id,
-                    handle: job.handle,
+                    handle,
                     seed,
                     elapsed,
                     cached,
+                    truncated,
                 });
             }
-            WorkerEvent::Failed { id, reason } => {
+            WorkerEvent::Failed { id, error } => {
                 previews.remove(&id);
                 runtime.pending.remove(&id);
+                let reason = error.to_string();
                 tracing::warn!("bevy_diffusion: request {id} failed: {reason}");
-                out.failed.write(GenerationFailed { id, reason });
+                out.failed.write(GenerationFailed { id, error, reason });
             }
             WorkerEvent::Cancelled { id } => {
                 previews.remove(&id);
@@ -114,20 +127,36 @@ pub(crate) fn poll_worker(
     }
     for (id, preview) in previews {
         if let Some(job) = runtime.pending.get(&id) {
-            store(&mut images, &job.handle, preview, job.kind, id);
+            store(&mut images, job.image, preview, job.kind, id);
+        }
+    }
+    // Requests whose image is gone: every strong handle was dropped (Bevy's asset tracking
+    // removed it), so nobody can see the result.
+    let unused: Vec<RequestId> = runtime
+        .pending
+        .iter()
+        .filter(|(_, p)| p.keep.is_none() && p.placeholder && !images.contains(p.image))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in unused {
+        if runtime.cancel(id) {
+            tracing::debug!("bevy_diffusion: request {id} cancelled: its image was dropped");
         }
     }
 }
 
-/// Replaces the image behind `handle` in place (same handle, new pixels).
+/// Replaces the image `id` in place (same handle, new pixels); nothing when it was dropped.
 fn store(
     images: &mut Assets<Image>,
-    handle: &Handle<Image>,
+    image: AssetId<Image>,
     pixels: RgbaImage,
     kind: AssetKind,
     id: RequestId,
 ) {
-    if let Err(e) = images.insert(handle.id(), to_bevy_image(pixels, kind)) {
+    if !images.contains(image) {
+        return;
+    }
+    if let Err(e) = images.insert(image, to_bevy_image(pixels, kind)) {
         tracing::warn!("bevy_diffusion: could not store the image of request {id}: {e}");
     }
 }

@@ -35,7 +35,18 @@ use crate::runtime::worker::{RequestId, SubmitError};
 
 /// Why a `*.texgen.ron` file could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TexgenLoadError {
+    /// A size or count of the request is out of range (checked before the placeholder is
+    /// allocated).
+    #[error("{file}: {source}")]
+    InvalidRequest {
+        /// The prompt file.
+        file: String,
+        /// What is out of range.
+        #[source]
+        source: SubmitError,
+    },
     /// The file could not be read.
     #[error("reading {path}: {source}")]
     Io {
@@ -118,6 +129,12 @@ impl AssetLoader for TexgenLoader {
                 pixels: rgba.into_raw(),
             });
         }
+        crate::runtime::worker::validate_submission(&request).map_err(|source| {
+            TexgenLoadError::InvalidRequest {
+                file: path.to_string(),
+                source,
+            }
+        })?;
         let pick = |v: u32, fallback: u32| if v == 0 { fallback } else { v };
         let (w, h) = (
             pick(request.width, self.placeholder_size.0),
@@ -182,7 +199,7 @@ pub fn submit_texgen_assets(
         if let Some(old) = queue.running.remove(&path) {
             runtime.cancel(old);
         }
-        match runtime.submit(request.clone(), handle) {
+        match runtime.submit(request.clone(), &handle, true) {
             Ok(id) => {
                 queue.running.insert(path, id);
             }
@@ -194,5 +211,5 @@ pub fn submit_texgen_assets(
         }
     }
     queue.waiting = still_waiting;
-    queue.running.retain(|_, id| runtime.handle(*id).is_some());
+    queue.running.retain(|_, id| runtime.image(*id).is_some());
 }

@@ -134,22 +134,25 @@ struct GenerateArgs {
     /// Seed of the noise stream.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Denoising steps (num_inference_steps).
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Classifier-free guidance scale (guidance is off at <= 1).
-    #[arg(long, default_value_t = 7.5)]
-    guidance: f64,
+    /// Denoising steps (num_inference_steps; default: the model folder's bevy_diffusion.json,
+    /// e.g. 12 for the embedded model, else 20).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale, off at <= 1 (default: the model folder's
+    /// bevy_diffusion.json, e.g. 4 for the embedded model, else 7.5).
+    #[arg(long)]
+    guidance: Option<f64>,
     /// ddim | euler | euler-a | dpmpp-2m | dpmpp-2m-karras | lcm (default: the folder's scheduler).
     #[arg(long)]
     scheduler: Option<String>,
     /// leading | linspace | trailing (overrides the folder's scheduler config).
     #[arg(long)]
     timestep_spacing: Option<String>,
-    /// Output width in pixels, a multiple of 8 (default: the model's native size).
+    /// Output width in pixels, a multiple of the model's VAE factor f (8 for SD, 4 for the
+    /// embedded model; `texgen inspect` prints it) (default: the model's native size).
     #[arg(long, default_value_t = 0)]
     width: u32,
-    /// Output height in pixels, a multiple of 8 (default: the model's native size).
+    /// Output height in pixels, a multiple of the VAE factor f (default: the model's native size).
     #[arg(long, default_value_t = 0)]
     height: u32,
     /// Seamless tiling: none | x | y | xy.
@@ -161,7 +164,7 @@ struct GenerateArgs {
     /// img2img strength in (0, 1].
     #[arg(long, default_value_t = 0.8)]
     strength: f64,
-    /// A safetensors file with a tensor `noise` [1, C, H/8, W/8] used instead of the seed's
+    /// A safetensors file with a tensor `noise` [1, C, H/f, W/f] (f = the VAE factor) used instead of the seed's
     /// initial latents (img2img: the add_noise noise), and optionally `vae_sample_eps`.
     #[arg(long)]
     noise: Option<PathBuf>,
@@ -180,14 +183,65 @@ struct GenerateArgs {
     out: PathBuf,
 }
 
+/// Exit code of a bad command line (clap's convention, kept for scripts).
+const USAGE_ERROR: u8 = 2;
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print as clap writes them and exit 0.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("texgen: error: {}", clap_one_line(&e));
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("texgen: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's multi-line error as one line: its first line without the `error: ` prefix, plus the
+/// tip it gives (e.g. "a similar argument exists: '--steps'"), plus where to find the usage.
+fn clap_one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"));
+    let first = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    let tips: Vec<&str> = lines
+        .filter(|l| l.starts_with("tip:"))
+        .map(|l| l.trim_start_matches("tip: "))
+        .collect();
+    let mut line = first;
+    for tip in tips {
+        line.push_str("; ");
+        line.push_str(tip);
+    }
+    line.push_str(" (see `texgen --help`)");
+    line
+}
+
+/// `--threads N` capped at the machine's cores, saying so on stderr.
+fn capped_threads(threads: Option<usize>) -> Option<usize> {
+    let n = threads?;
+    let (capped, why) = bevy_diffusion::compute_pool::cap_threads(n);
+    if let Some(why) = why {
+        eprintln!("texgen: note: --threads: {why}");
+    }
+    Some(capped)
 }
 
 /// The error and its causes on one line, leaving out a cause its parent's message already
@@ -291,11 +345,16 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     let started = Instant::now();
     let mut noise = SeededNoise::new(request.seed);
-    let out = model.run_with_threads(args.threads, || {
+    let threads = capped_threads(args.threads);
+    let out = model.run_with_threads(threads, || {
         pipeline::generate_with_noise(&model, &request, &explicit, &mut noise, &mut StepPrinter)
     })?;
-    if out.prompt_truncated {
-        eprintln!("note: the prompt was longer than 77 tokens and was truncated");
+    let truncation = bevy_diffusion::pipeline::PromptTruncation {
+        prompt: out.prompt_truncated,
+        negative_prompt: out.negative_prompt_truncated,
+    };
+    if let Some(note) = truncation.note() {
+        eprintln!("note: {note}");
     }
     let image = bevy_diffusion::pipeline::postprocess::finish(out.image, &request);
     write_png(&image, &args.out)?;
@@ -373,7 +432,7 @@ fn bake(args: BakeArgs) -> Result<()> {
     let options = BakeOptions {
         base_dir,
         force: args.force,
-        threads: args.threads,
+        threads: capped_threads(args.threads),
         ..BakeOptions::new(&args.out, &model_dir)
     };
 
@@ -423,9 +482,14 @@ fn bake(args: BakeArgs) -> Result<()> {
                     width,
                     height,
                     seconds,
+                    truncated,
                 } => format!(
-                    "done    {name} -> {} ({width}x{height}, {seconds:.2} s)",
-                    png.display()
+                    "done    {name} -> {} ({width}x{height}, {seconds:.2} s){}",
+                    png.display(),
+                    truncated
+                        .note()
+                        .map(|n| format!("; note: {n}"))
+                        .unwrap_or_default()
                 ),
                 ItemOutcome::Skipped => format!("skipped {name} (up to date)"),
                 ItemOutcome::Failed(reason) => format!("FAILED  {name}: {reason}"),

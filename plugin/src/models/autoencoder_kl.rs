@@ -162,6 +162,29 @@ impl AutoencoderKLConfig {
                 return Err(fields.invalid(key, "must be at least 1"));
             }
         }
+        {
+            use crate::config_bounds::*;
+            check_bounds(
+                path,
+                &[
+                    ("in_channels", cfg.in_channels, MAX_IMAGE_CHANNELS),
+                    ("out_channels", cfg.out_channels, MAX_IMAGE_CHANNELS),
+                    ("latent_channels", cfg.latent_channels, MAX_IMAGE_CHANNELS),
+                    (
+                        "layers_per_block",
+                        cfg.layers_per_block,
+                        MAX_LAYERS_PER_BLOCK,
+                    ),
+                    ("norm_num_groups", cfg.norm_num_groups, MAX_HEADS),
+                ],
+            )?;
+            check_each(
+                path,
+                "block_out_channels",
+                &cfg.block_out_channels,
+                MAX_CHANNELS,
+            )?;
+        }
         if let Some(&c) = cfg
             .block_out_channels
             .iter()

@@ -78,6 +78,28 @@ impl ClipTextConfig {
             layer_norm_eps: j.get_or("layer_norm_eps", 1e-5)?,
             projection_dim: j.opt("projection_dim")?,
         };
+        {
+            use crate::config_bounds::*;
+            check_bounds(
+                &j.path,
+                &[
+                    (
+                        "num_hidden_layers",
+                        cfg.num_hidden_layers,
+                        MAX_HIDDEN_LAYERS,
+                    ),
+                    ("hidden_size", cfg.hidden_size, MAX_CHANNELS),
+                    ("intermediate_size", cfg.intermediate_size, MAX_WIDTH),
+                    ("num_attention_heads", cfg.num_attention_heads, MAX_HEADS),
+                    (
+                        "max_position_embeddings",
+                        cfg.max_position_embeddings,
+                        MAX_POSITIONS,
+                    ),
+                    ("vocab_size", cfg.vocab_size, MAX_VOCAB),
+                ],
+            )?;
+        }
         if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
         {
             let reason = format!(
@@ -237,6 +259,7 @@ impl ClipTextModel {
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         hidden_states.push(h.clone());
         for layer in &self.layers {
+            crate::cancel::checkpoint()?;
             h = layer.forward(&h, &mask)?;
             hidden_states.push(h.clone());
         }

@@ -80,6 +80,7 @@ impl ResnetBlock2D {
             let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
             h = h.broadcast_add(&t)?;
         }
+        crate::cancel::checkpoint()?;
         let h = self.norm2.forward(&h)?.silu()?;
         let h = self.conv2.forward(&h, tiling)?;
         let shortcut = match &self.conv_shortcut {

@@ -76,6 +76,7 @@ fn attention_chunked(
             let (kt, v) = (kt.narrow(0, h0, hc)?, v.narrow(0, h0, hc)?);
             let mut rows = Vec::with_capacity(n.div_ceil(rows_per_chunk));
             for r0 in (0..n).step_by(rows_per_chunk) {
+                crate::cancel::checkpoint()?;
                 let rc = rows_per_chunk.min(n - r0);
                 let q = q.narrow(0, h0, hc)?.narrow(1, r0, rc)?;
                 let mask = mask
@@ -238,10 +239,12 @@ impl BasicTransformerBlock {
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let attn1_context = self.only_cross_attention.then_some(context);
         let x = (self.attn1.forward(&self.norm1.forward(x)?, attn1_context)? + x)?;
+        crate::cancel::checkpoint()?;
         let x = (self
             .attn2
             .forward(&self.norm2.forward(&x)?, Some(context))?
             + &x)?;
+        crate::cancel::checkpoint()?;
         self.ff.forward(&self.norm3.forward(&x)?)? + &x
     }
 }

@@ -151,6 +151,7 @@ impl DownBlock {
         let mut h = x.clone();
         let mut skips = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
+            crate::cancel::checkpoint()?;
             h = resnet.forward(&h, Some(temb), tiling)?;
             if let Some(attn) = self.attentions.get(i) {
                 h = attn.forward(&h, context)?;
@@ -235,6 +236,7 @@ impl UNetMidBlock2DCrossAttn {
     ) -> Result<Tensor> {
         let mut h = self.resnets[0].forward(x, Some(temb), tiling)?;
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
+            crate::cancel::checkpoint()?;
             h = attn.forward(&h, context)?;
             h = resnet.forward(&h, Some(temb), tiling)?;
         }
@@ -348,6 +350,7 @@ impl UpBlock {
         }
         let mut h = x.clone();
         for (i, (resnet, skip)) in self.resnets.iter().zip(skips.iter().rev()).enumerate() {
+            crate::cancel::checkpoint()?;
             h = Tensor::cat(&[&h, skip], 1)?;
             h = resnet.forward(&h, Some(temb), tiling)?;
             if let Some(attn) = self.attentions.get(i) {

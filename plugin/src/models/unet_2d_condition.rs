@@ -411,7 +411,7 @@ impl UNet2DConditionConfig {
         }
         let time_embed_dim = j.get_or("time_embedding_dim", 4 * block_out_channels[0])?;
 
-        Ok(Self {
+        let cfg = Self {
             in_channels: j.get_or("in_channels", 4)?,
             out_channels: j.get_or("out_channels", 4)?,
             cross_attention_dim,
@@ -436,7 +436,55 @@ impl UNet2DConditionConfig {
             conv_out_kernel,
             time_embed_dim,
             block_out_channels,
-        })
+        };
+        cfg.check_bounds(path)?;
+        Ok(cfg)
+    }
+
+    /// Refuses counts that would build an absurd model ([`crate::config_bounds`]).
+    fn check_bounds(&self, path: &Path) -> crate::Result<()> {
+        use crate::config_bounds::*;
+        check_bounds(
+            path,
+            &[
+                ("block_out_channels", self.block_out_channels.len(), 16),
+                ("in_channels", self.in_channels, MAX_IMAGE_CHANNELS),
+                ("out_channels", self.out_channels, MAX_IMAGE_CHANNELS),
+                (
+                    "cross_attention_dim",
+                    self.cross_attention_dim,
+                    MAX_CHANNELS,
+                ),
+                ("norm_num_groups", self.norm_num_groups, MAX_HEADS),
+                ("time_embedding_dim", self.time_embed_dim, MAX_WIDTH),
+                ("conv_in_kernel", self.conv_in_kernel, 15),
+                ("conv_out_kernel", self.conv_out_kernel, 15),
+            ],
+        )?;
+        check_each(
+            path,
+            "block_out_channels",
+            &self.block_out_channels,
+            MAX_CHANNELS,
+        )?;
+        check_each(
+            path,
+            "layers_per_block",
+            &self.layers_per_block,
+            MAX_LAYERS_PER_BLOCK,
+        )?;
+        check_each(
+            path,
+            "transformer_layers_per_block",
+            &self.transformer_layers_per_block,
+            MAX_LAYERS_PER_BLOCK,
+        )?;
+        check_each(
+            path,
+            "num_attention_heads",
+            &self.num_attention_heads,
+            MAX_HEADS,
+        )
     }
 
     /// How many times the UNet halves the latent (`len(block_out_channels) - 1`); latent sides
@@ -655,6 +703,7 @@ impl UNet2DConditionModel {
         // 3. down
         let mut skips = vec![h.clone()];
         for (i, block) in self.down_blocks.iter().enumerate() {
+            crate::cancel::checkpoint()?;
             let (out, res) = block.forward(&h, &emb, context, tiling)?;
             for (j, r) in res.iter().enumerate() {
                 record(format!("down_blocks.{i}/res{j}"), r);
@@ -666,12 +715,14 @@ impl UNet2DConditionModel {
 
         // 4. mid
         if let Some(mid) = &self.mid_block {
+            crate::cancel::checkpoint()?;
             h = mid.forward(&h, &emb, context, tiling)?;
             record("mid_block".into(), &h);
         }
 
         // 5. up
         for (i, block) in self.up_blocks.iter().enumerate() {
+            crate::cancel::checkpoint()?;
             let k = block.num_skips();
             if skips.len() < k {
                 candle_core::bail!(

@@ -240,8 +240,10 @@ impl DownEncoderBlock2D {
     pub fn forward(&self, x: &Tensor, tiling: Tiling) -> Result<Tensor> {
         let mut h = x.clone();
         for resnet in &self.resnets {
+            crate::cancel::checkpoint()?;
             h = resnet.forward(&h, None, tiling)?;
         }
+        crate::cancel::checkpoint()?;
         match &self.downsampler {
             Some(down) => down.forward(&h, tiling),
             None => Ok(h),
@@ -292,8 +294,10 @@ impl UpDecoderBlock2D {
     pub fn forward(&self, x: &Tensor, tiling: Tiling) -> Result<Tensor> {
         let mut h = x.clone();
         for resnet in &self.resnets {
+            crate::cancel::checkpoint()?;
             h = resnet.forward(&h, None, tiling)?;
         }
+        crate::cancel::checkpoint()?;
         match &self.upsampler {
             Some(up) => up.forward(&h, None, tiling),
             None => Ok(h),
@@ -373,6 +377,7 @@ impl Encoder {
         let mut h = self.conv_in.forward(x, tiling)?;
         record(&mut trace, "encoder.conv_in", &h);
         for (i, block) in self.down_blocks.iter().enumerate() {
+            crate::cancel::checkpoint()?;
             h = block.forward(&h, tiling)?;
             record(&mut trace, format!("encoder.down_blocks.{i}"), &h);
         }
@@ -455,9 +460,11 @@ impl Decoder {
     ) -> Result<Tensor> {
         let h = self.conv_in.forward(z, tiling)?;
         record(&mut trace, "decoder.conv_in", &h);
+        crate::cancel::checkpoint()?;
         let mut h = self.mid_block.forward(&h, tiling)?;
         record(&mut trace, "decoder.mid_block", &h);
         for (i, block) in self.up_blocks.iter().enumerate() {
+            crate::cancel::checkpoint()?;
             h = block.forward(&h, tiling)?;
             record(&mut trace, format!("decoder.up_blocks.{i}"), &h);
         }

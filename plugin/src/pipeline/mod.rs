@@ -27,7 +27,7 @@ use crate::noise::{NoiseSource, SeededNoise};
 use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::postprocess::{rgba_to_tensor, tensor_to_rgba};
 use crate::request::{GenerationRequest, InitImage};
-use crate::schedulers::{Scheduler, build_scheduler};
+use crate::schedulers::{Scheduler, SchedulerKind, build_scheduler};
 
 /// The result of one generation.
 #[derive(Debug, Clone)]
@@ -42,13 +42,13 @@ pub struct GeneratedImage {
     pub negative_prompt_truncated: bool,
     /// Timesteps the UNet ran at, in order.
     pub timesteps: Vec<f64>,
-    /// Latents after the last step, `[1, latent_channels, height/8, width/8]`, before the
+    /// Latents after the last step, `[1, latent_channels, height/f, width/f] (f = the VAE factor)`, before the
     /// division by the VAE's `scaling_factor`.
     pub final_latents: Tensor,
 }
 
 /// Everything about one finished denoising step, for progress bars, previews and tests.
-/// Tensors are `[batch, channels, h/8, w/8]`; cloning them is cheap (reference counted).
+/// Tensors are `[batch, channels, h/f, w/f]` (f = the VAE factor); cloning them is cheap (reference counted).
 #[derive(Debug, Clone)]
 pub struct DenoisingStep {
     /// 0-based index of this step among the steps that run.
@@ -80,6 +80,45 @@ pub trait GenerationHooks {
     fn should_cancel(&mut self) -> bool {
         false
     }
+    /// A cheap check the models poll between their blocks (UNet down/mid/up blocks, VAE blocks,
+    /// text-encoder layers) and the pipeline between its stages ([`crate::cancel`]), so a cancel
+    /// lands within one block rather than one whole UNet call or VAE decode. `None` (the
+    /// default): only [`GenerationHooks::should_cancel`] is polled, before every UNet call.
+    fn cancel_check(&self) -> Option<crate::cancel::CancelCheck> {
+        None
+    }
+    /// Called once the prompts are encoded, saying whether either was cut to the text
+    /// encoder's 77 tokens (so a caller that only sees the image can still report it).
+    fn on_prompt_encoded(&mut self, _truncated: PromptTruncation) {}
+}
+
+/// Which prompts were longer than the text encoder's context (77 tokens: bos + 75 + eos) and
+/// were cut; the model never saw the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PromptTruncation {
+    /// The prompt was truncated.
+    pub prompt: bool,
+    /// The negative prompt was truncated (only encoded under guidance).
+    pub negative_prompt: bool,
+}
+
+impl PromptTruncation {
+    /// True when either prompt was truncated.
+    pub fn any(&self) -> bool {
+        self.prompt || self.negative_prompt
+    }
+
+    /// A note for logs and CLIs, e.g. "the prompt and the negative prompt were longer than 77
+    /// tokens and were truncated"; `None` when nothing was cut.
+    pub fn note(&self) -> Option<String> {
+        let what = match (self.prompt, self.negative_prompt) {
+            (true, true) => "the prompt and the negative prompt were",
+            (true, false) => "the prompt was",
+            (false, true) => "the negative prompt was",
+            (false, false) => return None,
+        };
+        Some(format!("{what} longer than 77 tokens and truncated"))
+    }
 }
 
 /// Hooks that do nothing.
@@ -88,7 +127,7 @@ pub struct NoHooks;
 impl GenerationHooks for NoHooks {}
 
 /// Noise given by the caller instead of drawing it from the seed (diffusers' `latents=` argument,
-/// the CLI's `--noise` file, or parity tests). Shapes `[1, latent_channels, height/8, width/8]`.
+/// the CLI's `--noise` file, or parity tests). Shapes `[1, latent_channels, height/f, width/f] (f = the VAE factor)`.
 #[derive(Debug, Clone, Default)]
 pub struct ExplicitNoise {
     /// Text-to-image: the initial latents before scaling by `init_noise_sigma`.
@@ -122,12 +161,49 @@ pub fn generate_with_noise(
     noise: &mut dyn NoiseSource,
     hooks: &mut dyn GenerationHooks,
 ) -> Result<GeneratedImage> {
+    // Unset steps/guidance/scheduler/size take the model folder's recommendation.
+    let request = &request.with_recommended(&model.recommended);
+    // Any error raised once the request's cancel check answers true (a model's checkpoint
+    // between two blocks, or a tensor op cut short) is the cancel, not a failure.
+    let check = hooks.cancel_check();
+    crate::cancel::with_cancel_check(check, || {
+        run_stages(model, request, explicit, noise, hooks).map_err(|e| {
+            if crate::cancel::is_cancelled() {
+                DiffusionError::Cancelled
+            } else {
+                e
+            }
+        })
+    })
+}
+
+/// The numbered stages of [`generate_with_noise`], with a cancel checkpoint between each.
+fn run_stages(
+    model: &StableDiffusion,
+    request: &GenerationRequest,
+    explicit: &ExplicitNoise,
+    noise: &mut dyn NoiseSource,
+    hooks: &mut dyn GenerationHooks,
+) -> Result<GeneratedImage> {
+    let checkpoint = |hooks: &mut dyn GenerationHooks| -> Result<()> {
+        crate::cancel::checkpoint()?;
+        if hooks.should_cancel() {
+            return Err(DiffusionError::Cancelled);
+        }
+        Ok(())
+    };
     // 1. Check inputs.
     let init_image = load_init_image(request)?;
     let (width, height) = check_inputs(model, request, init_image.as_ref())?;
     // 2. Encode the prompt (and the negative prompt under guidance).
-    let guidance = request.guidance_scale > 1.0;
+    let guidance = request.guidance() > 1.0;
+    checkpoint(hooks)?;
     let prompt = encode_prompt(model, &request.prompt, &request.negative_prompt, guidance)?;
+    hooks.on_prompt_encoded(PromptTruncation {
+        prompt: prompt.prompt_truncated,
+        negative_prompt: prompt.negative_prompt_truncated,
+    });
+    checkpoint(hooks)?;
     // 3. Timesteps.
     let (mut scheduler, begin) = prepare_scheduler(model, request)?;
     // 4. Latents.
@@ -151,7 +227,11 @@ pub fn generate_with_noise(
         noise,
         hooks,
     )?;
-    check_finite(&final_latents)?;
+    let kind = request
+        .scheduler
+        .unwrap_or_else(|| model.scheduler_config.default_kind());
+    check_finite(&final_latents, scheduler.timesteps().len() - begin, kind)?;
+    checkpoint(hooks)?;
     // 6. Decode.
     let image = decode_latents(model, &final_latents, request.tiling)?;
     Ok(GeneratedImage {
@@ -165,8 +245,9 @@ pub fn generate_with_noise(
 }
 
 /// Refuses latents with NaN or infinite values (a diverging schedule, non-finite explicit noise,
-/// or a broken model) instead of writing a black image.
-fn check_finite(latents: &Tensor) -> Result<()> {
+/// or a broken model) instead of writing a black image: [`DiffusionError::NonFiniteLatents`]
+/// naming the step count and the scheduler that ran.
+fn check_finite(latents: &Tensor, steps: usize, scheduler: SchedulerKind) -> Result<()> {
     let sum = latents
         .abs()?
         .sum_all()?
@@ -175,13 +256,10 @@ fn check_finite(latents: &Tensor) -> Result<()> {
     if sum.is_finite() {
         return Ok(());
     }
-    Err(DiffusionError::InvalidRequest {
-        field: "num_inference_steps",
-        value: "(this request)".into(),
-        reason:
-            "denoising produced non-finite latents (NaN/inf): the schedule or the explicit noise \
-                 is out of range for this model; try fewer steps or another scheduler"
-                .into(),
+    Err(DiffusionError::NonFiniteLatents {
+        step: steps,
+        total: steps,
+        scheduler: format!("{scheduler:?}"),
     })
 }
 
@@ -294,7 +372,7 @@ pub fn prepare_scheduler(
     let kind = request
         .scheduler
         .unwrap_or_else(|| model.scheduler_config.default_kind());
-    let steps = request.num_inference_steps;
+    let steps = request.steps();
     let scheduler = build_scheduler(
         &model.scheduler_config,
         kind,
@@ -319,7 +397,7 @@ pub fn prepare_scheduler(
     Ok((scheduler, begin))
 }
 
-/// The starting latents `[1, latent_channels, height/8, width/8]`.
+/// The starting latents `[1, latent_channels, height/f, width/f] (f = the VAE factor)`.
 ///
 /// Text-to-image: `noise * init_noise_sigma` (diffusers' `prepare_latents`). img2img: the init
 /// image resized to `size`, VAE-encoded, sampled (`mean + std * eps`), times `scaling_factor`,
@@ -401,7 +479,7 @@ pub fn denoise(
         let noise_pred = if guidance {
             let uncond = unet_output.get(0)?.unsqueeze(0)?;
             let cond = unet_output.get(1)?.unsqueeze(0)?;
-            (&uncond + ((cond - &uncond)? * request.guidance_scale)?)?
+            (&uncond + ((cond - &uncond)? * request.guidance())?)?
         } else {
             unet_output.clone()
         };
@@ -423,7 +501,7 @@ pub fn denoise(
 }
 
 /// diffusers' `vae.decode(latents / scaling_factor)` then `postprocess`: `[1, C, h, w]` latents
-/// to an RGBA8 image of `8w x 8h` pixels (circular decoder convolutions on tiled axes).
+/// to an RGBA8 image of `f*w x f*h` pixels (f = the VAE factor) (circular decoder convolutions on tiled axes).
 pub fn decode_latents(
     model: &StableDiffusion,
     latents: &Tensor,
@@ -433,7 +511,7 @@ pub fn decode_latents(
     Ok(tensor_to_rgba(&decoded)?)
 }
 
-/// The VAE's raw output for `latents` (`[1, out_channels, 8h, 8w]`, roughly [-1, 1], unclamped).
+/// The VAE's raw output for `latents` (`[1, out_channels, f*h, f*w]`, roughly [-1, 1], unclamped).
 pub fn decode_latents_raw(
     model: &StableDiffusion,
     latents: &Tensor,

@@ -65,6 +65,9 @@ pub struct StableDiffusion {
     pub identity: String,
     /// Number of UNet parameters (from the weight files' headers).
     pub unet_parameters: usize,
+    /// The sampling settings the folder recommends (`bevy_diffusion.json`; empty without one),
+    /// used for the fields a request leaves unset.
+    pub recommended: crate::request::RecommendedSettings,
 }
 
 impl StableDiffusion {
@@ -78,19 +81,19 @@ impl StableDiffusion {
         (self.device.is_cpu() && self.unet_parameters < Self::SMALL_MODEL_PARAMETERS).then_some(1)
     }
 
-    /// Runs `f` (this model's maths) on a rayon pool of `threads` threads, else of
-    /// [`Self::max_useful_threads`], else on rayon's global pool (all cores).
+    /// Runs `f` (this model's maths) on the shared compute pool ([`crate::compute_pool`]) of
+    /// `threads` threads, else of [`Self::max_useful_threads`], else on rayon's global pool (all
+    /// cores). The pool is built once per thread count and reused (a bake of many items builds
+    /// one); a count above the machine's cores is capped to them (logged at warn level; use
+    /// [`crate::compute_pool::cap_threads`] to tell a user first).
     pub fn run_with_threads<T: Send>(
         &self,
         threads: Option<usize>,
         f: impl FnOnce() -> T + Send,
     ) -> T {
-        let pool = threads.or(self.max_useful_threads()).and_then(|n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n.max(1))
-                .build()
-                .ok()
-        });
+        let pool = threads
+            .or(self.max_useful_threads())
+            .and_then(|n| crate::compute_pool::shared_pool(n, false).ok());
         match pool {
             Some(pool) => pool.install(f),
             None => f(),
@@ -168,6 +171,12 @@ impl StableDiffusion {
         let unet_config = UNet2DConditionConfig::from_file(&folder.unet.config)?;
         let vae_config = AutoencoderKLConfig::from_file(&folder.vae.config)?;
         let scheduler_config = SchedulerConfig::from_file(&folder.scheduler_config)?;
+        let recommended = crate::request::RecommendedSettings::read(dir)?;
+        match scheduler_config.stand_in() {
+            Some((note, true)) => tracing::warn!("{note}"),
+            Some((note, false)) => tracing::info!("{note}"),
+            None => {}
+        }
         let tokenizer = PromptTokenizer::from_dir(
             &folder.tokenizer_dir,
             text_encoder_config.max_position_embeddings,
@@ -215,6 +224,7 @@ impl StableDiffusion {
             class_name: folder.class_name,
             identity: folder.identity,
             unet_parameters,
+            recommended,
         })
     }
 }

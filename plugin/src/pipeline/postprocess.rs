@@ -1,6 +1,8 @@
 //! From decoded tensors to RGBA8 pixels (and back, for img2img init images).
 
 use candle_core::{DType, Device, Result, Tensor};
+use std::collections::HashMap;
+
 use image::{GenericImageView, RgbaImage};
 
 /// Maps a decoded image `[1, C, H, W]` (C = 3 RGB or 4 RGBA, roughly [-1, 1]) to RGBA8 exactly
@@ -38,17 +40,29 @@ pub fn tensor_to_rgba(decoded: &Tensor) -> Result<RgbaImage> {
 
 /// Maps RGBA8 pixels to the VAE's input `[1, channels, H, W]` in [-1, 1] (`u8 / 255 * 2 - 1`,
 /// diffusers' `VaeImageProcessor.preprocess`). `channels` = 3 drops alpha; 4 keeps it.
+///
+/// The colour hidden under transparency is neutralised first, as editors write anything there
+/// (often white, `(255, 255, 255, 0)`) and the VAE would read it as the sprite's background:
+/// with 4 channels a fully transparent pixel becomes `(0, 0, 0, 0)`, as in the embedded model's
+/// training data (straight alpha elsewhere); with 3 channels the colour is premultiplied by
+/// alpha (composited over black), so no hidden colour reaches the encoder.
 pub fn rgba_to_tensor(image: &RgbaImage, channels: usize, device: &Device) -> Result<Tensor> {
     let (w, h) = image.dimensions();
-    let data: Vec<f32> = image
-        .pixels()
-        .flat_map(|p| {
-            p.0[..channels]
-                .iter()
-                .map(|&v| v as f32 / 255.0 * 2.0 - 1.0)
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let mut data: Vec<f32> = Vec::with_capacity(w as usize * h as usize * channels);
+    for p in image.pixels() {
+        let [r, g, b, a] = p.0;
+        let weight = match channels {
+            3 => a as f32 / 255.0,
+            _ if a == 0 => 0.0,
+            _ => 1.0,
+        };
+        for v in [r, g, b] {
+            data.push(v as f32 * weight / 255.0 * 2.0 - 1.0);
+        }
+        if channels == 4 {
+            data.push(a as f32 / 255.0 * 2.0 - 1.0);
+        }
+    }
     Tensor::from_vec(data, (h as usize, w as usize, channels), device)?
         .permute((2, 0, 1))?
         .unsqueeze(0)?
@@ -113,9 +127,10 @@ fn border_median(image: &RgbaImage) -> [f32; 3] {
     out
 }
 
-/// The pixel-art pass: averages `cell x cell` blocks (alpha-weighted), quantises the block colours
-/// to a palette of `colors` entries (NeuQuant, via `color_quant`), snaps alpha to 0 or 255, and
-/// scales back up with nearest-neighbour, so the output has the input's size.
+/// The pixel-art pass: averages `cell x cell` blocks (alpha-weighted), snaps alpha to 0 or 255,
+/// quantises the opaque block colours to a palette of at most `colors` entries ([`palette`]:
+/// weighted median cut refined by k-means, exact when the blocks have no more colours than that),
+/// and scales back up with nearest-neighbour, so the output has the input's size.
 pub fn pixel_art(image: &RgbaImage, cell: u32, colors: u32) -> RgbaImage {
     let cell = cell.max(1);
     let (w, h) = image.dimensions();
@@ -147,16 +162,18 @@ pub fn pixel_art(image: &RgbaImage, cell: u32, colors: u32) -> RgbaImage {
         }
     }
     let colors = colors.clamp(2, 256) as usize;
-    let quant = color_quant::NeuQuant::new(10, colors, small.as_raw());
+    let opaque: Vec<[u8; 3]> = small
+        .pixels()
+        .filter(|p| p.0[3] != 0)
+        .map(|p| [p.0[0], p.0[1], p.0[2]])
+        .collect();
+    let entries = palette(&opaque, colors);
+    let centres: Vec<[f64; 3]> = entries.iter().map(|c| c.map(f64::from)).collect();
     for p in small.pixels_mut() {
         if p.0[3] == 0 {
             continue;
         }
-        let i = quant.index_of(&p.0);
-        let mut q = [0u8; 4];
-        if let Some(c) = quant.lookup(i) {
-            q = c;
-        }
+        let q = entries[nearest(&centres, &[p.0[0], p.0[1], p.0[2]])];
         *p = image::Rgba([q[0], q[1], q[2], 255]);
     }
     image::imageops::resize(
@@ -167,6 +184,134 @@ pub fn pixel_art(image: &RgbaImage, cell: u32, colors: u32) -> RgbaImage {
     )
     .view(0, 0, w, h)
     .to_image()
+}
+
+/// A palette quantizer that converges on a few dozen colours, for [`pixel_art`]: at most `k`
+/// colours (k >= 1) representing `pixels`: every distinct colour when there are at most `k`, else
+/// weighted median-cut boxes (split the box of widest spread at the weighted median) whose means
+/// are refined by up to 16 k-means (Lloyd) rounds over the distinct colours and their counts.
+/// Deterministic (no random start). Empty input gives an empty palette.
+///
+/// It replaces NeuQuant, which trains a network on a sample stream and does not converge on the
+/// few dozen block colours of a pixel-art image (a `2x8` sprite came back with one opaque colour).
+pub fn palette(pixels: &[[u8; 3]], k: usize) -> Vec<[u8; 3]> {
+    let k = k.max(1);
+    let mut counts: HashMap<[u8; 3], u64> = HashMap::new();
+    for p in pixels {
+        *counts.entry(*p).or_default() += 1;
+    }
+    let mut colours: Vec<([u8; 3], u64)> = counts.into_iter().collect();
+    colours.sort_unstable();
+    if colours.len() <= k {
+        return colours.into_iter().map(|(c, _)| c).collect();
+    }
+    let mut centres = median_cut(&colours, k);
+    for _ in 0..16 {
+        let mut sums = vec![([0f64; 3], 0f64); centres.len()];
+        for (c, n) in &colours {
+            let i = nearest(&centres, c);
+            for ch in 0..3 {
+                sums[i].0[ch] += c[ch] as f64 * *n as f64;
+            }
+            sums[i].1 += *n as f64;
+        }
+        let next: Vec<[f64; 3]> = sums
+            .iter()
+            .zip(&centres)
+            .map(|((s, n), old)| if *n > 0.0 { s.map(|v| v / n) } else { *old })
+            .collect();
+        let moved = next
+            .iter()
+            .zip(&centres)
+            .map(|(a, b)| dist2(a, b))
+            .fold(0f64, f64::max);
+        centres = next;
+        if moved < 0.25 {
+            break;
+        }
+    }
+    let mut out: Vec<[u8; 3]> = centres
+        .iter()
+        .map(|c| c.map(|v| v.round().clamp(0.0, 255.0) as u8))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn nearest(centres: &[[f64; 3]], c: &[u8; 3]) -> usize {
+    let c = c.map(f64::from);
+    let mut best = (0, f64::INFINITY);
+    for (i, m) in centres.iter().enumerate() {
+        let d = dist2(m, &c);
+        if d < best.1 {
+            best = (i, d);
+        }
+    }
+    best.0
+}
+
+fn dist2(a: &[f64; 3], b: &[f64; 3]) -> f64 {
+    (0..3).map(|i| (a[i] - b[i]).powi(2)).sum()
+}
+
+/// Weighted median cut into `k` boxes: split the box with the largest weighted spread along its
+/// widest channel at the weighted median; returns each box's weighted mean.
+fn median_cut(colours: &[([u8; 3], u64)], k: usize) -> Vec<[f64; 3]> {
+    let mut boxes: Vec<Vec<([u8; 3], u64)>> = vec![colours.to_vec()];
+    while boxes.len() < k {
+        // The box whose widest channel spread times weight is largest (and can be split).
+        let pick = boxes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.len() > 1)
+            .map(|(i, b)| {
+                let (ch, range) = widest(b);
+                let weight: u64 = b.iter().map(|(_, n)| n).sum();
+                (i, ch, range as f64 * (weight as f64).sqrt())
+            })
+            .max_by(|a, b| a.2.total_cmp(&b.2));
+        let Some((i, ch, _)) = pick else { break };
+        let mut b = boxes.swap_remove(i);
+        b.sort_unstable_by_key(|(c, _)| c[ch]);
+        let total: u64 = b.iter().map(|(_, n)| n).sum();
+        let mut acc = 0;
+        let mut cut = 1;
+        for (j, (_, n)) in b.iter().enumerate() {
+            acc += n;
+            if acc * 2 >= total {
+                cut = (j + 1).clamp(1, b.len() - 1);
+                break;
+            }
+        }
+        let upper = b.split_off(cut);
+        boxes.push(b);
+        boxes.push(upper);
+    }
+    boxes
+        .iter()
+        .map(|b| {
+            let (mut s, mut w) = ([0f64; 3], 0f64);
+            for (c, n) in b {
+                for ch in 0..3 {
+                    s[ch] += c[ch] as f64 * *n as f64;
+                }
+                w += *n as f64;
+            }
+            s.map(|v| v / w.max(1.0))
+        })
+        .collect()
+}
+
+fn widest(b: &[([u8; 3], u64)]) -> (usize, u8) {
+    (0..3)
+        .map(|ch| {
+            let lo = b.iter().map(|(c, _)| c[ch]).min().unwrap_or(0);
+            let hi = b.iter().map(|(c, _)| c[ch]).max().unwrap_or(0);
+            (ch, hi - lo)
+        })
+        .max_by_key(|&(_, r)| r)
+        .unwrap_or((0, 0))
 }
 
 /// Applies the request's post-processing to a decoded image: sprite keying (for opaque model
@@ -262,5 +407,107 @@ mod tests {
         palette.sort_unstable();
         palette.dedup();
         assert!(palette.len() <= 4, "{} colours", palette.len());
+    }
+
+    /// Distinct opaque colours of `img` and the mean RGB error (per channel, 0..255) against
+    /// `reference` over the opaque pixels.
+    fn palette_stats(img: &RgbaImage, reference: &RgbaImage) -> (usize, f64) {
+        let mut colours: Vec<[u8; 3]> = img
+            .pixels()
+            .filter(|p| p.0[3] == 255)
+            .map(|p| [p.0[0], p.0[1], p.0[2]])
+            .collect();
+        let (mut err, mut n) = (0f64, 0f64);
+        for (a, b) in img.pixels().zip(reference.pixels()) {
+            if a.0[3] == 255 {
+                err += (0..3)
+                    .map(|c| (a.0[c] as f64 - b.0[c] as f64).abs())
+                    .sum::<f64>()
+                    / 3.0;
+                n += 1.0;
+            }
+        }
+        colours.sort_unstable();
+        colours.dedup();
+        (colours.len(), err / n.max(1.0))
+    }
+
+    /// A shaded blue disc on transparency (a "blue shield" sprite) and a grey-brown cobblestone
+    /// tile: smooth gradients that give a few dozen to a few hundred block colours.
+    fn shield_and_tile() -> (RgbaImage, RgbaImage) {
+        let shield = RgbaImage::from_fn(64, 64, |x, y| {
+            let (dx, dy) = (x as f32 - 31.5, y as f32 - 31.5);
+            let d = (dx * dx + dy * dy).sqrt();
+            if d > 26.0 {
+                return image::Rgba([255, 255, 255, 0]);
+            }
+            let shade = 1.0 - d / 40.0 + dx / 120.0;
+            let rim = if d > 22.0 { 0.55 } else { 1.0 };
+            let v = |c: f32| (c * shade * rim).clamp(0.0, 255.0) as u8;
+            image::Rgba([v(40.0), v(90.0), v(230.0), 255])
+        });
+        let tile = RgbaImage::from_fn(64, 64, |x, y| {
+            let (cx, cy) = ((x % 16) as f32 - 7.5, (y % 16) as f32 - 7.5);
+            let stone = 1.0 - (cx * cx + cy * cy).sqrt() / 14.0;
+            let grain = ((x * 7 + y * 13) % 11) as f32 / 11.0;
+            let mortar = (x % 16 == 0 || y % 16 == 0) as u8 as f32;
+            let g = 60.0 + 120.0 * stone * (1.0 - mortar) + 25.0 * grain;
+            image::Rgba([(g * 1.1) as u8, g as u8, (g * 0.8) as u8, 255])
+        });
+        (shield, tile)
+    }
+
+    #[test]
+    fn pixel_art_keeps_a_palette_that_represents_the_image() {
+        let (shield, tile) = shield_and_tile();
+        for (name, img, cell, colors) in [
+            ("shield 2x8", &shield, 2, 8u32),
+            ("tile 2x16", &tile, 2, 16),
+            ("tile 4x6", &tile, 4, 6),
+        ] {
+            let out = pixel_art(img, cell, colors);
+            // Against the block averages (256 colours: every block colour, or nearly): the
+            // palette's own error, not the blocks'.
+            let blocks = pixel_art(img, cell, 256);
+            let (distinct, err) = palette_stats(&out, &blocks);
+            assert!(
+                distinct >= colors as usize - 1 && distinct <= colors as usize,
+                "{name}: {distinct} distinct colours, wanted about {colors}"
+            );
+            assert!(err < 10.0, "{name}: mean colour error {err:.1} / 255");
+            // The transparent surround stays transparent, the centre opaque.
+            assert_eq!(out.get_pixel(0, 0).0[3], img.get_pixel(0, 0).0[3], "{name}");
+            assert_eq!(out.get_pixel(32, 32).0[3], 255, "{name}");
+        }
+        // No more colours than the palette allows, and an image with fewer is kept exactly.
+        let two = RgbaImage::from_fn(8, 8, |x, _| {
+            if x < 4 {
+                image::Rgba([10, 20, 30, 255])
+            } else {
+                image::Rgba([200, 100, 0, 255])
+            }
+        });
+        assert_eq!(pixel_art(&two, 1, 16), two);
+    }
+
+    #[test]
+    fn transparent_colour_does_not_reach_the_vae() -> Result<()> {
+        let img = RgbaImage::from_fn(2, 1, |x, _| {
+            if x == 0 {
+                image::Rgba([255, 255, 255, 0])
+            } else {
+                image::Rgba([255, 0, 0, 255])
+            }
+        });
+        let four = rgba_to_tensor(&img, 4, &Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        // [C, H, W]: channel c of pixel x at c * 2 + x.
+        assert_eq!(four, vec![-1.0, 1.0, -1.0, -1.0, -1.0, -1.0, -1.0, 1.0]);
+        let three = rgba_to_tensor(&img, 3, &Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(three, vec![-1.0, 1.0, -1.0, -1.0, -1.0, -1.0]);
+        Ok(())
     }
 }

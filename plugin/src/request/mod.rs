@@ -48,6 +48,74 @@ pub struct PixelArt {
     pub colors: u32,
 }
 
+/// Steps of a request that sets none, on a model folder that recommends none (diffusers'
+/// `StableDiffusionPipeline.__call__` default is 50; 20 is enough for the DDIM/DPM++ schedulers).
+pub const DEFAULT_STEPS: usize = 20;
+/// Guidance of a request that sets none, on a model folder that recommends none (diffusers').
+pub const DEFAULT_GUIDANCE_SCALE: f64 = 7.5;
+
+/// The sampling settings a model folder recommends, from `bevy_diffusion.json` beside
+/// `model_index.json`; a request's unset fields take them ([`GenerationRequest::with_recommended`]).
+///
+/// ```json
+/// { "num_inference_steps": 12, "guidance_scale": 4.0, "scheduler": "ddim", "width": 32, "height": 32 }
+/// ```
+///
+/// Every key is optional; unknown keys are refused (a typo would silently do nothing).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecommendedSettings {
+    /// Denoising steps (1..=1000).
+    pub num_inference_steps: Option<usize>,
+    /// Classifier-free guidance weight (finite, >= 0).
+    pub guidance_scale: Option<f64>,
+    /// The scheduler (CLI names: `ddim`, `euler`, `euler-a`, ...).
+    pub scheduler: Option<SchedulerKind>,
+    /// Output width in pixels for requests of width 0 (a multiple of the VAE factor `f`).
+    pub width: Option<u32>,
+    /// Output height in pixels for requests of height 0.
+    pub height: Option<u32>,
+}
+
+impl RecommendedSettings {
+    /// The file's name in a model folder.
+    pub const FILE_NAME: &'static str = "bevy_diffusion.json";
+
+    /// Reads `dir/bevy_diffusion.json`; no file = no recommendation.
+    ///
+    /// Errors: [`DiffusionError::InvalidConfig`] naming the file and field for bad JSON, an
+    /// unknown key, or a value out of range; [`DiffusionError::Io`] if it cannot be read.
+    pub fn read(dir: &std::path::Path) -> Result<Self> {
+        let path = dir.join(Self::FILE_NAME);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(DiffusionError::io(&path, e)),
+        };
+        let this: Self = serde_json::from_str(&text)
+            .map_err(|e| DiffusionError::config(&path, "(file)", e.to_string()))?;
+        let probe = GenerationRequest {
+            num_inference_steps: this.num_inference_steps,
+            guidance_scale: this.guidance_scale,
+            ..Default::default()
+        };
+        if let Err(DiffusionError::InvalidRequest { field, reason, .. }) = probe.validate(1) {
+            return Err(DiffusionError::config(&path, field, reason));
+        }
+        for (field, v) in [("width", this.width), ("height", this.height)] {
+            if v.is_some_and(|v| v == 0 || v > 4096) {
+                return Err(DiffusionError::config(&path, field, "must be in 1..=4096"));
+            }
+        }
+        Ok(this)
+    }
+
+    /// True when the folder recommends nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Everything that determines the pixels of one generation (with the model), plus two
 /// scheduling fields (`player`, `priority`) that do not.
 ///
@@ -64,15 +132,18 @@ pub struct GenerationRequest {
     pub negative_prompt: String,
     /// Seed of the request's noise stream (ChaCha8; see [`crate::noise`]).
     pub seed: u64,
-    /// Output width in pixels, a multiple of 8 (the VAE's downscale factor); 0 = the model's
-    /// native `unet.sample_size * 8`.
+    /// Output width in pixels, a multiple of the model's VAE factor `f` (its downscale factor:
+    /// 8 for SD, 4 for the embedded model); 0 = the model's native `unet.sample_size * f`.
     pub width: u32,
-    /// Output height in pixels, a multiple of 8; 0 = the model's native size.
+    /// Output height in pixels, a multiple of the VAE factor `f`; 0 = the model's native size.
     pub height: u32,
-    /// Denoising steps (diffusers' `num_inference_steps`), >= 1.
-    pub num_inference_steps: usize,
+    /// Denoising steps (diffusers' `num_inference_steps`), in 1..=1000; `None` = the model
+    /// folder's recommendation ([`RecommendedSettings`], `bevy_diffusion.json`), else
+    /// [`DEFAULT_STEPS`]. RON and JSON take a bare number (`num_inference_steps: 12`).
+    pub num_inference_steps: Option<usize>,
     /// Classifier-free guidance weight; guidance is off (one UNet pass per step) when <= 1.
-    pub guidance_scale: f64,
+    /// `None` = the model folder's recommendation, else [`DEFAULT_GUIDANCE_SCALE`].
+    pub guidance_scale: Option<f64>,
     /// Which scheduler; `None` = the class named by the folder's `scheduler_config.json`.
     pub scheduler: Option<SchedulerKind>,
     /// Overrides the folder's `timestep_spacing`.
@@ -101,8 +172,8 @@ impl Default for GenerationRequest {
             seed: 0,
             width: 0,
             height: 0,
-            num_inference_steps: 20,
-            guidance_scale: 7.5,
+            num_inference_steps: None,
+            guidance_scale: None,
             scheduler: None,
             timestep_spacing: None,
             tiling: Tiling::None,
@@ -118,7 +189,8 @@ impl Default for GenerationRequest {
 
 impl GenerationRequest {
     /// Checks the fields that do not depend on the model. `vae_scale` is the model's
-    /// pixels-per-latent factor (8 for SD).
+    /// pixels-per-latent factor `f` (8 for SD, 4 for the embedded model; 1 checks only the
+    /// model-free bounds).
     ///
     /// Errors: [`DiffusionError::InvalidRequest`] naming the field and its value.
     pub fn validate(&self, vae_scale: usize) -> Result<()> {
@@ -134,31 +206,35 @@ impl GenerationRequest {
                 return bad(
                     field,
                     v.to_string(),
-                    format!("must be a multiple of {vae_scale} pixels"),
+                    format!("must be a multiple of {vae_scale} pixels (this model's VAE factor f)"),
                 );
             }
             if v > 4096 {
                 return bad(field, v.to_string(), "must be at most 4096 pixels".into());
             }
         }
-        if self.num_inference_steps == 0 {
+        if self.num_inference_steps == Some(0) {
             return bad(
                 "num_inference_steps",
                 "0".into(),
                 "must be at least 1".into(),
             );
         }
-        if self.num_inference_steps > 1000 {
+        if let Some(steps) = self.num_inference_steps
+            && steps > 1000
+        {
             return bad(
                 "num_inference_steps",
-                self.num_inference_steps.to_string(),
+                steps.to_string(),
                 "must be at most 1000 (the training schedule's length)".into(),
             );
         }
-        if !self.guidance_scale.is_finite() || self.guidance_scale < 0.0 {
+        if let Some(g) = self.guidance_scale
+            && (!g.is_finite() || g < 0.0)
+        {
             return bad(
                 "guidance_scale",
-                self.guidance_scale.to_string(),
+                g.to_string(),
                 "must be a finite number >= 0".into(),
             );
         }
@@ -179,6 +255,43 @@ impl GenerationRequest {
             );
         }
         Ok(())
+    }
+
+    /// The steps this request runs on a model without a recommendation
+    /// (`num_inference_steps`, else [`DEFAULT_STEPS`]).
+    pub fn steps(&self) -> usize {
+        self.num_inference_steps.unwrap_or(DEFAULT_STEPS)
+    }
+
+    /// The guidance weight on a model without a recommendation (`guidance_scale`, else
+    /// [`DEFAULT_GUIDANCE_SCALE`]).
+    pub fn guidance(&self) -> f64 {
+        self.guidance_scale.unwrap_or(DEFAULT_GUIDANCE_SCALE)
+    }
+
+    /// The request with every unset field the model folder recommends filled in (steps,
+    /// guidance, scheduler, and the size when it is 0), then the crate defaults for steps and
+    /// guidance: what [`crate::pipeline::generate`] runs.
+    pub fn with_recommended(&self, recommended: &RecommendedSettings) -> Self {
+        let mut r = self.clone();
+        r.num_inference_steps = Some(
+            r.num_inference_steps
+                .or(recommended.num_inference_steps)
+                .unwrap_or(DEFAULT_STEPS),
+        );
+        r.guidance_scale = Some(
+            r.guidance_scale
+                .or(recommended.guidance_scale)
+                .unwrap_or(DEFAULT_GUIDANCE_SCALE),
+        );
+        r.scheduler = r.scheduler.or(recommended.scheduler);
+        if r.width == 0 && r.init_image.is_none() {
+            r.width = recommended.width.unwrap_or(0);
+        }
+        if r.height == 0 && r.init_image.is_none() {
+            r.height = recommended.height.unwrap_or(0);
+        }
+        r
     }
 
     /// A seamless (x and y) texture request for `prompt`.
@@ -258,7 +371,7 @@ mod tests {
             "{e}"
         );
         let r = GenerationRequest {
-            num_inference_steps: 0,
+            num_inference_steps: Some(0),
             ..Default::default()
         };
         assert!(

@@ -6,3 +6,5 @@ pub mod atomic_file;
 pub mod cache;
 pub mod generator;
 pub mod worker;
+mod worker_task;
+mod worker_thread;

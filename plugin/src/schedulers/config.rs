@@ -350,6 +350,54 @@ impl SchedulerConfig {
         }
     }
 
+    /// When `_class_name` is not implemented exactly: a sentence naming the class and the
+    /// stand-in [`SchedulerConfig::default_kind`] runs instead (logged when a model loads,
+    /// printed by `texgen inspect`). `unknown` is true for a class outside the table above (a
+    /// typo, or a scheduler newer than this crate), which is worth a warning.
+    pub fn stand_in(&self) -> Option<(String, bool)> {
+        if self.native_kind().is_some() {
+            return None;
+        }
+        let kind = self.default_kind();
+        let known = matches!(
+            self.class_name.as_deref(),
+            Some(
+                "PNDMScheduler"
+                    | "DDPMScheduler"
+                    | "LMSDiscreteScheduler"
+                    | "HeunDiscreteScheduler"
+                    | "KDPM2DiscreteScheduler"
+                    | "KDPM2AncestralDiscreteScheduler"
+                    | "DPMSolverMultistepScheduler"
+                    | "DPMSolverSinglestepScheduler"
+                    | "DEISMultistepScheduler"
+                    | "UniPCMultistepScheduler"
+                    | "DPMSolverSDEScheduler"
+                    | "EDMDPMSolverMultistepScheduler"
+                    | "TCDScheduler"
+            )
+        );
+        let path = self.path.display();
+        Some(match self.class_name.as_deref() {
+            None => (
+                format!("{path}: no `_class_name`; requests that name no scheduler run {kind:?}"),
+                false,
+            ),
+            Some(class) if known => (
+                format!(
+                    "{path}: `_class_name` = {class} is not implemented exactly; requests that name no scheduler run {kind:?} as its stand-in"
+                ),
+                false,
+            ),
+            Some(class) => (
+                format!(
+                    "{path}: unknown scheduler `_class_name` = {class}; requests that name no scheduler run {kind:?} as a stand-in (set `scheduler` in the request to choose)"
+                ),
+                true,
+            ),
+        })
+    }
+
     /// The kind that runs `_class_name` exactly as diffusers does, if we implement that class
     /// (`DPMSolverMultistepScheduler` only with `algorithm_type` `dpmsolver++`, order 2,
     /// `midpoint`, which are its defaults).

@@ -135,6 +135,8 @@ pub struct InspectReport {
     pub scheduler: Option<SchedulerReport>,
     /// The tokenizer, when it loads.
     pub tokenizer: Option<TokenizerReport>,
+    /// The sampling settings the folder recommends (`bevy_diffusion.json`), when it parses.
+    pub recommended: Option<crate::request::RecommendedSettings>,
     /// Whether [`InspectOptions::full_load`] ran and succeeded (None: not run).
     pub full_load: Option<bool>,
     /// Every problem, static checks first, then per component.
@@ -235,6 +237,7 @@ pub fn inspect(dir: &Path, options: &InspectOptions) -> InspectReport {
         components: Vec::new(),
         scheduler: None,
         tokenizer: None,
+        recommended: None,
         full_load: None,
         problems: Vec::new(),
     };
@@ -283,6 +286,11 @@ pub fn inspect(dir: &Path, options: &InspectOptions) -> InspectReport {
             Ok(config) => report.scheduler = Some(scheduler_report(&config, &mut report.problems)),
             Err(e) => report.problems.push(e),
         }
+    }
+
+    match crate::request::RecommendedSettings::read(dir) {
+        Ok(r) => report.recommended = Some(r),
+        Err(e) => report.problems.push(e),
     }
 
     if options.full_load && static_ok && report.problems.is_empty() {
@@ -692,6 +700,26 @@ impl fmt::Display for InspectReport {
                 s.class_name.as_deref().unwrap_or("(no _class_name)"),
                 s.runs_as,
                 if s.exact { "" } else { " (stand-in)" },
+            )?;
+        }
+        if let Some(r) = &self.recommended {
+            let show = |v: Option<String>, default: &str| v.unwrap_or_else(|| default.to_string());
+            writeln!(
+                f,
+                "recommended   {}: {} steps, guidance {}, scheduler {}, size {}x{}",
+                if r.is_empty() {
+                    "none (no bevy_diffusion.json)"
+                } else {
+                    "bevy_diffusion.json"
+                },
+                show(r.num_inference_steps.map(|v| v.to_string()), "20"),
+                show(r.guidance_scale.map(|v| v.to_string()), "7.5"),
+                show(
+                    r.scheduler.map(|k| format!("{k:?}")),
+                    "the scheduler's class"
+                ),
+                show(r.width.map(|v| v.to_string()), "native"),
+                show(r.height.map(|v| v.to_string()), "native"),
             )?;
         }
         if let Some(t) = &self.tokenizer {

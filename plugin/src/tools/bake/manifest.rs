@@ -2,15 +2,13 @@
 //! written next to each PNG, and the content hash that decides whether an item is up to date.
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::BakeError;
 use crate::error::DiffusionError;
-use crate::pipeline::GenerationHooks;
 use crate::request::ron::{RonError, parse_ron};
 use crate::request::{GenerationRequest, InitImage};
 use crate::runtime::cache::CacheKey;

@@ -40,14 +40,11 @@ mod plan;
 pub use manifest::*;
 pub use plan::*;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use serde::de::{DeserializeOwned, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::DiffusionError;
 use crate::loading::folder::{FolderOptions, ModelFolder};
@@ -107,6 +104,8 @@ pub enum ItemOutcome {
         height: u32,
         /// Generation time (the model load not included).
         seconds: f64,
+        /// Which of the item's prompts were longer than 77 tokens and were cut.
+        truncated: crate::pipeline::PromptTruncation,
     },
     /// Up to date; nothing done.
     Skipped,
@@ -371,6 +370,10 @@ fn bake_one(
         width: image.width(),
         height: image.height(),
         seconds: started.elapsed().as_secs_f64(),
+        truncated: crate::pipeline::PromptTruncation {
+            prompt: out.prompt_truncated,
+            negative_prompt: out.negative_prompt_truncated,
+        },
     })
 }
 
@@ -398,7 +401,7 @@ mod tests {
         assert_eq!(r.tiling, Tiling::XY);
         assert_eq!(r.kind, AssetKind::Sprite);
         assert_eq!(r.scheduler, Some(SchedulerKind::EulerAncestral));
-        assert_eq!(r.num_inference_steps, 20, "defaults fill the rest");
+        assert_eq!(r.steps(), 20, "defaults fill the rest");
         let r2 = parse_request_ron(
             "(tiling: xy, kind: Sprite, scheduler: Some(EulerAncestral))",
             p(),
