@@ -191,7 +191,7 @@ fn a_model_folder_recommends_its_sampling_settings_and_requests_that_leave_them_
         "{report}"
     );
     // Old RON keeps working: a bare number is the set value.
-    let r = bevy_diffusion::tools::bake::parse_request_ron(
+    let r = bevy_diffusion::request::ron::parse_request_ron(
         "(prompt: \"x\", num_inference_steps: 7, guidance_scale: 2.5)",
         std::path::Path::new("x.ron"),
     )
