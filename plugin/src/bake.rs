@@ -47,9 +47,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::cache::CacheKey;
 use crate::error::DiffusionError;
-use crate::model::{LoadOptions, StableDiffusion};
+use crate::model::{DecoderFolder, LoadOptions, StableDiffusion};
 use crate::model_folder::{FolderOptions, ModelFolder};
-use crate::models::autoencoder_kl::AutoencoderKLConfig;
+use crate::models::autoencoders::VaeConfig;
 use crate::pipeline::{self, DenoisingStep, GenerationHooks};
 use crate::request::{GenerationRequest, InitImage};
 
@@ -689,12 +689,17 @@ pub fn bake(
         ..FolderOptions::default()
     };
     let folder = ModelFolder::open(&options.model_dir, &folder_options)?;
-    let vae_scale = AutoencoderKLConfig::from_file(&folder.vae.config)?.downscale_factor;
+    let vae_scale = VaeConfig::from_file(&folder.vae.config)?.downscale_factor;
+    // The identity the loaded model will have (a --decoder changes it).
+    let identity = match &options.load.decoder {
+        Some(dir) => DecoderFolder::open(dir, &folder_options)?.model_identity(&folder.identity),
+        None => folder.identity.clone(),
+    };
     let planned = plan(
         &manifest.items,
         &options.base_dir,
         &options.out_dir,
-        &folder.identity,
+        &identity,
         vae_scale,
         options.force,
     );
@@ -712,7 +717,7 @@ pub fn bake(
     let mut report = BakeReport {
         items: Vec::with_capacity(planned.len()),
         model_loaded: false,
-        model_identity: folder.identity.clone(),
+        model_identity: identity.clone(),
         cancelled: false,
     };
     let mut model: Option<StableDiffusion> = None;

@@ -6,4 +6,6 @@ mod loading;
 mod models;
 mod pipeline;
 mod schedulers;
+mod sdxs;
+mod taesd;
 mod vae;

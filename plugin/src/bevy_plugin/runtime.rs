@@ -158,10 +158,11 @@ fn loader(
     settings: &DiffusionSettings,
     native: Arc<OnceLock<(u32, u32)>>,
 ) -> impl FnOnce() -> crate::Result<DynGenerator> + Send + 'static {
-    let (model, device, fp16) = (
+    let (model, device, fp16, decoder) = (
         settings.model.clone(),
         settings.device,
         settings.prefer_fp16_variant,
+        settings.decoder.clone(),
     );
     let background = settings.background_priority;
     move || {
@@ -173,6 +174,7 @@ fn loader(
             let options = LoadOptions {
                 device: device.to_candle()?,
                 prefer_fp16_variant: fp16,
+                decoder: decoder.clone(),
             };
             let model = StableDiffusion::load(dir, &options)?;
             let side = (model.unet_config.sample_size * model.vae_config.downscale_factor) as u32;

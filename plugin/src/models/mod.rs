@@ -10,9 +10,13 @@
 //! | `embeddings.rs` | diffusers `models/embeddings.py` (timestep embedding) |
 //! | `resnet.rs` | diffusers `models/resnet.py` (`ResnetBlock2D`, `Downsample2D`, `Upsample2D`) |
 //! | `autoencoder_kl.rs` | diffusers `models/autoencoders/autoencoder_kl.py` + `vae.py` |
+//! | `autoencoder_tiny.rs` | diffusers `models/autoencoders/autoencoder_tiny.py` + `vae.py` (`EncoderTiny`, `DecoderTiny`): TAESD |
+//! | `autoencoders.rs` | the pipeline's `vae`: `AutoencoderKL` or `AutoencoderTiny` by `_class_name` |
 //! | `vae.rs` | diffusers `models/autoencoders/vae.py` (`Encoder`, `Decoder`) and the VAE's blocks |
 
 pub mod autoencoder_kl;
+pub mod autoencoder_tiny;
+pub mod autoencoders;
 pub mod clip_text_model;
 pub mod embeddings;
 pub mod resnet;
