@@ -386,3 +386,35 @@ fn unet_counts_are_bounded_before_allocation() {
         std::fs::remove_dir_all(path.parent().unwrap()).ok();
     }
 }
+
+/// `texgen inspect` on an SDXS-style folder: the family is named, TAESD is reported as the
+/// decoder, and the dry build of the AutoencoderTiny finds every tensor.
+#[test]
+fn inspect_names_the_family_and_the_taesd_decoder() {
+    use bevy_diffusion::inspect::{InspectOptions, inspect};
+    let report = inspect(
+        &model_dir(),
+        &InspectOptions {
+            full_load: true,
+            ..InspectOptions::default()
+        },
+    );
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.family_label(), "SDXS/pruned");
+    assert_eq!(
+        report.decoder_label().as_deref(),
+        Some("TAESD (AutoencoderTiny, vae/)")
+    );
+    assert!(report.components.iter().all(|c| c.built), "{report}");
+    assert_eq!(report.full_load, Some(true));
+    let text = report.to_string();
+    assert!(text.contains("family        SDXS/pruned"), "{text}");
+    assert!(text.contains("decoder       TAESD"), "{text}");
+    // A plain SD folder keeps its family and reports its AutoencoderKL.
+    let sd = inspect(
+        &bevy_diffusion_tests::tiny_sd_model(),
+        &InspectOptions::default(),
+    );
+    assert_eq!(sd.family_label(), "SD1.x");
+    assert_eq!(sd.decoder_label().as_deref(), Some("AutoencoderKL (vae/)"));
+}

@@ -466,3 +466,36 @@ fn bad_decoder_folders_are_typed_errors() {
     }
     std::fs::remove_dir_all(&narrow).ok();
 }
+
+/// A bake with `--decoder` plans with the identity the loaded model has: a rerun skips, and
+/// the same manifest without the decoder bakes again (other pixels).
+#[test]
+fn bake_with_a_decoder_skips_on_rerun_and_rebakes_without_it() {
+    use bevy_diffusion::bake::{self, BakeManifest, BakeOptions, ItemOutcome};
+    let manifest = BakeManifest::parse(
+        r#"(items: { "wall": (prompt: "mossy stone wall", seed: 3, tiling: XY, width: 32, height: 32, num_inference_steps: 2) })"#,
+        Path::new("test.ron"),
+    )
+    .unwrap();
+    let out =
+        std::env::temp_dir().join(format!("bevy_diffusion_taesd_bake_{}", std::process::id()));
+    std::fs::remove_dir_all(&out).ok();
+    let with_decoder = BakeOptions {
+        load: LoadOptions {
+            decoder: Some(taesd_dir()),
+            ..LoadOptions::default()
+        },
+        ..BakeOptions::new(&out, tiny_sd_model())
+    };
+    let outcome = |options: &BakeOptions| {
+        let report = bake::bake(&manifest, options, &mut |_| {}).unwrap();
+        report.items[0].1.clone()
+    };
+    assert!(matches!(outcome(&with_decoder), ItemOutcome::Baked { .. }));
+    let taesd_png = std::fs::read(out.join("wall.png")).unwrap();
+    assert!(matches!(outcome(&with_decoder), ItemOutcome::Skipped));
+    let plain = BakeOptions::new(&out, tiny_sd_model());
+    assert!(matches!(outcome(&plain), ItemOutcome::Baked { .. }));
+    assert_ne!(std::fs::read(out.join("wall.png")).unwrap(), taesd_png);
+    std::fs::remove_dir_all(&out).ok();
+}
