@@ -418,3 +418,34 @@ fn inspect_names_the_family_and_the_taesd_decoder() {
     assert_eq!(sd.family_label(), "SD1.x");
     assert_eq!(sd.decoder_label().as_deref(), Some("AutoencoderKL (vae/)"));
 }
+
+/// With TAESD as the vae, the plugin's previews are real TAESD decodes of the current estimate:
+/// for a 1-step turbo generation the preview of the only step is the final image.
+#[test]
+fn previews_decode_with_taesd() {
+    use bevy_diffusion::generator::SdGenerator;
+    use bevy_diffusion::worker::Generator;
+    let m = StableDiffusion::load(&model_dir(), &LoadOptions::default()).unwrap();
+    let generator = SdGenerator::new(m);
+    let request = GenerationRequest {
+        prompt: "sci-fi hull panels".into(),
+        num_inference_steps: 1,
+        guidance_scale: 0.0,
+        scheduler: Some(SchedulerKind::EulerAncestral),
+        timestep_spacing: Some(TimestepSpacing::Trailing),
+        ..Default::default()
+    };
+    let mut rec = Recorder::default();
+    let image = generator.generate(&request, &mut rec).unwrap();
+    let preview = generator.preview(&rec.steps[0]).expect("a TAESD preview");
+    assert_eq!(preview.dimensions(), (64, 64));
+    // x0 and x_{t-1} = x + (x - x0)/sigma * (0 - sigma) agree to rounding: within 1/255.
+    let worst = preview
+        .as_raw()
+        .iter()
+        .zip(image.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "preview vs final image: {worst}/255");
+}
