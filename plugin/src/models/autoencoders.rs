@@ -116,9 +116,9 @@ impl From<AutoencoderTinyConfig> for VaeConfig {
 #[derive(Debug, Clone)]
 pub enum Vae {
     /// SD's `AutoencoderKL`.
-    Kl(AutoencoderKL),
+    Kl(Box<AutoencoderKL>),
     /// TAESD.
-    Tiny(AutoencoderTiny),
+    Tiny(Box<AutoencoderTiny>),
 }
 
 impl Vae {
@@ -127,8 +127,8 @@ impl Vae {
     /// Errors: a missing tensor or one of another shape (candle's error names it).
     pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         Ok(match &cfg.class {
-            VaeClass::Kl(c) => Self::Kl(AutoencoderKL::new(vb, c)?),
-            VaeClass::Tiny(c) => Self::Tiny(AutoencoderTiny::new(vb, c)?),
+            VaeClass::Kl(c) => Self::Kl(Box::new(AutoencoderKL::new(vb, c)?)),
+            VaeClass::Tiny(c) => Self::Tiny(Box::new(AutoencoderTiny::new(vb, c)?)),
         })
     }
 

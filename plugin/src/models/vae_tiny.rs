@@ -188,7 +188,7 @@ impl DecoderTiny {
             trace.insert("decoder.z_soft_clamped".into(), z.clone());
         }
         let h = run_layers(&self.layers, &z, tiling, "decoder", &mut trace)?;
-        if let Some(trace) = trace.as_deref_mut() {
+        if let Some(trace) = trace {
             trace.insert("decoder.layers".into(), h.clone());
         }
         // "scale image from [0, 1] to [-1, 1] to match diffusers convention"
