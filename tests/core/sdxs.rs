@@ -391,7 +391,7 @@ fn unet_counts_are_bounded_before_allocation() {
 /// decoder, and the dry build of the AutoencoderTiny finds every tensor.
 #[test]
 fn inspect_names_the_family_and_the_taesd_decoder() {
-    use bevy_diffusion::inspect::{InspectOptions, inspect};
+    use bevy_diffusion::tools::inspect::{InspectOptions, inspect};
     let report = inspect(
         &model_dir(),
         &InspectOptions {
@@ -423,8 +423,8 @@ fn inspect_names_the_family_and_the_taesd_decoder() {
 /// for a 1-step turbo generation the preview of the only step is the final image.
 #[test]
 fn previews_decode_with_taesd() {
-    use bevy_diffusion::generator::SdGenerator;
-    use bevy_diffusion::worker::Generator;
+    use bevy_diffusion::runtime::generator::SdGenerator;
+    use bevy_diffusion::runtime::worker::Generator;
     let m = StableDiffusion::load(&model_dir(), &LoadOptions::default()).unwrap();
     let generator = SdGenerator::new(m);
     let request = GenerationRequest {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use bevy_diffusion::model_folder::{FolderOptions, ModelFolder};
+use bevy_diffusion::loading::folder::{FolderOptions, ModelFolder};
 use bevy_diffusion::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
 use bevy_diffusion::models::autoencoders::Vae;
 use bevy_diffusion::noise::{NoiseSource, SeededNoise};
@@ -471,7 +471,7 @@ fn bad_decoder_folders_are_typed_errors() {
 /// the same manifest without the decoder bakes again (other pixels).
 #[test]
 fn bake_with_a_decoder_skips_on_rerun_and_rebakes_without_it() {
-    use bevy_diffusion::bake::{self, BakeManifest, BakeOptions, ItemOutcome};
+    use bevy_diffusion::tools::bake::{self, BakeManifest, BakeOptions, ItemOutcome};
     let manifest = BakeManifest::parse(
         r#"(items: { "wall": (prompt: "mossy stone wall", seed: 3, tiling: XY, width: 32, height: 32, num_inference_steps: 2) })"#,
         Path::new("test.ron"),

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use crate::error::Result;
-use crate::model_folder::{Component, FolderOptions, ModelFamily, ModelFolder};
+use crate::loading::folder::{Component, FolderOptions, ModelFamily, ModelFolder};
+use crate::loading::weights::CheckedWeights;
 use crate::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
 use crate::models::autoencoders::{Vae, VaeConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
+use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::schedulers::SchedulerConfig;
-use crate::tokenizer::PromptTokenizer;
-use crate::weights::CheckedWeights;
 
 /// How to load a model folder.
 #[derive(Debug, Clone)]
@@ -193,9 +193,11 @@ impl StableDiffusion {
             text_encoder_config.max_position_embeddings,
         )?;
         let vocab_size = text_encoder_config.vocab_size as u64;
-        if let Some(e) =
-            crate::model_folder::vocab_mismatch(&tokenizer, vocab_size, &folder.text_encoder.config)
-        {
+        if let Some(e) = crate::loading::folder::vocab_mismatch(
+            &tokenizer,
+            vocab_size,
+            &folder.text_encoder.config,
+        ) {
             return Err(e);
         }
 
@@ -299,9 +301,9 @@ impl DecoderFolder {
             ));
         }
         let config = AutoencoderTinyConfig::from_file(&config_path)?;
-        let kind = crate::model_folder::ComponentKind::Vae;
+        let kind = crate::loading::folder::ComponentKind::Vae;
         let weights =
-            crate::model_folder::component_weights(&dir, kind, options).map_err(|problems| {
+            crate::loading::folder::component_weights(&dir, kind, options).map_err(|problems| {
                 problems
                     .into_iter()
                     .next()

@@ -98,7 +98,7 @@ pub fn taesd_preview(
 ) -> candle_core::Result<RgbaImage> {
     let z = (latents.to_dtype(DType::F32)? / taesd.config().scaling_factor)?;
     let decoded = taesd.decode(&z, crate::Tiling::None)?;
-    crate::postprocess::tensor_to_rgba(&decoded)
+    crate::pipeline::postprocess::tensor_to_rgba(&decoded)
 }
 
 /// Solves `(XᵀX + λI) w = Xᵀy` by Gaussian elimination (X is `[n, k]`, k small).

@@ -1,0 +1,15 @@
+//! Loading a model from disk: a diffusers-layout folder (`model_index.json` and one folder per
+//! component), its safetensors weights (checked against the shapes the code expects; pickles
+//! refused), the embedded default model, and the opt-in Hugging Face Hub download.
+//!
+//! | file | does |
+//! |---|---|
+//! | `folder.rs` | reads `model_index.json`, finds each component's config and weights, names the family |
+//! | `weights.rs` | safetensors files behind a checking `VarBuilder` backend (missing / mis-shaped tensors name the file) |
+//! | `embedded.rs` | where the default model ships |
+//! | `hub.rs` | `owner/name` ids fetched with the `hf-hub` feature |
+
+pub mod embedded;
+pub mod folder;
+pub mod hub;
+pub mod weights;
