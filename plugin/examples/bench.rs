@@ -37,6 +37,8 @@ fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     println!("threads: {}", candle_core::utils::get_num_threads());
     fixture_bench()?;
+    sdxs_fixture_bench()?;
+    taesd_bench(if quick { 32 } else { 64 })?;
     sd15_bench(if quick { 32 } else { 64 })?;
     Ok(())
 }
@@ -76,6 +78,55 @@ fn fixture_bench() -> anyhow::Result<()> {
         5,
         || Ok(pipeline::generate(&model, &req, &mut NoHooks)?),
     )?;
+    Ok(())
+}
+
+/// The tiny SDXS-architecture fixture (no UNet mid block, per-block layers_per_block, TAESD vae).
+fn sdxs_fixture_bench() -> anyhow::Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-sdxs/model");
+    let model = StableDiffusion::load(&dir, &LoadOptions::default())?;
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (2, 4, 8, 8), &dev)?;
+    let ctx = Tensor::randn(0f32, 1., (2, 77, 32), &dev)?;
+    let secs = timed("tiny-sdxs unet step (batch 2, 8x8 latent)", 50, || {
+        Ok(model.unet.forward(&x, 500.0, &ctx, Tiling::None)?)
+    })?;
+    println!("tiny-sdxs unet steps/s: {:.1}", 1.0 / secs);
+    let req = GenerationRequest {
+        prompt: "sci-fi hull panels".into(),
+        num_inference_steps: 1,
+        guidance_scale: 0.0,
+        scheduler: Some(SchedulerKind::EulerAncestral),
+        timestep_spacing: Some(bevy_diffusion::schedulers::TimestepSpacing::Trailing),
+        ..Default::default()
+    };
+    timed(
+        "tiny-sdxs whole image (64 px, 1 step euler-a, no CFG, TAESD)",
+        10,
+        || Ok(pipeline::generate(&model, &req, &mut NoHooks)?),
+    )?;
+    Ok(())
+}
+
+/// TAESD at its real size (64 channels everywhere, diffusers' AutoencoderTiny defaults) with
+/// random weights: one decode of a `latent x latent` latent.
+fn taesd_bench(latent: usize) -> anyhow::Result<()> {
+    use bevy_diffusion::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
+    let dev = Device::Cpu;
+    let px = latent * 8;
+    let cfg = AutoencoderTinyConfig::from_file(&write_config(
+        "taesd.json",
+        r#"{"_class_name": "AutoencoderTiny"}"#,
+    )?)?;
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let taesd = AutoencoderTiny::new(vb, &cfg)?;
+    let z = Tensor::randn(0f32, 1., (1, 4, latent, latent), &dev)?;
+    timed(&format!("taesd decode {px}px"), 3, || {
+        Ok(taesd.decode(&z, Tiling::None)?)
+    })?;
+    let x = Tensor::randn(0f32, 1., (1, 3, px, px), &dev)?;
+    timed(&format!("taesd encode {px}px"), 3, || Ok(taesd.encode(&x)?))?;
     Ok(())
 }
 

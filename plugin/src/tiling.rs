@@ -108,6 +108,24 @@ impl TiledConv2d {
         Ok(Self { conv, padding })
     }
 
+    /// [`TiledConv2d::new`] for a convolution without bias (`bias=False`: only `weight`).
+    pub fn new_no_bias(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            padding: 0,
+            stride,
+            ..Default::default()
+        };
+        let conv = candle_nn::conv2d_no_bias(in_channels, out_channels, kernel, cfg, vb)?;
+        Ok(Self { conv, padding })
+    }
+
     /// Applies the convolution to `[batch, in, height, width]` with the given tiling.
     pub fn forward(&self, x: &Tensor, tiling: Tiling) -> Result<Tensor> {
         let x = pad_2d(x, self.padding, tiling)?;

@@ -231,3 +231,49 @@ fn help_speaks_of_the_vae_factor_not_of_eight() {
     assert!(!help.contains("multiple of 8"), "{help}");
     assert!(help.contains("VAE factor"), "{help}");
 }
+
+#[test]
+fn generate_with_a_taesd_decoder_and_a_wrong_decoder_folder() {
+    let dir = Scratch::new("decoder");
+    let out = dir.0.join("wall.png");
+    let taesd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-taesd/model");
+    let model = fixture_model();
+    let (model, taesd, out_s) = (
+        model.to_str().unwrap(),
+        taesd.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let ok = texgen(&[
+        "generate",
+        "--model",
+        model,
+        "--decoder",
+        taesd,
+        "--prompt",
+        "mossy wall",
+        "--steps",
+        "2",
+        "--out",
+        out_s,
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_eq!(image::open(&out).unwrap().width(), 64);
+    // The model's own AutoencoderKL is not a TAESD decoder: one error line naming the field.
+    let kl = fixture_model().join("vae");
+    let bad = texgen(&[
+        "generate",
+        "--model",
+        model,
+        "--decoder",
+        kl.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--out",
+        out_s,
+    ]);
+    let line = assert_one_error_line(&bad);
+    assert!(
+        line.contains("_class_name") && line.contains("AutoencoderTiny"),
+        "{line}"
+    );
+}

@@ -7,5 +7,7 @@ mod loading;
 mod models;
 mod pipeline;
 mod schedulers;
+mod sdxs;
+mod taesd;
 mod vae;
 mod worker;

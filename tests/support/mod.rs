@@ -21,6 +21,13 @@ pub fn tiny_sd_model() -> PathBuf {
     tiny_sd_dir().join("model")
 }
 
+/// `tests/fixtures/<name>` (e.g. `tiny-taesd`, `tiny-sdxs`).
+pub fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
 /// All reference tensors of `references.safetensors`, by name (`<case>/<tensor>`).
 pub struct References {
     tensors: HashMap<String, Tensor>,
@@ -32,10 +39,14 @@ impl References {
     /// Loads the fixture's references (panics with a clear message if the fixture is missing:
     /// this is test code).
     pub fn load() -> Self {
-        let dir = tiny_sd_dir();
+        Self::load_from(&tiny_sd_dir())
+    }
+
+    /// Loads the references of the fixture in `dir` (`tests/fixtures/<name>`).
+    pub fn load_from(dir: &std::path::Path) -> Self {
         let tensors =
             candle_core::safetensors::load(dir.join("references.safetensors"), &Device::Cpu)
-                .expect("tests/fixtures/tiny-sd/references.safetensors");
+                .unwrap_or_else(|e| panic!("{}/references.safetensors: {e}", dir.display()));
         let json_text =
             std::fs::read_to_string(dir.join("references.json")).expect("references.json");
         // Python's json writes -Infinity (DPM-Solver's lambda_min_clipped), which is not JSON.

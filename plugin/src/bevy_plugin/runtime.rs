@@ -182,16 +182,18 @@ fn loader(
     settings: &DiffusionSettings,
     native: Arc<OnceLock<(u32, u32)>>,
 ) -> impl FnOnce() -> crate::Result<BoxedGenerator> + Send + 'static {
-    let (model, device, fp16) = (
+    let (model, device, fp16, decoder) = (
         settings.model.clone(),
         settings.device,
         settings.prefer_fp16_variant,
+        settings.decoder.clone(),
     );
     move || {
         let load_folder = |dir: &Path| -> crate::Result<BoxedGenerator> {
             let options = LoadOptions {
                 device: device.to_candle()?,
                 prefer_fp16_variant: fp16,
+                decoder: decoder.clone(),
             };
             let model = StableDiffusion::load(dir, &options)?;
             let side = (model.unet_config.sample_size * model.vae_config.downscale_factor) as u32;

@@ -102,6 +102,10 @@ pub struct DiffusionSettings {
     pub device: ComputeDevice,
     /// Load `*.fp16.safetensors` weights when a folder has them (smaller download, same maths).
     pub prefer_fp16_variant: bool,
+    /// A TAESD folder (diffusers `AutoencoderTiny`, e.g. madebyollin/taesd) that decodes the
+    /// images of an SD 1.x/2.x model instead of its own VAE (many times faster; previews then
+    /// use it too). `None`: the model's own `vae/`. Ignored by [`ModelSource::Custom`].
+    pub decoder: Option<PathBuf>,
     /// Threads for the tensor maths, private to the worker (default: all cores but one, at least
     /// one, so the game's main thread keeps a core).
     pub compute_threads: usize,
@@ -143,6 +147,7 @@ impl Default for DiffusionSettings {
             model: ModelSource::default(),
             device: ComputeDevice::default(),
             prefer_fp16_variant: false,
+            decoder: None,
             compute_threads: default_compute_threads(),
             background_priority: true,
             cancel_unused: true,

@@ -57,15 +57,20 @@ pub enum ModelFamily {
     /// SD-Turbo (adversarially distilled SD 2.1: 1-4 steps, no guidance): the SD 2.x architecture
     /// with a `trailing`, epsilon-predicting scheduler config, or "turbo" in the folder path.
     SdTurbo,
+    /// A pruned / distilled SD 1.x/2.x (SDXS-512, BK-SDM, segmind small-sd / tiny-sd): a UNet
+    /// without a mid block (`mid_block_type: null`) or with per-block `layers_per_block` lists,
+    /// or an `AutoencoderTiny` (TAESD) as the `vae`.
+    SdxsPruned,
 }
 
 impl ModelFamily {
-    /// "SD1.x", "SD2.x" or "SD-Turbo".
+    /// "SD1.x", "SD2.x", "SD-Turbo" or "SDXS/pruned".
     pub fn name(self) -> &'static str {
         match self {
             Self::Sd1 => "SD1.x",
             Self::Sd2 => "SD2.x",
             Self::SdTurbo => "SD-Turbo",
+            Self::SdxsPruned => "SDXS/pruned",
         }
     }
 }
@@ -83,7 +88,8 @@ pub enum ComponentKind {
     TextEncoder,
     /// `unet/` (diffusers `UNet2DConditionModel`, weights `diffusion_pytorch_model.safetensors`).
     Unet,
-    /// `vae/` (diffusers `AutoencoderKL`, weights `diffusion_pytorch_model.safetensors`).
+    /// `vae/` (diffusers `AutoencoderKL` or `AutoencoderTiny`, weights
+    /// `diffusion_pytorch_model.safetensors`).
     Vae,
 }
 
@@ -113,7 +119,7 @@ impl ComponentKind {
         match self {
             Self::TextEncoder => &["CLIPTextModel", "CLIPTextModelWithProjection"],
             Self::Unet => &["UNet2DConditionModel"],
-            Self::Vae => &["AutoencoderKL"],
+            Self::Vae => &["AutoencoderKL", "AutoencoderTiny"],
         }
     }
 }
@@ -769,6 +775,13 @@ fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool) -> Folder
         Some(_) => Some(ModelFamily::Sd1),
         None => None,
     };
+    let family = family.map(|f| {
+        if is_pruned(configs[1].as_ref(), configs[2].as_ref()) {
+            ModelFamily::SdxsPruned
+        } else {
+            f
+        }
+    });
     report.family = family;
 
     if report.problems.is_empty()
@@ -796,6 +809,23 @@ fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool) -> Folder
         }
     }
     report
+}
+
+/// The marks of a pruned / distilled model (see [`ModelFamily::SdxsPruned`]) in the UNet and VAE
+/// configs: `mid_block_type` present and `null`, `layers_per_block` a list, or an
+/// `AutoencoderTiny` VAE.
+fn is_pruned(unet: Option<&serde_json::Value>, vae: Option<&serde_json::Value>) -> bool {
+    let no_mid = unet
+        .and_then(|u| u.get("mid_block_type"))
+        .is_some_and(serde_json::Value::is_null);
+    let listed = unet
+        .and_then(|u| u.get("layers_per_block"))
+        .is_some_and(serde_json::Value::is_array);
+    let tiny = vae
+        .and_then(|v| v.get("_class_name"))
+        .and_then(|c| c.as_str())
+        == Some("AutoencoderTiny");
+    no_mid || listed || tiny
 }
 
 /// An error if `tokenizer` can produce ids that a text encoder with `vocab_size` embeddings has

@@ -11,9 +11,14 @@
 //! | `tokenizer.rs` | transformers `models/clip/tokenization_clip.py` (`CLIPTokenizer`, via the `tokenizers` crate) |
 //! | `resnet.rs` | diffusers `models/resnet.py` (`ResnetBlock2D`, `Downsample2D`, `Upsample2D`) |
 //! | `autoencoder_kl.rs` | diffusers `models/autoencoders/autoencoder_kl.py` + `vae.py` |
+//! | `autoencoder_tiny.rs` | diffusers `models/autoencoders/autoencoder_tiny.py` (`AutoencoderTiny`, TAESD) |
+//! | `autoencoders.rs` | the pipeline's `vae`: `AutoencoderKL` or `AutoencoderTiny` by `_class_name` |
+//! | `vae_tiny.rs` | diffusers `vae.py` (`EncoderTiny`, `DecoderTiny`) + `AutoencoderTinyBlock` |
 //! | `vae.rs` | diffusers `models/autoencoders/vae.py` (`Encoder`, `Decoder`) and the VAE's blocks |
 
 pub mod autoencoder_kl;
+pub mod autoencoder_tiny;
+pub mod autoencoders;
 pub mod clip_text_model;
 pub mod embeddings;
 pub mod resnet;
@@ -22,3 +27,4 @@ pub mod transformer_2d;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;
 pub mod vae;
+pub mod vae_tiny;

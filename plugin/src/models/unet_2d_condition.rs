@@ -99,6 +99,24 @@ impl JsonConfig {
         }
     }
 
+    /// [`Self::per_block`] for a count (`layers_per_block`, `transformer_layers_per_block`): an
+    /// int or a per-block list, each entry at most [`MAX_LAYERS_PER_BLOCK`], checked before
+    /// anything is built from it.
+    pub fn per_block_count(
+        &self,
+        key: &str,
+        n: usize,
+        default: usize,
+    ) -> crate::Result<Vec<usize>> {
+        let counts: Vec<usize> = self.per_block(key, n, default)?;
+        if let Some(c) = counts.iter().find(|&&c| c > MAX_LAYERS_PER_BLOCK) {
+            let reason =
+                format!("{c} layers in one block is out of range (0..={MAX_LAYERS_PER_BLOCK})");
+            return Err(DiffusionError::config(&self.path, key, reason));
+        }
+        Ok(counts)
+    }
+
     /// `key` as one value per block: a scalar is repeated `n` times, a list must have `n` entries.
     pub fn per_block<T: DeserializeOwned + Clone>(
         &self,
@@ -122,6 +140,13 @@ impl JsonConfig {
         }
     }
 }
+
+/// Most resnets / transformer layers one block may have (SDXL's deepest block has 10).
+pub const MAX_LAYERS_PER_BLOCK: usize = 64;
+/// Most resolution levels (`block_out_channels` entries) a UNet config may list (SD has 4).
+pub const MAX_LEVELS: usize = 8;
+/// Most channels one level may have (SD's widest is 1280).
+pub const MAX_CHANNELS: usize = 16384;
 
 /// A down block of the UNet (`down_block_types`; a `UNetRes` prefix is accepted as diffusers
 /// strips it).
@@ -325,6 +350,14 @@ impl UNet2DConditionConfig {
                 "must be positive",
             ));
         }
+        if n > MAX_LEVELS {
+            let reason = format!("{n} levels is out of range (1..={MAX_LEVELS})");
+            return Err(DiffusionError::config(path, "block_out_channels", reason));
+        }
+        if let Some(c) = block_out_channels.iter().find(|&&c| c > MAX_CHANNELS) {
+            let reason = format!("{c} channels is out of range (1..={MAX_CHANNELS})");
+            return Err(DiffusionError::config(path, "block_out_channels", reason));
+        }
         if let Some(c) = block_out_channels
             .iter()
             .find(|&&c| c == 0 || c % norm_num_groups != 0)
@@ -423,12 +456,16 @@ impl UNet2DConditionConfig {
             up_block_types,
             has_mid_block,
             only_cross_attention: j.per_block("only_cross_attention", n, false)?,
-            layers_per_block: j.per_block("layers_per_block", n, 2)?,
+            layers_per_block: j.per_block_count("layers_per_block", n, 2)?,
             downsample_padding: j.get_or("downsample_padding", 1)?,
             mid_block_scale_factor: j.get_or("mid_block_scale_factor", 1.0)?,
             norm_num_groups,
             norm_eps: j.get_or("norm_eps", 1e-5)?,
-            transformer_layers_per_block: j.per_block("transformer_layers_per_block", n, 1)?,
+            transformer_layers_per_block: j.per_block_count(
+                "transformer_layers_per_block",
+                n,
+                1,
+            )?,
             num_attention_heads,
             use_linear_projection: j.get_or("use_linear_projection", false)?,
             upcast_attention: j.get_or("upcast_attention", false)?,

@@ -23,6 +23,7 @@ use candle_core::{DType, Tensor};
 use image::RgbaImage;
 
 use crate::error::{DiffusionError, Result};
+use crate::models::autoencoders::Vae;
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::postprocess::{rgba_to_tensor, tensor_to_rgba};
@@ -400,7 +401,8 @@ pub fn prepare_scheduler(
 /// The starting latents `[1, latent_channels, height/f, width/f] (f = the VAE factor)`.
 ///
 /// Text-to-image: `noise * init_noise_sigma` (diffusers' `prepare_latents`). img2img: the init
-/// image resized to `size`, VAE-encoded, sampled (`mean + std * eps`), times `scaling_factor`,
+/// image resized to `size`, VAE-encoded (`AutoencoderKL`: sampled, `mean + std * eps`;
+/// `AutoencoderTiny`: its deterministic latents), times `scaling_factor`,
 /// then `scheduler.add_noise(image_latents, noise, begin)`.
 pub fn prepare_latents(
     model: &StableDiffusion,
@@ -438,9 +440,16 @@ pub fn prepare_latents(
         image::imageops::resize(image, width, height, image::imageops::FilterType::Lanczos3)
     };
     let pixels = rgba_to_tensor(&image, model.vae_config.in_channels, &model.device)?;
-    let posterior = model.vae.encode(&pixels)?;
-    let eps = draw(&explicit.vae_sample_eps, "vae_sample_eps")?;
-    let image_latents = (posterior.sample(&eps)? * model.vae_config.scaling_factor)?;
+    // diffusers' `retrieve_latents`: `latent_dist.sample()` for AutoencoderKL (one draw), the
+    // deterministic `latents` for AutoencoderTiny (no draw).
+    let latents = match &model.vae {
+        Vae::Kl(vae) => {
+            let posterior = vae.encode(&pixels)?;
+            posterior.sample(&draw(&explicit.vae_sample_eps, "vae_sample_eps")?)?
+        }
+        Vae::Tiny(vae) => vae.encode(&pixels)?,
+    };
+    let image_latents = (latents * model.vae_config.scaling_factor)?;
     let noise = draw(&explicit.noise, "noise")?;
     Ok(scheduler.add_noise(&image_latents, &noise, begin)?)
 }
@@ -511,12 +520,20 @@ pub fn decode_latents(
     Ok(tensor_to_rgba(&decoded)?)
 }
 
-/// The VAE's raw output for `latents` (`[1, out_channels, f*h, f*w]`, roughly [-1, 1], unclamped).
+/// The decoder's raw output for `latents` (`[1, out_channels, f*h, f*w]`, roughly [-1, 1],
+/// unclamped): `vae.decode(latents / vae.scaling_factor)`, or with [`StableDiffusion::decoder`]
+/// (TAESD) when one was loaded, `decoder.decode(latents / decoder.scaling_factor)` (1.0).
 pub fn decode_latents_raw(
     model: &StableDiffusion,
     latents: &Tensor,
     tiling: crate::Tiling,
 ) -> Result<Tensor> {
-    let z = (latents / model.vae_config.scaling_factor)?;
-    Ok(model.vae.decode(&z, tiling)?)
+    match &model.decoder {
+        // LoadOptions::decoder: TAESD in place of the model's own decoder, with its own scaling.
+        Some(taesd) => Ok(taesd.decode(&(latents / taesd.config().scaling_factor)?, tiling)?),
+        None => {
+            let z = (latents / model.vae_config.scaling_factor)?;
+            Ok(model.vae.decode(&z, tiling)?)
+        }
+    }
 }

@@ -8,7 +8,8 @@ use candle_core::Device;
 use crate::error::Result;
 use crate::loading::folder::{Component, FolderOptions, ModelFamily, ModelFolder};
 use crate::loading::weights::CheckedWeights;
-use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
+use crate::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
+use crate::models::autoencoders::{Vae, VaeConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
@@ -22,6 +23,11 @@ pub struct LoadOptions {
     /// Load `*.fp16.safetensors` when present (converted to f32 on load). Without it the
     /// full-precision file is used, and the fp16 one only when it is the only one.
     pub prefer_fp16_variant: bool,
+    /// A TAESD folder (diffusers `AutoencoderTiny`: `config.json` +
+    /// `diffusion_pytorch_model.safetensors`, or a folder with those in `vae/`) whose decoder
+    /// replaces the model's own VAE decoder: many times faster, slightly softer images. The
+    /// model's VAE still encodes img2img init images. `None`: decode with the folder's `vae/`.
+    pub decoder: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -29,6 +35,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             prefer_fp16_variant: false,
+            decoder: None,
         }
     }
 }
@@ -44,8 +51,11 @@ pub struct StableDiffusion {
     pub text_encoder: ClipTextModel,
     /// `unet/`.
     pub unet: UNet2DConditionModel,
-    /// `vae/`.
-    pub vae: AutoencoderKL,
+    /// `vae/`: an `AutoencoderKL`, or an `AutoencoderTiny` (TAESD, as SDXS ships).
+    pub vae: Vae,
+    /// The fast decoder of [`LoadOptions::decoder`]; when set, images are decoded with it
+    /// (its own `scaling_factor`) instead of `vae`.
+    pub decoder: Option<AutoencoderTiny>,
     /// `scheduler/scheduler_config.json`, from which every scheduler kind is configured.
     pub scheduler_config: SchedulerConfig,
     /// Where the weights live.
@@ -55,13 +65,14 @@ pub struct StableDiffusion {
     /// `unet/config.json`.
     pub unet_config: UNet2DConditionConfig,
     /// `vae/config.json`.
-    pub vae_config: AutoencoderKLConfig,
+    pub vae_config: VaeConfig,
     /// SD1.x, SD2.x or SD-Turbo (see [`ModelFamily`]).
     pub family: ModelFamily,
     /// model_index.json `_class_name`.
     pub class_name: String,
     /// A content hash of the configs and the weight files' sizes and headers (hex blake3, see
-    /// [`ModelFolder::identity`]); caches of encoded prompts or generated images key on it.
+    /// [`ModelFolder::identity`]), mixed with the decoder folder's when
+    /// [`LoadOptions::decoder`] is set; caches of encoded prompts or generated images key on it.
     pub identity: String,
     /// Number of UNet parameters (from the weight files' headers).
     pub unet_parameters: usize,
@@ -79,6 +90,15 @@ impl StableDiffusion {
     /// The most CPU threads worth using: 1 for small models on the CPU, else no limit.
     pub fn max_useful_threads(&self) -> Option<usize> {
         (self.device.is_cpu() && self.unet_parameters < Self::SMALL_MODEL_PARAMETERS).then_some(1)
+    }
+
+    /// The TAESD at hand for fast decodes (previews): [`Self::decoder`], else the folder's `vae`
+    /// when it is an `AutoencoderTiny`.
+    pub fn taesd(&self) -> Option<&AutoencoderTiny> {
+        self.decoder.as_ref().or(match &self.vae {
+            Vae::Tiny(taesd) => Some(taesd),
+            Vae::Kl(_) => None,
+        })
     }
 
     /// Runs `f` (this model's maths) on the shared compute pool ([`crate::compute_pool`]) of
@@ -169,7 +189,7 @@ impl StableDiffusion {
 
         let text_encoder_config = ClipTextConfig::from_file(&folder.text_encoder.config)?;
         let unet_config = UNet2DConditionConfig::from_file(&folder.unet.config)?;
-        let vae_config = AutoencoderKLConfig::from_file(&folder.vae.config)?;
+        let vae_config = VaeConfig::from_file(&folder.vae.config)?;
         let scheduler_config = SchedulerConfig::from_file(&folder.scheduler_config)?;
         let recommended = crate::request::RecommendedSettings::read(dir)?;
         match scheduler_config.stand_in() {
@@ -205,9 +225,15 @@ impl StableDiffusion {
         let unet = build_component(&folder.unet, device, |vb| {
             UNet2DConditionModel::new(vb, &unet_config)
         })?;
-        let vae = build_component(&folder.vae, device, |vb| {
-            AutoencoderKL::new(vb, &vae_config)
-        })?;
+        let vae = build_component(&folder.vae, device, |vb| Vae::new(vb, &vae_config))?;
+        let (decoder, identity) = match &options.decoder {
+            None => (None, folder.identity),
+            Some(dir) => {
+                let decoder = DecoderFolder::open(dir, &folder_options)?;
+                let identity = decoder.model_identity(&folder.identity);
+                (Some(decoder.load(&vae_config, device)?), identity)
+            }
+        };
 
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -215,6 +241,7 @@ impl StableDiffusion {
             text_encoder,
             unet,
             vae,
+            decoder,
             scheduler_config,
             device: device.clone(),
             text_encoder_config,
@@ -222,9 +249,141 @@ impl StableDiffusion {
             vae_config,
             family: folder.family,
             class_name: folder.class_name,
-            identity: folder.identity,
+            identity,
             unet_parameters,
             recommended,
+        })
+    }
+}
+
+/// A checked TAESD decoder folder ([`LoadOptions::decoder`]), weights not yet loaded.
+#[derive(Debug, Clone)]
+pub struct DecoderFolder {
+    /// The folder holding `config.json` (the given folder, or its `vae/`).
+    pub dir: PathBuf,
+    /// `config.json`, parsed.
+    pub config: AutoencoderTinyConfig,
+    /// The weights, headers validated.
+    pub component: Component,
+    /// blake3 (hex) of the config and the weight files' sizes and headers.
+    pub identity: String,
+}
+
+impl DecoderFolder {
+    /// Checks the TAESD folder `dir`: `config.json` + `diffusion_pytorch_model.safetensors`, or
+    /// the same in `dir/vae/` (a whole SDXS-style pipeline folder).
+    ///
+    /// Errors: [`crate::DiffusionError::ModelFolderMissing`] when `dir` is not a folder,
+    /// [`crate::DiffusionError::MissingFile`] without a config or weights,
+    /// [`crate::DiffusionError::PickleWeights`] for `.bin` weights,
+    /// [`crate::DiffusionError::InvalidConfig`] naming `_class_name` when the config is not an
+    /// `AutoencoderTiny`'s, and the errors of [`AutoencoderTinyConfig::from_file`].
+    pub fn open(dir: &Path, options: &FolderOptions) -> Result<Self> {
+        use crate::error::DiffusionError;
+        if !dir.is_dir() {
+            return Err(DiffusionError::ModelFolderMissing {
+                path: dir.to_path_buf(),
+            });
+        }
+        let dir = if !dir.join("config.json").is_file() && dir.join("vae/config.json").is_file() {
+            dir.join("vae")
+        } else {
+            dir.to_path_buf()
+        };
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(DiffusionError::MissingFile {
+                path: config_path,
+                what: "the decoder's config (a diffusers AutoencoderTiny / TAESD config.json)"
+                    .into(),
+            });
+        }
+        let class = crate::models::autoencoders::class_name(&config_path)?;
+        if class.as_deref() != Some("AutoencoderTiny") {
+            return Err(DiffusionError::config(
+                &config_path,
+                "_class_name",
+                format!(
+                    "is {}; a decoder folder must hold a diffusers AutoencoderTiny (TAESD, e.g. \
+                     madebyollin/taesd)",
+                    class.map_or("absent".to_string(), |c| format!("{c:?}"))
+                ),
+            ));
+        }
+        let config = AutoencoderTinyConfig::from_file(&config_path)?;
+        let kind = crate::loading::folder::ComponentKind::Vae;
+        let weights =
+            crate::loading::folder::component_weights(&dir, kind, options).map_err(|problems| {
+                problems
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| DiffusionError::MissingFile {
+                        path: dir.join("diffusion_pytorch_model.safetensors"),
+                        what: "the decoder weights (safetensors)".into(),
+                    })
+            })?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"bevy_diffusion decoder identity v1\0");
+        let text = std::fs::read(&config_path).map_err(|e| DiffusionError::io(&config_path, e))?;
+        hasher.update(&text);
+        for shard in &weights.shards {
+            hasher.update(&shard.file_len.to_le_bytes());
+            hasher.update(&shard.header_digest);
+        }
+        Ok(Self {
+            dir: dir.clone(),
+            config,
+            component: Component {
+                kind,
+                dir,
+                config: config_path,
+                weights,
+            },
+            identity: hasher.finalize().to_hex().to_string(),
+        })
+    }
+
+    /// The identity of a model folder decoded by this decoder (what
+    /// [`StableDiffusion::identity`] is then): caches and bake sidecars key on it.
+    pub fn model_identity(&self, folder_identity: &str) -> String {
+        let mixed = format!("{folder_identity}+decoder:{}", self.identity);
+        blake3::hash(mixed.as_bytes()).to_hex().to_string()
+    }
+
+    /// Loads the decoder (only `decoder.layers.*`) for a model whose VAE is `vae`.
+    ///
+    /// Errors: [`crate::DiffusionError::InvalidConfig`] when its latent channels or downscale
+    /// factor differ from `vae`'s, [`crate::DiffusionError::MissingTensor`] /
+    /// [`crate::DiffusionError::ShapeMismatch`] for weights that do not fit the config.
+    pub fn load(&self, vae: &VaeConfig, device: &Device) -> Result<AutoencoderTiny> {
+        let config = &self.config;
+        for (field, ours, theirs, what) in [
+            (
+                "latent_channels",
+                config.latent_channels,
+                vae.latent_channels,
+                "latent channels",
+            ),
+            (
+                "decoder_block_out_channels",
+                config.downscale_factor,
+                vae.downscale_factor,
+                "pixels per latent",
+            ),
+        ] {
+            if ours != theirs {
+                return Err(crate::DiffusionError::config(
+                    &self.component.config,
+                    field,
+                    format!(
+                        "the decoder has {ours} {what} but the model's VAE has {theirs}; it does \
+                         not fit this model"
+                    ),
+                ));
+            }
+        }
+        build_component(&self.component, device, |vb| {
+            AutoencoderTiny::new_decoder_only(vb, config)
         })
     }
 }

@@ -1,4 +1,6 @@
-//! Cheap previews during denoising: a linear map from latent channels to RGB(A), no VAE per step.
+//! Cheap previews during denoising: a linear map from latent channels to RGB(A), no VAE per step;
+//! or, when the model has TAESD ([`crate::StableDiffusion::taesd`]), a real TAESD decode
+//! ([`taesd_preview`]).
 //!
 //! Instead of hard-coding SD 1.5's latent-to-RGB factors (which are wrong for any other VAE, our
 //! embedded model's included), [`LatentPreviewer::fit`] fits the map once per model: it decodes a
@@ -85,6 +87,18 @@ impl LatentPreviewer {
             image::imageops::FilterType::Nearest,
         ))
     }
+}
+
+/// A full-size preview of `latents` (`[1, C, h, w]`, the scheduler's space) decoded by TAESD:
+/// `taesd.decode(latents / scaling_factor)` mapped to RGBA8 (`h*f x w*f`), with ordinary zero
+/// padding. Costs one TAESD decode (a few percent of a UNet step at 512x512).
+pub fn taesd_preview(
+    taesd: &crate::models::autoencoder_tiny::AutoencoderTiny,
+    latents: &Tensor,
+) -> candle_core::Result<RgbaImage> {
+    let z = (latents.to_dtype(DType::F32)? / taesd.config().scaling_factor)?;
+    let decoded = taesd.decode(&z, crate::Tiling::None)?;
+    crate::pipeline::postprocess::tensor_to_rgba(&decoded)
 }
 
 /// Solves `(XᵀX + λI) w = Xᵀy` by Gaussian elimination (X is `[n, k]`, k small).

@@ -66,6 +66,13 @@ impl Generator for SdGenerator {
     }
 
     fn preview(&self, step: &DenoisingStep) -> Option<RgbaImage> {
+        // With TAESD at hand (the folder's vae or LoadOptions::decoder), a real decode of the
+        // current estimate; else the fitted linear map.
+        if let Some(taesd) = self.model.taesd() {
+            return crate::pipeline::preview::taesd_preview(taesd, &step.pred_original_sample)
+                .map_err(|e| tracing::debug!("TAESD preview failed: {e}"))
+                .ok();
+        }
         self.previewer()?.preview(&step.pred_original_sample).ok()
     }
 }

@@ -32,7 +32,7 @@ use candle_nn::var_builder::SimpleBackend;
 use crate::error::DiffusionError;
 use crate::loading::folder::{self, ComponentKind, FolderOptions, ModelFamily};
 use crate::loading::weights::{VarBuilder, WeightFiles};
-use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
+use crate::models::autoencoders::{Vae, VaeConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
@@ -149,8 +149,21 @@ impl InspectReport {
         self.problems.is_empty()
     }
 
-    /// `SD1.x`, `SD2.x`, `SD-Turbo`, `SDXL (refused)`, `embedded (SD1.x architecture)`, or
-    /// `unknown`.
+    /// The image decoder the folder's `vae/` provides: `TAESD (AutoencoderTiny)` or
+    /// `AutoencoderKL`, from its config's `_class_name` (`None` when there is no readable VAE).
+    pub fn decoder_label(&self) -> Option<String> {
+        let vae = self
+            .components
+            .iter()
+            .find(|c| c.kind == ComponentKind::Vae)?;
+        Some(match vae.class_name.as_deref()? {
+            "AutoencoderTiny" => "TAESD (AutoencoderTiny, vae/)".to_string(),
+            other => format!("{other} (vae/)"),
+        })
+    }
+
+    /// `SD1.x`, `SD2.x`, `SD-Turbo`, `SDXS/pruned`, `SDXL (refused)`,
+    /// `embedded (SD1.x architecture)`, or `unknown`.
     pub fn family_label(&self) -> String {
         if let Some(refused) = &self.refused {
             return format!("{refused} (refused)");
@@ -398,8 +411,8 @@ fn inspect_component(
             .map(|cfg| dry_build(&weights, |vb| ClipTextModel::new(vb, &cfg).map(drop))),
         ComponentKind::Unet => UNet2DConditionConfig::from_file(&config_path)
             .map(|cfg| dry_build(&weights, |vb| UNet2DConditionModel::new(vb, &cfg).map(drop))),
-        ComponentKind::Vae => AutoencoderKLConfig::from_file(&config_path)
-            .map(|cfg| dry_build(&weights, |vb| AutoencoderKL::new(vb, &cfg).map(drop))),
+        ComponentKind::Vae => VaeConfig::from_file(&config_path)
+            .map(|cfg| dry_build(&weights, |vb| Vae::new(vb, &cfg).map(drop))),
     };
     match built {
         // The text encoder's config was parsed (and its error reported) already.
@@ -617,6 +630,9 @@ impl fmt::Display for InspectReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "model folder  {}", self.dir.display())?;
         writeln!(f, "family        {}", self.family_label())?;
+        if let Some(decoder) = self.decoder_label() {
+            writeln!(f, "decoder       {decoder}")?;
+        }
         if let Some(why) = &self.embedded {
             writeln!(f, "embedded      {why}")?;
         }

@@ -48,8 +48,8 @@ use std::time::Instant;
 
 use crate::error::DiffusionError;
 use crate::loading::folder::{FolderOptions, ModelFolder};
-use crate::models::autoencoder_kl::AutoencoderKLConfig;
-use crate::pipeline::model::{LoadOptions, StableDiffusion};
+use crate::models::autoencoders::VaeConfig;
+use crate::pipeline::model::{DecoderFolder, LoadOptions, StableDiffusion};
 use crate::pipeline::{self, DenoisingStep, GenerationHooks};
 use crate::request::ron::RonError;
 use crate::runtime::atomic_file::{encode_png, remove_stale_temp_files, write_atomic};
@@ -240,12 +240,17 @@ pub fn bake(
         ..FolderOptions::default()
     };
     let folder = ModelFolder::open(&options.model_dir, &folder_options)?;
-    let vae_scale = AutoencoderKLConfig::from_file(&folder.vae.config)?.downscale_factor;
+    let vae_scale = VaeConfig::from_file(&folder.vae.config)?.downscale_factor;
+    // The identity the loaded model will have (a --decoder changes it).
+    let identity = match &options.load.decoder {
+        Some(dir) => DecoderFolder::open(dir, &folder_options)?.model_identity(&folder.identity),
+        None => folder.identity.clone(),
+    };
     let planned = plan(
         &manifest.items,
         &options.base_dir,
         &options.out_dir,
-        &folder.identity,
+        &identity,
         vae_scale,
         options.force,
     );
@@ -263,7 +268,7 @@ pub fn bake(
     let mut report = BakeReport {
         items: Vec::with_capacity(planned.len()),
         model_loaded: false,
-        model_identity: folder.identity.clone(),
+        model_identity: identity.clone(),
         cancelled: false,
     };
     let mut model: Option<StableDiffusion> = None;
@@ -385,6 +390,9 @@ mod tests {
     use crate::request::{GenerationRequest, InitImage};
     use crate::runtime::cache::CacheKey;
     use crate::request::AssetKind;
+    use crate::request::ron::{parse_request_ron, request_to_ron};
+    use crate::request::{GenerationRequest, InitImage};
+    use crate::runtime::cache::CacheKey;
     use crate::schedulers::SchedulerKind;
 
     fn p() -> &'static Path {
