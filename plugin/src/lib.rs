@@ -71,6 +71,14 @@ pub mod error;
 pub mod generator;
 pub mod hub;
 pub mod inspect;
+/// TEMPORARY shim until the restructure lands on main (then these live in loading/mod.rs).
+pub mod loading {
+    pub mod lora;
+    pub mod lora_merge;
+    pub mod lora_names;
+    pub use crate::model_folder as folder;
+    pub use crate::weights;
+}
 pub mod model;
 pub mod model_folder;
 pub mod models;

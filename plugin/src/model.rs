@@ -1,11 +1,15 @@
 //! A loaded Stable Diffusion pipeline: [`StableDiffusion::load`] turns a diffusers-layout folder
 //! into ready models, or a typed error naming the file (and tensor or config field) at fault.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use crate::error::Result;
+use crate::error::{DiffusionError, Result};
+use crate::loading::lora::LoraSpec;
+use crate::loading::lora_merge::{LoraDelta, LoraSet};
+use crate::loading::lora_names::LoraComponent;
 use crate::model_folder::{Component, FolderOptions, ModelFamily, ModelFolder};
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
@@ -22,6 +26,9 @@ pub struct LoadOptions {
     /// Load `*.fp16.safetensors` when present (converted to f32 on load). Without it the
     /// full-precision file is used, and the fp16 one only when it is the only one.
     pub prefer_fp16_variant: bool,
+    /// LoRA files merged into the UNet and text encoder(s) at load, each with its own
+    /// `lora_scale`, in order (see [`crate::loading::lora`]). Default: none.
+    pub loras: Vec<LoraSpec>,
 }
 
 impl Default for LoadOptions {
@@ -29,6 +36,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             prefer_fp16_variant: false,
+            loras: Vec::new(),
         }
     }
 }
@@ -98,14 +106,36 @@ impl StableDiffusion {
     }
 }
 
-/// Builds one component through a checking var builder, logging what it read.
-fn build_component<T>(
+/// Builds one component through a checking var builder (adding `lora`: weight name → LoRA
+/// deltas, from [`LoraSet::take`]), logging what it read.
+///
+/// # Errors
+/// Those of [`CheckedWeights::build`]; [`DiffusionError::InvalidLora`] when a LoRA patches a
+/// weight the model did not load.
+pub fn build_component<T>(
     component: &Component,
     device: &Device,
+    lora: HashMap<String, Vec<LoraDelta>>,
     construct: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
-    let weights = CheckedWeights::open(&component.weights, device)?;
+    let patched = lora.len();
+    let started = std::time::Instant::now();
+    let weights = CheckedWeights::open_with_lora(&component.weights, device, lora)?;
     let model = weights.build(construct)?;
+    if let Some((weight, source)) = weights.unused_lora().into_iter().next() {
+        return Err(DiffusionError::InvalidLora {
+            path: component.weights.path.clone(),
+            key: source,
+            reason: format!("patches `{weight}`, which this model's config does not use"),
+        });
+    }
+    if patched > 0 {
+        tracing::info!(
+            "{}: {patched} weights LoRA-merged, load took {:.1} ms",
+            component.kind,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let unused = weights.unused_tensors();
     let files = &component.weights;
     tracing::info!(
@@ -188,13 +218,24 @@ impl StableDiffusion {
             .map(|t| t.shape.iter().product::<usize>())
             .sum();
         let device = &options.device;
-        let text_encoder = build_component(&folder.text_encoder, device, |vb| {
-            ClipTextModel::new(vb, &text_encoder_config)
-        })?;
-        let unet = build_component(&folder.unet, device, |vb| {
+        let mut lora = LoraSet::load(
+            &options.loras,
+            &[
+                (LoraComponent::Unet, &folder.unet.weights),
+                (LoraComponent::TextEncoder, &folder.text_encoder.weights),
+            ],
+        )?;
+        let identity = crate::loading::lora_merge::identity(&folder.identity, &options.loras)?;
+        let text_encoder = build_component(
+            &folder.text_encoder,
+            device,
+            lora.take(LoraComponent::TextEncoder),
+            |vb| ClipTextModel::new(vb, &text_encoder_config),
+        )?;
+        let unet = build_component(&folder.unet, device, lora.take(LoraComponent::Unet), |vb| {
             UNet2DConditionModel::new(vb, &unet_config)
         })?;
-        let vae = build_component(&folder.vae, device, |vb| {
+        let vae = build_component(&folder.vae, device, HashMap::new(), |vb| {
             AutoencoderKL::new(vb, &vae_config)
         })?;
 
@@ -211,7 +252,7 @@ impl StableDiffusion {
             vae_config,
             family: folder.family,
             class_name: folder.class_name,
-            identity: folder.identity,
+            identity,
             unet_parameters,
         })
     }

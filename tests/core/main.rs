@@ -3,6 +3,7 @@
 mod bake;
 mod embedded_model;
 mod loading;
+mod lora;
 mod models;
 mod pipeline;
 mod schedulers;

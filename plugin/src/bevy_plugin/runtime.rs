@@ -164,6 +164,7 @@ fn loader(
         settings.prefer_fp16_variant,
     );
     let background = settings.background_priority;
+    let loras = settings.loras.clone();
     move || {
         if background {
             // The loader runs inside the worker's compute pool: lower every thread of it.
@@ -173,6 +174,7 @@ fn loader(
             let options = LoadOptions {
                 device: device.to_candle()?,
                 prefer_fp16_variant: fp16,
+                loras: loras.clone(),
             };
             let model = StableDiffusion::load(dir, &options)?;
             let side = (model.unet_config.sample_size * model.vae_config.downscale_factor) as u32;

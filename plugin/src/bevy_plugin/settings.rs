@@ -89,6 +89,10 @@ pub struct DiffusionSettings {
     pub device: ComputeDevice,
     /// Load `*.fp16.safetensors` weights when a folder has them (smaller download, same maths).
     pub prefer_fp16_variant: bool,
+    /// LoRA files merged into the model at load (folder or embedded model; not a
+    /// [`ModelSource::Custom`] one), each with its `lora_scale`. Changing them means reloading
+    /// the model; the cache keys change with them.
+    pub loras: Vec<crate::loading::lora::LoraSpec>,
     /// Threads for the tensor maths, private to the worker (default: all cores but one, at least
     /// one, so the game's main thread keeps a core).
     pub compute_threads: usize,
@@ -123,6 +127,7 @@ impl Default for DiffusionSettings {
             model: ModelSource::default(),
             device: ComputeDevice::default(),
             prefer_fp16_variant: false,
+            loras: Vec::new(),
             compute_threads: default_compute_threads(),
             background_priority: true,
             max_queued: worker.max_queued,
