@@ -171,6 +171,11 @@ pub struct BakeManifest {
     /// Hugging Face repo id; `None` = the default model. `texgen bake --model` overrides it.
     #[serde(default)]
     pub model: Option<String>,
+    /// LoRA files merged into the model, `[("loras/style.safetensors", 0.8), ...]` (path
+    /// relative to the manifest's folder, `lora_scale`); `texgen bake --lora` /
+    /// [`BakeOptions::load`]`.loras` replace the list. Default: none.
+    #[serde(default)]
+    pub loras: Vec<(String, f32)>,
     /// The items, in manifest order; names are unique.
     #[serde(deserialize_with = "ordered_items")]
     pub items: Vec<BakeItem>,
@@ -690,11 +695,22 @@ pub fn bake(
     };
     let folder = ModelFolder::open(&options.model_dir, &folder_options)?;
     let vae_scale = AutoencoderKLConfig::from_file(&folder.vae.config)?.downscale_factor;
+    // The manifest's LoRAs unless the options name some; they are part of the model identity.
+    let mut load = options.load.clone();
+    if load.loras.is_empty() {
+        load.loras = (manifest.loras.iter())
+            .map(|(path, scale)| crate::loading::lora::LoraSpec {
+                path: options.base_dir.join(path),
+                scale: *scale,
+            })
+            .collect();
+    }
+    let identity = crate::loading::lora_merge::identity(&folder.identity, &load.loras)?;
     let planned = plan(
         &manifest.items,
         &options.base_dir,
         &options.out_dir,
-        &folder.identity,
+        &identity,
         vae_scale,
         options.force,
     );
@@ -712,7 +728,7 @@ pub fn bake(
     let mut report = BakeReport {
         items: Vec::with_capacity(planned.len()),
         model_loaded: false,
-        model_identity: folder.identity.clone(),
+        model_identity: identity.clone(),
         cancelled: false,
     };
     let mut model: Option<StableDiffusion> = None;
@@ -727,7 +743,7 @@ pub fn bake(
                         dir: &options.model_dir,
                     });
                     let started = Instant::now();
-                    model = Some(StableDiffusion::load(&options.model_dir, &options.load)?);
+                    model = Some(StableDiffusion::load(&options.model_dir, &load)?);
                     report.model_loaded = true;
                     on_event(&BakeEvent::ModelLoaded {
                         dir: &options.model_dir,

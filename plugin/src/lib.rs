@@ -79,6 +79,10 @@ pub mod loading {
     pub use crate::model_folder as folder;
     pub use crate::weights;
 }
+/// TEMPORARY shim (see `loading`).
+pub mod tools {
+    pub use crate::bake;
+}
 pub mod model;
 pub mod model_folder;
 pub mod models;

@@ -580,6 +580,68 @@ fn identity_is_the_base_without_loras_and_depends_on_file_and_scale() {
     );
 }
 
+#[test]
+fn a_bake_manifest_names_loras_and_they_are_part_of_the_model_identity() {
+    use bevy_diffusion::tools::bake::{self, BakeManifest, BakeOptions, ItemOutcome};
+    let manifest = BakeManifest::parse(
+        r#"(loras: [("lora_kohya.safetensors", 0.5)],
+            items: { "wall": (prompt: "mossy stone wall", width: 32, height: 32, num_inference_steps: 2) })"#,
+        Path::new("loras.ron"),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest.loras,
+        [("lora_kohya.safetensors".to_string(), 0.5)]
+    );
+    let s = scratch("lora_bake");
+    let options = BakeOptions {
+        base_dir: dir(),
+        ..BakeOptions::new(s.join("out"), tiny_sd_model())
+    };
+    let outcome = |r: &bake::BakeReport| r.items[0].1.clone();
+    let report = bake::bake(&manifest, &options, &mut |_| {}).unwrap();
+    assert!(matches!(outcome(&report), ItemOutcome::Baked { .. }));
+    let folder = ModelFolder::open(&tiny_sd_model(), &FolderOptions::default()).unwrap();
+    let spec = LoraSpec {
+        path: dir().join("lora_kohya.safetensors"),
+        scale: 0.5,
+    };
+    assert_eq!(
+        report.model_identity,
+        identity(&folder.identity, &[spec.clone()]).unwrap()
+    );
+    // The baked image is the LoRA model's.
+    let model = load(vec![spec]).unwrap();
+    let request = manifest.items[0].request.clone();
+    let direct = pipeline::generate(&model, &request, &mut pipeline::NoHooks).unwrap();
+    let baked = image::open(s.join("out/wall.png")).unwrap().to_rgba8();
+    assert_eq!(
+        baked, direct.image,
+        "an RGB model's texture is opaque as generated"
+    );
+    // Up to date on a rerun; replacing the LoRAs (texgen bake --lora) regenerates it.
+    let report = bake::bake(&manifest, &options, &mut |_| {}).unwrap();
+    assert!(matches!(outcome(&report), ItemOutcome::Skipped));
+    let mut other = options.clone();
+    other.load.loras = vec![LoraSpec {
+        path: file("peft"),
+        scale: 1.0,
+    }];
+    let report = bake::bake(&manifest, &other, &mut |_| {}).unwrap();
+    assert!(matches!(outcome(&report), ItemOutcome::Baked { .. }));
+    // A manifest naming a missing LoRA fails before any item is generated.
+    let missing = BakeManifest {
+        loras: vec![("nope.safetensors".into(), 1.0)],
+        ..manifest
+    };
+    match bake::bake(&missing, &options, &mut |_| {}) {
+        Err(bake::BakeError::Model(DiffusionError::MissingFile { path, .. })) => {
+            assert_eq!(path, dir().join("nope.safetensors"))
+        }
+        other => panic!("unexpected {:?}", other.map(|r| r.summary())),
+    }
+}
+
 // ------------------------------------------------------------------ names (SDXL included)
 
 #[test]

@@ -27,7 +27,9 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{DiffusionError, Result};
-use crate::loading::lora_names::{LoraComponent, LoraRole, ModuleIndex, ModuleName, parse_key};
+use crate::loading::lora_names::{
+    LoraComponent, LoraRole, ModuleIndex, ModuleName, PeftAlphas, parse_key,
+};
 use crate::loading::weights::{WeightFiles, read_header};
 
 /// The largest LoRA file opened (4 GiB; real ones are 2 MB – 1.5 GB).
@@ -117,6 +119,45 @@ pub struct LoraReport {
     mmap: MmapedSafetensors,
 }
 
+/// `texgen inspect --lora`: one line per (component, rank, alpha) group with an example
+/// module, then every problem.
+impl std::fmt::Display for LoraReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let spec = &self.spec;
+        writeln!(
+            f,
+            "LoRA {} (scale {}): {} module(s) match, {} problem(s)",
+            spec.path.display(),
+            spec.scale,
+            self.matched.len(),
+            self.problems.len()
+        )?;
+        let mut groups: BTreeMap<(LoraComponent, usize, String), Vec<&LoraMatch>> = BTreeMap::new();
+        for m in &self.matched {
+            let key = (m.component, m.rank, format!("{}", m.alpha));
+            groups.entry(key).or_default().push(m);
+        }
+        for ((component, rank, alpha), ms) in &groups {
+            let e = ms[0];
+            writeln!(
+                f,
+                "  {:<14} {:>4} module(s), rank {rank}, alpha {alpha} (x{:.4}), e.g. `{}` -> \
+                 `{}` {:?}",
+                component.dir_name(),
+                ms.len(),
+                e.factor,
+                e.key,
+                e.weight,
+                e.shape
+            )?;
+        }
+        for p in &self.problems {
+            writeln!(f, "  problem: {p}")?;
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for LoraReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoraReport")
@@ -166,15 +207,12 @@ fn indexes(targets: &LoraTargets) -> HashMap<LoraComponent, ModuleIndex> {
         .collect()
 }
 
-/// Opens `spec.path` and matches each of its modules against `targets`.
+/// The checks before a LoRA file is read: a finite scale, not a pickle by extension, present.
 ///
 /// # Errors
-/// File-level problems: [`DiffusionError::InvalidLora`] (`scale` not finite),
-/// [`DiffusionError::MissingFile`], [`DiffusionError::PickleWeights`] (`.ckpt`, `.pt`, `.pth`,
-/// `.bin`, or pickle/zip content), [`DiffusionError::BadSafetensors`],
-/// [`DiffusionError::FileTooLarge`] (over [`MAX_LORA_FILE_BYTES`]). Problems of single keys are
-/// in [`LoraReport::problems`].
-pub fn check_lora(spec: &LoraSpec, targets: &LoraTargets) -> Result<LoraReport> {
+/// [`DiffusionError::InvalidLora`] (`scale`), [`DiffusionError::PickleWeights`],
+/// [`DiffusionError::MissingFile`].
+pub fn check_file(spec: &LoraSpec) -> Result<()> {
     spec.check_scale()?;
     let path = spec.path.as_path();
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -187,6 +225,20 @@ pub fn check_lora(spec: &LoraSpec, targets: &LoraTargets) -> Result<LoraReport> 
             what: "LoRA file".into(),
         });
     }
+    Ok(())
+}
+
+/// Opens `spec.path` and matches each of its modules against `targets`.
+///
+/// # Errors
+/// File-level problems: [`DiffusionError::InvalidLora`] (`scale` not finite),
+/// [`DiffusionError::MissingFile`], [`DiffusionError::PickleWeights`] (`.ckpt`, `.pt`, `.pth`,
+/// `.bin`, or pickle/zip content), [`DiffusionError::BadSafetensors`],
+/// [`DiffusionError::FileTooLarge`] (over [`MAX_LORA_FILE_BYTES`]). Problems of single keys are
+/// in [`LoraReport::problems`].
+pub fn check_lora(spec: &LoraSpec, targets: &LoraTargets) -> Result<LoraReport> {
+    check_file(spec)?;
+    let path = spec.path.as_path();
     let header = read_header(path, MAX_LORA_FILE_BYTES).map_err(|e| match e {
         DiffusionError::BadSafetensors { .. } if looks_pickled(path) => {
             DiffusionError::PickleWeights { path: path.into() }
@@ -387,59 +439,4 @@ fn read_alpha(mmap: &MmapedSafetensors, name: &str) -> Result<f64, String> {
         .and_then(|t| t.to_vec1::<f64>())
         .map(|v| v[0])
         .map_err(|e| format!("alpha cannot be read: {e}"))
-}
-
-/// PEFT adapter metadata (`__metadata__["lora_adapter_metadata"]`, as diffusers'
-/// `save_lora_weights` writes it): per component prefix, `lora_alpha`, `alpha_pattern`,
-/// `use_rslora`.
-#[derive(Debug, Default)]
-struct PeftAlphas(serde_json::Map<String, serde_json::Value>);
-
-impl PeftAlphas {
-    fn from_metadata(json: Option<&String>, path: &Path) -> Result<Self> {
-        let Some(json) = json else {
-            return Ok(Self::default());
-        };
-        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
-            invalid(
-                path,
-                "__metadata__.lora_adapter_metadata",
-                format!("not JSON: {e}"),
-            )
-        })?;
-        let serde_json::Value::Object(map) = value else {
-            return Err(invalid(
-                path,
-                "__metadata__.lora_adapter_metadata",
-                "not a JSON object",
-            ));
-        };
-        for (k, v) in &map {
-            if k.ends_with(".use_dora") && v.as_bool() == Some(true) {
-                return Err(invalid(path, k, "DoRA LoRAs are not supported"));
-            }
-        }
-        Ok(Self(map))
-    }
-
-    /// (alpha, use_rslora) of `module` (dotted path), as diffusers/PEFT read them: an
-    /// `alpha_pattern` key equal to the path or ending it after a `.` wins over `lora_alpha`;
-    /// without metadata alpha = rank.
-    fn alpha(&self, component: LoraComponent, module: &str, rank: usize) -> (f64, bool) {
-        let get = |field: &str| self.0.get(&format!("{}.{field}", component.dir_name()));
-        let rslora = get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false);
-        let flat = module.strip_prefix("text_model.").unwrap_or(module);
-        let pattern = get("alpha_pattern")
-            .and_then(|p| p.as_object())
-            .and_then(|p| {
-                p.iter().find_map(|(k, v)| {
-                    let hit = [module, flat]
-                        .iter()
-                        .any(|m| *m == k || m.ends_with(&format!(".{k}")));
-                    hit.then(|| v.as_f64()).flatten()
-                })
-            });
-        let alpha = pattern.or_else(|| get("lora_alpha").and_then(|v| v.as_f64()));
-        (alpha.unwrap_or(rank as f64), rslora)
-    }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor};
 
 use crate::error::{DiffusionError, Result};
-use crate::loading::lora::{LoraSpec, LoraTargets, check_lora};
+use crate::loading::lora::{LoraSpec, LoraTargets, check_file, check_lora};
 use crate::loading::lora_names::LoraComponent;
 
 /// One LoRA's contribution to one weight: `W += factor * (up.flatten(1) @ down.flatten(1))`.
@@ -98,7 +98,7 @@ impl LoraSet {
 /// a header, so the header alone would not tell them apart).
 ///
 /// # Errors
-/// [`DiffusionError::Io`] if a file cannot be read.
+/// Those of [`check_file`]; [`DiffusionError::Io`] if a file cannot be read.
 pub fn identity(base: &str, loras: &[LoraSpec]) -> Result<String> {
     if loras.is_empty() {
         return Ok(base.to_string());
@@ -107,6 +107,7 @@ pub fn identity(base: &str, loras: &[LoraSpec]) -> Result<String> {
     h.update(b"bevy_diffusion lora v1\0");
     h.update(base.as_bytes());
     for spec in loras {
+        check_file(spec)?;
         let path = &spec.path;
         let mut file = std::fs::File::open(path).map_err(|e| DiffusionError::io(path, e))?;
         let mut content = blake3::Hasher::new();

@@ -15,8 +15,12 @@
 //!   `<attn>.processor.to_q_lora.down.weight` spellings): `<path>` is the diffusers module path.
 //!   Text-encoder paths are accepted with or without `text_model.` (transformers ≥ 5 writes them
 //!   flat; diffusers accepts both).
+//! - PEFT alphas live in the header metadata ([`PeftAlphas`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use crate::error::{DiffusionError, Result};
 
 /// Which model component a LoRA module patches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -341,4 +345,71 @@ fn split_index(s: &str) -> Option<(usize, &str)> {
         None => (s, ""),
     };
     Some((digits.parse().ok()?, rest))
+}
+
+/// PEFT adapter metadata (`__metadata__["lora_adapter_metadata"]`, as diffusers'
+/// `save_lora_weights` writes it): per component prefix, `lora_alpha`, `alpha_pattern`,
+/// `use_rslora`.
+#[derive(Debug, Default)]
+pub struct PeftAlphas(serde_json::Map<String, serde_json::Value>);
+
+impl PeftAlphas {
+    /// Parses the metadata JSON (`None`: no metadata, alpha = rank everywhere).
+    ///
+    /// # Errors
+    /// [`DiffusionError::InvalidLora`] for metadata that is not a JSON object, or DoRA.
+    pub fn from_metadata(json: Option<&String>, path: &Path) -> Result<Self> {
+        let Some(json) = json else {
+            return Ok(Self::default());
+        };
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+            invalid_lora(
+                path,
+                "__metadata__.lora_adapter_metadata",
+                format!("not JSON: {e}"),
+            )
+        })?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(invalid_lora(
+                path,
+                "__metadata__.lora_adapter_metadata",
+                "not a JSON object",
+            ));
+        };
+        for (k, v) in &map {
+            if k.ends_with(".use_dora") && v.as_bool() == Some(true) {
+                return Err(invalid_lora(path, k, "DoRA LoRAs are not supported"));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    /// (alpha, use_rslora) of `module` (dotted path), as diffusers/PEFT read them: an
+    /// `alpha_pattern` key equal to the path or ending it after a `.` wins over `lora_alpha`;
+    /// without metadata alpha = rank.
+    pub fn alpha(&self, component: LoraComponent, module: &str, rank: usize) -> (f64, bool) {
+        let get = |field: &str| self.0.get(&format!("{}.{field}", component.dir_name()));
+        let rslora = get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false);
+        let flat = module.strip_prefix("text_model.").unwrap_or(module);
+        let pattern = get("alpha_pattern")
+            .and_then(|p| p.as_object())
+            .and_then(|p| {
+                p.iter().find_map(|(k, v)| {
+                    let hit = [module, flat]
+                        .iter()
+                        .any(|m| *m == k || m.ends_with(&format!(".{k}")));
+                    hit.then(|| v.as_f64()).flatten()
+                })
+            });
+        let alpha = pattern.or_else(|| get("lora_alpha").and_then(|v| v.as_f64()));
+        (alpha.unwrap_or(rank as f64), rslora)
+    }
+}
+
+fn invalid_lora(path: &Path, key: &str, reason: impl Into<String>) -> DiffusionError {
+    DiffusionError::InvalidLora {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        reason: reason.into(),
+    }
 }
