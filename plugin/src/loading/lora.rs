@@ -18,6 +18,16 @@
 //! such problem, then hands each component's [`LoraDelta`]s to
 //! [`crate::loading::weights::CheckedWeights`], which adds them to a tensor as the model asks for
 //! it (one tensor at a time: no second copy of the model in memory).
+//!
+//! Where LoRAs are named: [`crate::LoadOptions::loras`], `texgen generate|bake --lora
+//! FILE[:SCALE]`, a bake manifest's `loras: [("file", 0.8)]`, `DiffusionSettings::loras`.
+//! Changing them means loading the model again; the model identity (cache keys, bake sidecars)
+//! includes each LoRA file's content hash and scale. Requests (`*.texgen.ron`,
+//! `GenerationRequest`) do not pick LoRAs: with merged weights every LoRA combination is a
+//! separate copy of the UNet and text encoder (SD 1.5 in f32: about 3.9 GB each), and unmerged
+//! runtime adapters (`x W + s·(x·down)·up` per layer, PEFT's `set_adapters`) would have to live
+//! inside every Linear/Conv of the model code. Several styles for one game are therefore several
+//! models (one [`crate::StableDiffusion`] each) or one baked set of textures per style.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
