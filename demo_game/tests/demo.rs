@@ -70,7 +70,9 @@ impl Generator for Recorder {
                 image::Rgba([255, 255, 255, 255])
             }
         });
-        Ok(bevy_diffusion::postprocess::finish(image, request))
+        Ok(bevy_diffusion::pipeline::postprocess::finish(
+            image, request,
+        ))
     }
 }
 

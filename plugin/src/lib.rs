@@ -41,17 +41,19 @@
 //! ```
 //!
 //! The crate is a bevy-free core with a thin Bevy layer on top ([`bevy_plugin`], feature `bevy`,
-//! on by default). A prompt becomes pixels in [`pipeline`]: tokenize ([`tokenizer`]) -> encode
+//! on by default). A prompt becomes pixels in [`pipeline`]: tokenize ([`models::tokenizer`]) -> encode
 //! ([`models::clip_text_model`]) -> denoise with the UNet ([`models::unet_2d_condition`]) under a
 //! [`schedulers`] loop -> decode with the VAE ([`models::autoencoder_kl`]) -> RGBA8
-//! ([`postprocess`]). [`worker`] runs requests on a background thread with a queue, quotas and
-//! a [`cache`]; [`player`] fills per-player prompts and seeds.
+//! ([`pipeline::postprocess`]). [`runtime::worker`] runs requests in the background with a queue,
+//! quotas and a [`runtime::cache`]; [`request::player`] fills per-player prompts and seeds.
+//! [`loading`] reads model folders (and, with the opt-in `hf-hub` feature, [`loading::hub`]
+//! fetches `owner/name` ids).
+//!
+//! Editor-time tooling, also bevy-free: [`tools::bake`] (`texgen bake`: manifests of named
+//! requests baked to PNGs + sidecars, only what changed) and [`tools::inspect`] (`texgen inspect`:
+//! every problem of a model folder).
 //!
 //! Without Bevy:
-//!
-//! Editor-time tooling, also bevy-free: [`bake`] (`texgen bake`: manifests of named requests baked
-//! to PNGs + sidecars, only what changed), [`inspect`] (`texgen inspect`: every problem of a model
-//! folder) and [`hub`] (`--model owner/name` with the opt-in `hf-hub` feature).
 //!
 //! ```no_run
 //! use bevy_diffusion::{GenerationRequest, StableDiffusion, LoadOptions};
@@ -62,44 +64,30 @@
 //! # Ok::<(), bevy_diffusion::DiffusionError>(())
 //! ```
 
-pub mod bake;
+// Layers, each importing only from those above it in this list:
+// leaves (error, noise, tiling) -> schedulers, models -> request -> loading -> pipeline -> runtime
+// -> tools and bevy_plugin.
+pub mod error;
+pub mod noise;
+pub mod tiling;
+
+pub mod models;
+pub mod schedulers;
+
+pub mod request;
+
+pub mod loading;
+
+pub mod pipeline;
+
+pub mod runtime;
+
 #[cfg(feature = "bevy")]
 pub mod bevy_plugin;
-pub mod cache;
-pub mod embedded;
-pub mod error;
-pub mod generator;
-pub mod hub;
-pub mod inspect;
-/// TEMPORARY shim until the restructure lands on main (then these live in loading/mod.rs).
-pub mod loading {
-    pub mod lora;
-    pub mod lora_merge;
-    pub mod lora_names;
-    pub use crate::model_folder as folder;
-    pub use crate::weights;
-}
-/// TEMPORARY shim (see `loading`).
-pub mod tools {
-    pub use crate::bake;
-}
-pub mod model;
-pub mod model_folder;
-pub mod models;
-pub mod noise;
-pub mod pipeline;
-pub mod player;
-pub mod postprocess;
-pub mod preview;
-pub mod request;
-pub mod schedulers;
-pub mod tiling;
-pub mod tokenizer;
-pub mod weights;
-pub mod worker;
+pub mod tools;
 
 pub use error::{DiffusionError, Result};
-pub use model::{LoadOptions, StableDiffusion};
+pub use pipeline::model::{LoadOptions, StableDiffusion};
 pub use request::GenerationRequest;
 pub use schedulers::SchedulerKind;
 pub use tiling::Tiling;
@@ -110,6 +98,6 @@ pub use bevy_plugin::{
     GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress,
     GenerationStarted, ModelLoadFailed, ModelReady, ModelSource, Submitted,
 };
-pub use player::{PlayerProfile, PromptTemplate, derive_seed};
 pub use request::AssetKind;
-pub use worker::{Generator, RequestId, SubmitError};
+pub use request::player::{PlayerProfile, PromptTemplate, derive_seed};
+pub use runtime::worker::{Generator, RequestId, SubmitError};

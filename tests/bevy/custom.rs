@@ -85,7 +85,9 @@ impl Generator for Disc {
                 image::Rgba([255, 255, 255, 255])
             }
         });
-        Ok(bevy_diffusion::postprocess::finish(image, request))
+        Ok(bevy_diffusion::pipeline::postprocess::finish(
+            image, request,
+        ))
     }
 
     fn preview(&self, step: &DenoisingStep) -> Option<RgbaImage> {

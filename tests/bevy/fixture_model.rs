@@ -5,7 +5,7 @@ use bevy::prelude::*;
 use bevy_diffusion::request::InitImage;
 use bevy_diffusion::{
     DiffusionPlugin, DiffusionStatus, GenerationRequest, LoadOptions, StableDiffusion, Tiling,
-    pipeline, postprocess,
+    pipeline, pipeline::postprocess,
 };
 use bevy_diffusion_tests::tiny_sd_model;
 

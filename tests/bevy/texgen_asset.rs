@@ -4,7 +4,8 @@
 use bevy::asset::LoadState;
 use bevy::prelude::*;
 use bevy_diffusion::{
-    DiffusionPlugin, DiffusionSet, LoadOptions, StableDiffusion, bake, pipeline, postprocess,
+    DiffusionPlugin, DiffusionSet, LoadOptions, StableDiffusion, pipeline, pipeline::postprocess,
+    request::ron,
 };
 use bevy_diffusion_tests::tiny_sd_model;
 
@@ -73,7 +74,7 @@ fn a_prompt_file_loads_as_an_image_that_fills_in_with_the_generated_pixels() {
         .world()
         .resource::<AssetServer>()
         .load("wall.texgen.ron");
-    let request = bake::parse_request_ron(WALL, "wall.texgen.ron".as_ref()).unwrap();
+    let request = ron::parse_request_ron(WALL, "wall.texgen.ron".as_ref()).unwrap();
     let model = StableDiffusion::load(&tiny_sd_model(), &LoadOptions::default()).unwrap();
     let core = pipeline::generate(&model, &request, &mut pipeline::NoHooks).unwrap();
     let expected = postprocess::finish(core.image, &request);
@@ -140,7 +141,7 @@ fn a_relative_init_image_is_read_beside_the_prompt_file_not_from_the_working_fol
         .world()
         .resource::<AssetServer>()
         .load("walls/rock.texgen.ron");
-    let mut request = bake::parse_request_ron(ROCK, "rock.texgen.ron".as_ref()).unwrap();
+    let mut request = ron::parse_request_ron(ROCK, "rock.texgen.ron".as_ref()).unwrap();
     request.init_image = Some(bevy_diffusion::request::InitImage::Rgba {
         width: 64,
         height: 64,

@@ -6,14 +6,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bevy_diffusion::bake::{
+use bevy_diffusion::loading::folder::{FolderOptions, ModelFamily, ModelFolder};
+use bevy_diffusion::loading::hub::{self, LocalRepo};
+use bevy_diffusion::pipeline::{self, NoHooks};
+use bevy_diffusion::request::ron;
+use bevy_diffusion::runtime::cache::CacheKey;
+use bevy_diffusion::tools::bake::{
     self, BakeEvent, BakeManifest, BakeOptions, BakeReport, ItemOutcome, Sidecar,
 };
-use bevy_diffusion::cache::CacheKey;
-use bevy_diffusion::hub::{self, LocalRepo};
-use bevy_diffusion::inspect::{InspectOptions, inspect};
-use bevy_diffusion::model_folder::{FolderOptions, ModelFamily, ModelFolder};
-use bevy_diffusion::pipeline::{self, NoHooks};
+use bevy_diffusion::tools::inspect::{InspectOptions, inspect};
 use bevy_diffusion::{DiffusionError, GenerationRequest, LoadOptions, StableDiffusion};
 use bevy_diffusion_tests::tiny_sd_model;
 
@@ -121,7 +122,8 @@ fn bake_writes_what_the_core_generates_and_a_rerun_skips_everything() {
     assert_eq!(report.model_identity, identity);
     for item in &manifest.items {
         let generated = pipeline::generate(&model, &item.request, &mut NoHooks).unwrap();
-        let expected = bevy_diffusion::postprocess::finish(generated.image, &item.request);
+        let expected =
+            bevy_diffusion::pipeline::postprocess::finish(generated.image, &item.request);
         let png_path = out.join(format!("{}.png", item.name));
         let png = image::open(&png_path).unwrap().to_rgba8();
         assert_eq!(png.dimensions(), expected.dimensions(), "{}", item.name);
@@ -132,7 +134,7 @@ fn bake_writes_what_the_core_generates_and_a_rerun_skips_everything() {
         );
         assert_eq!(
             std::fs::read(&png_path).unwrap(),
-            bake::encode_png(&expected).unwrap(),
+            bevy_diffusion::runtime::atomic_file::encode_png(&expected).unwrap(),
             "{}: PNG bytes",
             item.name
         );
@@ -305,7 +307,7 @@ fn a_malformed_manifest_names_the_line_and_field() {
     assert!(e.line >= 2, "{e}");
 
     // A single request reads the same way, as a `*.texgen.ron` asset would.
-    let r = bake::parse_request_ron(
+    let r = ron::parse_request_ron(
         "(prompt: \"mossy wall\", seed: 3, tiling: XY)",
         Path::new("wall.texgen.ron"),
     )
@@ -317,8 +319,7 @@ fn a_malformed_manifest_names_the_line_and_field() {
             ..GenerationRequest::texture("mossy wall")
         }
     );
-    let e =
-        bake::parse_request_ron("(\n  width: -8,\n)", Path::new("wall.texgen.ron")).unwrap_err();
+    let e = ron::parse_request_ron("(\n  width: -8,\n)", Path::new("wall.texgen.ron")).unwrap_err();
     assert_eq!((e.line, e.field.as_deref()), (2, Some("width")), "{e}");
 }
 
@@ -395,7 +396,7 @@ fn inspect_describes_the_fixture() {
 
     // The repository's own default model is recognised as the embedded one; a marked copy too.
     let default = inspect(
-        &bevy_diffusion::embedded::bundled_model_dir(),
+        &bevy_diffusion::loading::embedded::bundled_model_dir(),
         &InspectOptions::default(),
     );
     assert_eq!(default.family_label(), "embedded (SD1.x architecture)");
@@ -406,7 +407,7 @@ fn inspect_describes_the_fixture() {
             .is_none()
     );
     edit_json(&copy.join("model_index.json"), |j| {
-        j[bevy_diffusion::embedded::EMBEDDED_MARKER] = true.into()
+        j[bevy_diffusion::loading::embedded::EMBEDDED_MARKER] = true.into()
     });
     let marked = inspect(&copy, &InspectOptions::default());
     assert_eq!(marked.family_label(), "embedded (SD1.x architecture)");

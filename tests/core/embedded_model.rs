@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use bevy_diffusion::{GenerationRequest, LoadOptions, StableDiffusion, pipeline, postprocess};
+use bevy_diffusion::{
+    GenerationRequest, LoadOptions, StableDiffusion, pipeline, pipeline::postprocess,
+};
 use image::RgbaImage;
 
 fn model_dir() -> PathBuf {

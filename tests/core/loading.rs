@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use bevy_diffusion::model_folder::{self, FolderOptions, ModelFamily, ModelFolder};
-use bevy_diffusion::tokenizer::PromptTokenizer;
-use bevy_diffusion::weights::{self, CheckedWeights, VarBuilder, WeightFiles};
+use bevy_diffusion::loading::folder::{self, FolderOptions, ModelFamily, ModelFolder};
+use bevy_diffusion::loading::weights::{self, CheckedWeights, VarBuilder, WeightFiles};
+use bevy_diffusion::models::tokenizer::PromptTokenizer;
 use bevy_diffusion::{DiffusionError, LoadOptions, StableDiffusion};
 use bevy_diffusion_tests::{tiny_sd_dir, tiny_sd_model};
 use candle_core::{DType, Device, Tensor};
@@ -300,7 +300,7 @@ fn tokenizer_missing_or_broken_files_are_typed_errors() {
 
 #[test]
 fn fixture_folder_validates_as_sd1_with_a_stable_identity() {
-    let report = model_folder::validate(&tiny_sd_model(), &FolderOptions::default());
+    let report = folder::validate(&tiny_sd_model(), &FolderOptions::default());
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(
         report.class_name.as_deref(),
@@ -547,7 +547,7 @@ fn validate_lists_every_problem() {
     std::fs::write(dir.join("text_encoder/pytorch_model.bin"), b"pickle").unwrap();
     std::fs::remove_file(dir.join("scheduler/scheduler_config.json")).unwrap();
 
-    let report = model_folder::validate(&dir, &FolderOptions::default());
+    let report = folder::validate(&dir, &FolderOptions::default());
     assert!(report.folder.is_none());
     let p = &report.problems;
     assert_eq!(p.len(), 4, "{p:#?}");
@@ -563,7 +563,7 @@ fn validate_lists_every_problem() {
     );
 
     // The size cap.
-    let report = model_folder::validate(
+    let report = folder::validate(
         &tiny_sd_model(),
         &FolderOptions {
             max_file_bytes: 1_000_000,
@@ -582,7 +582,7 @@ fn validate_lists_every_problem() {
     edit_json(&dir.join("unet/config.json"), |j| {
         j["cross_attention_dim"] = 64.into()
     });
-    let report = model_folder::validate(&dir, &FolderOptions::default());
+    let report = folder::validate(&dir, &FolderOptions::default());
     assert!(
         matches!(report.problems.as_slice(), [DiffusionError::InvalidConfig { field, .. }] if field == "cross_attention_dim"),
         "{:?}",
@@ -863,7 +863,7 @@ fn checked_backend_reads_sharded_checkpoints() {
             j["weight_map"]["lin.extra"] = "../../escape.safetensors".into();
         },
     );
-    let report = model_folder::validate(&model, &FolderOptions::default());
+    let report = folder::validate(&model, &FolderOptions::default());
     assert!(report.problems.iter().any(|p| matches!(p, DiffusionError::MissingFile { path, .. } if path.ends_with("diffusion_pytorch_model-00009-of-00009.safetensors"))), "{:?}", report.problems);
     assert!(report.problems.iter().any(|p| matches!(p, DiffusionError::BadSafetensors { reason, .. } if reason.contains("escape"))), "{:?}", report.problems);
 }
@@ -937,7 +937,7 @@ fn tokenizer_larger_than_the_text_encoder_vocab_is_invalid_config() {
     edit_json(&dir.join("text_encoder/config.json"), |j| {
         j["vocab_size"] = 500.into()
     });
-    let report = model_folder::validate(&dir, &FolderOptions::default());
+    let report = folder::validate(&dir, &FolderOptions::default());
     match report.problems.as_slice() {
         [e @ DiffusionError::InvalidConfig { path, field, .. }] => {
             assert!(path.ends_with("text_encoder/config.json"));

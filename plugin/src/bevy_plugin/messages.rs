@@ -12,7 +12,7 @@ use bevy::ecs::message::Message;
 use bevy::ecs::resource::Resource;
 use bevy::image::Image;
 
-use crate::worker::RequestId;
+use crate::runtime::worker::RequestId;
 
 /// Where the model is: loading in the background, ready, or failed (the game goes on; requests
 /// then fail with the reason).

@@ -41,7 +41,7 @@ pub use settings::{
 };
 pub use texgen_asset::{TexgenAssets, TexgenLoadError, TexgenLoader, submit_texgen_assets};
 
-use crate::worker::Generator;
+use crate::runtime::worker::Generator;
 
 /// The plugin's systems, for ordering your own against them (see the [module docs](self)).
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]

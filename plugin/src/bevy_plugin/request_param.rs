@@ -9,7 +9,7 @@ use super::images::placeholder;
 use super::messages::DiffusionStatus;
 use super::runtime::DiffusionRuntime;
 use crate::request::GenerationRequest;
-use crate::worker::{RequestId, SubmitError};
+use crate::runtime::worker::{RequestId, SubmitError};
 
 /// A submitted request: its id (for messages and cancel) and the image its pixels go to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,11 +11,11 @@ use bevy::image::Image;
 use image::RgbaImage;
 
 use super::settings::{BoxedGenerator, DiffusionSettings, ModelSource};
-use crate::generator::SdGenerator;
-use crate::model::{LoadOptions, StableDiffusion};
+use crate::pipeline::model::{LoadOptions, StableDiffusion};
 use crate::pipeline::{DenoisingStep, GenerationHooks};
 use crate::request::{AssetKind, GenerationRequest};
-use crate::worker::{GenerationWorker, Generator, RequestId, SubmitError};
+use crate::runtime::generator::SdGenerator;
+use crate::runtime::worker::{GenerationWorker, Generator, RequestId, SubmitError};
 
 /// A request in flight: where its pixels go.
 #[derive(Debug, Clone)]
@@ -182,7 +182,7 @@ fn loader(
             Ok(Box::new(SdGenerator::new(model)))
         };
         let generator = match &model {
-            ModelSource::Embedded => load_folder(&crate::embedded::default_model_dir())?,
+            ModelSource::Embedded => load_folder(&crate::loading::embedded::default_model_dir())?,
             ModelSource::Folder(dir) => load_folder(dir)?,
             ModelSource::Custom(loader) => loader.load()?,
         };

@@ -4,12 +4,12 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::worker::{Generator, WorkerConfig};
+use crate::runtime::worker::{Generator, WorkerConfig};
 
 /// Where the model comes from.
 #[derive(Clone, Default)]
 pub enum ModelSource {
-    /// The model shipped with the project ([`crate::embedded::default_model_dir`]; the
+    /// The model shipped with the project ([`crate::loading::embedded::default_model_dir`]; the
     /// `BEVY_DIFFUSION_DEFAULT_MODEL` environment variable overrides it).
     #[default]
     Embedded,

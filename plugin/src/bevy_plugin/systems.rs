@@ -13,7 +13,7 @@ use super::images::to_bevy_image;
 use super::messages::*;
 use super::runtime::DiffusionRuntime;
 use crate::request::AssetKind;
-use crate::worker::{RequestId, WorkerEvent};
+use crate::runtime::worker::{RequestId, WorkerEvent};
 
 /// Starts the worker thread, which begins loading the model in the background.
 pub(crate) fn start_worker(mut runtime: ResMut<DiffusionRuntime>) {

@@ -2,7 +2,7 @@
 //! fills in when the request in the file has been generated.
 //!
 //! A `*.texgen.ron` file holds one [`GenerationRequest`] in RON, the format of a `texgen bake`
-//! manifest item (see [`crate::bake::parse_request_ron`]), e.g.
+//! manifest item (see [`crate::request::ron::parse_request_ron`]), e.g.
 //!
 //! ```ron
 //! (prompt: "mossy cobblestone", seed: 7, tiling: xy, num_inference_steps: 12)
@@ -29,9 +29,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::images::placeholder;
 use super::runtime::DiffusionRuntime;
-use crate::bake::{RonError, parse_request_ron};
+use crate::request::ron::{RonError, parse_request_ron};
 use crate::request::{GenerationRequest, InitImage};
-use crate::worker::{RequestId, SubmitError};
+use crate::runtime::worker::{RequestId, SubmitError};
 
 /// Why a `*.texgen.ron` file could not be loaded.
 #[derive(Debug, thiserror::Error)]

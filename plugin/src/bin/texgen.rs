@@ -3,12 +3,12 @@
 //! - `texgen generate --prompt "mossy cobblestone" --out wall.png` runs one request on the
 //!   embedded default model (or `--model DIR`, any diffusers-layout SD folder).
 //! - `texgen bake textures.ron --out assets/textures` bakes a manifest of named requests,
-//!   regenerating only what changed ([`bevy_diffusion::bake`]).
+//!   regenerating only what changed ([`bevy_diffusion::tools::bake`]).
 //! - `texgen inspect DIR` describes a model folder and lists every problem with it
-//!   ([`bevy_diffusion::inspect`]).
+//!   ([`bevy_diffusion::tools::inspect`]).
 //!
 //! With the `hf-hub` feature, `--model` also takes a Hugging Face repo id
-//! ([`bevy_diffusion::hub`]). Errors end the process with a non-zero exit code and one line on
+//! ([`bevy_diffusion::loading::hub`]). Errors end the process with a non-zero exit code and one line on
 //! stderr.
 
 use std::path::{Path, PathBuf};
@@ -16,15 +16,15 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use bevy_diffusion::bake::{BakeEvent, BakeManifest, BakeOptions, ItemOutcome, ItemState};
-use bevy_diffusion::hub::{HubOptions, resolve_model};
-use bevy_diffusion::inspect::{InspectOptions, inspect};
+use bevy_diffusion::loading::hub::{HubOptions, resolve_model};
 use bevy_diffusion::loading::lora::{LoraSpec, check_lora};
 use bevy_diffusion::loading::lora_names::LoraComponent;
 use bevy_diffusion::noise::SeededNoise;
 use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks};
 use bevy_diffusion::request::{AssetKind, InitImage, PixelArt};
 use bevy_diffusion::schedulers::TimestepSpacing;
+use bevy_diffusion::tools::bake::{BakeEvent, BakeManifest, BakeOptions, ItemOutcome, ItemState};
+use bevy_diffusion::tools::inspect::{InspectOptions, inspect};
 use bevy_diffusion::{GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling};
 use clap::{Args, Parser, Subcommand};
 
@@ -79,7 +79,7 @@ impl ModelArgs {
         let (spec, base) = match (&self.model, fallback) {
             (Some(m), _) => (m.as_str(), Path::new(".")),
             (None, Some((m, base))) => (m, base),
-            (None, None) => return Ok(bevy_diffusion::embedded::default_model_dir()),
+            (None, None) => return Ok(bevy_diffusion::loading::embedded::default_model_dir()),
         };
         let dir = resolve_model(spec, base, &self.hub())?;
         Ok(dir.strip_prefix("./").map(Path::to_path_buf).unwrap_or(dir))
@@ -115,7 +115,7 @@ struct InspectArgs {
     /// The model folder (with the `hf-hub` feature also a repo id).
     dir: String,
     /// Report weight files larger than this many bytes as a problem.
-    #[arg(long, default_value_t = bevy_diffusion::model_folder::DEFAULT_MAX_FILE_BYTES)]
+    #[arg(long, default_value_t = bevy_diffusion::loading::folder::DEFAULT_MAX_FILE_BYTES)]
     max_file_bytes: u64,
     /// Describe the fp16 weight variants when both exist.
     #[arg(long)]
@@ -316,7 +316,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if out.prompt_truncated {
         eprintln!("note: the prompt was longer than 77 tokens and was truncated");
     }
-    let image = bevy_diffusion::postprocess::finish(out.image, &request);
+    let image = bevy_diffusion::pipeline::postprocess::finish(out.image, &request);
     write_png(&image, &args.out)?;
     eprintln!(
         "wrote {} ({}x{}, seed {}) in {:.2} s",
@@ -372,7 +372,7 @@ fn read_noise_file(path: &std::path::Path) -> Result<ExplicitNoise> {
 
 /// Writes a PNG atomically: to a temporary file beside `path`, then renamed over it.
 fn write_png(image: &image::RgbaImage, path: &std::path::Path) -> Result<()> {
-    bevy_diffusion::cache::write_png_atomic(image, path)
+    bevy_diffusion::runtime::cache::write_png_atomic(image, path)
         .with_context(|| format!("--out {}", path.display()))
 }
 
@@ -459,7 +459,7 @@ fn bake(args: BakeArgs) -> Result<()> {
             status(&bar, line);
         }
     };
-    let result = bevy_diffusion::bake::bake(&manifest, &options, &mut on_event);
+    let result = bevy_diffusion::tools::bake::bake(&manifest, &options, &mut on_event);
     bar.finish_and_clear();
     let report = result?;
     eprintln!("{}", report.summary());

@@ -6,7 +6,7 @@
 //!
 //! - [`plan_fetch`] (pure): given a repo's file list, which files to fetch: `model_index.json`,
 //!   each component's `config.json` and safetensors weights (chosen in the same order as
-//!   [`crate::model_folder`] looks for them: full precision first, `fp16` when it is the only one
+//!   [`crate::loading::folder`] looks for them: full precision first, `fp16` when it is the only one
 //!   or preferred; never `.bin`/`.ckpt`/`.pt`/`.pth`), the tokenizer files and the scheduler
 //!   config. [`shards_in_index`] (pure) expands a sharded checkpoint's index.
 //! - [`RepoSource`]: list a repo's files and fetch one to a local path. [`LocalRepo`] serves a
@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model_folder::{ComponentKind, PICKLE_EXTENSIONS, SUPPORTED_PIPELINES};
+use crate::loading::folder::{ComponentKind, PICKLE_EXTENSIONS, SUPPORTED_PIPELINES};
 
 /// Why a model could not be resolved or downloaded.
 #[derive(Debug, thiserror::Error)]
@@ -713,7 +713,7 @@ mod tests {
         std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
         std::fs::write(repo_dir.join("refs/main"), "0123abcd").unwrap();
         let snapshot = repo_dir.join("snapshots/0123abcd");
-        let model = crate::embedded::bundled_model_dir();
+        let model = crate::loading::embedded::bundled_model_dir();
         let mut files = Vec::new();
         walk(&model, &model, &mut files).unwrap();
         for f in &files {
@@ -729,7 +729,7 @@ mod tests {
         let repo = HfHubRepo::new("tests/tiny-sd", &options).unwrap();
         let local = download(&repo, false, &mut |_| {}).unwrap();
         assert_eq!(local, snapshot);
-        assert!(crate::model_folder::ModelFolder::open(&local, &Default::default()).is_ok());
+        assert!(crate::loading::folder::ModelFolder::open(&local, &Default::default()).is_ok());
         // Not cached: the fetch error names the repo.
         let missing = HfHubRepo::new("tests/absent", &options).unwrap();
         let e = download(&missing, false, &mut |_| {})

@@ -18,7 +18,7 @@
 //!    [`CheckedWeights::build`] returns it when model construction fails.
 //!
 //! Pickled checkpoints (`.bin`, `.ckpt`, `.pt`, `.pth`) are never opened here: see
-//! [`crate::model_folder`], which refuses them with [`DiffusionError::PickleWeights`].
+//! [`crate::loading::folder`], which refuses them with [`DiffusionError::PickleWeights`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;

@@ -2,8 +2,8 @@
 //!
 //! [`inspect`] runs, in order:
 //!
-//! 1. [`model_folder::validate`]: the static checks that also run before every load
-//!    ([`crate::StableDiffusion::load`] starts with [`crate::model_folder::ModelFolder::open`],
+//! 1. [`folder::validate`]: the static checks that also run before every load
+//!    ([`crate::StableDiffusion::load`] starts with [`crate::loading::folder::ModelFolder::open`],
 //!    which is the same walk stopping at its first problem): layout, pipeline class (SDXL & co.
 //!    refused by name), missing files, pickled weights, size cap, safetensors headers whose byte
 //!    ranges lie or run past the end of the file, sharded indexes, the tokenizer, the
@@ -30,13 +30,13 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
 use crate::error::DiffusionError;
-use crate::model_folder::{self, ComponentKind, FolderOptions, ModelFamily};
+use crate::loading::folder::{self, ComponentKind, FolderOptions, ModelFamily};
+use crate::loading::weights::{VarBuilder, WeightFiles};
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
+use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::schedulers::SchedulerConfig;
-use crate::tokenizer::PromptTokenizer;
-use crate::weights::{VarBuilder, WeightFiles};
 
 /// How to inspect.
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ pub struct InspectOptions {
 impl Default for InspectOptions {
     fn default() -> Self {
         Self {
-            max_file_bytes: model_folder::DEFAULT_MAX_FILE_BYTES,
+            max_file_bytes: folder::DEFAULT_MAX_FILE_BYTES,
             prefer_fp16_variant: false,
             full_load: false,
         }
@@ -125,9 +125,9 @@ pub struct InspectReport {
     /// The family name of a pipeline we recognise and refuse (`SDXL`, `SD3`, ...).
     pub refused: Option<String>,
     /// Why this is the project's embedded model, if it is (`assets/models/default`, or the
-    /// [`crate::embedded::EMBEDDED_MARKER`] in model_index.json).
+    /// [`crate::loading::embedded::EMBEDDED_MARKER`] in model_index.json).
     pub embedded: Option<String>,
-    /// The model identity ([`crate::model_folder::ModelFolder::identity`]) when the folder is valid.
+    /// The model identity ([`crate::loading::folder::ModelFolder::identity`]) when the folder is valid.
     pub identity: Option<String>,
     /// text_encoder, unet, vae.
     pub components: Vec<ComponentReport>,
@@ -191,15 +191,17 @@ fn read_json(path: &Path) -> Option<serde_json::Value> {
 /// Why `dir` is the project's embedded model, if it is.
 fn embedded_reason(dir: &Path) -> Option<String> {
     let marked = read_json(&dir.join("model_index.json"))
-        .and_then(|j| j.get(crate::embedded::EMBEDDED_MARKER).cloned())
+        .and_then(|j| j.get(crate::loading::embedded::EMBEDDED_MARKER).cloned())
         .is_some_and(|v| v == serde_json::Value::Bool(true));
     if marked {
         return Some(format!(
             "model_index.json has \"{}\": true",
-            crate::embedded::EMBEDDED_MARKER
+            crate::loading::embedded::EMBEDDED_MARKER
         ));
     }
-    let bundled = crate::embedded::bundled_model_dir().canonicalize().ok()?;
+    let bundled = crate::loading::embedded::bundled_model_dir()
+        .canonicalize()
+        .ok()?;
     (dir.canonicalize().ok()? == bundled).then(|| "the repository's assets/models/default".into())
 }
 
@@ -218,7 +220,7 @@ pub fn inspect(dir: &Path, options: &InspectOptions) -> InspectReport {
         prefer_fp16_variant: options.prefer_fp16_variant,
         max_file_bytes: options.max_file_bytes,
     };
-    let folder = model_folder::validate(dir, &folder_options);
+    let folder = folder::validate(dir, &folder_options);
     let refused = folder.problems.iter().find_map(|p| match p {
         DiffusionError::UnsupportedModel { family, .. } => Some(family.clone()),
         _ => None,
@@ -364,7 +366,7 @@ fn inspect_component(
         built: false,
     };
     // Problems with these files were reported by validate.
-    let Ok(weights) = model_folder::component_weights(&comp_dir, kind, options) else {
+    let Ok(weights) = folder::component_weights(&comp_dir, kind, options) else {
         return out;
     };
     out.weights = Some(weights.path.clone());
@@ -424,7 +426,7 @@ struct DryLog {
 }
 
 /// A var-builder backend answering from the safetensors headers: presence and shape are
-/// checked like [`crate::weights::CheckedWeights`] does, but every request gets a broadcast zero
+/// checked like [`crate::loading::weights::CheckedWeights`] does, but every request gets a broadcast zero
 /// of the shape the model expects (no data read), and a failure is recorded rather than returned
 /// so that construction goes on and every problem is found.
 struct DryBackend {

@@ -7,16 +7,16 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use crate::error::{DiffusionError, Result};
+use crate::loading::folder::{Component, FolderOptions, ModelFamily, ModelFolder};
 use crate::loading::lora::LoraSpec;
 use crate::loading::lora_merge::{LoraDelta, LoraSet};
 use crate::loading::lora_names::LoraComponent;
-use crate::model_folder::{Component, FolderOptions, ModelFamily, ModelFolder};
+use crate::loading::weights::CheckedWeights;
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
+use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::schedulers::SchedulerConfig;
-use crate::tokenizer::PromptTokenizer;
-use crate::weights::CheckedWeights;
 
 /// How to load a model folder.
 #[derive(Debug, Clone)]
@@ -203,9 +203,11 @@ impl StableDiffusion {
             text_encoder_config.max_position_embeddings,
         )?;
         let vocab_size = text_encoder_config.vocab_size as u64;
-        if let Some(e) =
-            crate::model_folder::vocab_mismatch(&tokenizer, vocab_size, &folder.text_encoder.config)
-        {
+        if let Some(e) = crate::loading::folder::vocab_mismatch(
+            &tokenizer,
+            vocab_size,
+            &folder.text_encoder.config,
+        ) {
             return Err(e);
         }
 

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use image::RgbaImage;
 
-use crate::cache::{CacheKey, ImageCache};
 use crate::error::DiffusionError;
 use crate::pipeline::{DenoisingStep, GenerationHooks};
 use crate::request::GenerationRequest;
+use crate::runtime::cache::{CacheKey, ImageCache};
 
 /// Identifies one submitted request for its whole life.
 pub type RequestId = u64;

@@ -13,9 +13,9 @@
 //! ```
 //!
 //! Each item is a [`GenerationRequest`] written in RON exactly as a single-request
-//! `*.texgen.ron` file would be ([`parse_request_ron`]): every field optional (defaults of
+//! `*.texgen.ron` file would be ([`parse_request_ron`](crate::request::ron::parse_request_ron)): every field optional (defaults of
 //! [`GenerationRequest::default`]), unknown fields refused, `Option` fields written bare or as
-//! `Some(...)` ([`ron_options`] enables `implicit_some`), enum values in the CLI spelling (`xy`,
+//! `Some(...)` ([`ron_options`](crate::request::ron::ron_options) enables `implicit_some`), enum values in the CLI spelling (`xy`,
 //! `sprite`, `r#euler-a`) or the Rust one (`XY`, `Sprite`, `EulerAncestral`).
 //!
 //! How a bake runs ([`bake`]):
@@ -27,488 +27,35 @@
 //!    item with a bad name or an invalid field is marked failed here, before any model work.
 //! 2. **Run**: the model is loaded lazily, on the first item that needs it: a rerun of an
 //!    unchanged manifest loads nothing. Each item is generated ([`crate::pipeline::generate`] +
-//!    [`crate::postprocess::finish`], the same bytes as everywhere else) and written atomically:
+//!    [`crate::pipeline::postprocess::finish`], the same bytes as everywhere else) and written atomically:
 //!    the PNG to a temporary file renamed over `NAME.png`, then the sidecar the same way. A bake
 //!    interrupted at any point (Ctrl-C) leaves no half-written PNG, and the next run redoes
 //!    exactly the items whose sidecar does not match.
 //! 3. **Report** ([`BakeReport`]): one [`ItemOutcome`] per item; a failed item never stops the
 //!    others.
 
-use std::fmt;
+mod manifest;
+mod plan;
+
+pub use manifest::*;
+pub use plan::*;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use image::RgbaImage;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::cache::CacheKey;
 use crate::error::DiffusionError;
-use crate::model::{LoadOptions, StableDiffusion};
-use crate::model_folder::{FolderOptions, ModelFolder};
+use crate::loading::folder::{FolderOptions, ModelFolder};
 use crate::models::autoencoder_kl::AutoencoderKLConfig;
+use crate::pipeline::model::{LoadOptions, StableDiffusion};
 use crate::pipeline::{self, DenoisingStep, GenerationHooks};
-use crate::request::{GenerationRequest, InitImage};
-
-/// The sidecar written next to each baked PNG: `NAME.texgen.json`. (JSON, not RON, so that a
-/// Bevy asset loader registered for `*.texgen.ron` requests never mistakes a sidecar for one.)
-pub const SIDECAR_SUFFIX: &str = ".texgen.json";
-
-/// The extension of a single-request RON file (read by [`parse_request_ron`]).
-pub const REQUEST_EXTENSION: &str = "texgen.ron";
-
-/// The longest item name accepted (it becomes a file name, plus `.texgen.json`).
-pub const MAX_NAME_LEN: usize = 100;
-
-// ---------------------------------------------------------------- RON
-
-/// A RON document that does not parse: where, in which field, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RonError {
-    /// The file (only named in the message).
-    pub path: PathBuf,
-    /// 1-based line of the error.
-    pub line: usize,
-    /// 1-based column of the error.
-    pub column: usize,
-    /// The dotted path of the field being read, e.g. `items.wall.width` (None at the top level).
-    pub field: Option<String>,
-    /// RON's (or the field type's) message, e.g. `Expected integer`.
-    pub message: String,
-}
-
-impl fmt::Display for RonError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.path.display(), self.line, self.column)?;
-        if let Some(field) = &self.field {
-            write!(f, "field `{field}`: ")?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for RonError {}
-
-/// The RON options every bevy_diffusion RON file is read with: `implicit_some` (an `Option`
-/// field may be written `seed: 3` as well as `Some(3)`). A Bevy asset loader for `*.texgen.ron`
-/// should read with these too (or simply call [`parse_request_ron`]).
-pub fn ron_options() -> ron::Options {
-    ron::Options::default().with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
-}
-
-/// Parses `text` as RON into `T`, naming the line, column and field of any error. `path` is
-/// only used in the error.
-pub fn parse_ron<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, RonError> {
-    let options = ron_options();
-    let error = |e: ron::error::SpannedError, field: Option<String>| RonError {
-        path: path.to_path_buf(),
-        line: e.position.line,
-        column: e.position.col,
-        field,
-        message: e.code.to_string(),
-    };
-    let mut de =
-        ron::Deserializer::from_str_with_options(text, &options).map_err(|e| error(e, None))?;
-    let value = match serde_path_to_error::deserialize::<_, T>(&mut de) {
-        Ok(v) => v,
-        Err(e) => {
-            // serde_path_to_error writes `?` for a segment it could not name (e.g. the key
-            // being read when the syntax broke): leave those out.
-            let segments: Vec<String> = e
-                .path()
-                .iter()
-                .filter(|s| !matches!(s, serde_path_to_error::Segment::Unknown))
-                .map(|s| s.to_string())
-                .collect();
-            let field = (!segments.is_empty()).then(|| segments.join("."));
-            let spanned = de.span_error(e.into_inner());
-            return Err(error(spanned, field));
-        }
-    };
-    de.end().map_err(|code| error(de.span_error(code), None))?;
-    Ok(value)
-}
-
-/// Parses one [`GenerationRequest`] written in RON (the format of `*.texgen.ron` files and of
-/// each item of a bake manifest), e.g. `(prompt: "mossy wall", seed: 3, tiling: xy)`. Missing
-/// fields take their defaults; unknown fields are refused.
-///
-/// # Errors
-/// [`RonError`] naming `path`, the line and column, and the field (e.g. `width`).
-pub fn parse_request_ron(text: &str, path: &Path) -> Result<GenerationRequest, RonError> {
-    parse_ron(text, path)
-}
-
-/// Writes `request` as pretty RON that [`parse_request_ron`] reads back to an equal request.
-pub fn request_to_ron(request: &GenerationRequest) -> String {
-    let pretty = ron::ser::PrettyConfig::default()
-        .struct_names(false)
-        .extensions(ron::extensions::Extensions::IMPLICIT_SOME);
-    ron::Options::default()
-        .to_string_pretty(request, pretty)
-        .unwrap_or_else(|e| format!("/* cannot serialise the request: {e} */"))
-}
-
-// ---------------------------------------------------------------- the manifest
-
-/// One named request of a manifest.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BakeItem {
-    /// The output file stem: `NAME.png`, `NAME.texgen.json` (see [`check_item_name`]).
-    pub name: String,
-    /// What to generate.
-    pub request: GenerationRequest,
-}
-
-/// A bake manifest: which model, and the items in the order they are written.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BakeManifest {
-    /// The model folder (relative to the manifest's folder) or, with the `hf-hub` feature, a
-    /// Hugging Face repo id; `None` = the default model. `texgen bake --model` overrides it.
-    #[serde(default)]
-    pub model: Option<String>,
-    /// LoRA files merged into the model, `[("loras/style.safetensors", 0.8), ...]` (path
-    /// relative to the manifest's folder, `lora_scale`); `texgen bake --lora` /
-    /// [`BakeOptions::load`]`.loras` replace the list. Default: none.
-    #[serde(default)]
-    pub loras: Vec<(String, f32)>,
-    /// The items, in manifest order; names are unique.
-    #[serde(deserialize_with = "ordered_items")]
-    pub items: Vec<BakeItem>,
-}
-
-fn ordered_items<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<BakeItem>, D::Error> {
-    struct ItemsVisitor;
-    impl<'de> Visitor<'de> for ItemsVisitor {
-        type Value = Vec<BakeItem>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a map of item names to requests, e.g. { \"wall\": (prompt: \"...\") }")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut items: Vec<BakeItem> = Vec::new();
-            while let Some(name) = map.next_key::<String>()? {
-                if items.iter().any(|i| i.name == name) {
-                    return Err(serde::de::Error::custom(format!(
-                        "item `{name}` appears twice"
-                    )));
-                }
-                let request = map.next_value::<GenerationRequest>()?;
-                items.push(BakeItem { name, request });
-            }
-            Ok(items)
-        }
-    }
-    d.deserialize_map(ItemsVisitor)
-}
-
-impl BakeManifest {
-    /// Parses a manifest; `path` is only named in errors.
-    ///
-    /// # Errors
-    /// [`RonError`] with the line, column and field (e.g. `items.wall.width`) of the first error.
-    /// The whole manifest is refused: a typo is fixed before any model work starts.
-    pub fn parse(text: &str, path: &Path) -> Result<Self, RonError> {
-        parse_ron(text, path)
-    }
-
-    /// Reads and parses the manifest file `path`.
-    pub fn load(path: &Path) -> Result<Self, BakeError> {
-        let text = std::fs::read_to_string(path).map_err(|error| BakeError::Io {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        Ok(Self::parse(&text, path)?)
-    }
-}
-
-/// Checks that `name` makes a portable file stem: 1 to [`MAX_NAME_LEN`] ASCII letters, digits,
-/// `_`, `-` and `.`, not starting with `.` or `-`, not ending with `.`, and not a Windows device
-/// name (`con`, `nul`, `com1`, ...).
-///
-/// # Errors
-/// Why not, as a sentence naming the offending character or rule.
-pub fn check_item_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("the name is empty".into());
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "the name is {} characters long; at most {MAX_NAME_LEN}",
-            name.len()
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-    {
-        return Err(format!(
-            "{c:?} is not allowed in a name (names become file names: use ASCII letters, digits, \
-             `_`, `-` and `.`)"
-        ));
-    }
-    if name.starts_with('.') || name.starts_with('-') {
-        return Err("a name must not start with `.` or `-`".into());
-    }
-    if name.ends_with('.') {
-        return Err("a name must not end with `.`".into());
-    }
-    let stem = name.split('.').next().unwrap_or(name).to_ascii_lowercase();
-    let reserved = matches!(stem.as_str(), "con" | "prn" | "aux" | "nul")
-        || ((stem.starts_with("com") || stem.starts_with("lpt"))
-            && stem.len() == 4
-            && stem.as_bytes()[3].is_ascii_digit());
-    if reserved {
-        return Err(format!(
-            "`{stem}` is a reserved device name on Windows and cannot be a file name"
-        ));
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------- sidecars and hashes
-
-/// What `NAME.texgen.json` records about a baked PNG.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sidecar {
-    /// The item name.
-    pub name: String,
-    /// [`content_hash`] of the request on the model: equal = the PNG is up to date.
-    pub content_hash: String,
-    /// The model's identity ([`ModelFolder::identity`]).
-    pub model_identity: String,
-    /// The model folder it was baked with (informational).
-    pub model_dir: PathBuf,
-    /// The seed of the noise stream (also in `request`).
-    pub seed: u64,
-    /// Size of the PNG in pixels.
-    pub width: u32,
-    /// Size of the PNG in pixels.
-    pub height: u32,
-    /// blake3 (hex) of the PNG file's bytes: a PNG replaced or edited since is rebaked.
-    pub png_blake3: String,
-    /// The version of bevy_diffusion that baked it.
-    pub bevy_diffusion_version: String,
-    /// The full request, defaults filled in, as written in the manifest.
-    pub request: GenerationRequest,
-}
-
-/// `<out_dir>/<name>.png`.
-pub fn png_path(out_dir: &Path, name: &str) -> PathBuf {
-    out_dir.join(format!("{name}.png"))
-}
-
-/// `<out_dir>/<name>.texgen.json`.
-pub fn sidecar_path(out_dir: &Path, name: &str) -> PathBuf {
-    out_dir.join(format!("{name}{SIDECAR_SUFFIX}"))
-}
-
-/// `request` with a relative init-image path made relative to `base_dir` (the manifest's folder).
-pub fn resolve_paths(request: &GenerationRequest, base_dir: &Path) -> GenerationRequest {
-    let mut resolved = request.clone();
-    if let Some(InitImage::Path(p)) = &mut resolved.init_image
-        && p.is_relative()
-    {
-        *p = base_dir.join(&*p);
-    }
-    resolved
-}
-
-/// The content hash (hex) a sidecar records: the [`CacheKey`] of `model_identity` and the
-/// request's pixel fields, exactly. An img2img request naming its init image by path also hashes
-/// the image file's bytes (resolved against `base_dir`), so that editing the image rebakes the
-/// item although the request text did not change.
-///
-/// # Errors
-/// [`DiffusionError::Image`] if the init image file cannot be read.
-pub fn content_hash(
-    model_identity: &str,
-    request: &GenerationRequest,
-    base_dir: &Path,
-) -> Result<String, DiffusionError> {
-    let key = CacheKey::new(model_identity, request);
-    let Some(InitImage::Path(p)) = &resolve_paths(request, base_dir).init_image else {
-        return Ok(key.hex());
-    };
-    let bytes = std::fs::read(p).map_err(|e| DiffusionError::Image {
-        path: p.clone(),
-        reason: e.to_string(),
-    })?;
-    let mut h = blake3::Hasher::new();
-    h.update(b"bevy_diffusion bake v1 init image\0");
-    h.update(&key.0);
-    h.update(blake3::hash(&bytes).as_bytes());
-    Ok(h.finalize().to_hex().to_string())
-}
-
-/// The temporary file `path` is written to before being renamed over it: `.<file name>.tmp-<pid>`
-/// in the same folder (hidden, and never mistaken for a PNG).
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.unwrap_or_default(),
-        std::process::id()
-    ))
-}
-
-/// Removes temporary files left by an interrupted write of `path` (any process id).
-fn remove_stale_temp_files(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
-    };
-    let prefix = format!(".{}.tmp-", name.to_string_lossy());
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed to disk,
-/// then renamed over `path`. A crash leaves the old file or the new one, never half of one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = temp_path(path);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Encodes `image` as PNG (the bytes `texgen bake` writes).
-pub fn encode_png(image: &RgbaImage) -> Result<Vec<u8>, image::ImageError> {
-    let mut bytes = Vec::new();
-    image.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )?;
-    Ok(bytes)
-}
-
-// ---------------------------------------------------------------- planning
-
-/// What a bake has to do for one item.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ItemState {
-    /// The PNG and sidecar match the request and model: nothing to do.
-    UpToDate,
-    /// To (re)generate, and why (`new`, `request or model changed`, `PNG missing`, ...).
-    Needed(String),
-    /// Cannot be baked (bad name, invalid field, unreadable init image): fails without model work.
-    Invalid(String),
-}
-
-/// One item of a [`plan`].
-#[derive(Debug, Clone)]
-pub struct PlannedItem {
-    /// The item as written.
-    pub item: BakeItem,
-    /// `<out>/<name>.png`.
-    pub png: PathBuf,
-    /// `<out>/<name>.texgen.json`.
-    pub sidecar: PathBuf,
-    /// [`content_hash`] on the planned model (None for invalid items).
-    pub content_hash: Option<String>,
-    /// What to do.
-    pub state: ItemState,
-}
-
-/// Decides, without loading the model, which items of `items` are up to date in `out_dir` for
-/// the model with `model_identity` (see the module docs). `vae_scale` is the model's pixels per
-/// latent (8 for SD), for checking sizes; `force` marks every valid item as needed.
-pub fn plan(
-    items: &[BakeItem],
-    base_dir: &Path,
-    out_dir: &Path,
-    model_identity: &str,
-    vae_scale: usize,
-    force: bool,
-) -> Vec<PlannedItem> {
-    let mut planned: Vec<PlannedItem> = Vec::with_capacity(items.len());
-    for item in items {
-        let name = &item.name;
-        let png = png_path(out_dir, name);
-        let sidecar = sidecar_path(out_dir, name);
-        let mut entry = PlannedItem {
-            item: item.clone(),
-            png,
-            sidecar,
-            content_hash: None,
-            state: ItemState::Needed("new".into()),
-        };
-        let clash = planned
-            .iter()
-            .find(|p| p.item.name.eq_ignore_ascii_case(name))
-            .map(|p| p.item.name.clone());
-        let valid = check_item_name(name)
-            .map_err(|reason| format!("invalid item name {name:?}: {reason}"))
-            .and_then(|()| match clash {
-                Some(other) => Err(format!(
-                    "item name {name:?} differs from {other:?} only in case; the files would \
-                     collide on case-insensitive file systems"
-                )),
-                None => Ok(()),
-            })
-            .and_then(|()| item.request.validate(vae_scale).map_err(|e| e.to_string()))
-            .and_then(|()| {
-                content_hash(model_identity, &item.request, base_dir).map_err(|e| e.to_string())
-            });
-        match valid {
-            Err(reason) => entry.state = ItemState::Invalid(reason),
-            Ok(hash) => {
-                entry.state = if force {
-                    ItemState::Needed("forced".into())
-                } else {
-                    up_to_date(&entry.png, &entry.sidecar, &hash)
-                };
-                entry.content_hash = Some(hash);
-            }
-        }
-        planned.push(entry);
-    }
-    planned
-}
-
-/// UpToDate, or Needed with the reason.
-fn up_to_date(png: &Path, sidecar: &Path, hash: &str) -> ItemState {
-    let needed = |why: &str| ItemState::Needed(why.to_string());
-    if !sidecar.is_file() {
-        return needed(if png.is_file() {
-            "no sidecar next to the PNG"
-        } else {
-            "new"
-        });
-    }
-    let Some(recorded) = std::fs::read_to_string(sidecar)
-        .ok()
-        .and_then(|t| serde_json::from_str::<Sidecar>(&t).ok())
-    else {
-        return needed("sidecar unreadable");
-    };
-    if recorded.content_hash != hash {
-        return needed("request or model changed");
-    }
-    match std::fs::read(png) {
-        Err(_) => needed("PNG missing"),
-        Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() != recorded.png_blake3 => {
-            needed("PNG differs from the one baked")
-        }
-        Ok(_) => ItemState::UpToDate,
-    }
-}
+use crate::request::ron::RonError;
+use crate::runtime::atomic_file::{encode_png, remove_stale_temp_files, write_atomic};
 
 // ---------------------------------------------------------------- running
 
@@ -517,7 +64,7 @@ fn up_to_date(png: &Path, sidecar: &Path, hash: &str) -> ItemState {
 pub struct BakeOptions {
     /// Where `NAME.png` and `NAME.texgen.json` go (created if missing).
     pub out_dir: PathBuf,
-    /// The model folder (already resolved: see [`crate::hub::resolve_model`]).
+    /// The model folder (already resolved: see [`crate::loading::hub::resolve_model`]).
     pub model_dir: PathBuf,
     /// Relative init-image paths are relative to this (the manifest's folder).
     pub base_dir: PathBuf,
@@ -800,7 +347,7 @@ fn bake_one(
     let request = &entry.item.request;
     let resolved = resolve_paths(request, &options.base_dir);
     let out = pipeline::generate(model, &resolved, hooks)?;
-    let image = crate::postprocess::finish(out.image, &resolved);
+    let image = crate::pipeline::postprocess::finish(out.image, &resolved);
     let png = encode_png(&image).map_err(|e| DiffusionError::Image {
         path: entry.png.clone(),
         reason: format!("cannot encode the PNG: {e}"),

@@ -10,18 +10,22 @@
 //!    noised to the first timestep.
 //! 5. [`denoise`]: the loop: UNet (twice batched for guidance), guidance, scheduler step, hooks
 //!    (progress, preview, cancel).
-//! 6. [`decode_latents`]: VAE decode and map to RGBA8 ([`crate::postprocess`]).
+//! 6. [`decode_latents`]: VAE decode and map to RGBA8 ([`crate::pipeline::postprocess`]).
 //!
 //! All randomness comes from the request's seed through [`crate::noise`], or from tensors the
 //! caller passes in [`ExplicitNoise`], so the same request gives the same bytes.
+
+pub mod model;
+pub mod postprocess;
+pub mod preview;
 
 use candle_core::{DType, Tensor};
 use image::RgbaImage;
 
 use crate::error::{DiffusionError, Result};
-use crate::model::StableDiffusion;
 use crate::noise::{NoiseSource, SeededNoise};
-use crate::postprocess::{rgba_to_tensor, tensor_to_rgba};
+use crate::pipeline::model::StableDiffusion;
+use crate::pipeline::postprocess::{rgba_to_tensor, tensor_to_rgba};
 use crate::request::{GenerationRequest, InitImage};
 use crate::schedulers::{Scheduler, build_scheduler};
 

@@ -1,15 +1,15 @@
 //! A loaded [`StableDiffusion`] as the worker's [`Generator`]: the full pipeline, the request's
-//! post-processing ([`crate::postprocess::finish`]) and fitted latent previews.
+//! post-processing ([`crate::pipeline::postprocess::finish`]) and fitted latent previews.
 
 use std::sync::OnceLock;
 
 use image::RgbaImage;
 
-use crate::model::StableDiffusion;
+use crate::pipeline::model::StableDiffusion;
+use crate::pipeline::preview::LatentPreviewer;
 use crate::pipeline::{self, DenoisingStep, GenerationHooks};
-use crate::preview::LatentPreviewer;
 use crate::request::GenerationRequest;
-use crate::worker::Generator;
+use crate::runtime::worker::Generator;
 
 /// [`StableDiffusion`] plus a lazily fitted [`LatentPreviewer`].
 pub struct SdGenerator {
@@ -58,7 +58,7 @@ impl Generator for SdGenerator {
         hooks: &mut dyn GenerationHooks,
     ) -> crate::Result<RgbaImage> {
         let out = pipeline::generate(&self.model, request, hooks)?;
-        Ok(crate::postprocess::finish(out.image, request))
+        Ok(crate::pipeline::postprocess::finish(out.image, request))
     }
 
     fn max_useful_threads(&self) -> Option<usize> {

@@ -3,14 +3,14 @@
 //! after a restart (and on every platform).
 //!
 //! ```
-//! use bevy_diffusion::player::{PlayerProfile, PromptTemplate};
+//! use bevy_diffusion::request::player::{PlayerProfile, PromptTemplate};
 //! let template = PromptTemplate::parse("{theme} stone wall, {{seamless}}")?;
 //! let ann = PlayerProfile::new("ann").with("theme", "mossy");
 //! let request = ann.texture_request(&template, "castle/wall")?;
 //! assert_eq!(request.prompt, "mossy stone wall, {seamless}");
 //! assert_eq!(request.player.as_deref(), Some("ann"));
-//! assert_eq!(request.seed, bevy_diffusion::player::derive_seed("ann", "castle/wall"));
-//! # Ok::<(), bevy_diffusion::player::TemplateError>(())
+//! assert_eq!(request.seed, bevy_diffusion::request::player::derive_seed("ann", "castle/wall"));
+//! # Ok::<(), bevy_diffusion::request::player::TemplateError>(())
 //! ```
 
 use std::collections::BTreeMap;

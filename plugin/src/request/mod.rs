@@ -1,6 +1,9 @@
 //! [`GenerationRequest`]: the one plain, serialisable description of a generation, in the spirit
 //! of stable-diffusion.cpp's `sd_img_gen_params_t` and diffusers' pipeline `__call__` arguments.
 
+pub mod player;
+pub mod ron;
+
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -31,7 +34,7 @@ pub enum AssetKind {
     #[serde(alias = "Texture")]
     Texture,
     /// An item sprite with real transparency: the model's alpha channel where it has one, else the
-    /// solid background colour is keyed out with soft edges ([`crate::postprocess::key_out_background`]).
+    /// solid background colour is keyed out with soft edges ([`crate::pipeline::postprocess::key_out_background`]).
     #[serde(alias = "Sprite")]
     Sprite,
 }

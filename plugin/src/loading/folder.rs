@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{DiffusionError, Result};
-use crate::weights::{SafetensorsHeader, WeightFiles, read_header};
+use crate::loading::weights::{SafetensorsHeader, WeightFiles, read_header};
 
 /// The default cap on the size of one weight file: 20 GiB (the largest SD 1.x/2.x f32 UNet is
 /// 3.5 GB).
@@ -236,7 +236,7 @@ impl FolderReport {
 /// Reads model_index.json (the pipeline class: SDXL, SD3, FLUX and other pipelines are refused
 /// by name with [`DiffusionError::UnsupportedModel`] and nothing further is checked), each
 /// component's config.json (must be JSON) and weight file headers (see
-/// [`crate::weights::read_header`]: invalid, truncated or overlapping byte ranges, size cap), a
+/// [`crate::loading::weights::read_header`]: invalid, truncated or overlapping byte ranges, size cap), a
 /// sharded checkpoint's index (every shard present, every tensor where the index says), the
 /// tokenizer (parsed), and scheduler/scheduler_config.json. Also checks that the UNet's
 /// `cross_attention_dim` equals the text encoder's `hidden_size`. The semantic checks of each
@@ -687,7 +687,7 @@ fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool) -> Folder
             .as_ref()
             .and_then(|c| usize_field(c, "max_position_embeddings"))
             .map_or(77, |n| n as usize);
-        match crate::tokenizer::PromptTokenizer::from_dir(&tokenizer_dir, max_length) {
+        match crate::models::tokenizer::PromptTokenizer::from_dir(&tokenizer_dir, max_length) {
             Ok(tokenizer) => {
                 let vocab = configs[0]
                     .as_ref()
@@ -801,7 +801,7 @@ fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool) -> Folder
 /// An error if `tokenizer` can produce ids that a text encoder with `vocab_size` embeddings has
 /// no row for.
 pub(crate) fn vocab_mismatch(
-    tokenizer: &crate::tokenizer::PromptTokenizer,
+    tokenizer: &crate::models::tokenizer::PromptTokenizer,
     vocab_size: u64,
     config: &Path,
 ) -> Option<DiffusionError> {

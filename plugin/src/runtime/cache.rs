@@ -12,6 +12,7 @@ use image::RgbaImage;
 use lru::LruCache;
 
 use crate::request::GenerationRequest;
+use crate::runtime::atomic_file::{encode_png, write_atomic};
 
 /// A cache key: blake3 of the model identity and the request's canonical JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,20 +98,10 @@ impl ImageCache {
     }
 }
 
-/// Writes `image` as PNG to `path` atomically (temporary file in the same directory + rename).
+/// Writes `image` as PNG to `path` atomically ([`write_atomic`]).
 pub fn write_png_atomic(image: &RgbaImage, path: &Path) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let result = image
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(std::io::Error::other)
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let bytes = encode_png(image).map_err(std::io::Error::other)?;
+    write_atomic(path, &bytes)
 }
 
 #[cfg(test)]
