@@ -389,6 +389,9 @@ fn bake_one(
 mod tests {
     use super::*;
     use crate::Tiling;
+    use crate::request::ron::{parse_request_ron, request_to_ron};
+    use crate::request::{GenerationRequest, InitImage};
+    use crate::runtime::cache::CacheKey;
     use crate::request::AssetKind;
     use crate::schedulers::SchedulerKind;
 
