@@ -26,6 +26,36 @@ pub enum DiffusionError {
     )]
     PickleWeights { path: PathBuf },
 
+    /// LoRA tensors that match no module of the model (or follow neither the kohya nor the
+    /// diffusers/PEFT naming): all of them, sorted; the message lists the first 20.
+    #[error("{path}: {} LoRA tensor(s) match nothing in the model: {}", .keys.len(), list_keys(.keys))]
+    LoraUnmatched { path: PathBuf, keys: Vec<String> },
+
+    /// A LoRA module whose `up @ down` cannot patch the model's weight (a LoRA for another base
+    /// model, e.g. SDXL on SD 1.5).
+    #[error(
+        "{path}: LoRA module `{key}` (down {down:?}, up {up:?}) does not fit the model's \
+         `{weight}` of shape {expected:?}: {reason} (a LoRA for another base model?)"
+    )]
+    LoraShapeMismatch {
+        path: PathBuf,
+        key: String,
+        down: Vec<usize>,
+        up: Vec<usize>,
+        weight: String,
+        expected: Vec<usize>,
+        reason: String,
+    },
+
+    /// A LoRA file, key or scale that cannot be used (missing up/down half, bad alpha,
+    /// non-finite scale, unsupported kind such as DoRA).
+    #[error("{path}: LoRA `{key}`: {reason}")]
+    InvalidLora {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+
     /// A safetensors file that cannot be read: truncated, bad header, byte ranges that lie.
     #[error("{path}: invalid safetensors file: {reason}")]
     BadSafetensors { path: PathBuf, reason: String },
@@ -168,5 +198,14 @@ impl DiffusionError {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+/// The first 20 of `keys`, comma-separated, with a count of the rest.
+fn list_keys(keys: &[String]) -> String {
+    let shown: Vec<&str> = keys.iter().take(20).map(String::as_str).collect();
+    match keys.len().saturating_sub(shown.len()) {
+        0 => shown.join(", "),
+        more => format!("{}, ... and {more} more", shown.join(", ")),
     }
 }

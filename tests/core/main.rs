@@ -4,6 +4,7 @@ mod bake;
 mod break_it;
 mod embedded_model;
 mod loading;
+mod lora;
 mod models;
 mod pipeline;
 mod schedulers;

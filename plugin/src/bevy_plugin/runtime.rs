@@ -188,12 +188,14 @@ fn loader(
         settings.prefer_fp16_variant,
         settings.decoder.clone(),
     );
+    let loras = settings.loras.clone();
     move || {
         let load_folder = |dir: &Path| -> crate::Result<BoxedGenerator> {
             let options = LoadOptions {
                 device: device.to_candle()?,
                 prefer_fp16_variant: fp16,
                 decoder: decoder.clone(),
+                loras: loras.clone(),
             };
             let model = StableDiffusion::load(dir, &options)?;
             let side = (model.unet_config.sample_size * model.vae_config.downscale_factor) as u32;

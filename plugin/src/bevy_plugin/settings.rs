@@ -106,6 +106,11 @@ pub struct DiffusionSettings {
     /// images of an SD 1.x/2.x model instead of its own VAE (many times faster; previews then
     /// use it too). `None`: the model's own `vae/`. Ignored by [`ModelSource::Custom`].
     pub decoder: Option<PathBuf>,
+
+    /// LoRA files merged into the model at load (folder or embedded model; not a
+    /// [`ModelSource::Custom`] one), each with its `lora_scale`. Changing them means reloading
+    /// the model; the cache keys change with them.
+    pub loras: Vec<crate::loading::lora::LoraSpec>,
     /// Threads for the tensor maths, private to the worker (default: all cores but one, at least
     /// one, so the game's main thread keeps a core).
     pub compute_threads: usize,
@@ -148,6 +153,7 @@ impl Default for DiffusionSettings {
             device: ComputeDevice::default(),
             prefer_fp16_variant: false,
             decoder: None,
+            loras: Vec::new(),
             compute_threads: default_compute_threads(),
             background_priority: true,
             cancel_unused: true,

@@ -17,6 +17,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use bevy_diffusion::loading::hub::{HubOptions, resolve_model};
+use bevy_diffusion::loading::lora::{LoraSpec, check_lora};
+use bevy_diffusion::loading::lora_names::LoraComponent;
 use bevy_diffusion::noise::SeededNoise;
 use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks};
 use bevy_diffusion::request::{AssetKind, InitImage, PixelArt};
@@ -107,6 +109,11 @@ struct BakeArgs {
     out: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
+    /// A LoRA file (.safetensors, kohya or diffusers/PEFT naming) merged into the model, with
+    /// an optional lora_scale (default 1.0): `--lora style.safetensors:0.8`. Repeatable;
+    /// replaces the manifest's `loras`.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    loras: Vec<String>,
     /// Regenerate every item, even those that are up to date.
     #[arg(long)]
     force: bool,
@@ -132,12 +139,20 @@ struct InspectArgs {
     /// Hugging Face cache folder (for a repo id).
     #[arg(long)]
     hf_cache: Option<PathBuf>,
+    /// Check a LoRA file against the model: which modules it patches (shapes, rank, alpha) and
+    /// every key that matches nothing or does not fit. Repeatable; `FILE[:SCALE]`.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    loras: Vec<String>,
 }
 
 #[derive(Args)]
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// A LoRA file (.safetensors, kohya or diffusers/PEFT naming) merged into the model, with
+    /// an optional lora_scale (default 1.0): `--lora style.safetensors:0.8`. Repeatable.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    loras: Vec<String>,
     /// What to draw.
     #[arg(long, default_value = "")]
     prompt: String,
@@ -344,9 +359,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
     {
         bail!("--init-image {}: no such file", p.display());
     }
+    let load = LoadOptions {
+        loras: parse_loras(&args.loras)?,
+        ..LoadOptions::default()
+    };
     let model_dir = args.model.resolve(None)?;
     let started = Instant::now();
-    let model = StableDiffusion::load(&model_dir, &args.model.load_options())?;
+    let model = StableDiffusion::load(&model_dir, &load)?;
     eprintln!(
         "loaded {} in {:.2} s",
         model_dir.display(),
@@ -380,6 +399,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `--lora FILE[:SCALE]` values.
+fn parse_loras(values: &[String]) -> Result<Vec<LoraSpec>> {
+    let parse = |v: &String| LoraSpec::parse(v).with_context(|| format!("--lora {v}"));
+    values.iter().map(parse).collect()
 }
 
 fn parse_kind(s: &str) -> Result<AssetKind> {
@@ -442,13 +467,14 @@ fn bake(args: BakeArgs) -> Result<()> {
     let model_dir = args
         .model
         .resolve(manifest.model.as_deref().map(|m| (m, base_dir.as_path())))?;
-    let options = BakeOptions {
+    let mut options = BakeOptions {
         base_dir,
         force: args.force,
         threads: capped_threads(args.threads),
         load: args.model.load_options(),
         ..BakeOptions::new(&args.out, &model_dir)
     };
+    options.load.loras = parse_loras(&args.loras)?;
 
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(manifest.items.len() as u64),
@@ -553,6 +579,29 @@ fn inspect_folder(args: InspectArgs) -> Result<()> {
             report.problems.len(),
             dir.display()
         );
+    }
+    let loras = parse_loras(&args.loras)?;
+    if loras.is_empty() {
+        return Ok(());
+    }
+    let folder_options = bevy_diffusion::loading::folder::FolderOptions {
+        prefer_fp16_variant: args.fp16,
+        max_file_bytes: args.max_file_bytes,
+    };
+    let folder = bevy_diffusion::loading::folder::ModelFolder::open(&dir, &folder_options)?;
+    let targets = [
+        (LoraComponent::Unet, &folder.unet.weights),
+        (LoraComponent::TextEncoder, &folder.text_encoder.weights),
+    ];
+    let mut problems = 0;
+    for spec in &loras {
+        let lora = check_lora(spec, &targets)
+            .with_context(|| format!("--lora {}", spec.path.display()))?;
+        print!("{lora}");
+        problems += lora.problems.len();
+    }
+    if problems > 0 {
+        bail!("{problems} LoRA problem(s) found against {}", dir.display());
     }
     Ok(())
 }

@@ -7,9 +7,15 @@
 //! | `folder.rs` | reads `model_index.json`, finds each component's config and weights, names the family |
 //! | `weights.rs` | safetensors files behind a checking `VarBuilder` backend (missing / mis-shaped tensors name the file) |
 //! | `embedded.rs` | where the default model ships |
+//! | `lora.rs` | LoRA files (kohya / PEFT) checked against a model ([`lora::check_lora`]) |
+//! | `lora_names.rs` | LoRA key → model weight name (kohya, PEFT, SDXL SGM names, PEFT alphas) |
+//! | `lora_merge.rs` | `W += scale·alpha/rank·up@down` while the model loads; identity with LoRAs |
 //! | `hub.rs` | `owner/name` ids fetched with the `hf-hub` feature |
 
 pub mod embedded;
 pub mod folder;
 pub mod hub;
+pub mod lora;
+pub mod lora_merge;
+pub mod lora_names;
 pub mod weights;

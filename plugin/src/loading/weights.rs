@@ -31,6 +31,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
 use crate::error::{DiffusionError, Result};
+use crate::loading::lora_merge::{LoraDelta, merge};
 
 /// candle-nn's var builder, re-exported for code that builds models from [`CheckedWeights`].
 pub use candle_nn::VarBuilder;
@@ -63,6 +64,8 @@ pub struct SafetensorsHeader {
     pub header_digest: [u8; 32],
     /// Every tensor, by name.
     pub tensors: BTreeMap<String, TensorMeta>,
+    /// The header's `__metadata__` string map (e.g. PEFT's `lora_adapter_metadata`).
+    pub metadata: BTreeMap<String, String>,
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> DiffusionError {
@@ -140,14 +143,18 @@ pub fn read_header(path: &Path, max_file_bytes: u64) -> Result<SafetensorsHeader
     };
 
     let mut tensors = BTreeMap::new();
+    let mut metadata = BTreeMap::new();
     for (name, value) in map {
         if name == "__metadata__" {
-            let ok = value
-                .as_object()
-                .is_some_and(|m| m.values().all(serde_json::Value::is_string));
-            if !ok {
+            let entries = value.as_object().and_then(|m| {
+                m.iter()
+                    .map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect::<Option<BTreeMap<_, _>>>()
+            });
+            let Some(entries) = entries else {
                 return Err(bad(path, "`__metadata__` must be a map of strings"));
-            }
+            };
+            metadata = entries;
             continue;
         }
         let info: safetensors::tensor::TensorInfo = serde_json::from_value(value)
@@ -249,6 +256,7 @@ pub fn read_header(path: &Path, max_file_bytes: u64) -> Result<SafetensorsHeader
         header_len,
         header_digest,
         tensors,
+        metadata,
     })
 }
 
@@ -300,6 +308,8 @@ struct CheckedBackend {
     /// name -> (file holding it, shape).
     index: HashMap<String, (PathBuf, Vec<usize>)>,
     log: Arc<Mutex<LoadLog>>,
+    /// LoRA deltas added to a tensor as it is loaded (see [`crate::loading::lora_merge`]).
+    lora: HashMap<String, Vec<LoraDelta>>,
 }
 
 impl CheckedBackend {
@@ -326,12 +336,10 @@ impl CheckedBackend {
     ) -> candle_core::Result<Tensor> {
         self.mmap
             .load(name, dev)
-            .and_then(|t| {
-                if t.dtype() == dtype {
-                    Ok(t)
-                } else {
-                    t.to_dtype(dtype)
-                }
+            .and_then(|t| match self.lora.get(name) {
+                Some(deltas) => merge(&t, deltas)?.to_dtype(dtype),
+                None if t.dtype() == dtype => Ok(t),
+                None => t.to_dtype(dtype),
             })
             .map_err(|e| {
                 let reason = format!("tensor `{name}` cannot be loaded as {dtype:?}: {e}");
@@ -417,6 +425,21 @@ impl CheckedWeights {
     /// [`DiffusionError::BadSafetensors`] if candle's mmap (which re-runs the `safetensors`
     /// crate's header checks) refuses a file, e.g. because it changed since it was validated.
     pub fn open(files: &WeightFiles, device: &Device) -> Result<Self> {
+        Self::open_with_lora(files, device, HashMap::new())
+    }
+
+    /// [`CheckedWeights::open`], adding LoRA deltas (weight name → deltas, from
+    /// [`crate::loading::lora_merge::LoraSet::take`]) to those tensors as a model loads them:
+    /// merged in f32, then converted to the requested dtype. [`CheckedWeights::unused_lora`]
+    /// afterwards names the patched weights no model asked for.
+    ///
+    /// # Errors
+    /// As [`CheckedWeights::open`].
+    pub fn open_with_lora(
+        files: &WeightFiles,
+        device: &Device,
+        lora: HashMap<String, Vec<LoraDelta>>,
+    ) -> Result<Self> {
         let paths: Vec<&Path> = files.shards.iter().map(|h| h.path.as_path()).collect();
         // SAFETY: the mapping is read-only and only read while loading; as with every mmap-based
         // loader (candle, safetensors, diffusers), another process truncating or rewriting the
@@ -441,6 +464,7 @@ impl CheckedWeights {
             path: files.path.clone(),
             index,
             log: Arc::new(Mutex::new(LoadLog::default())),
+            lora,
         };
         Ok(Self {
             backend: Arc::new(backend),
@@ -505,6 +529,29 @@ impl CheckedWeights {
                 Err(chosen.map_or(DiffusionError::Candle(e), |(_, err)| err))
             }
         }
+    }
+
+    /// LoRA-patched weights that no model asked for, sorted, with the first LoRA module of each
+    /// (a LoRA for a tensor the model's config leaves unused would otherwise be dropped
+    /// silently).
+    pub fn unused_lora(&self) -> Vec<(String, String)> {
+        let Ok(log) = self.backend.log.lock() else {
+            return Vec::new();
+        };
+        let mut unused: Vec<(String, String)> = self
+            .backend
+            .lora
+            .iter()
+            .filter(|(n, _)| !log.requested.contains(*n))
+            .map(|(n, d)| {
+                (
+                    n.clone(),
+                    d.first().map_or(String::new(), |d| d.source.clone()),
+                )
+            })
+            .collect();
+        unused.sort();
+        unused
     }
 
     /// Tensors present in the file(s) that no model asked for, sorted (diffusers warns about

@@ -1,12 +1,16 @@
 //! A loaded Stable Diffusion pipeline: [`StableDiffusion::load`] turns a diffusers-layout folder
 //! into ready models, or a typed error naming the file (and tensor or config field) at fault.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use crate::error::Result;
+use crate::error::{DiffusionError, Result};
 use crate::loading::folder::{Component, FolderOptions, ModelFamily, ModelFolder};
+use crate::loading::lora::LoraSpec;
+use crate::loading::lora_merge::{LoraDelta, LoraSet};
+use crate::loading::lora_names::LoraComponent;
 use crate::loading::weights::CheckedWeights;
 use crate::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
 use crate::models::autoencoders::{Vae, VaeConfig};
@@ -28,6 +32,10 @@ pub struct LoadOptions {
     /// replaces the model's own VAE decoder: many times faster, slightly softer images. The
     /// model's VAE still encodes img2img init images. `None`: decode with the folder's `vae/`.
     pub decoder: Option<PathBuf>,
+
+    /// LoRA files merged into the UNet and text encoder(s) at load, each with its own
+    /// `lora_scale`, in order (see [`crate::loading::lora`]). Default: none.
+    pub loras: Vec<LoraSpec>,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +44,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             prefer_fp16_variant: false,
             decoder: None,
+            loras: Vec::new(),
         }
     }
 }
@@ -121,14 +130,36 @@ impl StableDiffusion {
     }
 }
 
-/// Builds one component through a checking var builder, logging what it read.
-fn build_component<T>(
+/// Builds one component through a checking var builder (adding `lora`: weight name → LoRA
+/// deltas, from [`LoraSet::take`]), logging what it read.
+///
+/// # Errors
+/// Those of [`CheckedWeights::build`]; [`DiffusionError::InvalidLora`] when a LoRA patches a
+/// weight the model did not load.
+pub fn build_component<T>(
     component: &Component,
     device: &Device,
+    lora: HashMap<String, Vec<LoraDelta>>,
     construct: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
-    let weights = CheckedWeights::open(&component.weights, device)?;
+    let patched = lora.len();
+    let started = std::time::Instant::now();
+    let weights = CheckedWeights::open_with_lora(&component.weights, device, lora)?;
     let model = weights.build(construct)?;
+    if let Some((weight, source)) = weights.unused_lora().into_iter().next() {
+        return Err(DiffusionError::InvalidLora {
+            path: component.weights.path.clone(),
+            key: source,
+            reason: format!("patches `{weight}`, which this model's config does not use"),
+        });
+    }
+    if patched > 0 {
+        tracing::info!(
+            "{}: {patched} weights LoRA-merged, load took {:.1} ms",
+            component.kind,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let unused = weights.unused_tensors();
     let files = &component.weights;
     tracing::info!(
@@ -219,21 +250,35 @@ impl StableDiffusion {
             .map(|t| t.shape.iter().product::<usize>())
             .sum();
         let device = &options.device;
-        let text_encoder = build_component(&folder.text_encoder, device, |vb| {
-            ClipTextModel::new(vb, &text_encoder_config)
-        })?;
-        let unet = build_component(&folder.unet, device, |vb| {
+        let mut lora = LoraSet::load(
+            &options.loras,
+            &[
+                (LoraComponent::Unet, &folder.unet.weights),
+                (LoraComponent::TextEncoder, &folder.text_encoder.weights),
+            ],
+        )?;
+        let text_encoder = build_component(
+            &folder.text_encoder,
+            device,
+            lora.take(LoraComponent::TextEncoder),
+            |vb| ClipTextModel::new(vb, &text_encoder_config),
+        )?;
+        let unet = build_component(&folder.unet, device, lora.take(LoraComponent::Unet), |vb| {
             UNet2DConditionModel::new(vb, &unet_config)
         })?;
-        let vae = build_component(&folder.vae, device, |vb| Vae::new(vb, &vae_config))?;
-        let (decoder, identity) = match &options.decoder {
-            None => (None, folder.identity),
+        let vae = build_component(&folder.vae, device, HashMap::new(), |vb| {
+            Vae::new(vb, &vae_config)
+        })?;
+        let (decoder, base_identity) = match &options.decoder {
+            None => (None, folder.identity.clone()),
             Some(dir) => {
                 let decoder = DecoderFolder::open(dir, &folder_options)?;
                 let identity = decoder.model_identity(&folder.identity);
                 (Some(decoder.load(&vae_config, device)?), identity)
             }
         };
+        // LoRAs mix into the identity last: folder (+ decoder) + LoRAs.
+        let identity = crate::loading::lora_merge::identity(&base_identity, &options.loras)?;
 
         Ok(Self {
             dir: dir.to_path_buf(),

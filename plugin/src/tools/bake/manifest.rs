@@ -39,6 +39,11 @@ pub struct BakeManifest {
     /// Hugging Face repo id; `None` = the default model. `texgen bake --model` overrides it.
     #[serde(default)]
     pub model: Option<String>,
+    /// LoRA files merged into the model, `[("loras/style.safetensors", 0.8), ...]` (path
+    /// relative to the manifest's folder, `lora_scale`); `texgen bake --lora` /
+    /// [`super::BakeOptions::load`]`.loras` replace the list. Default: none.
+    #[serde(default)]
+    pub loras: Vec<(String, f32)>,
     /// The items, in manifest order; names are unique.
     #[serde(deserialize_with = "ordered_items")]
     pub items: Vec<BakeItem>,

@@ -241,11 +241,22 @@ pub fn bake(
     };
     let folder = ModelFolder::open(&options.model_dir, &folder_options)?;
     let vae_scale = VaeConfig::from_file(&folder.vae.config)?.downscale_factor;
-    // The identity the loaded model will have (a --decoder changes it).
-    let identity = match &options.load.decoder {
+    // The manifest's LoRAs unless the options name some; they are part of the model identity.
+    let mut load = options.load.clone();
+    if load.loras.is_empty() {
+        load.loras = (manifest.loras.iter())
+            .map(|(path, scale)| crate::loading::lora::LoraSpec {
+                path: options.base_dir.join(path),
+                scale: *scale,
+            })
+            .collect();
+    }
+    // The identity the loaded model will have: a --decoder, then the LoRAs, change it.
+    let base_identity = match &load.decoder {
         Some(dir) => DecoderFolder::open(dir, &folder_options)?.model_identity(&folder.identity),
         None => folder.identity.clone(),
     };
+    let identity = crate::loading::lora_merge::identity(&base_identity, &load.loras)?;
     let planned = plan(
         &manifest.items,
         &options.base_dir,
@@ -283,7 +294,7 @@ pub fn bake(
                         dir: &options.model_dir,
                     });
                     let started = Instant::now();
-                    model = Some(StableDiffusion::load(&options.model_dir, &options.load)?);
+                    model = Some(StableDiffusion::load(&options.model_dir, &load)?);
                     report.model_loaded = true;
                     on_event(&BakeEvent::ModelLoaded {
                         dir: &options.model_dir,
