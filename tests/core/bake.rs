@@ -565,11 +565,19 @@ fn inspect_names_the_problem_of_each_damaged_copy() {
         "{found:?}"
     );
 
-    // SDXL is named and refused.
+    // A text_encoder_2/ makes it SDXL, which then needs tokenizer_2/ (named).
     let dir = fixture_copy("inspect_sdxl");
     copy_dir(&dir.join("text_encoder"), &dir.join("text_encoder_2"));
     let report = inspect(&dir, &InspectOptions::default());
-    assert_eq!(report.family_label(), "SDXL (refused)");
+    assert_eq!(report.family_label(), "SDXL");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.to_string().contains("tokenizer_2")),
+        "{:?}",
+        report.problems
+    );
 }
 
 // ---------------------------------------------------------------- hub download (offline)

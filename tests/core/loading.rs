@@ -479,30 +479,21 @@ fn pickle_weights_are_refused() {
 }
 
 #[test]
-fn sdxl_and_other_pipelines_are_refused_by_name() {
-    // By class name.
+fn sdxl_marks_without_text_encoder_2_and_other_pipelines_are_refused_by_name() {
+    // Any SDXL mark on an SD 1.x folder: it then needs text_encoder_2, named in the error.
     let dir = fixture_copy("sdxl_class");
     edit_json(&dir.join("model_index.json"), |j| {
         j["_class_name"] = "StableDiffusionXLPipeline".into()
     });
     let e = load_err(&dir);
     assert!(
-        matches!(&e, DiffusionError::UnsupportedModel { family, .. } if family == "SDXL"),
+        matches!(&e, DiffusionError::MissingFile { path, .. } if path.ends_with("text_encoder_2")),
         "{e:?}"
     );
     let message = e.to_string();
     assert!(
-        message.contains("SDXL") && message.contains("second text encoder"),
+        message.contains("SDXL") && message.contains("StableDiffusionXLPipeline"),
         "{message}"
-    );
-
-    // By a second text encoder folder.
-    let dir = fixture_copy("sdxl_te2");
-    copy_dir(&dir.join("text_encoder"), &dir.join("text_encoder_2"));
-    let e = load_err(&dir);
-    assert!(
-        matches!(&e, DiffusionError::UnsupportedModel { family, .. } if family == "SDXL"),
-        "{e:?}"
     );
 
     // By the UNet's text_time conditioning.
@@ -512,10 +503,30 @@ fn sdxl_and_other_pipelines_are_refused_by_name() {
     });
     let e = load_err(&dir);
     assert!(
-        matches!(&e, DiffusionError::UnsupportedModel { family, .. } if family == "SDXL"),
+        matches!(&e, DiffusionError::MissingFile { path, .. } if path.ends_with("text_encoder_2")),
         "{e:?}"
     );
     assert!(e.to_string().contains("text_time"), "{e}");
+
+    // A text_encoder_2 folder (here a copy of the CLIPTextModel) without tokenizer_2.
+    let dir = fixture_copy("sdxl_te2");
+    copy_dir(&dir.join("text_encoder"), &dir.join("text_encoder_2"));
+    let e = load_err(&dir);
+    assert!(
+        matches!(&e, DiffusionError::MissingFile { path, .. } if path.ends_with("tokenizer_2")),
+        "{e:?}"
+    );
+
+    // SDXL pipelines other than text-to-image and img2img: refused by name.
+    let dir = fixture_copy("sdxl_inpaint");
+    edit_json(&dir.join("model_index.json"), |j| {
+        j["_class_name"] = "StableDiffusionXLInpaintPipeline".into()
+    });
+    let e = load_err(&dir);
+    assert!(
+        matches!(&e, DiffusionError::UnsupportedModel { family, .. } if family == "SDXL"),
+        "{e:?}"
+    );
 
     // Other pipelines by name.
     for (class, family) in [

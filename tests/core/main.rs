@@ -8,6 +8,7 @@ mod lora;
 mod models;
 mod pipeline;
 mod schedulers;
+mod sdxl;
 mod sdxs;
 mod taesd;
 mod vae;

@@ -236,7 +236,7 @@ fn edited_unet_config(
 #[test]
 fn unet_config_refuses_unsupported_keys_by_name() {
     let cases: Vec<(&str, serde_json::Value)> = vec![
-        ("addition_embed_type", "text_time".into()),
+        ("addition_embed_type", "text_image".into()),
         ("time_cond_proj_dim", 256.into()),
         ("class_embed_type", "timestep".into()),
         ("attention_type", "gated".into()),

@@ -60,7 +60,7 @@ fn request_for(case: &str) -> GenerationRequest {
     let img2img = c["kind"] == "img2img";
     GenerationRequest {
         prompt: c["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: c["negative_prompt"].as_str().unwrap_or("").to_string(),
+        negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
         seed: 0,
         width: c["width"].as_u64().unwrap() as u32,
         height: c["height"].as_u64().unwrap() as u32,
@@ -198,7 +198,7 @@ fn prompt_embeds_match_diffusers() {
         let e = pipeline::encode_prompt(
             model(),
             &req.prompt,
-            &req.negative_prompt,
+            req.negative_prompt.as_deref(),
             req.guidance() > 1.0,
         )
         .unwrap();

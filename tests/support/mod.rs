@@ -28,6 +28,18 @@ pub fn fixture_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `tests/fixtures/tiny-sdxl`: the tiny random SDXL pipeline and its diffusers references.
+pub fn tiny_sdxl_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("tiny-sdxl")
+}
+
+/// `tests/fixtures/tiny-sdxl/model`: the diffusers-layout SDXL pipeline folder.
+pub fn tiny_sdxl_model() -> PathBuf {
+    tiny_sdxl_dir().join("model")
+}
+
 /// All reference tensors of `references.safetensors`, by name (`<case>/<tensor>`).
 pub struct References {
     tensors: HashMap<String, Tensor>,
@@ -67,6 +79,11 @@ impl References {
     /// True if the reference holds `name`.
     pub fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
+    }
+
+    /// The names of all reference tensors.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
     }
 
     /// An int64 tensor as rows of i64 (`[rows, cols]`).

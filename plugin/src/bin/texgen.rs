@@ -156,9 +156,28 @@ struct GenerateArgs {
     /// What to draw.
     #[arg(long, default_value = "")]
     prompt: String,
-    /// What to avoid (classifier-free guidance's unconditional prompt).
-    #[arg(long, default_value = "")]
-    negative_prompt: String,
+    /// What to avoid (classifier-free guidance's unconditional prompt). Absent = diffusers'
+    /// `negative_prompt=None` (SDXL: zero embeddings); `--negative-prompt ""` encodes "".
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// SDXL micro-conditioning `original_size` as H,W pixels (default: the output size).
+    #[arg(long, value_name = "H,W", value_parser = parse_pair)]
+    original_size: Option<(u32, u32)>,
+    /// SDXL `crops_coords_top_left` as TOP,LEFT pixels.
+    #[arg(long, value_name = "TOP,LEFT", value_parser = parse_pair, default_value = "0,0")]
+    crops_coords_top_left: (u32, u32),
+    /// SDXL `target_size` as H,W pixels (default: the output size).
+    #[arg(long, value_name = "H,W", value_parser = parse_pair)]
+    target_size: Option<(u32, u32)>,
+    /// SDXL: the unconditional row's original_size (used with --negative-target-size).
+    #[arg(long, value_name = "H,W", value_parser = parse_pair)]
+    negative_original_size: Option<(u32, u32)>,
+    /// SDXL: the unconditional row's crops_coords_top_left.
+    #[arg(long, value_name = "TOP,LEFT", value_parser = parse_pair, default_value = "0,0")]
+    negative_crops_coords_top_left: (u32, u32),
+    /// SDXL: the unconditional row's target_size (used with --negative-original-size).
+    #[arg(long, value_name = "H,W", value_parser = parse_pair)]
+    negative_target_size: Option<(u32, u32)>,
     /// Seed of the noise stream.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -350,6 +369,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
         strength: args.strength,
         kind: parse_kind(&args.kind)?,
         pixel_art: args.pixel_art.as_deref().map(parse_pixel_art).transpose()?,
+        original_size: args.original_size,
+        crops_coords_top_left: args.crops_coords_top_left,
+        target_size: args.target_size,
+        negative_original_size: args.negative_original_size,
+        negative_crops_coords_top_left: args.negative_crops_coords_top_left,
+        negative_target_size: args.negative_target_size,
         ..Default::default()
     };
     // Fail fast on what does not need the model (the size's multiple is checked after loading).
@@ -414,6 +439,14 @@ fn parse_kind(s: &str) -> Result<AssetKind> {
         "sprite" => Ok(AssetKind::Sprite),
         _ => bail!("--kind {s}: expected texture or sprite"),
     }
+}
+
+/// `A,B` (two non-negative integers, diffusers' tuple order) for the SDXL micro-conditioning flags.
+fn parse_pair(s: &str) -> std::result::Result<(u32, u32), String> {
+    let parsed = s
+        .split_once(',')
+        .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+    parsed.ok_or_else(|| format!("`{s}`: expected two whole numbers A,B, e.g. 1024,1024"))
 }
 
 fn parse_pixel_art(s: &str) -> Result<PixelArt> {

@@ -7,7 +7,13 @@
 //! vae/config.json + diffusion_pytorch_model.safetensors           (AutoencoderKL)
 //! tokenizer/tokenizer.json (or vocab.json + merges.txt), tokenizer_config.json
 //! scheduler/scheduler_config.json
+//! SDXL also: text_encoder_2/ (CLIPTextModelWithProjection) and tokenizer_2/
 //! ```
+//!
+//! A folder is SDXL when model_index.json names a `StableDiffusionXL*` pipeline or lists a
+//! `text_encoder_2`, when it has a `text_encoder_2/`, or when its UNet config has
+//! `addition_embed_type: "text_time"`; it then needs `text_encoder_2/` and `tokenizer_2/`
+//! (a missing one is [`DiffusionError::MissingFile`] naming it).
 //!
 //! Weight files are looked up the way diffusers' `from_pretrained` does: `<stem>.safetensors`,
 //! or a sharded `<stem>.safetensors.index.json` (its `weight_map` maps tensor names to shard
@@ -35,13 +41,15 @@ pub const PICKLE_EXTENSIONS: [&str; 4] = ["bin", "ckpt", "pt", "pth"];
 /// JSON config files larger than this are refused rather than read.
 const MAX_JSON_BYTES: u64 = 256 * 1024 * 1024;
 
-/// The pipeline classes (model_index.json `_class_name`) we run: one CLIP text encoder, a
-/// `UNet2DConditionModel`, an `AutoencoderKL`.
-pub const SUPPORTED_PIPELINES: [&str; 4] = [
+/// The pipeline classes (model_index.json `_class_name`) we run: one CLIP text encoder (two for
+/// SDXL), a `UNet2DConditionModel`, an `AutoencoderKL`.
+pub const SUPPORTED_PIPELINES: [&str; 6] = [
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
     "LatentConsistencyModelPipeline",
     "LatentConsistencyModelImg2ImgPipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
 ];
 
 /// Which Stable Diffusion generation a folder holds (for defaults and messages; the configs
@@ -61,17 +69,31 @@ pub enum ModelFamily {
     /// without a mid block (`mid_block_type: null`) or with per-block `layers_per_block` lists,
     /// or an `AutoencoderTiny` (TAESD) as the `vae`.
     SdxsPruned,
+    /// SDXL: two text encoders (CLIP ViT-L + OpenCLIP bigG), `text_time` added conditioning,
+    /// 1024 px (see [`crate::pipeline::sdxl`]).
+    Sdxl,
+    /// SDXL-Turbo (adversarially distilled SDXL: 1-4 steps, no guidance, 512 px): the SDXL
+    /// architecture with a `trailing`, epsilon-predicting scheduler config, or "turbo" in the
+    /// folder path.
+    SdxlTurbo,
 }
 
 impl ModelFamily {
-    /// "SD1.x", "SD2.x", "SD-Turbo" or "SDXS/pruned".
+    /// "SD1.x", "SD2.x", "SD-Turbo", "SDXS/pruned", "SDXL" or "SDXL-Turbo".
     pub fn name(self) -> &'static str {
         match self {
             Self::Sd1 => "SD1.x",
             Self::Sd2 => "SD2.x",
             Self::SdTurbo => "SD-Turbo",
             Self::SdxsPruned => "SDXS/pruned",
+            Self::Sdxl => "SDXL",
+            Self::SdxlTurbo => "SDXL-Turbo",
         }
+    }
+
+    /// SDXL or SDXL-Turbo (two text encoders, `text_time` conditioning).
+    pub fn is_sdxl(self) -> bool {
+        matches!(self, Self::Sdxl | Self::SdxlTurbo)
     }
 }
 
@@ -91,16 +113,27 @@ pub enum ComponentKind {
     /// `vae/` (diffusers `AutoencoderKL` or `AutoencoderTiny`, weights
     /// `diffusion_pytorch_model.safetensors`).
     Vae,
+    /// `text_encoder_2/` of SDXL (transformers `CLIPTextModelWithProjection`, weights
+    /// `model.safetensors`).
+    TextEncoder2,
 }
 
 impl ComponentKind {
-    /// All three, in loading order.
+    /// The three every pipeline has, in loading order.
     pub const ALL: [Self; 3] = [Self::TextEncoder, Self::Unet, Self::Vae];
+    /// SDXL's four, in folder order (`text_encoder_2` last).
+    pub const SDXL: [Self; 4] = [Self::TextEncoder, Self::Unet, Self::Vae, Self::TextEncoder2];
+
+    /// [`Self::SDXL`] for SDXL folders, else [`Self::ALL`].
+    pub fn for_folder(sdxl: bool) -> &'static [Self] {
+        if sdxl { &Self::SDXL } else { &Self::ALL }
+    }
 
     /// The subfolder name (and model_index.json key).
     pub fn dir_name(self) -> &'static str {
         match self {
             Self::TextEncoder => "text_encoder",
+            Self::TextEncoder2 => "text_encoder_2",
             Self::Unet => "unet",
             Self::Vae => "vae",
         }
@@ -109,7 +142,7 @@ impl ComponentKind {
     /// The weight file name without extension (`model` for transformers, else diffusers').
     pub fn weights_stem(self) -> &'static str {
         match self {
-            Self::TextEncoder => "model",
+            Self::TextEncoder | Self::TextEncoder2 => "model",
             Self::Unet | Self::Vae => "diffusion_pytorch_model",
         }
     }
@@ -118,6 +151,7 @@ impl ComponentKind {
     fn accepted_classes(self) -> &'static [&'static str] {
         match self {
             Self::TextEncoder => &["CLIPTextModel", "CLIPTextModelWithProjection"],
+            Self::TextEncoder2 => &["CLIPTextModelWithProjection"],
             Self::Unet => &["UNet2DConditionModel"],
             Self::Vae => &["AutoencoderKL", "AutoencoderTiny"],
         }
@@ -178,6 +212,12 @@ pub struct ModelFolder {
     pub vae: Component,
     /// `tokenizer/`.
     pub tokenizer_dir: PathBuf,
+    /// SDXL: `text_encoder_2/` (`None` for SD 1.x/2.x).
+    pub text_encoder_2: Option<Component>,
+    /// SDXL: `tokenizer_2/`.
+    pub tokenizer_2_dir: Option<PathBuf>,
+    /// model_index.json `force_zeros_for_empty_prompt` (SDXL; diffusers' default true).
+    pub force_zeros_for_empty_prompt: bool,
     /// `scheduler/scheduler_config.json`.
     pub scheduler_config: PathBuf,
     /// blake3 (hex) of the model_index, component, scheduler and tokenizer files and of each
@@ -194,7 +234,7 @@ impl ModelFolder {
     /// # Errors
     /// The first problem [`validate`] would list: [`DiffusionError::ModelFolderMissing`],
     /// [`DiffusionError::MissingFile`] naming the absent file, [`DiffusionError::UnsupportedModel`]
-    /// (SDXL, SD3, FLUX, ...), [`DiffusionError::PickleWeights`],
+    /// (SD3, FLUX, SDXL inpainting, ...), [`DiffusionError::PickleWeights`],
     /// [`DiffusionError::BadSafetensors`], [`DiffusionError::FileTooLarge`],
     /// [`DiffusionError::InvalidConfig`] (a config that is not JSON, inconsistent widths), ...
     pub fn open(dir: &Path, options: &FolderOptions) -> Result<Self> {
@@ -208,9 +248,11 @@ impl ModelFolder {
         }
     }
 
-    /// The three components, in loading order.
-    pub fn components(&self) -> [&Component; 3] {
-        [&self.text_encoder, &self.unet, &self.vae]
+    /// The components, in loading order (`text_encoder_2` last, for SDXL).
+    pub fn components(&self) -> Vec<&Component> {
+        let mut all = vec![&self.text_encoder, &self.unet, &self.vae];
+        all.extend(self.text_encoder_2.as_ref());
+        all
     }
 }
 
@@ -239,13 +281,14 @@ impl FolderReport {
 
 /// Checks a diffusers-layout folder and lists **all** problems, without loading any weights.
 ///
-/// Reads model_index.json (the pipeline class: SDXL, SD3, FLUX and other pipelines are refused
-/// by name with [`DiffusionError::UnsupportedModel`] and nothing further is checked), each
-/// component's config.json (must be JSON) and weight file headers (see
+/// Reads model_index.json (the pipeline class: SD3, FLUX, SDXL variants other than
+/// text-to-image/img2img and other pipelines are refused by name with
+/// [`DiffusionError::UnsupportedModel`] and nothing further is checked), each component's
+/// config.json (SDXL folders: text_encoder_2 too) (must be JSON) and weight file headers (see
 /// [`crate::loading::weights::read_header`]: invalid, truncated or overlapping byte ranges, size cap), a
 /// sharded checkpoint's index (every shard present, every tensor where the index says), the
-/// tokenizer (parsed), and scheduler/scheduler_config.json. Also checks that the UNet's
-/// `cross_attention_dim` equals the text encoder's `hidden_size`. The semantic checks of each
+/// tokenizer(s) (parsed), and scheduler/scheduler_config.json. Also checks that the UNet's
+/// `cross_attention_dim` equals the text encoder's `hidden_size` (SDXL: the sum of both). The semantic checks of each
 /// config's values happen when the config is parsed by its model (at load).
 pub fn validate(dir: &Path, options: &FolderOptions) -> FolderReport {
     inspect(dir, options, true)
@@ -286,7 +329,8 @@ fn refused_pipeline(class: &str) -> Option<(String, String)> {
     let (family, reason) = if class.starts_with("StableDiffusionXL") {
         (
             "SDXL",
-            "second text encoder and text_time conditioning are not implemented yet",
+            "only StableDiffusionXLPipeline and StableDiffusionXLImg2ImgPipeline are supported \
+             (inpainting, instruct-pix2pix and ControlNet variants are not)",
         )
     } else if class.starts_with("StableDiffusion3") {
         (
@@ -323,50 +367,33 @@ fn refused_pipeline(class: &str) -> Option<(String, String)> {
     Some((family.to_string(), reason.to_string()))
 }
 
-fn sdxl(path: PathBuf, why: &str) -> DiffusionError {
-    DiffusionError::UnsupportedModel {
-        path,
-        family: "SDXL".into(),
-        reason: format!(
-            "second text encoder and text_time conditioning are not implemented yet; {why}"
-        ),
-    }
-}
-
-/// Recognises SDXL-style folders by any of their marks.
-fn detect_sdxl(
+/// Why `dir` is an SDXL folder (see the module docs), or `None`.
+fn sdxl_marks(
     dir: &Path,
     class: Option<&str>,
     index: Option<&serde_json::Value>,
-) -> Option<DiffusionError> {
-    let index_path = dir.join("model_index.json");
+) -> Option<String> {
     if let Some(class) = class
         && class.starts_with("StableDiffusionXL")
     {
-        return Some(sdxl(index_path, &format!("model_index.json names {class}")));
+        return Some(format!("model_index.json names {class}"));
     }
     let has_second_encoder = index
         .and_then(|i| i.get("text_encoder_2"))
         .and_then(|v| v.as_array())
         .is_some_and(|a| a.iter().any(|x| !x.is_null()));
     if has_second_encoder {
-        return Some(sdxl(index_path, "model_index.json lists a text_encoder_2"));
+        return Some("model_index.json lists a text_encoder_2".into());
     }
     if dir.join("text_encoder_2").is_dir() {
-        return Some(sdxl(
-            dir.join("text_encoder_2"),
-            "the folder has a text_encoder_2/",
-        ));
+        return Some("the folder has a text_encoder_2/".into());
     }
     let unet_config = dir.join("unet").join("config.json");
     if unet_config.is_file()
         && let Ok(cfg) = read_json(&unet_config)
         && cfg.get("addition_embed_type").and_then(|v| v.as_str()) == Some("text_time")
     {
-        return Some(sdxl(
-            unet_config,
-            "the UNet config has addition_embed_type \"text_time\"",
-        ));
+        return Some("the UNet config has addition_embed_type \"text_time\"".into());
     }
     None
 }
@@ -617,10 +644,7 @@ fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool) -> Folder
     report.class_name = class_name.clone();
 
     // Families we refuse: stop here, nothing else matters.
-    if let Some(e) = detect_sdxl(dir, class_name.as_deref(), index.as_ref()) {
-        problems.push(e);
-        return report;
-    }
+    let sdxl = sdxl_marks(dir, class_name.as_deref(), index.as_ref());
     if let Some(class) = &class_name
         && let Some((family, reason)) = refused_pipeline(class)
     {
@@ -635,7 +659,23 @@ fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool) -> Folder
     // Components.
     let mut components = Vec::new();
     let mut configs = Vec::new();
-    for kind in ComponentKind::ALL {
+    for &kind in ComponentKind::for_folder(sdxl.is_some()) {
+        if kind == ComponentKind::TextEncoder2
+            && let Some(why) = &sdxl
+            && !dir.join(kind.dir_name()).is_dir()
+        {
+            problems.push(DiffusionError::MissingFile {
+                path: dir.join(kind.dir_name()),
+                what: format!(
+                    "the text_encoder_2 component (SDXL's second text encoder, \
+                     CLIPTextModelWithProjection, with config.json and model.safetensors); this is \
+                     an SDXL folder because {why}"
+                ),
+            });
+            configs.push(None);
+            components.push(None);
+            continue;
+        }
         if let Some(entry) = index.as_ref().and_then(|i| i.get(kind.dir_name())) {
             let class = entry
                 .as_array()
@@ -719,6 +759,37 @@ fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool) -> Folder
         }
     }
 
+    let tokenizer_2_dir = dir.join("tokenizer_2");
+    if sdxl.is_some() {
+        if !tokenizer_2_dir.is_dir() {
+            problems.push(DiffusionError::MissingFile {
+                path: tokenizer_2_dir.clone(),
+                what: "SDXL's second prompt tokenizer (tokenizer_2/ with tokenizer.json, or \
+                       vocab.json + merges.txt)"
+                    .into(),
+            });
+        } else if check_tokenizer {
+            let te2 = configs.get(3).and_then(Option::as_ref);
+            let max_length = te2
+                .and_then(|c| usize_field(c, "max_position_embeddings"))
+                .map_or(77, |n| n as usize);
+            match crate::models::tokenizer::PromptTokenizer::from_dir(&tokenizer_2_dir, max_length)
+            {
+                Ok(tokenizer) => {
+                    if let Some(e) = te2
+                        .and_then(|c| usize_field(c, "vocab_size"))
+                        .and_then(|v| {
+                            vocab_mismatch(&tokenizer, v, &dir.join("text_encoder_2/config.json"))
+                        })
+                    {
+                        problems.push(e);
+                    }
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+    }
+
     // Scheduler.
     let scheduler_config = dir.join("scheduler").join("scheduler_config.json");
     let scheduler = match required_json(&scheduler_config, "the scheduler config") {
@@ -743,35 +814,48 @@ fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool) -> Folder
             "missing or not a positive integer",
         ));
     }
-    if let (Some(h), Some(c)) = (hidden, cross)
+    // SDXL: the UNet attends to both encoders' hidden states, concatenated.
+    let hidden_2 = configs
+        .get(3)
+        .and_then(Option::as_ref)
+        .and_then(|c| usize_field(c, "hidden_size"));
+    let (expected, what) = match hidden_2 {
+        Some(h2) => (
+            hidden.map(|h| h + h2),
+            "text_encoder + text_encoder_2 hidden_size",
+        ),
+        None => (hidden, "text_encoder/config.json hidden_size"),
+    };
+    if let (Some(h), Some(c)) = (expected, cross)
         && h != c
+        && (sdxl.is_none() || hidden_2.is_some())
     {
         problems.push(DiffusionError::config(
             dir.join("unet").join("config.json"),
             "cross_attention_dim",
             format!(
-                "is {c} but text_encoder/config.json has hidden_size {h}; the UNet attends to the text \
-                 encoder's hidden states, so they must be equal"
+                "is {c} but {what} is {h}; the UNet attends to the text encoder's hidden \
+                 states, so they must be equal"
             ),
         ));
     }
+    let turbo = {
+        let spacing = scheduler
+            .as_ref()
+            .and_then(|s| s.get("timestep_spacing"))
+            .and_then(|v| v.as_str());
+        let prediction = scheduler
+            .as_ref()
+            .and_then(|s| s.get("prediction_type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("epsilon");
+        (spacing == Some("trailing") && prediction == "epsilon") || turbo_named(dir)
+    };
     let family = match hidden.or(cross) {
-        Some(1024) => {
-            let spacing = scheduler
-                .as_ref()
-                .and_then(|s| s.get("timestep_spacing"))
-                .and_then(|v| v.as_str());
-            let prediction = scheduler
-                .as_ref()
-                .and_then(|s| s.get("prediction_type"))
-                .and_then(|v| v.as_str())
-                .unwrap_or("epsilon");
-            if (spacing == Some("trailing") && prediction == "epsilon") || turbo_named(dir) {
-                Some(ModelFamily::SdTurbo)
-            } else {
-                Some(ModelFamily::Sd2)
-            }
-        }
+        _ if sdxl.is_some() && turbo => Some(ModelFamily::SdxlTurbo),
+        _ if sdxl.is_some() => Some(ModelFamily::Sdxl),
+        Some(1024) if turbo => Some(ModelFamily::SdTurbo),
+        Some(1024) => Some(ModelFamily::Sd2),
         Some(_) => Some(ModelFamily::Sd1),
         None => None,
     };
@@ -784,9 +868,16 @@ fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool) -> Folder
     });
     report.family = family;
 
+    let force_zeros_for_empty_prompt = index
+        .as_ref()
+        .and_then(|i| i.get("force_zeros_for_empty_prompt"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
     if report.problems.is_empty()
-        && let (Some(family), [Some(te), Some(unet), Some(vae)]) = (family, components.as_slice())
+        && let (Some(family), [Some(te), Some(unet), Some(vae), rest @ ..]) =
+            (family, components.as_slice())
     {
+        let text_encoder_2 = rest.first().cloned().flatten();
         let folder = ModelFolder {
             dir: dir.to_path_buf(),
             class_name: class_name.unwrap_or_default(),
@@ -795,6 +886,9 @@ fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool) -> Folder
             unet: unet.clone(),
             vae: vae.clone(),
             tokenizer_dir,
+            tokenizer_2_dir: text_encoder_2.as_ref().map(|_| tokenizer_2_dir),
+            text_encoder_2,
+            force_zeros_for_empty_prompt,
             scheduler_config,
             identity: String::new(),
         };
@@ -874,6 +968,12 @@ fn identity(folder: &ModelFolder) -> Result<String> {
         "tokenizer/merges.txt",
         "tokenizer/tokenizer_config.json",
         "tokenizer/special_tokens_map.json",
+        "text_encoder_2/config.json",
+        "tokenizer_2/tokenizer.json",
+        "tokenizer_2/vocab.json",
+        "tokenizer_2/merges.txt",
+        "tokenizer_2/tokenizer_config.json",
+        "tokenizer_2/special_tokens_map.json",
     ] {
         add_file(relative)?;
     }

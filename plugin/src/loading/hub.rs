@@ -8,7 +8,8 @@
 //!   each component's `config.json` and safetensors weights (chosen in the same order as
 //!   [`crate::loading::folder`] looks for them: full precision first, `fp16` when it is the only one
 //!   or preferred; never `.bin`/`.ckpt`/`.pt`/`.pth`), the tokenizer files and the scheduler
-//!   config. [`shards_in_index`] (pure) expands a sharded checkpoint's index.
+//!   config; for SDXL (a repo with `text_encoder_2/` or `tokenizer_2/`) also
+//!   `text_encoder_2/` and `tokenizer_2/`. [`shards_in_index`] (pure) expands a sharded checkpoint's index.
 //! - [`RepoSource`]: list a repo's files and fetch one to a local path. [`LocalRepo`] serves a
 //!   local folder (a stand-in for a repo, used by the tests); `HfHubRepo` (feature `hf-hub`) is
 //!   `hf_hub`'s sync API with its on-disk cache.
@@ -142,7 +143,7 @@ fn has_pickle_extension(file: &str) -> bool {
 /// # Errors
 /// [`HubError::Unusable`] when a required file is absent (no `model_index.json`, a component
 /// without config or safetensors weights (naming the pickle when that is all there is), no
-/// tokenizer, no scheduler config) or the repo is an SDXL pipeline (`text_encoder_2/`).
+/// tokenizer, no scheduler config; for SDXL the same for `text_encoder_2/` and `tokenizer_2/`).
 pub fn plan_fetch(
     repo: &str,
     repo_files: &[String],
@@ -165,15 +166,14 @@ pub fn plan_fetch(
             None => "no model_index.json: not a diffusers pipeline repo".into(),
         }));
     }
-    if repo_files.iter().any(|f| f.starts_with("text_encoder_2/")) {
-        return Err(unusable(
-            "an SDXL pipeline (it has text_encoder_2/): not supported yet".into(),
-        ));
-    }
+    // SDXL: a second text encoder and tokenizer.
+    let sdxl = repo_files
+        .iter()
+        .any(|f| f.starts_with("text_encoder_2/") || f.starts_with("tokenizer_2/"));
     let mut files = vec!["model_index.json".to_string()];
     let mut weights = Vec::new();
     let mut sharded_indexes = Vec::new();
-    for kind in ComponentKind::ALL {
+    for &kind in ComponentKind::for_folder(sdxl) {
         let dir = kind.dir_name();
         let config = format!("{dir}/config.json");
         if !has(&config) {
@@ -216,19 +216,25 @@ pub fn plan_fetch(
             }
         }
     }
-    let tokenizer: Vec<String> = TOKENIZER_FILES
-        .iter()
-        .map(|f| format!("tokenizer/{f}"))
-        .filter(|f| has(f))
-        .collect();
-    let usable_tokenizer = has("tokenizer/tokenizer.json")
-        || (has("tokenizer/vocab.json") && has("tokenizer/merges.txt"));
-    if !usable_tokenizer {
-        return Err(unusable(
-            "no tokenizer (tokenizer/tokenizer.json, or vocab.json + merges.txt)".into(),
-        ));
+    for dir in if sdxl {
+        &["tokenizer", "tokenizer_2"][..]
+    } else {
+        &["tokenizer"][..]
+    } {
+        let tokenizer: Vec<String> = TOKENIZER_FILES
+            .iter()
+            .map(|f| format!("{dir}/{f}"))
+            .filter(|f| has(f))
+            .collect();
+        let usable_tokenizer = has(&format!("{dir}/tokenizer.json"))
+            || (has(&format!("{dir}/vocab.json")) && has(&format!("{dir}/merges.txt")));
+        if !usable_tokenizer {
+            return Err(unusable(format!(
+                "no tokenizer ({dir}/tokenizer.json, or vocab.json + merges.txt)"
+            )));
+        }
+        files.extend(tokenizer);
     }
-    files.extend(tokenizer);
     if !has("scheduler/scheduler_config.json") {
         return Err(unusable(
             "scheduler/scheduler_config.json is missing".into(),
@@ -642,7 +648,7 @@ mod tests {
     }
 
     #[test]
-    fn plan_refuses_pickles_sdxl_and_single_files() {
+    fn plan_refuses_pickles_and_single_files_and_fetches_sdxl() {
         let mut pickled = sd_turbo();
         pickled.retain(|f| !f.starts_with("vae/diffusion_pytorch_model") || f.ends_with(".bin"));
         let e = plan_fetch("x/y", &pickled, false).unwrap_err().to_string();
@@ -650,14 +656,27 @@ mod tests {
             e.contains("vae/diffusion_pytorch_model.bin") && e.contains("pickled"),
             "{e}"
         );
+        // SDXL: text_encoder_2 and tokenizer_2 are needed and fetched.
         let mut sdxl = sd_turbo();
         sdxl.push("text_encoder_2/config.json".into());
-        assert!(
-            plan_fetch("x/y", &sdxl, false)
-                .unwrap_err()
-                .to_string()
-                .contains("SDXL")
-        );
+        let e = plan_fetch("x/y", &sdxl, false).unwrap_err().to_string();
+        assert!(e.contains("text_encoder_2"), "{e}");
+        sdxl.push("text_encoder_2/model.safetensors".into());
+        let e = plan_fetch("x/y", &sdxl, false).unwrap_err().to_string();
+        assert!(e.contains("tokenizer_2/tokenizer.json"), "{e}");
+        sdxl.extend(files(&[
+            "tokenizer_2/tokenizer.json",
+            "tokenizer_2/tokenizer_config.json",
+        ]));
+        let plan = plan_fetch("x/y", &sdxl, false).unwrap();
+        for f in [
+            "text_encoder_2/config.json",
+            "text_encoder_2/model.safetensors",
+            "tokenizer_2/tokenizer.json",
+            "tokenizer_2/tokenizer_config.json",
+        ] {
+            assert!(plan.files.iter().any(|x| x == f), "{f} in {:?}", plan.files);
+        }
         let single = files(&["README.md", "v1-5-pruned.ckpt"]);
         let e = plan_fetch("x/y", &single, false).unwrap_err().to_string();
         assert!(

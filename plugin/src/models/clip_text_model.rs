@@ -49,8 +49,12 @@ pub struct ClipTextConfig {
     pub hidden_act: ClipActivation,
     /// Eps of every LayerNorm (1e-5).
     pub layer_norm_eps: f64,
-    /// `projection_dim` (of the CLIP model this encoder was cut from); unused by `CLIPTextModel`.
+    /// `projection_dim` (of the CLIP model this encoder was cut from); unused by `CLIPTextModel`,
+    /// the width of `text_embeds` in `CLIPTextModelWithProjection` (SDXL's text_encoder_2).
     pub projection_dim: Option<usize>,
+    /// `eos_token_id` (transformers' default 2): picks the pooled position (see
+    /// [`super::clip_text_model_with_projection::eos_positions`]).
+    pub eos_token_id: u32,
 }
 
 impl ClipTextConfig {
@@ -77,6 +81,7 @@ impl ClipTextConfig {
             hidden_act,
             layer_norm_eps: j.get_or("layer_norm_eps", 1e-5)?,
             projection_dim: j.opt("projection_dim")?,
+            eos_token_id: j.get_or("eos_token_id", 2)?,
         };
         {
             use crate::config_bounds::*;

@@ -114,3 +114,41 @@ mod tests {
         Ok(())
     }
 }
+
+/// SDXL's added conditioning (diffusers' `addition_embed_type = "text_time"`, the
+/// `add_time_proj` + `add_embedding` modules of `UNet2DConditionModel` and its
+/// `get_aug_embed`): `aug = add_embedding(cat([text_embeds, add_time_proj(time_ids.flatten())
+/// .reshape(batch, -1)], -1))`, added to the timestep embedding that feeds every resnet.
+#[derive(Debug, Clone)]
+pub struct TextTimeEmbedding {
+    /// `add_time_proj`: `Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)`.
+    pub add_time_proj: Timesteps,
+    /// `add_embedding`: `TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)`.
+    pub add_embedding: TimestepEmbedding,
+}
+
+impl TextTimeEmbedding {
+    /// `add_time_proj` of every value of `time_ids` `[batch, k]` (each number embedded
+    /// separately, as diffusers' `time_ids.flatten()`): `[batch * k, addition_time_embed_dim]` f32.
+    pub fn time_proj(&self, time_ids: &Tensor) -> Result<Tensor> {
+        let values = time_ids.to_dtype(candle_core::DType::F64)?.flatten_all()?;
+        let rows = values
+            .to_vec1::<f64>()?
+            .into_iter()
+            .map(|v| self.add_time_proj.forward(v, 1, time_ids.device()))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&rows, 0)
+    }
+
+    /// `text_embeds` `[batch, projection_dim]` (text_encoder_2's projected pooled output) and
+    /// `time_ids` `[batch, 6]` (`[orig_h, orig_w, crop_top, crop_left, target_h, target_w]`) ->
+    /// `(add_time_proj [batch * 6, addition_time_embed_dim], aug_emb [batch, time_embed_dim])`.
+    pub fn forward(&self, text_embeds: &Tensor, time_ids: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (batch, _) = time_ids.dims2()?;
+        let proj = self.time_proj(time_ids)?;
+        let time_embeds = proj.reshape((batch, ()))?.to_dtype(text_embeds.dtype())?;
+        let input = Tensor::cat(&[text_embeds, &time_embeds], 1)?;
+        let aug = self.add_embedding.forward(&input)?;
+        Ok((proj, aug))
+    }
+}

@@ -4,6 +4,7 @@
 //! | file | mirrors |
 //! |---|---|
 //! | `clip_text_model.rs` | transformers `models/clip/modeling_clip.py` (`CLIPTextModel`) |
+//! | `clip_text_model_with_projection.rs` | same file, `CLIPTextModelWithProjection` (SDXL's `text_encoder_2`) |
 //! | `unet_2d_condition.rs` | diffusers `models/unets/unet_2d_condition.py` |
 //! | `unet_2d_blocks.rs` | diffusers `models/unets/unet_2d_blocks.py` |
 //! | `transformer_2d.rs` | diffusers `models/transformers/transformer_2d.py` + `attention.py` |
@@ -20,6 +21,7 @@ pub mod autoencoder_kl;
 pub mod autoencoder_tiny;
 pub mod autoencoders;
 pub mod clip_text_model;
+pub mod clip_text_model_with_projection;
 pub mod embeddings;
 pub mod resnet;
 pub mod tokenizer;

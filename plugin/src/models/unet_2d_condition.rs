@@ -13,7 +13,7 @@ pub use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::embeddings::{TimestepEmbedding, Timesteps};
+use super::embeddings::{TextTimeEmbedding, TimestepEmbedding, Timesteps};
 use super::unet_2d_blocks::{
     CrossAttnConfig, DownBlock, DownBlockConfig, MidBlockConfig, UNetMidBlock2DCrossAttn, UpBlock,
     UpBlockConfig,
@@ -225,11 +225,55 @@ pub struct UNet2DConditionConfig {
     pub conv_out_kernel: usize,
     /// Width of the timestep embedding (`time_embedding_dim`, default `4 * block_out_channels[0]`).
     pub time_embed_dim: usize,
+    /// `addition_embed_type: "text_time"` (SDXL); `None` when the key is absent or null.
+    pub addition_embed: Option<TextTimeConfig>,
+}
+
+/// The sizes of SDXL's added conditioning (`addition_embed_type: "text_time"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextTimeConfig {
+    /// Width of the sinusoidal embedding of each time id (`addition_time_embed_dim`, 256 in SDXL).
+    pub addition_time_embed_dim: usize,
+    /// Input width of `add_embedding` (`projection_class_embeddings_input_dim`, 2816 in SDXL =
+    /// 6 time ids x 256 + text_encoder_2's `projection_dim` 1280).
+    pub projection_class_embeddings_input_dim: usize,
+}
+
+impl TextTimeConfig {
+    /// `addition_embed_type` and its two sizes: `None` when absent/null, `text_time` with both
+    /// sizes positive, else `UnsupportedConfig` (`text`, `text_image`, `image`, `image_hint`) or
+    /// `InvalidConfig` naming the missing size.
+    fn from_json(j: &JsonConfig) -> crate::Result<Option<Self>> {
+        match j.raw("addition_embed_type") {
+            None => Ok(None),
+            Some(Value::String(s)) if s == "text_time" => {
+                let size = |key: &str| -> crate::Result<usize> {
+                    match j.opt::<usize>(key)? {
+                        Some(n) if (1..=1 << 16).contains(&n) => Ok(n),
+                        other => Err(DiffusionError::config(
+                            &j.path,
+                            key,
+                            format!(
+                                "is {other:?}; addition_embed_type \"text_time\" needs a positive \
+                                 size (at most 65536)"
+                            ),
+                        )),
+                    }
+                };
+                Ok(Some(Self {
+                    addition_time_embed_dim: size("addition_time_embed_dim")?,
+                    projection_class_embeddings_input_dim: size(
+                        "projection_class_embeddings_input_dim",
+                    )?,
+                }))
+            }
+            Some(v) => Err(j.unsupported("addition_embed_type", v)),
+        }
+    }
 }
 
 /// Keys whose only supported value is `null` (or absence).
 const MUST_BE_NULL: &[&str] = &[
-    "addition_embed_type",
     "time_cond_proj_dim",
     "class_embed_type",
     "num_class_embeds",
@@ -246,8 +290,9 @@ impl UNet2DConditionConfig {
     ///
     /// Errors: a missing/unreadable file is `DiffusionError::Io`; bad JSON, a wrongly typed or
     /// inconsistent field is `InvalidConfig`; a feature we do not implement set to a non-default
-    /// value is `UnsupportedConfig` naming the field and value: `addition_embed_type` (SDXL),
-    /// `time_cond_proj_dim`, `class_embed_type`, `num_class_embeds`, `encoder_hid_dim(_type)`,
+    /// value is `UnsupportedConfig` naming the field and value: `addition_embed_type` other than
+    /// `text_time` (SDXL's, see [`TextTimeConfig`]), `time_cond_proj_dim`, `class_embed_type`,
+    /// `num_class_embeds`, `encoder_hid_dim(_type)`,
     /// `timestep_post_act`, `time_embedding_act_fn`, `cross_attention_norm`,
     /// `reverse_transformer_layers_per_block`, `time_embedding_type` != positional,
     /// `attention_type` != default, `dual_cross_attention`, `class_embeddings_concat`,
@@ -472,6 +517,7 @@ impl UNet2DConditionConfig {
             conv_in_kernel,
             conv_out_kernel,
             time_embed_dim,
+            addition_embed: TextTimeConfig::from_json(j)?,
             block_out_channels,
         };
         cfg.check_bounds(path)?;
@@ -549,12 +595,24 @@ pub struct UNet2DConditionModel {
     config: UNet2DConditionConfig,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
+    /// `add_time_proj` + `add_embedding` of a `text_time` UNet (SDXL).
+    add_embedding: Option<TextTimeEmbedding>,
     conv_in: TiledConv2d,
     down_blocks: Vec<DownBlock>,
     mid_block: Option<UNetMidBlock2DCrossAttn>,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: TiledConv2d,
+}
+
+/// diffusers' `added_cond_kwargs` of a `text_time` UNet (SDXL), rows as the sample's batch.
+#[derive(Debug, Clone)]
+pub struct AddedCondKwargs {
+    /// text_encoder_2's projected pooled prompt embedding `[batch, projection_dim]`.
+    pub text_embeds: Tensor,
+    /// `[batch, 6]` micro-conditioning `[orig_h, orig_w, crop_top, crop_left, target_h,
+    /// target_w]` in pixels (see `pipeline::sdxl::add_time_ids`).
+    pub time_ids: Tensor,
 }
 
 /// Named intermediate tensors of one UNet call, in computation order, with diffusers' module
@@ -575,6 +633,21 @@ impl UNet2DConditionModel {
             downscale_freq_shift: cfg.freq_shift,
         };
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), c[0], temb)?;
+        let add_embedding = match cfg.addition_embed {
+            Some(tt) => Some(TextTimeEmbedding {
+                add_time_proj: Timesteps {
+                    num_channels: tt.addition_time_embed_dim,
+                    flip_sin_to_cos: cfg.flip_sin_to_cos,
+                    downscale_freq_shift: cfg.freq_shift,
+                },
+                add_embedding: TimestepEmbedding::new(
+                    vb.pp("add_embedding"),
+                    tt.projection_class_embeddings_input_dim,
+                    temb,
+                )?,
+            }),
+            None => None,
+        };
         let k_in = cfg.conv_in_kernel;
         let conv_in = TiledConv2d::new(
             cfg.in_channels,
@@ -651,6 +724,7 @@ impl UNet2DConditionModel {
             config: cfg.clone(),
             time_proj,
             time_embedding,
+            add_embedding,
             conv_in,
             down_blocks,
             mid_block,
@@ -682,7 +756,44 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         tiling: Tiling,
     ) -> Result<Tensor> {
-        self.run(sample, timestep, encoder_hidden_states, tiling, None)
+        self.run(sample, timestep, encoder_hidden_states, None, tiling, None)
+    }
+
+    /// [`Self::forward`] with diffusers' `added_cond_kwargs`, which a `text_time` UNet (SDXL)
+    /// needs (`text_embeds` `[batch, projection_dim]`, `time_ids` `[batch, 6]`) and other UNets
+    /// ignore. Errors (candle's) when a `text_time` UNet gets `None`, as diffusers raises.
+    pub fn forward_added(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        added: Option<&AddedCondKwargs>,
+        tiling: Tiling,
+    ) -> Result<Tensor> {
+        self.run(sample, timestep, encoder_hidden_states, added, tiling, None)
+    }
+
+    /// [`Self::forward_added`] that also returns the named [`Intermediates`] (`add_time_proj`
+    /// `[batch * 6, addition_time_embed_dim]` and `add_embedding` `[batch, time_embed_dim]`
+    /// follow `time_embedding` for a `text_time` UNet).
+    pub fn forward_added_with_intermediates(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        added: Option<&AddedCondKwargs>,
+        tiling: Tiling,
+    ) -> Result<(Tensor, Intermediates)> {
+        let mut rec = Vec::new();
+        let out = self.run(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            added,
+            tiling,
+            Some(&mut rec),
+        )?;
+        Ok((out, rec))
     }
 
     /// [`Self::forward`] that also returns the named [`Intermediates`] (for parity debugging).
@@ -698,6 +809,7 @@ impl UNet2DConditionModel {
             sample,
             timestep,
             encoder_hidden_states,
+            None,
             tiling,
             Some(&mut rec),
         )?;
@@ -709,6 +821,7 @@ impl UNet2DConditionModel {
         sample: &Tensor,
         timestep: f64,
         context: &Tensor,
+        added: Option<&AddedCondKwargs>,
         tiling: Tiling,
         mut rec: Option<&mut Intermediates>,
     ) -> Result<Tensor> {
@@ -730,8 +843,20 @@ impl UNet2DConditionModel {
             .forward(timestep, batch, sample.device())?
             .to_dtype(sample.dtype())?;
         record("time_proj".into(), &t_emb);
-        let emb = self.time_embedding.forward(&t_emb)?;
+        let mut emb = self.time_embedding.forward(&t_emb)?;
         record("time_embedding".into(), &emb);
+        if let Some(add) = &self.add_embedding {
+            let Some(added) = added else {
+                candle_core::bail!(
+                    "this UNet has addition_embed_type \"text_time\" and needs added_cond_kwargs \
+                     (text_embeds and time_ids)"
+                );
+            };
+            let (proj, aug) = add.forward(&added.text_embeds, &added.time_ids)?;
+            record("add_time_proj".into(), &proj);
+            record("add_embedding".into(), &aug);
+            emb = (emb + aug)?;
+        }
 
         // 2. pre-process
         let mut h = self.conv_in.forward(&sample, tiling)?;

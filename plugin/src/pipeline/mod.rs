@@ -3,7 +3,8 @@
 //! `StableDiffusionImg2ImgPipeline.__call__`:
 //!
 //! 1. [`check_inputs`]: validate the request, resolve the output size.
-//! 2. [`encode_prompt`]: tokenize and encode `[uncond, cond]` (classifier-free guidance) or `[cond]`.
+//! 2. [`encode_prompt`]: tokenize and encode `[uncond, cond]` (classifier-free guidance) or `[cond]`
+//!    (SDXL: both text encoders and the pooled embedding, see [`sdxl`]).
 //! 3. [`prepare_scheduler`]: build the scheduler from the folder's config; img2img keeps the tail
 //!    of the schedule (`strength`).
 //! 4. [`prepare_latents`]: unit noise times `init_noise_sigma`, or the VAE-encoded init image
@@ -18,12 +19,14 @@
 pub mod model;
 pub mod postprocess;
 pub mod preview;
+pub mod sdxl;
 
 use candle_core::{DType, Tensor};
 use image::RgbaImage;
 
 use crate::error::{DiffusionError, Result};
 use crate::models::autoencoders::Vae;
+use crate::models::unet_2d_condition::AddedCondKwargs;
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::postprocess::{rgba_to_tensor, tensor_to_rgba};
@@ -199,11 +202,17 @@ fn run_stages(
     // 2. Encode the prompt (and the negative prompt under guidance).
     let guidance = request.guidance() > 1.0;
     checkpoint(hooks)?;
-    let prompt = encode_prompt(model, &request.prompt, &request.negative_prompt, guidance)?;
+    let prompt = encode_prompt(
+        model,
+        &request.prompt,
+        request.negative_prompt.as_deref(),
+        guidance,
+    )?;
     hooks.on_prompt_encoded(PromptTruncation {
         prompt: prompt.prompt_truncated,
         negative_prompt: prompt.negative_prompt_truncated,
     });
+    let added = sdxl::added_cond(model, request, &prompt, (width, height))?;
     checkpoint(hooks)?;
     // 3. Timesteps.
     let (mut scheduler, begin) = prepare_scheduler(model, request)?;
@@ -225,6 +234,7 @@ fn run_stages(
         begin,
         latents,
         &prompt.embeds,
+        added.as_ref(),
         noise,
         hooks,
     )?;
@@ -331,24 +341,31 @@ fn load_init_image(request: &GenerationRequest) -> Result<Option<RgbaImage>> {
 pub struct PromptEmbeds {
     /// `[2, 77, cross_attention_dim]` rows [uncond, cond] under guidance, else `[1, 77, dim]`.
     pub embeds: Tensor,
+    /// SDXL: text_encoder_2's projected pooled embedding `[batch, projection_dim]`, same rows
+    /// (the UNet's `text_embeds`); `None` for SD 1.x/2.x.
+    pub pooled: Option<Tensor>,
     pub prompt_truncated: bool,
     pub negative_prompt_truncated: bool,
 }
 
-/// diffusers' `encode_prompt`: tokenizes `prompt` (and, under guidance, `negative_prompt`; empty
-/// = the empty prompt, as diffusers' `negative_prompt=None`) and runs the text encoder once on the
-/// batch `[uncond, cond]`.
+/// diffusers' `encode_prompt`: tokenizes `prompt` (and, under guidance, `negative_prompt`;
+/// `None` = diffusers' `negative_prompt=None`, the empty prompt) and runs the text encoder once on
+/// the batch `[uncond, cond]`. SDXL models go through [`sdxl::encode_prompt_xl`] (where `None`
+/// and `Some("")` differ: `force_zeros_for_empty_prompt`).
 pub fn encode_prompt(
     model: &StableDiffusion,
     prompt: &str,
-    negative_prompt: &str,
+    negative_prompt: Option<&str>,
     guidance: bool,
 ) -> Result<PromptEmbeds> {
+    if let Some(parts) = &model.sdxl {
+        return sdxl::encode_prompt_xl(model, parts, prompt, negative_prompt, guidance);
+    }
     let cond = model.tokenizer.encode(prompt)?;
     let mut rows = Vec::new();
     let mut negative_prompt_truncated = false;
     if guidance {
-        let uncond = model.tokenizer.encode(negative_prompt)?;
+        let uncond = model.tokenizer.encode(negative_prompt.unwrap_or(""))?;
         negative_prompt_truncated = uncond.truncated;
         rows.extend_from_slice(&uncond.ids);
     }
@@ -358,6 +375,7 @@ pub fn encode_prompt(
     let embeds = model.text_encoder.forward(&ids)?;
     Ok(PromptEmbeds {
         embeds,
+        pooled: None,
         prompt_truncated: cond.truncated,
         negative_prompt_truncated,
     })
@@ -455,7 +473,8 @@ pub fn prepare_latents(
 }
 
 /// The denoising loop over `scheduler.timesteps()[begin..]`: per step, the UNet on
-/// `scale_model_input(x)` (batched `[uncond, cond]` under guidance), the guided prediction
+/// `scale_model_input(x)` (batched `[uncond, cond]` under guidance; SDXL: with `added`, the
+/// `text_embeds` and `time_ids` of the same rows), the guided prediction
 /// `uncond + guidance_scale * (cond - uncond)`, and the scheduler step. Returns the final latents.
 #[allow(clippy::too_many_arguments)]
 pub fn denoise(
@@ -465,6 +484,7 @@ pub fn denoise(
     begin: usize,
     mut latents: Tensor,
     prompt_embeds: &Tensor,
+    added: Option<&AddedCondKwargs>,
     noise: &mut dyn NoiseSource,
     hooks: &mut dyn GenerationHooks,
 ) -> Result<Tensor> {
@@ -481,10 +501,13 @@ pub fn denoise(
             latents.clone()
         };
         let unet_input = scheduler.scale_model_input(&batch, index)?;
-        let unet_output =
-            model
-                .unet
-                .forward(&unet_input, timestep, prompt_embeds, request.tiling)?;
+        let unet_output = model.unet.forward_added(
+            &unet_input,
+            timestep,
+            prompt_embeds,
+            added,
+            request.tiling,
+        )?;
         let noise_pred = if guidance {
             let uncond = unet_output.get(0)?.unsqueeze(0)?;
             let cond = unet_output.get(1)?.unsqueeze(0)?;
@@ -523,17 +546,37 @@ pub fn decode_latents(
 /// The decoder's raw output for `latents` (`[1, out_channels, f*h, f*w]`, roughly [-1, 1],
 /// unclamped): `vae.decode(latents / vae.scaling_factor)`, or with [`StableDiffusion::decoder`]
 /// (TAESD) when one was loaded, `decoder.decode(latents / decoder.scaling_factor)` (1.0).
+///
+/// The VAE always runs in f32 (fp16 weight files are converted on load), which is what
+/// diffusers' `force_upcast` does for SDXL's VAE, whose f16 activations overflow on large latents
+/// (candle #1060). Should the decoder still produce NaN/inf, the result is
+/// [`DiffusionError::InvalidRequest`] naming the latents, never a black image.
 pub fn decode_latents_raw(
     model: &StableDiffusion,
     latents: &Tensor,
     tiling: crate::Tiling,
 ) -> Result<Tensor> {
-    match &model.decoder {
+    let decoded = match &model.decoder {
         // LoadOptions::decoder: TAESD in place of the model's own decoder, with its own scaling.
-        Some(taesd) => Ok(taesd.decode(&(latents / taesd.config().scaling_factor)?, tiling)?),
+        Some(taesd) => taesd.decode(&(latents / taesd.config().scaling_factor)?, tiling)?,
         None => {
             let z = (latents / model.vae_config.scaling_factor)?;
-            Ok(model.vae.decode(&z, tiling)?)
+            model.vae.decode(&z, tiling)?
         }
+    };
+    let sum = decoded
+        .abs()?
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    if !sum.is_finite() {
+        return Err(DiffusionError::InvalidRequest {
+            field: "latents",
+            value: format!("shape {:?}", latents.dims()),
+            reason: "the VAE decoder produced non-finite pixels (NaN/inf): the latents are far \
+                     outside the VAE's range"
+                .into(),
+        });
     }
+    Ok(decoded)
 }

@@ -17,6 +17,7 @@ use crate::models::autoencoders::{Vae, VaeConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
+use crate::pipeline::sdxl::{self, SdxlComponents};
 use crate::schedulers::SchedulerConfig;
 
 /// How to load a model folder.
@@ -88,6 +89,8 @@ pub struct StableDiffusion {
     /// The sampling settings the folder recommends (`bevy_diffusion.json`; empty without one),
     /// used for the fields a request leaves unset.
     pub recommended: crate::request::RecommendedSettings,
+    /// SDXL's `tokenizer_2` and `text_encoder_2` (`None` for SD 1.x/2.x).
+    pub sdxl: Option<SdxlComponents>,
 }
 
 impl StableDiffusion {
@@ -189,7 +192,7 @@ impl StableDiffusion {
     /// Validates and loads the diffusers-layout folder `dir` onto `options.device`.
     ///
     /// Steps, each failing fast with a typed error:
-    /// 1. [`ModelFolder::open`]: the layout, the pipeline class (SDXL, SD3, FLUX, ... refused with
+    /// 1. [`ModelFolder::open`]: the layout, the pipeline class (SD3, FLUX, ... refused with
     ///    [`crate::DiffusionError::UnsupportedModel`]), every file present, weights safetensors
     ///    only ([`crate::DiffusionError::PickleWeights`]), headers valid
     ///    ([`crate::DiffusionError::BadSafetensors`]).
@@ -279,6 +282,26 @@ impl StableDiffusion {
         };
         // LoRAs mix into the identity last: folder (+ decoder) + LoRAs.
         let identity = crate::loading::lora_merge::identity(&base_identity, &options.loras)?;
+        let text_time = unet_config.addition_embed.map(|tt| {
+            (
+                tt.addition_time_embed_dim,
+                tt.projection_class_embeddings_input_dim,
+                folder.unet.config.as_path(),
+            )
+        });
+        let sdxl = sdxl::load_components(&folder, text_time, device)?;
+        if sdxl.is_some() != text_time.is_some() {
+            return Err(crate::DiffusionError::config(
+                &folder.unet.config,
+                "addition_embed_type",
+                if sdxl.is_some() {
+                    "is not \"text_time\", but this SDXL pipeline's text_encoder_2 gives the UNet \
+                     pooled text_embeds and time_ids"
+                } else {
+                    "is \"text_time\" (SDXL) but the folder has no text_encoder_2"
+                },
+            ));
+        }
 
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -297,6 +320,7 @@ impl StableDiffusion {
             identity,
             unet_parameters,
             recommended,
+            sdxl,
         })
     }
 }
@@ -427,7 +451,7 @@ impl DecoderFolder {
                 ));
             }
         }
-        build_component(&self.component, device, |vb| {
+        build_component(&self.component, device, HashMap::new(), |vb| {
             AutoencoderTiny::new_decoder_only(vb, config)
         })
     }

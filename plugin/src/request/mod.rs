@@ -128,8 +128,10 @@ pub struct GenerationRequest {
     /// (bos + 75 + eos); the result reports it.
     pub prompt: String,
     /// What to steer away from (the unconditional branch of classifier-free guidance).
-    /// Empty = diffusers' `negative_prompt=None` (the empty prompt).
-    pub negative_prompt: String,
+    /// `None` = diffusers' `negative_prompt=None`: the empty prompt for SD 1.x/2.x, zero
+    /// embeddings for SDXL (`force_zeros_for_empty_prompt`); `Some("")` encodes the empty prompt
+    /// on every model. RON/JSON take a bare string.
+    pub negative_prompt: Option<String>,
     /// Seed of the request's noise stream (ChaCha8; see [`crate::noise`]).
     pub seed: u64,
     /// Output width in pixels, a multiple of the model's VAE factor `f` (its downscale factor:
@@ -162,13 +164,27 @@ pub struct GenerationRequest {
     pub player: Option<String>,
     /// Queue priority, higher first; does not change pixels.
     pub priority: i32,
+    /// SDXL micro-conditioning (diffusers' `original_size`, `(height, width)` in pixels); `None`
+    /// = the output size. Ignored by SD 1.x/2.x models.
+    pub original_size: Option<(u32, u32)>,
+    /// SDXL: diffusers' `crops_coords_top_left`, `(top, left)` in pixels; default `(0, 0)`.
+    pub crops_coords_top_left: (u32, u32),
+    /// SDXL: diffusers' `target_size`, `(height, width)`; `None` = the output size.
+    pub target_size: Option<(u32, u32)>,
+    /// SDXL: the unconditional row's `original_size`; used (with the two below) only when both
+    /// it and `negative_target_size` are set, else that row repeats the positive micro-conditioning.
+    pub negative_original_size: Option<(u32, u32)>,
+    /// SDXL: the unconditional row's `crops_coords_top_left`; default `(0, 0)`.
+    pub negative_crops_coords_top_left: (u32, u32),
+    /// SDXL: the unconditional row's `target_size`.
+    pub negative_target_size: Option<(u32, u32)>,
 }
 
 impl Default for GenerationRequest {
     fn default() -> Self {
         Self {
             prompt: String::new(),
-            negative_prompt: String::new(),
+            negative_prompt: None,
             seed: 0,
             width: 0,
             height: 0,
@@ -183,9 +199,19 @@ impl Default for GenerationRequest {
             pixel_art: None,
             player: None,
             priority: 0,
+            original_size: None,
+            crops_coords_top_left: (0, 0),
+            target_size: None,
+            negative_original_size: None,
+            negative_crops_coords_top_left: (0, 0),
+            negative_target_size: None,
         }
     }
 }
+
+/// The largest value of an SDXL micro-conditioning number (`original_size`, ...): far beyond
+/// any training image (SDXL saw up to ~4096 px), small enough to stay exact in f32.
+pub const MAX_MICRO_CONDITIONING: u32 = 65_536;
 
 impl GenerationRequest {
     /// Checks the fields that do not depend on the model. `vae_scale` is the model's
@@ -244,6 +270,27 @@ impl GenerationRequest {
                 self.strength.to_string(),
                 "must be in (0, 1]".into(),
             );
+        }
+        for (field, value) in [
+            ("original_size", self.original_size),
+            ("crops_coords_top_left", Some(self.crops_coords_top_left)),
+            ("target_size", self.target_size),
+            ("negative_original_size", self.negative_original_size),
+            (
+                "negative_crops_coords_top_left",
+                Some(self.negative_crops_coords_top_left),
+            ),
+            ("negative_target_size", self.negative_target_size),
+        ] {
+            if let Some((a, b)) = value
+                && (a > MAX_MICRO_CONDITIONING || b > MAX_MICRO_CONDITIONING)
+            {
+                return bad(
+                    field,
+                    format!("({a}, {b})"),
+                    format!("each number must be at most {MAX_MICRO_CONDITIONING} pixels"),
+                );
+            }
         }
         if let Some(p) = self.pixel_art
             && (p.cell == 0 || !(2..=256).contains(&p.colors))

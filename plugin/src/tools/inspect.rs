@@ -4,7 +4,7 @@
 //!
 //! 1. [`folder::validate`]: the static checks that also run before every load
 //!    ([`crate::StableDiffusion::load`] starts with [`crate::loading::folder::ModelFolder::open`],
-//!    which is the same walk stopping at its first problem): layout, pipeline class (SDXL & co.
+//!    which is the same walk stopping at its first problem): layout, pipeline class (SD3, FLUX & co.
 //!    refused by name), missing files, pickled weights, size cap, safetensors headers whose byte
 //!    ranges lie or run past the end of the file, sharded indexes, the tokenizer, the
 //!    text-encoder/UNet width agreement.
@@ -34,6 +34,7 @@ use crate::loading::folder::{self, ComponentKind, FolderOptions, ModelFamily};
 use crate::loading::weights::{VarBuilder, WeightFiles};
 use crate::models::autoencoders::{Vae, VaeConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
+use crate::models::clip_text_model_with_projection::ClipTextModelWithProjection;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::schedulers::SchedulerConfig;
@@ -122,7 +123,7 @@ pub struct InspectReport {
     pub class_name: Option<String>,
     /// The family detected from the configs.
     pub family: Option<ModelFamily>,
-    /// The family name of a pipeline we recognise and refuse (`SDXL`, `SD3`, ...).
+    /// The family name of a pipeline we recognise and refuse (`SD3`, `FLUX`, ...).
     pub refused: Option<String>,
     /// Why this is the project's embedded model, if it is (`assets/models/default`, or the
     /// [`crate::loading::embedded::EMBEDDED_MARKER`] in model_index.json).
@@ -162,7 +163,7 @@ impl InspectReport {
         })
     }
 
-    /// `SD1.x`, `SD2.x`, `SD-Turbo`, `SDXS/pruned`, `SDXL (refused)`,
+    /// `SD1.x`, `SD2.x`, `SD-Turbo`, `SDXS/pruned`, `SDXL`, `SDXL-Turbo`, `SD3 (refused)`,
     /// `embedded (SD1.x architecture)`, or `unknown`.
     pub fn family_label(&self) -> String {
         if let Some(refused) = &self.refused {
@@ -272,7 +273,9 @@ pub fn inspect(dir: &Path, options: &InspectOptions) -> InspectReport {
         .then(|| ClipTextConfig::from_file(&te_config_path))
         .and_then(|r| r.map_err(|e| report.problems.push(e)).ok());
 
-    for kind in ComponentKind::ALL {
+    let sdxl =
+        report.family.is_some_and(ModelFamily::is_sdxl) || dir.join("text_encoder_2").is_dir();
+    for &kind in ComponentKind::for_folder(sdxl) {
         let component = inspect_component(dir, kind, &folder_options, &flagged, &mut report);
         report.components.push(component);
     }
@@ -409,6 +412,11 @@ fn inspect_component(
     let built = match kind {
         ComponentKind::TextEncoder => ClipTextConfig::from_file(&config_path)
             .map(|cfg| dry_build(&weights, |vb| ClipTextModel::new(vb, &cfg).map(drop))),
+        ComponentKind::TextEncoder2 => ClipTextConfig::from_file(&config_path).map(|cfg| {
+            dry_build(&weights, |vb| {
+                ClipTextModelWithProjection::new(vb, &cfg, cfg.eos_token_id).map(drop)
+            })
+        }),
         ComponentKind::Unet => UNet2DConditionConfig::from_file(&config_path)
             .map(|cfg| dry_build(&weights, |vb| UNet2DConditionModel::new(vb, &cfg).map(drop))),
         ComponentKind::Vae => VaeConfig::from_file(&config_path)
