@@ -71,6 +71,7 @@ pub mod error;
 pub mod generator;
 pub mod hub;
 pub mod inspect;
+pub mod kernels;
 pub mod model;
 pub mod model_folder;
 pub mod models;

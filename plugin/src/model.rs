@@ -78,23 +78,15 @@ impl StableDiffusion {
         (self.device.is_cpu() && self.unet_parameters < Self::SMALL_MODEL_PARAMETERS).then_some(1)
     }
 
-    /// Runs `f` (this model's maths) on a rayon pool of `threads` threads, else of
-    /// [`Self::max_useful_threads`], else on rayon's global pool (all cores).
+    /// Runs `f` (this model's maths) on the shared pool of `threads` threads (capped at the
+    /// machine's cores, see [`crate::kernels::threads`]), else of [`Self::max_useful_threads`],
+    /// else on rayon's global pool (all cores). Pools are built once and reused.
     pub fn run_with_threads<T: Send>(
         &self,
         threads: Option<usize>,
         f: impl FnOnce() -> T + Send,
     ) -> T {
-        let pool = threads.or(self.max_useful_threads()).and_then(|n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n.max(1))
-                .build()
-                .ok()
-        });
-        match pool {
-            Some(pool) => pool.install(f),
-            None => f(),
-        }
+        crate::kernels::threads::install(threads.or(self.max_useful_threads()), f)
     }
 }
 

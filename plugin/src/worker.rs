@@ -282,13 +282,8 @@ fn compute_threads(configured: Option<usize>, useful: Option<usize>) -> Option<u
     }
 }
 
-fn rayon_pool(threads: Option<usize>) -> Option<rayon::ThreadPool> {
-    let n = threads?;
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n.max(1))
-        .thread_name(|i| format!("bevy_diffusion-compute-{i}"))
-        .build()
-        .ok()
+fn rayon_pool(threads: Option<usize>) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+    crate::kernels::threads::shared_pool(threads?)
 }
 
 #[derive(Debug)]

@@ -2,6 +2,7 @@
 
 mod bake;
 mod embedded_model;
+mod kernels;
 mod loading;
 mod models;
 mod pipeline;

@@ -291,7 +291,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     let started = Instant::now();
     let mut noise = SeededNoise::new(request.seed);
-    let out = model.run_with_threads(args.threads, || {
+    let out = model.run_with_threads(capped_threads(args.threads), || {
         pipeline::generate_with_noise(&model, &request, &explicit, &mut noise, &mut StepPrinter)
     })?;
     if out.prompt_truncated {
@@ -373,7 +373,7 @@ fn bake(args: BakeArgs) -> Result<()> {
     let options = BakeOptions {
         base_dir,
         force: args.force,
-        threads: args.threads,
+        threads: capped_threads(args.threads),
         ..BakeOptions::new(&args.out, &model_dir)
     };
 
@@ -477,4 +477,14 @@ fn inspect_folder(args: InspectArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--threads N` capped at the machine's cores; prints why when it was changed.
+fn capped_threads(threads: Option<usize>) -> Option<usize> {
+    let n = threads?;
+    let count = bevy_diffusion::kernels::threads::cap_threads(n);
+    if let Some(notice) = &count.notice {
+        eprintln!("note: {notice}");
+    }
+    Some(count.threads)
 }

@@ -5,8 +5,11 @@
 //!
 //! Also home of [`scaled_dot_product_attention`], shared with the CLIP text encoder.
 
-use candle_core::{D, DType, Module, Result, Tensor};
-use candle_nn::{GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use crate::kernels::profile::{self, OpKind};
+use crate::kernels::{GroupNormKernel, elementwise, linear};
 
 /// Upper bound on the number of attention scores materialised at once (2^21 f32 = 8 MiB).
 /// Larger problems are computed in chunks of heads, then of query rows; the result is identical.
@@ -21,8 +24,10 @@ const MAX_SCORES_PER_CHUNK: usize = 1 << 21;
 /// `f32` whatever the input dtype (diffusers' `upcast_attention`), the output has `q`'s dtype:
 /// `[bh, n, dv]`.
 ///
-/// Memory stays bounded: when `bh * n * m` exceeds 2^21 scores, the work is split into chunks of
-/// heads (and, for a single huge head, of query rows), each a batched matmul.
+/// Memory stays bounded: f32 CPU tensors without a mask go through the blocked online-softmax
+/// kernel ([`crate::kernels::attention`]); otherwise, when `bh * n * m` exceeds 2^21 scores, the
+/// work is split into chunks of heads (and, for a single huge head, of query rows), each a
+/// batched matmul.
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
@@ -30,7 +35,15 @@ pub fn scaled_dot_product_attention(
     scale: f64,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    attention_chunked(q, k, v, scale, mask, MAX_SCORES_PER_CHUNK)
+    profile::timed(OpKind::Attention, || {
+        if mask.is_none() {
+            let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+            if let Some(out) = crate::kernels::attention::flash_attention(&q, &k, &v, scale)? {
+                return Ok(out);
+            }
+        }
+        attention_chunked(q, k, v, scale, mask, MAX_SCORES_PER_CHUNK)
+    })
 }
 
 /// [`scaled_dot_product_attention`] with at most `max_scores` scores per chunk.
@@ -154,11 +167,32 @@ impl Attention {
     /// `x` itself) -> `[b, n, query_dim]`.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let context = context.unwrap_or(x);
-        let q = split_heads(&self.to_q.forward(x)?, self.heads)?;
-        let k = split_heads(&self.to_k.forward(context)?, self.heads)?;
-        let v = split_heads(&self.to_v.forward(context)?, self.heads)?;
-        let out = scaled_dot_product_attention(&q, &k, &v, self.scale, None)?;
-        self.to_out.forward(&merge_heads(&out, self.heads)?)
+        let mm = linear::forward;
+        let (q, k, v) = (
+            mm(&self.to_q, x)?,
+            mm(&self.to_k, context)?,
+            mm(&self.to_v, context)?,
+        );
+        // The blocked kernel reads the heads in place (no split/merge copies).
+        let fused = profile::timed(OpKind::Attention, || {
+            crate::kernels::attention::attention_heads(&q, &k, &v, self.heads, self.scale)
+        })?;
+        let out = match fused {
+            Some(out) => out,
+            None => {
+                let heads =
+                    |t: &Tensor| profile::timed(OpKind::Elementwise, || split_heads(t, self.heads));
+                let out = scaled_dot_product_attention(
+                    &heads(&q)?,
+                    &heads(&k)?,
+                    &heads(&v)?,
+                    self.scale,
+                    None,
+                )?;
+                profile::timed(OpKind::Elementwise, || merge_heads(&out, self.heads))?
+            }
+        };
+        mm(&self.to_out, &out)
     }
 }
 
@@ -183,11 +217,9 @@ impl FeedForward {
 impl Module for FeedForward {
     /// `[b, n, dim]` -> `[b, n, dim]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.proj.forward(x)?;
-        let inner = h.dim(D::Minus1)? / 2;
-        let hidden = h.narrow(D::Minus1, 0, inner)?;
-        let gate = h.narrow(D::Minus1, inner, inner)?.gelu_erf()?;
-        self.out.forward(&(hidden * gate)?)
+        let h = linear::forward(&self.proj, x)?;
+        let h = elementwise::geglu(&h)?;
+        linear::forward(&self.out, &h)
     }
 }
 
@@ -237,12 +269,14 @@ impl BasicTransformerBlock {
     /// `x` `[b, n, dim]`, `context` `[b, m, cross_attention_dim]` -> `[b, n, dim]`.
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let attn1_context = self.only_cross_attention.then_some(context);
-        let x = (self.attn1.forward(&self.norm1.forward(x)?, attn1_context)? + x)?;
-        let x = (self
-            .attn2
-            .forward(&self.norm2.forward(&x)?, Some(context))?
-            + &x)?;
-        self.ff.forward(&self.norm3.forward(&x)?)? + &x
+        let ln = |n: &LayerNorm, x: &Tensor| profile::timed(OpKind::LayerNorm, || n.forward(x));
+        let add = |a: Tensor, b: &Tensor| profile::timed(OpKind::Elementwise, || a + b);
+        let x = add(self.attn1.forward(&ln(&self.norm1, x)?, attn1_context)?, x)?;
+        let x = add(
+            self.attn2.forward(&ln(&self.norm2, &x)?, Some(context))?,
+            &x,
+        )?;
+        add(self.ff.forward(&ln(&self.norm3, &x)?)?, &x)
     }
 }
 
@@ -277,7 +311,7 @@ pub struct Transformer2DModelConfig {
 /// tiling does not concern this module.
 #[derive(Debug, Clone)]
 pub struct Transformer2DModel {
-    norm: GroupNorm,
+    norm: GroupNormKernel,
     proj_in: Linear,
     transformer_blocks: Vec<BasicTransformerBlock>,
     proj_out: Linear,
@@ -301,8 +335,7 @@ impl Transformer2DModel {
     pub fn new(vb: VarBuilder, cfg: Transformer2DModelConfig) -> Result<Self> {
         let inner = cfg.num_attention_heads * cfg.attention_head_dim;
         let conv = !cfg.use_linear_projection;
-        let norm =
-            candle_nn::group_norm(cfg.norm_num_groups, cfg.in_channels, 1e-6, vb.pp("norm"))?;
+        let norm = GroupNormKernel::new(cfg.norm_num_groups, cfg.in_channels, 1e-6, vb.pp("norm"))?;
         let proj_in = linear_or_conv1x1(vb.pp("proj_in"), cfg.in_channels, inner, conv)?;
         let transformer_blocks = (0..cfg.num_layers)
             .map(|i| {
@@ -329,18 +362,18 @@ impl Transformer2DModel {
     /// `[b, in_channels, h, w]`.
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let tokens = self
-            .norm
-            .forward(x)?
-            .permute((0, 2, 3, 1))?
-            .reshape((b, h * w, c))?;
-        let mut tokens = self.proj_in.forward(&tokens)?;
+        let normed = self.norm.forward(x)?;
+        let tokens = profile::timed(OpKind::Elementwise, || {
+            normed.permute((0, 2, 3, 1))?.reshape((b, h * w, c))
+        })?;
+        let mut tokens = linear::forward(&self.proj_in, &tokens)?;
         for block in &self.transformer_blocks {
             tokens = block.forward(&tokens, context)?;
         }
-        let out = self.proj_out.forward(&tokens)?;
-        let out = out.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?;
-        out + x
+        let out = linear::forward(&self.proj_out, &tokens)?;
+        profile::timed(OpKind::Elementwise, || {
+            out.reshape((b, h, w, c))?.permute((0, 3, 1, 2))? + x
+        })
     }
 }
 
