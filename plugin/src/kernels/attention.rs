@@ -1,18 +1,20 @@
 //! Blocked ("flash") attention with an online softmax: `softmax(q k^T * scale) v` without ever
-//! holding more than one `[64, 512]` block of scores per task, parallel over (head, query block).
+//! holding more than one `[256, 1024]` block of scores per task, parallel over (head, query block).
 //!
 //! Per task: `S = Q_blk K_blk^T` (a small GEMM), the running row max `m` and row sum `l` are
 //! updated (`exp` vectorised, see `simd.rs`), the accumulated output is rescaled by
 //! `exp(m_old - m_new)` and `O += P V_blk` (another GEMM); finally `O /= l`. Same maths as the
-//! one-shot softmax, reordered; results agree to float rounding.
+//! one-shot softmax, reordered; results agree to float rounding. Block sizes: measured on the SD
+//! 1.5 self-attention (16 x 4096 x 40), `[256, 1024]` ran 2x faster than `[64, 512]` (fewer,
+//! larger GEMM calls) and as fast as `[512, 2048]`.
 
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
 use super::{SendPtr, on_cpu_f32, simd, with_slice};
 
-const BLOCK_Q: usize = 64;
-const BLOCK_K: usize = 512;
+const BLOCK_Q: usize = 256;
+const BLOCK_K: usize = 1024;
 
 /// `q` `[bh, n, d]`, `k` `[bh, m, d]`, `v` `[bh, m, dv]` (f32, CPU) -> `[bh, n, dv]`. Returns
 /// `None` when the tensors are not f32 CPU tensors (the caller uses its own path then).
@@ -132,7 +134,9 @@ unsafe fn attend_block(b: &Block, rows: usize, m: usize, d: usize, dv: usize, sc
         }
         for r in 0..rows {
             let srow = &mut s[r * cols..(r + 1) * cols];
-            let blk_max = srow.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            let mut blk_max = [0f32; 1];
+            row_max_of(srow, &mut blk_max);
+            let blk_max = blk_max[0];
             let new_max = row_max[r].max(blk_max);
             let alpha = if row_max[r] == f32::NEG_INFINITY {
                 0.0
@@ -175,6 +179,24 @@ unsafe fn attend_block(b: &Block, rows: usize, m: usize, d: usize, dv: usize, sc
     for r in 0..rows {
         let inv = 1.0 / row_sum[r];
         o_row(r).iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+simd::multiversion! {
+    /// The largest element of `x` (in 8 lanes), in `out[0]`.
+    pub fn row_max_of(x: &[f32], out: &mut [f32; 1]) {
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        let mut it = x.chunks_exact(8);
+        for c in &mut it {
+            for j in 0..8 {
+                lanes[j] = if c[j] > lanes[j] { c[j] } else { lanes[j] };
+            }
+        }
+        let mut m = f32::NEG_INFINITY;
+        for &v in lanes.iter().chain(it.remainder()) {
+            m = if v > m { v } else { m };
+        }
+        out[0] = m;
     }
 }
 
