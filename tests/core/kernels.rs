@@ -303,3 +303,30 @@ fn linear_kernel_matches_candle_linear() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn fused_linear_layouts_match_permute_and_add() -> Result<()> {
+    use bevy_diffusion::kernels::linear;
+    let mut rng = Lcg(19);
+    let (b, c, h, w, inner) = (2, 6, 3, 5, 10);
+    let x = rng.tensor(&[b, c, h, w])?;
+    let proj_in = candle_nn::Linear::new(rng.tensor(&[inner, c])?, Some(rng.tensor(&[inner])?));
+    let proj_out = candle_nn::Linear::new(rng.tensor(&[c, inner])?, Some(rng.tensor(&[c])?));
+    let tokens = x.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?;
+    let want_in = candle_core::Module::forward(&proj_in, &tokens.contiguous()?)?;
+    let got_in = linear::forward_from_nchw(&proj_in, &x)?;
+    assert!(rel_err(&got_in, &want_in)? < 1e-5);
+
+    let want_out = (candle_core::Module::forward(&proj_out, &want_in)?
+        .reshape((b, h, w, c))?
+        .permute((0, 3, 1, 2))?
+        + &x)?;
+    let got_out = linear::forward_to_nchw(&proj_out, &want_in, &x)?;
+    assert!(rel_err(&got_out, &want_out)? < 1e-5);
+
+    let r = rng.tensor(&[b, h * w, inner])?;
+    let want = (candle_core::Module::forward(&proj_in, &tokens.contiguous()?)? + &r)?;
+    let got = linear::forward_residual(&proj_in, &tokens, &r)?;
+    assert!(rel_err(&got, &want)? < 1e-5);
+    Ok(())
+}

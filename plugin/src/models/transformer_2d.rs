@@ -166,6 +166,16 @@ impl Attention {
     /// `x` `[b, n, query_dim]`, `context` `[b, m, cross_attention_dim]` (or `None`: attend to
     /// `x` itself) -> `[b, n, query_dim]`.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_residual(x, context, None)
+    }
+
+    /// [`Attention::forward`] plus `residual` `[b, n, query_dim]`, added inside `to_out`.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let context = context.unwrap_or(x);
         let mm = linear::forward;
         let (q, k, v) = (
@@ -192,7 +202,10 @@ impl Attention {
                 profile::timed(OpKind::Elementwise, || merge_heads(&out, self.heads))?
             }
         };
-        mm(&self.to_out, &out)
+        match residual {
+            Some(r) => linear::forward_residual(&self.to_out, &out, r),
+            None => mm(&self.to_out, &out),
+        }
     }
 }
 
@@ -211,6 +224,15 @@ impl FeedForward {
         let proj = candle_nn::linear(dim, 2 * inner_dim, vb.pp("net").pp("0").pp("proj"))?;
         let out = candle_nn::linear(inner_dim, dim, vb.pp("net").pp("2"))?;
         Ok(Self { proj, out })
+    }
+}
+
+impl FeedForward {
+    /// `ff(x) + residual`, the add done inside `net.2`: `[b, n, dim]` -> `[b, n, dim]`.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let h = linear::forward(&self.proj, x)?;
+        let h = elementwise::geglu(&h)?;
+        linear::forward_residual(&self.out, &h, residual)
     }
 }
 
@@ -270,13 +292,14 @@ impl BasicTransformerBlock {
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let attn1_context = self.only_cross_attention.then_some(context);
         let ln = |n: &LayerNorm, x: &Tensor| profile::timed(OpKind::LayerNorm, || n.forward(x));
-        let add = |a: Tensor, b: &Tensor| profile::timed(OpKind::Elementwise, || a + b);
-        let x = add(self.attn1.forward(&ln(&self.norm1, x)?, attn1_context)?, x)?;
-        let x = add(
-            self.attn2.forward(&ln(&self.norm2, &x)?, Some(context))?,
-            &x,
-        )?;
-        add(self.ff.forward(&ln(&self.norm3, &x)?)?, &x)
+        // Each residual add happens inside the last Linear of its branch.
+        let x = self
+            .attn1
+            .forward_residual(&ln(&self.norm1, x)?, attn1_context, Some(x))?;
+        let x = self
+            .attn2
+            .forward_residual(&ln(&self.norm2, &x)?, Some(context), Some(&x))?;
+        self.ff.forward_residual(&ln(&self.norm3, &x)?, &x)
     }
 }
 
@@ -361,19 +384,13 @@ impl Transformer2DModel {
     /// `x` `[b, in_channels, h, w]`, `context` `[b, m, cross_attention_dim]` ->
     /// `[b, in_channels, h, w]`.
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
         let normed = self.norm.forward(x)?;
-        let tokens = profile::timed(OpKind::Elementwise, || {
-            normed.permute((0, 2, 3, 1))?.reshape((b, h * w, c))
-        })?;
-        let mut tokens = linear::forward(&self.proj_in, &tokens)?;
+        // proj_in reads the normalised map in place; proj_out writes the map and adds `x`.
+        let mut tokens = linear::forward_from_nchw(&self.proj_in, &normed)?;
         for block in &self.transformer_blocks {
             tokens = block.forward(&tokens, context)?;
         }
-        let out = linear::forward(&self.proj_out, &tokens)?;
-        profile::timed(OpKind::Elementwise, || {
-            out.reshape((b, h, w, c))?.permute((0, 3, 1, 2))? + x
-        })
+        linear::forward_to_nchw(&self.proj_out, &tokens, x)
     }
 }
 
