@@ -176,8 +176,8 @@ unsafe fn attend_block(b: &Block, rows: usize, m: usize, d: usize, dv: usize, sc
             );
         }
     }
-    for r in 0..rows {
-        let inv = 1.0 / row_sum[r];
+    for (r, &sum) in row_sum.iter().enumerate() {
+        let inv = 1.0 / sum;
         o_row(r).iter_mut().for_each(|x| *x *= inv);
     }
 }

@@ -97,8 +97,10 @@ impl Conv2dKernel {
     /// `weight` `[cout, cin, kh, kw]`, `bias` `[cout]`, `stride` >= 1.
     pub fn new(weight: Tensor, bias: Option<Tensor>, stride: usize) -> Result<Self> {
         let (cout, _, _, _) = weight.dims4()?;
-        if let Some(b) = &bias {
-            if b.dims1()? != cout {
+        if let Some(b) = &bias
+            && b.dims1()? != cout
+        {
+            {
                 candle_core::bail!("conv bias has {} entries for {cout} outputs", b.dims1()?);
             }
         }
@@ -164,16 +166,20 @@ impl Conv2dKernel {
             pad_x,
         };
         let (oh, ow) = g.out_hw()?;
-        if let Some(e) = extra_bias {
-            if e.dims() != [batch, cout] {
+        if let Some(e) = extra_bias
+            && e.dims() != [batch, cout]
+        {
+            {
                 candle_core::bail!(
                     "conv2d: extra bias {:?}, expected [{batch}, {cout}]",
                     e.dims()
                 );
             }
         }
-        if let Some(r) = residual {
-            if r.dims() != [batch, cout, oh, ow] {
+        if let Some(r) = residual
+            && r.dims() != [batch, cout, oh, ow]
+        {
+            {
                 candle_core::bail!(
                     "conv2d: residual {:?}, expected [{batch}, {cout}, {oh}, {ow}]",
                     r.dims()

@@ -5,6 +5,7 @@
 
 /// `e^x` for finite `x`; clamps to [-87.3, 88.7] (so the result is a normal f32 or its limits).
 #[inline(always)]
+#[allow(clippy::excessive_precision)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
@@ -34,6 +35,7 @@ pub fn silu(x: f32) -> f32 {
 /// `erf(x)` with ~1.5e-7 absolute error: `1 - t * exp(-x^2 + P(t))`, `t = 1 / (1 + p|x|/2)`
 /// (Numerical Recipes' erfc Chebyshev fit, relative error < 1.2e-7 on erfc).
 #[inline(always)]
+#[allow(clippy::excessive_precision)] // the published coefficients, as printed
 pub fn erf(x: f32) -> f32 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
