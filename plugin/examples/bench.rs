@@ -5,10 +5,15 @@
 //! dense network does not depend on its values), seconds per UNet step (batch 2, 64x64 latent =
 //! 512 px), per VAE decode at 512x512, and per CLIP-L prompt encoding. `--quick` runs SD 1.5 at
 //! 256 px (32x32 latent) instead.
+//!
+//! After the SD 1.5 UNet step and VAE decode, a per-op-kind table (conv, group norm, attention,
+//! matmul, elementwise/copies, upsample, ...) from [`bevy_diffusion::kernels::profile`] shows
+//! where the time of one run goes; `other` is what no wrapped op accounts for.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use bevy_diffusion::kernels::profile;
 use bevy_diffusion::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use bevy_diffusion::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use bevy_diffusion::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
@@ -34,12 +39,28 @@ const CLIP_L: &str = r#"{"architectures": ["CLIPTextModel"], "hidden_act": "quic
  "projection_dim": 768, "model_type": "clip_text_model"}"#;
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
-    println!("threads: {}", candle_core::utils::get_num_threads());
-    fixture_bench()?;
-    sdxs_fixture_bench()?;
-    taesd_bench(if quick { 32 } else { 64 })?;
-    sd15_bench(if quick { 32 } else { 64 })?;
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    println!(
+        "threads: {}, kernels: {}",
+        candle_core::utils::get_num_threads(),
+        if bevy_diffusion::kernels::enabled() {
+            "ours"
+        } else {
+            "candle (BEVY_DIFFUSION_KERNELS=off)"
+        }
+    );
+    if only.is_none() {
+        fixture_bench()?;
+        sdxs_fixture_bench()?;
+        taesd_bench(if quick { 32 } else { 64 })?;
+    }
+    sd15_bench(if quick { 32 } else { 64 }, only.as_deref())?;
     Ok(())
 }
 
@@ -49,12 +70,60 @@ fn timed<T>(
     mut f: impl FnMut() -> anyhow::Result<T>,
 ) -> anyhow::Result<f64> {
     f()?; // warm-up
-    let start = Instant::now();
+    let mut runs = Vec::with_capacity(reps);
     for _ in 0..reps {
+        let start = Instant::now();
         f()?;
+        runs.push(start.elapsed().as_secs_f64());
     }
-    let secs = start.elapsed().as_secs_f64() / reps as f64;
-    println!("{label}: {secs:.4} s");
+    runs.sort_by(f64::total_cmp);
+    let median = if runs.len() % 2 == 1 {
+        runs[runs.len() / 2]
+    } else {
+        (runs[runs.len() / 2 - 1] + runs[runs.len() / 2]) / 2.0
+    };
+    println!(
+        "{label}: {median:.4} s (median of {reps}, min {:.4})",
+        runs[0]
+    );
+    Ok(median)
+}
+
+/// Like [`timed`], then one more run with the op registry on, printed as a table.
+fn timed_with_ops<T>(
+    label: &str,
+    reps: usize,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<f64> {
+    let secs = timed(label, reps, &mut f)?;
+    profile::reset();
+    profile::set_enabled(true);
+    let start = Instant::now();
+    let out = f();
+    let total = start.elapsed().as_secs_f64();
+    profile::set_enabled(false);
+    out?;
+    println!("  per-op breakdown of one profiled run ({total:.3} s):");
+    println!("  | op kind | seconds | share | calls |");
+    println!("  |---|---|---|---|");
+    let mut accounted = 0.0;
+    for row in profile::snapshot() {
+        let t = row.time.as_secs_f64();
+        accounted += t;
+        if row.calls > 0 {
+            println!(
+                "  | {} | {t:.3} | {:.1}% | {} |",
+                row.kind.name(),
+                100.0 * t / total,
+                row.calls
+            );
+        }
+    }
+    let other = (total - accounted).max(0.0);
+    println!(
+        "  | other | {other:.3} | {:.1}% | - |",
+        100.0 * other / total
+    );
     Ok(secs)
 }
 
@@ -138,7 +207,8 @@ fn write_config(name: &str, json: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn sd15_bench(latent: usize) -> anyhow::Result<()> {
+/// `only`: `Some("unet")` / `Some("vae")` runs just that stage (`--only unet|vae`).
+fn sd15_bench(latent: usize, only: Option<&str>) -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let px = latent * 8;
     let vb = VarBuilder::zeros(DType::F32, &dev);
@@ -151,19 +221,27 @@ fn sd15_bench(latent: usize) -> anyhow::Result<()> {
     );
     let x = Tensor::randn(0f32, 1., (2, 4, latent, latent), &dev)?;
     let ctx = Tensor::randn(0f32, 1., (2, 77, 768), &dev)?;
-    timed(
-        &format!("sd15 unet step (batch 2, {latent}x{latent} latent = {px} px)"),
-        2,
-        || Ok(unet.forward(&x, 500.0, &ctx, Tiling::None)?),
-    )?;
+    if only.is_none_or(|o| o == "unet") {
+        timed_with_ops(
+            &format!("sd15 unet step (batch 2, {latent}x{latent} latent = {px} px)"),
+            3,
+            || Ok(unet.forward(&x, 500.0, &ctx, Tiling::None)?),
+        )?;
+    }
     drop(unet);
+    if only == Some("unet") {
+        return Ok(());
+    }
     let vae_cfg = AutoencoderKLConfig::from_file(&write_config("vae.json", SD15_VAE)?)?;
     let vae = AutoencoderKL::new(vb.clone(), &vae_cfg)?;
     let z = Tensor::randn(0f32, 1., (1, 4, latent, latent), &dev)?;
-    timed(&format!("sd15 vae decode ({px}x{px})"), 2, || {
+    timed_with_ops(&format!("sd15 vae decode ({px}x{px})"), 3, || {
         Ok(vae.decode(&z, Tiling::None)?)
     })?;
     drop(vae);
+    if only.is_some() {
+        return Ok(());
+    }
     let clip_cfg = ClipTextConfig::from_file(&write_config("clip.json", CLIP_L)?)?;
     let clip = ClipTextModel::new(vb, &clip_cfg)?;
     let ids = Tensor::zeros((2, 77), DType::U32, &dev)?;

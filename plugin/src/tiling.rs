@@ -7,8 +7,10 @@
 //! stable-diffusion.cpp's `--circular` and Blender Dream Textures' seamless option do; the VAE
 //! decoder must be circular too or the seam reappears in pixel space.
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::kernels::{AxisPad, Conv2dKernel};
 use serde::{Deserialize, Serialize};
 
 /// Which image axes wrap around.
@@ -82,10 +84,12 @@ fn pad_axis(x: &Tensor, dim: usize, pad: usize, circular: bool) -> Result<Tensor
 /// A `Conv2d` whose padding mode is chosen at each call: zeros, or circular on tiled axes.
 ///
 /// Weights are loaded exactly as `torch.nn.Conv2d` stores them (`weight`
-/// `[out, in, k, k]`, `bias` `[out]`), so the module tree matches the checkpoint.
+/// `[out, in, k, k]`, `bias` `[out]`), so the module tree matches the checkpoint. The work is done
+/// by [`Conv2dKernel`] (padding inside the im2col, bias fused), which also takes an optional
+/// per-sample bias and residual ([`TiledConv2d::forward_fused`]).
 #[derive(Debug, Clone)]
 pub struct TiledConv2d {
-    conv: Conv2d,
+    conv: Conv2dKernel,
     padding: usize,
 }
 
@@ -99,12 +103,9 @@ impl TiledConv2d {
         padding: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: 0,
-            stride,
-            ..Default::default()
-        };
-        let conv = candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb)?;
+        let weight = vb.get((out_channels, in_channels, kernel, kernel), "weight")?;
+        let bias = vb.get(out_channels, "bias")?;
+        let conv = Conv2dKernel::new(weight, Some(bias), stride)?;
         Ok(Self { conv, padding })
     }
 
@@ -128,8 +129,26 @@ impl TiledConv2d {
 
     /// Applies the convolution to `[batch, in, height, width]` with the given tiling.
     pub fn forward(&self, x: &Tensor, tiling: Tiling) -> Result<Tensor> {
-        let x = pad_2d(x, self.padding, tiling)?;
-        self.conv.forward(&x)
+        self.forward_fused(x, tiling, None, None)
+    }
+
+    /// `conv(x) + extra_bias[b, c] + residual[b, c, h, w]` in one pass over the output;
+    /// `extra_bias` `[batch, out]`, `residual` `[batch, out, oh, ow]`.
+    pub fn forward_fused(
+        &self,
+        x: &Tensor,
+        tiling: Tiling,
+        extra_bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let p = self.padding;
+        self.conv.forward(
+            x,
+            AxisPad::symmetric(p, tiling.wraps_y()),
+            AxisPad::symmetric(p, tiling.wraps_x()),
+            extra_bias,
+            residual,
+        )
     }
 }
 

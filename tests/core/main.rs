@@ -3,6 +3,7 @@
 mod bake;
 mod break_it;
 mod embedded_model;
+mod kernels;
 mod loading;
 mod lora;
 mod models;

@@ -3,8 +3,10 @@
 //! timestep embedding) and the VAE (without).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
+use crate::kernels::profile::{self, OpKind};
+use crate::kernels::{AxisPad, Conv2dKernel, GroupNormKernel, elementwise};
 use crate::tiling::{TiledConv2d, Tiling};
 
 /// Configuration of one [`ResnetBlock2D`].
@@ -26,10 +28,10 @@ pub struct ResnetBlock2DConfig {
 /// Input `[batch, in_channels, h, w]`, output `[batch, out_channels, h, w]`.
 #[derive(Debug, Clone)]
 pub struct ResnetBlock2D {
-    norm1: GroupNorm,
+    norm1: GroupNormKernel,
     conv1: TiledConv2d,
     time_emb_proj: Option<Linear>,
-    norm2: GroupNorm,
+    norm2: GroupNormKernel,
     conv2: TiledConv2d,
     conv_shortcut: Option<TiledConv2d>,
     output_scale_factor: f64,
@@ -40,13 +42,13 @@ impl ResnetBlock2D {
     /// `conv_shortcut`).
     pub fn new(vb: VarBuilder, cfg: ResnetBlock2DConfig) -> Result<Self> {
         let (cin, cout) = (cfg.in_channels, cfg.out_channels);
-        let norm1 = candle_nn::group_norm(cfg.groups, cin, cfg.eps, vb.pp("norm1"))?;
+        let norm1 = GroupNormKernel::new(cfg.groups, cin, cfg.eps, vb.pp("norm1"))?;
         let conv1 = TiledConv2d::new(cin, cout, 3, 1, 1, vb.pp("conv1"))?;
         let time_emb_proj = match cfg.temb_channels {
             Some(t) => Some(candle_nn::linear(t, cout, vb.pp("time_emb_proj"))?),
             None => None,
         };
-        let norm2 = candle_nn::group_norm(cfg.groups, cout, cfg.eps, vb.pp("norm2"))?;
+        let norm2 = GroupNormKernel::new(cfg.groups, cout, cfg.eps, vb.pp("norm2"))?;
         let conv2 = TiledConv2d::new(cout, cout, 3, 1, 1, vb.pp("conv2"))?;
         let conv_shortcut = if cin != cout {
             Some(TiledConv2d::new(
@@ -74,24 +76,29 @@ impl ResnetBlock2D {
     /// `x`: `[batch, in, h, w]`; `temb`: `[batch, temb_channels]` (ignored when the block has
     /// no `time_emb_proj`). Returns `[batch, out, h, w]`.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>, tiling: Tiling) -> Result<Tensor> {
-        let h = self.norm1.forward(x)?.silu()?;
-        let mut h = self.conv1.forward(&h, tiling)?;
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-            h = h.broadcast_add(&t)?;
-        }
+        let h = self.norm1.forward_silu(x)?;
+        // The time embedding is a per-(sample, channel) bias of conv1.
+        let t = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => Some(profile::timed(OpKind::Matmul, || {
+                proj.forward(&temb.silu()?)
+            })?),
+            _ => None,
+        };
+        let h = self.conv1.forward_fused(&h, tiling, t.as_ref(), None)?;
         crate::cancel::checkpoint()?;
-        let h = self.norm2.forward(&h)?.silu()?;
-        let h = self.conv2.forward(&h, tiling)?;
+        let h = self.norm2.forward_silu(&h)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(x, tiling)?,
             None => x.clone(),
         };
-        let out = (shortcut + h)?;
         if self.output_scale_factor == 1.0 {
-            Ok(out)
+            // The residual add is fused into conv2's output.
+            self.conv2.forward_fused(&h, tiling, None, Some(&shortcut))
         } else {
-            out / self.output_scale_factor
+            let h = self.conv2.forward(&h, tiling)?;
+            profile::timed(OpKind::Elementwise, || {
+                (shortcut + h)? / self.output_scale_factor
+            })
         }
     }
 }
@@ -103,7 +110,7 @@ impl ResnetBlock2D {
 /// axes either way. `[b, c, h, w]` -> `[b, out, h/2, w/2]`.
 #[derive(Debug, Clone)]
 pub struct Downsample2D {
-    conv: candle_nn::Conv2d,
+    conv: Conv2dKernel,
     padding: usize,
 }
 
@@ -115,33 +122,34 @@ impl Downsample2D {
         out_channels: usize,
         padding: usize,
     ) -> Result<Self> {
-        let cfg = candle_nn::Conv2dConfig {
-            stride: 2,
-            padding: 0,
-            ..Default::default()
-        };
-        let conv = candle_nn::conv2d(channels, out_channels, 3, cfg, vb.pp("conv"))?;
+        let vb = vb.pp("conv");
+        let weight = vb.get((out_channels, channels, 3, 3), "weight")?;
+        let bias = vb.get(out_channels, "bias")?;
+        let conv = Conv2dKernel::new(weight, Some(bias), 2)?;
         Ok(Self { conv, padding })
     }
 
     /// `[b, c, h, w]` -> `[b, out, h/2, w/2]`.
     pub fn forward(&self, x: &Tensor, tiling: Tiling) -> Result<Tensor> {
-        let x = if self.padding == 0 {
-            let x = pad_end(x, 3, tiling.wraps_x())?;
-            pad_end(&x, 2, tiling.wraps_y())?
-        } else {
-            crate::tiling::pad_2d(x, self.padding, tiling)?
+        let axis = |circular: bool| {
+            if self.padding == 0 {
+                // diffusers' F.pad(x, (0, 1, 0, 1)): one extra element at the end.
+                AxisPad {
+                    before: 0,
+                    after: 1,
+                    circular,
+                }
+            } else {
+                AxisPad::symmetric(self.padding, circular)
+            }
         };
-        self.conv.forward(&x)
-    }
-}
-
-/// Pads one element at the end of `dim`: the first element when circular, else zero.
-fn pad_end(x: &Tensor, dim: usize, circular: bool) -> Result<Tensor> {
-    if circular {
-        Tensor::cat(&[x, &x.narrow(dim, 0, 1)?], dim)
-    } else {
-        x.pad_with_zeros(dim, 0, 1)
+        self.conv.forward(
+            x,
+            axis(tiling.wraps_y()),
+            axis(tiling.wraps_x()),
+            None,
+            None,
+        )
     }
 }
 
@@ -170,7 +178,7 @@ impl Upsample2D {
     ) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (oh, ow) = size.unwrap_or((2 * h, 2 * w));
-        let x = x.upsample_nearest2d(oh, ow)?;
+        let x = elementwise::upsample_nearest2d(x, oh, ow)?;
         self.conv.forward(&x, tiling)
     }
 }

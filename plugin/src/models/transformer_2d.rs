@@ -5,8 +5,11 @@
 //!
 //! Also home of [`scaled_dot_product_attention`], shared with the CLIP text encoder.
 
-use candle_core::{D, DType, Module, Result, Tensor};
-use candle_nn::{GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use crate::kernels::profile::{self, OpKind};
+use crate::kernels::{GroupNormKernel, elementwise, linear};
 
 /// Upper bound on the number of attention scores materialised at once (2^21 f32 = 8 MiB).
 /// Larger problems are computed in chunks of heads, then of query rows; the result is identical.
@@ -21,8 +24,10 @@ const MAX_SCORES_PER_CHUNK: usize = 1 << 21;
 /// `f32` whatever the input dtype (diffusers' `upcast_attention`), the output has `q`'s dtype:
 /// `[bh, n, dv]`.
 ///
-/// Memory stays bounded: when `bh * n * m` exceeds 2^21 scores, the work is split into chunks of
-/// heads (and, for a single huge head, of query rows), each a batched matmul.
+/// Memory stays bounded: f32 CPU tensors without a mask go through the blocked online-softmax
+/// kernel ([`crate::kernels::attention`]); otherwise, when `bh * n * m` exceeds 2^21 scores, the
+/// work is split into chunks of heads (and, for a single huge head, of query rows), each a
+/// batched matmul.
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
@@ -30,7 +35,15 @@ pub fn scaled_dot_product_attention(
     scale: f64,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    attention_chunked(q, k, v, scale, mask, MAX_SCORES_PER_CHUNK)
+    profile::timed(OpKind::Attention, || {
+        if mask.is_none() {
+            let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+            if let Some(out) = crate::kernels::attention::flash_attention(&q, &k, &v, scale)? {
+                return Ok(out);
+            }
+        }
+        attention_chunked(q, k, v, scale, mask, MAX_SCORES_PER_CHUNK)
+    })
 }
 
 /// [`scaled_dot_product_attention`] with at most `max_scores` scores per chunk.
@@ -154,12 +167,46 @@ impl Attention {
     /// `x` `[b, n, query_dim]`, `context` `[b, m, cross_attention_dim]` (or `None`: attend to
     /// `x` itself) -> `[b, n, query_dim]`.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_residual(x, context, None)
+    }
+
+    /// [`Attention::forward`] plus `residual` `[b, n, query_dim]`, added inside `to_out`.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let context = context.unwrap_or(x);
-        let q = split_heads(&self.to_q.forward(x)?, self.heads)?;
-        let k = split_heads(&self.to_k.forward(context)?, self.heads)?;
-        let v = split_heads(&self.to_v.forward(context)?, self.heads)?;
-        let out = scaled_dot_product_attention(&q, &k, &v, self.scale, None)?;
-        self.to_out.forward(&merge_heads(&out, self.heads)?)
+        let mm = linear::forward;
+        let (q, k, v) = (
+            mm(&self.to_q, x)?,
+            mm(&self.to_k, context)?,
+            mm(&self.to_v, context)?,
+        );
+        // The blocked kernel reads the heads in place (no split/merge copies).
+        let fused = profile::timed(OpKind::Attention, || {
+            crate::kernels::attention::attention_heads(&q, &k, &v, self.heads, self.scale)
+        })?;
+        let out = match fused {
+            Some(out) => out,
+            None => {
+                let heads =
+                    |t: &Tensor| profile::timed(OpKind::Elementwise, || split_heads(t, self.heads));
+                let out = scaled_dot_product_attention(
+                    &heads(&q)?,
+                    &heads(&k)?,
+                    &heads(&v)?,
+                    self.scale,
+                    None,
+                )?;
+                profile::timed(OpKind::Elementwise, || merge_heads(&out, self.heads))?
+            }
+        };
+        match residual {
+            Some(r) => linear::forward_residual(&self.to_out, &out, r),
+            None => mm(&self.to_out, &out),
+        }
     }
 }
 
@@ -181,14 +228,21 @@ impl FeedForward {
     }
 }
 
+impl FeedForward {
+    /// `ff(x) + residual`, the add done inside `net.2`: `[b, n, dim]` -> `[b, n, dim]`.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let h = linear::forward(&self.proj, x)?;
+        let h = elementwise::geglu(&h)?;
+        linear::forward_residual(&self.out, &h, residual)
+    }
+}
+
 impl Module for FeedForward {
     /// `[b, n, dim]` -> `[b, n, dim]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.proj.forward(x)?;
-        let inner = h.dim(D::Minus1)? / 2;
-        let hidden = h.narrow(D::Minus1, 0, inner)?;
-        let gate = h.narrow(D::Minus1, inner, inner)?.gelu_erf()?;
-        self.out.forward(&(hidden * gate)?)
+        let h = linear::forward(&self.proj, x)?;
+        let h = elementwise::geglu(&h)?;
+        linear::forward(&self.out, &h)
     }
 }
 
@@ -238,14 +292,17 @@ impl BasicTransformerBlock {
     /// `x` `[b, n, dim]`, `context` `[b, m, cross_attention_dim]` -> `[b, n, dim]`.
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let attn1_context = self.only_cross_attention.then_some(context);
-        let x = (self.attn1.forward(&self.norm1.forward(x)?, attn1_context)? + x)?;
+        let ln = |n: &LayerNorm, x: &Tensor| profile::timed(OpKind::LayerNorm, || n.forward(x));
+        // Each residual add happens inside the last Linear of its branch.
+        let x = self
+            .attn1
+            .forward_residual(&ln(&self.norm1, x)?, attn1_context, Some(x))?;
         crate::cancel::checkpoint()?;
-        let x = (self
+        let x = self
             .attn2
-            .forward(&self.norm2.forward(&x)?, Some(context))?
-            + &x)?;
+            .forward_residual(&ln(&self.norm2, &x)?, Some(context), Some(&x))?;
         crate::cancel::checkpoint()?;
-        self.ff.forward(&self.norm3.forward(&x)?)? + &x
+        self.ff.forward_residual(&ln(&self.norm3, &x)?, &x)
     }
 }
 
@@ -280,7 +337,7 @@ pub struct Transformer2DModelConfig {
 /// tiling does not concern this module.
 #[derive(Debug, Clone)]
 pub struct Transformer2DModel {
-    norm: GroupNorm,
+    norm: GroupNormKernel,
     proj_in: Linear,
     transformer_blocks: Vec<BasicTransformerBlock>,
     proj_out: Linear,
@@ -304,8 +361,7 @@ impl Transformer2DModel {
     pub fn new(vb: VarBuilder, cfg: Transformer2DModelConfig) -> Result<Self> {
         let inner = cfg.num_attention_heads * cfg.attention_head_dim;
         let conv = !cfg.use_linear_projection;
-        let norm =
-            candle_nn::group_norm(cfg.norm_num_groups, cfg.in_channels, 1e-6, vb.pp("norm"))?;
+        let norm = GroupNormKernel::new(cfg.norm_num_groups, cfg.in_channels, 1e-6, vb.pp("norm"))?;
         let proj_in = linear_or_conv1x1(vb.pp("proj_in"), cfg.in_channels, inner, conv)?;
         let transformer_blocks = (0..cfg.num_layers)
             .map(|i| {
@@ -331,19 +387,13 @@ impl Transformer2DModel {
     /// `x` `[b, in_channels, h, w]`, `context` `[b, m, cross_attention_dim]` ->
     /// `[b, in_channels, h, w]`.
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let tokens = self
-            .norm
-            .forward(x)?
-            .permute((0, 2, 3, 1))?
-            .reshape((b, h * w, c))?;
-        let mut tokens = self.proj_in.forward(&tokens)?;
+        let normed = self.norm.forward(x)?;
+        // proj_in reads the normalised map in place; proj_out writes the map and adds `x`.
+        let mut tokens = linear::forward_from_nchw(&self.proj_in, &normed)?;
         for block in &self.transformer_blocks {
             tokens = block.forward(&tokens, context)?;
         }
-        let out = self.proj_out.forward(&tokens)?;
-        let out = out.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?;
-        out + x
+        linear::forward_to_nchw(&self.proj_out, &tokens, x)
     }
 }
 

@@ -351,7 +351,10 @@ impl UpBlock {
         let mut h = x.clone();
         for (i, (resnet, skip)) in self.resnets.iter().zip(skips.iter().rev()).enumerate() {
             crate::cancel::checkpoint()?;
-            h = Tensor::cat(&[&h, skip], 1)?;
+            h = crate::kernels::profile::timed(
+                crate::kernels::profile::OpKind::Elementwise,
+                || Tensor::cat(&[&h, skip], 1),
+            )?;
             h = resnet.forward(&h, Some(temb), tiling)?;
             if let Some(attn) = self.attentions.get(i) {
                 h = attn.forward(&h, context)?;

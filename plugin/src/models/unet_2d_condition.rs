@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::kernels::{GroupNormKernel, elementwise};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::GroupNorm;
 /// Re-exported: the weight source of [`UNet2DConditionModel::new`] and the other models.
 pub use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
@@ -601,7 +601,7 @@ pub struct UNet2DConditionModel {
     down_blocks: Vec<DownBlock>,
     mid_block: Option<UNetMidBlock2DCrossAttn>,
     up_blocks: Vec<UpBlock>,
-    conv_norm_out: GroupNorm,
+    conv_norm_out: GroupNormKernel,
     conv_out: TiledConv2d,
 }
 
@@ -710,7 +710,7 @@ impl UNet2DConditionModel {
             up_blocks.push(UpBlock::new(vb.pp("up_blocks").pp(i), uc)?);
         }
 
-        let conv_norm_out = candle_nn::group_norm(groups, c[0], eps, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = GroupNormKernel::new(groups, c[0], eps, vb.pp("conv_norm_out"))?;
         let k_out = cfg.conv_out_kernel;
         let conv_out = TiledConv2d::new(
             c[0],
@@ -907,7 +907,7 @@ impl UNet2DConditionModel {
         // 6. post-process
         let h = self.conv_norm_out.forward(&h)?;
         record("conv_norm_out".into(), &h);
-        let out = self.conv_out.forward(&h.silu()?, tiling)?;
+        let out = self.conv_out.forward(&elementwise::silu(&h)?, tiling)?;
         record("conv_out".into(), &out);
         Ok(out)
     }

@@ -12,11 +12,13 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
 
 use super::autoencoder_kl::AutoencoderKLConfig;
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D};
+use crate::kernels::profile::{self, OpKind};
+use crate::kernels::{GroupNormKernel, elementwise};
 use crate::tiling::{TiledConv2d, Tiling};
 
 /// `eps` of every GroupNorm in the VAE (diffusers hard-codes `resnet_eps=1e-6` and the
@@ -31,6 +33,22 @@ pub type Intermediates = BTreeMap<String, Tensor>;
 fn record(trace: &mut Option<&mut Intermediates>, name: impl Into<String>, t: &Tensor) {
     if let Some(trace) = trace.as_deref_mut() {
         trace.insert(name.into(), t.clone());
+    }
+}
+
+/// `silu(norm(x))`, fused unless tracing (the trace records the norm's output before the SiLU).
+fn norm_silu(
+    norm: &GroupNormKernel,
+    x: &Tensor,
+    trace: &mut Option<&mut Intermediates>,
+    name: &str,
+) -> Result<Tensor> {
+    if trace.is_some() {
+        let h = norm.forward(x)?;
+        record(trace, name, &h);
+        elementwise::silu(&h)
+    } else {
+        norm.forward_silu(x)
     }
 }
 
@@ -64,7 +82,7 @@ fn resnet_config(
 /// (64 MiB in f32 for a 512x512 image, whose mid block sees 64x64 = 4096 positions).
 #[derive(Debug, Clone)]
 pub struct AttentionBlock {
-    group_norm: GroupNorm,
+    group_norm: GroupNormKernel,
     /// `[3c, c]`: rows `to_q / sqrt(c)`, `to_k`, `to_v`.
     qkv_weight: Tensor,
     /// `[3c, 1]`.
@@ -81,7 +99,7 @@ impl AttentionBlock {
     /// `groups` groups.
     pub fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         let c = channels;
-        let group_norm = candle_nn::group_norm(groups, c, VAE_NORM_EPS, vb.pp("group_norm"))?;
+        let group_norm = GroupNormKernel::new(groups, c, VAE_NORM_EPS, vb.pp("group_norm"))?;
         // Modern names first; fall back to the deprecated ones only when those are what is there,
         // so that a missing tensor is reported under its modern name.
         let name = |modern: &'static str, legacy: &'static str| {
@@ -122,31 +140,35 @@ impl AttentionBlock {
         let n = h * w;
         let xn = self.group_norm.forward(x)?.reshape((b, c, n))?;
         // [b, 3c, n] = W_qkv [3c, c] @ xn [b, c, n] + bias.
-        let qkv = self
-            .qkv_weight
-            .broadcast_left(b)?
-            .matmul(&xn)?
-            .broadcast_add(&self.qkv_bias)?;
+        let qkv = profile::timed(OpKind::Matmul, || {
+            self.qkv_weight
+                .broadcast_left(b)?
+                .matmul(&xn)?
+                .broadcast_add(&self.qkv_bias)
+        })?;
         let q = qkv.narrow(1, 0, c)?; // [b, c, n], already scaled
         let k = qkv.narrow(1, c, c)?;
         let v = qkv.narrow(1, 2 * c, c)?;
         // scores[b, i, j] = q_i . k_j: [b, n, c] @ [b, c, n] (the transpose is a strided view).
-        let scores = q.transpose(1, 2)?.matmul(&k)?;
-        // diffusers upcasts the softmax of this block (`upcast_softmax=True`).
-        let probs = if scores.dtype() == DType::F32 || scores.dtype() == DType::F64 {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-                .to_dtype(scores.dtype())?
-        };
-        // out^T [b, c, n] = v [b, c, n] @ probs^T [b, n, n]: already the feature-map layout.
-        let attn = v.matmul(&probs.transpose(1, 2)?)?;
-        let out = self
-            .out_weight
-            .broadcast_left(b)?
-            .matmul(&attn)?
-            .broadcast_add(&self.out_bias)?;
-        out.reshape((b, c, h, w))? + x
+        let attn = profile::timed(OpKind::Attention, || {
+            let scores = q.transpose(1, 2)?.matmul(&k)?;
+            // diffusers upcasts the softmax of this block (`upcast_softmax=True`).
+            let probs = if scores.dtype() == DType::F32 || scores.dtype() == DType::F64 {
+                candle_nn::ops::softmax_last_dim(&scores)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+                    .to_dtype(scores.dtype())?
+            };
+            // out^T [b, c, n] = v [b, c, n] @ probs^T [b, n, n]: already the feature-map layout.
+            v.matmul(&probs.transpose(1, 2)?)
+        })?;
+        let out = profile::timed(OpKind::Matmul, || {
+            self.out_weight
+                .broadcast_left(b)?
+                .matmul(&attn)?
+                .broadcast_add(&self.out_bias)
+        })?;
+        profile::timed(OpKind::Elementwise, || out.reshape((b, c, h, w))? + x)
     }
 
     /// Number of channels (= the head dimension).
@@ -316,7 +338,7 @@ pub struct Encoder {
     conv_in: TiledConv2d,
     down_blocks: Vec<DownEncoderBlock2D>,
     mid_block: VaeMidBlock,
-    conv_norm_out: GroupNorm,
+    conv_norm_out: GroupNormKernel,
     conv_out: TiledConv2d,
 }
 
@@ -344,7 +366,7 @@ impl Encoder {
             )?);
         }
         let mid_block = VaeMidBlock::new(vb.pp("mid_block"), cfg, last)?;
-        let conv_norm_out = candle_nn::group_norm(
+        let conv_norm_out = GroupNormKernel::new(
             cfg.norm_num_groups,
             last,
             VAE_NORM_EPS,
@@ -383,9 +405,8 @@ impl Encoder {
         }
         let h = self.mid_block.forward(&h, tiling)?;
         record(&mut trace, "encoder.mid_block", &h);
-        let h = self.conv_norm_out.forward(&h)?;
-        record(&mut trace, "encoder.conv_norm_out", &h);
-        let h = self.conv_out.forward(&h.silu()?, tiling)?;
+        let h = norm_silu(&self.conv_norm_out, &h, &mut trace, "encoder.conv_norm_out")?;
+        let h = self.conv_out.forward(&h, tiling)?;
         record(&mut trace, "encoder.conv_out", &h);
         Ok(h)
     }
@@ -401,7 +422,7 @@ pub struct Decoder {
     conv_in: TiledConv2d,
     mid_block: VaeMidBlock,
     up_blocks: Vec<UpDecoderBlock2D>,
-    conv_norm_out: GroupNorm,
+    conv_norm_out: GroupNormKernel,
     conv_out: TiledConv2d,
 }
 
@@ -427,7 +448,7 @@ impl Decoder {
                 !is_final,
             )?);
         }
-        let conv_norm_out = candle_nn::group_norm(
+        let conv_norm_out = GroupNormKernel::new(
             cfg.norm_num_groups,
             first,
             VAE_NORM_EPS,
@@ -468,9 +489,8 @@ impl Decoder {
             h = block.forward(&h, tiling)?;
             record(&mut trace, format!("decoder.up_blocks.{i}"), &h);
         }
-        let h = self.conv_norm_out.forward(&h)?;
-        record(&mut trace, "decoder.conv_norm_out", &h);
-        let h = self.conv_out.forward(&h.silu()?, tiling)?;
+        let h = norm_silu(&self.conv_norm_out, &h, &mut trace, "decoder.conv_norm_out")?;
+        let h = self.conv_out.forward(&h, tiling)?;
         record(&mut trace, "decoder.conv_out", &h);
         Ok(h)
     }

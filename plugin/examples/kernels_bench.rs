@@ -1,0 +1,122 @@
+//! Micro-benchmark of the conv kernel (not a test): GFLOP/s of one 3x3 convolution through our
+//! kernel and through candle's `conv2d`, next to a plain `gemm` of the same size, run alternately.
+//! `cargo run --release -p bevy_diffusion --example kernels_bench [-- CIN COUT H W]`.
+
+use std::time::Instant;
+
+use bevy_diffusion::kernels::{self, AxisPad, Conv2dKernel};
+use candle_core::{Device, Tensor};
+
+fn main() -> anyhow::Result<()> {
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let (cin, cout, h, w) = match a.as_slice() {
+        [c, o, h, w] => (*c, *o, *h, *w),
+        _ => (512, 512, 64, 64),
+    };
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (1, cin, h, w), &dev)?;
+    let wt = Tensor::randn(0f32, 1., (cout, cin, 3, 3), &dev)?;
+    let b = Tensor::randn(0f32, 1., cout, &dev)?;
+    let conv = Conv2dKernel::new(wt.clone(), Some(b), 1)?;
+    let flops = 2.0 * (cout * cin * 9 * h * w) as f64;
+    let p = AxisPad::symmetric(1, false);
+    let k = cin * 9;
+    let lhs = vec![1f32; cout * k];
+    let rhs = vec![1f32; k * h * w];
+    let mut dst = vec![0f32; cout * h * w];
+    for round in 0..3 {
+        kernels::set_enabled(true);
+        let t = Instant::now();
+        conv.forward(&x, p, p, None, None)?;
+        let ours = t.elapsed().as_secs_f64();
+        kernels::set_enabled(false);
+        let t = Instant::now();
+        conv.forward(&x, p, p, None, None)?;
+        let candle = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        unsafe {
+            gemm::gemm(
+                cout,
+                h * w,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                (h * w) as isize,
+                false,
+                lhs.as_ptr(),
+                1,
+                k as isize,
+                rhs.as_ptr(),
+                1,
+                (h * w) as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            )
+        };
+        let g = t.elapsed().as_secs_f64();
+        println!(
+            "round {round}: {cin}->{cout} {h}x{w}: ours {:.1} GFLOP/s ({ours:.3} s), candle {:.1} ({candle:.3} s), plain gemm {:.1} ({g:.3} s)",
+            flops / ours / 1e9,
+            flops / candle / 1e9,
+            flops / g / 1e9
+        );
+    }
+    attention_and_linear()?;
+    Ok(())
+}
+
+/// The UNet's biggest self-attention (SD 1.5, 512 px, batch 2: 16 heads x 4096 tokens x 40) and
+/// its biggest Linear (8192 tokens, 320 -> 2560), ours vs candle.
+fn attention_and_linear() -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    kernels::set_enabled(true);
+    let (bh, n, d) = (16, 4096, 40);
+    let q = Tensor::randn(0f32, 1., (2, n, 8 * d), &dev)?;
+    let k = Tensor::randn(0f32, 1., (2, n, 8 * d), &dev)?;
+    let v = Tensor::randn(0f32, 1., (2, n, 8 * d), &dev)?;
+    let split = |x: &Tensor| -> anyhow::Result<Tensor> {
+        Ok(x.reshape((2, n, 8, d))?
+            .transpose(1, 2)?
+            .reshape((bh, n, d))?)
+    };
+    let (qs, ks, vs) = (split(&q)?, split(&k)?, split(&v)?);
+    let flops = 4.0 * (bh * n * n * d) as f64;
+    let w = Tensor::randn(0f32, 1., (2560, 320), &dev)?;
+    let b = Tensor::randn(0f32, 1., 2560, &dev)?;
+    let lin = candle_nn::Linear::new(w, Some(b));
+    let x = Tensor::randn(0f32, 1., (2, 4096, 320), &dev)?;
+    let lflops = 2.0 * 8192.0 * 320.0 * 2560.0;
+    for round in 0..2 {
+        let t = Instant::now();
+        kernels::attention::attention_heads(&q, &k, &v, 8, 0.15)?;
+        let ours = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let s = (qs.matmul(&ks.t()?)? * 0.15)?;
+        candle_nn::ops::softmax_last_dim(&s)?.matmul(&vs)?;
+        let candle = t.elapsed().as_secs_f64();
+        println!(
+            "round {round}: attention 16x4096x40: ours {:.1} GFLOP/s ({ours:.3} s), candle one-shot {:.1} ({candle:.3} s)",
+            flops / ours / 1e9,
+            flops / candle / 1e9
+        );
+        let t = Instant::now();
+        kernels::linear::forward(&lin, &x)?;
+        let ours = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        candle_core::Module::forward(&lin, &x)?;
+        let candle = t.elapsed().as_secs_f64();
+        println!(
+            "round {round}: linear 8192x320->2560: ours {:.1} GFLOP/s ({ours:.3} s), candle {:.1} ({candle:.3} s)",
+            lflops / ours / 1e9,
+            lflops / candle / 1e9
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! `y = x W^T + b` as one GEMM over all rows of `x` (`[..., in]` flattened to `[rows, in]`), the
+//! weight `[out, in]` read in place as the transposed right operand and the bias written into the
+//! output before the GEMM accumulates onto it. candle's `Linear` runs a batched matmul against a
+//! broadcast, transposed weight instead.
+
+use candle_core::{Device, Result, Tensor};
+use candle_nn::Linear;
+
+use super::profile::{self, OpKind};
+use super::{on_cpu_f32, with_opt_slice, with_slice};
+
+/// `linear.forward(x)` for `x` `[..., in]` -> `[..., out]`, through the kernel for f32 CPU
+/// tensors (else candle's `Linear`).
+pub fn forward(linear: &Linear, x: &Tensor) -> Result<Tensor> {
+    profile::timed(OpKind::Matmul, || {
+        let w = linear.weight();
+        let b = linear.bias();
+        if !(on_cpu_f32(x) && on_cpu_f32(w) && b.is_none_or(on_cpu_f32)) {
+            return candle_core::Module::forward(linear, x);
+        }
+        let (out_dim, in_dim) = w.dims2()?;
+        let dims = x.dims();
+        if dims.last() != Some(&in_dim) {
+            candle_core::bail!(
+                "linear: input {:?} for a [{out_dim}, {in_dim}] weight",
+                dims
+            );
+        }
+        let rows = x.elem_count() / in_dim.max(1);
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = out_dim;
+        let mut out = vec![0f32; rows * out_dim];
+        if !out.is_empty() {
+            with_slice(x, |xs| {
+                with_slice(w, |ws| {
+                    with_opt_slice(b, |bs| {
+                        if let Some(bs) = bs {
+                            for row in out.chunks_mut(out_dim) {
+                                row.copy_from_slice(bs);
+                            }
+                        }
+                        let threads = rayon::current_num_threads();
+                        let par = if threads > 1 && rows * out_dim * in_dim > 1 << 16 {
+                            gemm::Parallelism::Rayon(threads)
+                        } else {
+                            gemm::Parallelism::None
+                        };
+                        // SAFETY: dst [rows, out] row-major, lhs [rows, in] row-major, rhs the
+                        // [in, out] transpose of the row-major [out, in] weight.
+                        unsafe {
+                            gemm::gemm(
+                                rows,
+                                out_dim,
+                                in_dim,
+                                out.as_mut_ptr(),
+                                1,
+                                out_dim as isize,
+                                bs.is_some(),
+                                xs.as_ptr(),
+                                1,
+                                in_dim as isize,
+                                ws.as_ptr(),
+                                in_dim as isize,
+                                1,
+                                1.0f32,
+                                1.0f32,
+                                false,
+                                false,
+                                false,
+                                par,
+                            )
+                        };
+                        Ok(())
+                    })
+                })
+            })?;
+        }
+        Tensor::from_vec(out, shape, &Device::Cpu)
+    })
+}
+
+/// `linear.forward(x) + residual` with the residual (and bias) written into the output first:
+/// `x` `[..., in]`, `residual` `[..., out]` -> `[..., out]`.
+pub fn forward_residual(linear: &Linear, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    profile::timed(OpKind::Matmul, || {
+        let w = linear.weight();
+        let b = linear.bias();
+        if !(on_cpu_f32(x) && on_cpu_f32(w) && b.is_none_or(on_cpu_f32) && on_cpu_f32(residual)) {
+            return candle_core::Module::forward(linear, x)? + residual;
+        }
+        let (out_dim, in_dim) = w.dims2()?;
+        let rows = x.elem_count() / in_dim.max(1);
+        let mut shape = x.dims().to_vec();
+        *shape.last_mut().expect("rank >= 1") = out_dim;
+        if x.dims().last() != Some(&in_dim) || residual.dims() != shape.as_slice() {
+            candle_core::bail!(
+                "linear: input {:?}, residual {:?} for a [{out_dim}, {in_dim}] weight",
+                x.dims(),
+                residual.dims()
+            );
+        }
+        let mut out = with_slice(residual, |r| Ok(r.to_vec()))?;
+        with_slice(x, |xs| {
+            with_slice(w, |ws| {
+                with_opt_slice(b, |bs| {
+                    if let Some(bs) = bs {
+                        for row in out.chunks_mut(out_dim) {
+                            row.iter_mut().zip(bs).for_each(|(o, b)| *o += b);
+                        }
+                    }
+                    let g = Gemm {
+                        rows,
+                        in_dim,
+                        out_dim,
+                        x: xs.as_ptr(),
+                        x_rs: in_dim as isize,
+                        x_cs: 1,
+                        dst_rs: out_dim as isize,
+                        dst_cs: 1,
+                    };
+                    // SAFETY: shapes checked above; out holds rows x out_dim floats.
+                    unsafe { g.run(ws, out.as_mut_ptr(), true) };
+                    Ok(())
+                })
+            })
+        })?;
+        Tensor::from_vec(out, shape, &Device::Cpu)
+    })
+}
+
+/// `proj_in` of a `Transformer2DModel` straight from the feature map: `x` `[b, c, h, w]` ->
+/// tokens `[b, h*w, out]` (= `linear(x.permute(0, 2, 3, 1).reshape(b, h*w, c))`, without the
+/// permuted copy: the GEMM reads `x` with the transposed strides).
+pub fn forward_from_nchw(linear: &Linear, x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let hw = h * w;
+    let (wt, bias) = (linear.weight(), linear.bias());
+    if !(on_cpu_f32(x) && on_cpu_f32(wt) && bias.is_none_or(on_cpu_f32)) {
+        let tokens = profile::timed(OpKind::Elementwise, || {
+            x.permute((0, 2, 3, 1))?.reshape((b, hw, c))
+        })?;
+        return forward(linear, &tokens);
+    }
+    profile::timed(OpKind::Matmul, || {
+        let (out_dim, in_dim) = wt.dims2()?;
+        if in_dim != c {
+            candle_core::bail!("linear: {c} channels for a [{out_dim}, {in_dim}] weight");
+        }
+        let mut out = vec![0f32; b * hw * out_dim];
+        with_slice(x, |xs| {
+            with_slice(wt, |ws| {
+                with_opt_slice(bias, |bs| {
+                    if let Some(bs) = bs {
+                        for row in out.chunks_mut(out_dim) {
+                            row.copy_from_slice(bs);
+                        }
+                    }
+                    for bi in 0..b {
+                        let g = Gemm {
+                            rows: hw,
+                            in_dim,
+                            out_dim,
+                            x: xs[bi * c * hw..].as_ptr(),
+                            x_rs: 1,
+                            x_cs: hw as isize,
+                            dst_rs: out_dim as isize,
+                            dst_cs: 1,
+                        };
+                        // SAFETY: image bi of x is [c, hw]; its tokens fill out[bi].
+                        unsafe { g.run(ws, out[bi * hw * out_dim..].as_mut_ptr(), bs.is_some()) };
+                    }
+                    Ok(())
+                })
+            })
+        })?;
+        Tensor::from_vec(out, (b, hw, out_dim), &Device::Cpu)
+    })
+}
+
+/// `proj_out` of a `Transformer2DModel` straight into the feature map, residual included:
+/// tokens `[b, h*w, in]`, `residual` `[b, out, h, w]` -> `[b, out, h, w]`
+/// (= `linear(tokens).reshape(b, h, w, out).permute(0, 3, 1, 2) + residual`).
+pub fn forward_to_nchw(linear: &Linear, tokens: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = residual.dims4()?;
+    let hw = h * w;
+    let (wt, bias) = (linear.weight(), linear.bias());
+    if !(on_cpu_f32(tokens)
+        && on_cpu_f32(wt)
+        && bias.is_none_or(on_cpu_f32)
+        && on_cpu_f32(residual))
+    {
+        let out = forward(linear, tokens)?;
+        return profile::timed(OpKind::Elementwise, || {
+            out.reshape((b, h, w, c))?.permute((0, 3, 1, 2))? + residual
+        });
+    }
+    profile::timed(OpKind::Matmul, || {
+        let (out_dim, in_dim) = wt.dims2()?;
+        if out_dim != c || tokens.dims() != [b, hw, in_dim] {
+            candle_core::bail!(
+                "linear: tokens {:?}, residual {:?} for a [{out_dim}, {in_dim}] weight",
+                tokens.dims(),
+                residual.dims()
+            );
+        }
+        let mut out = with_slice(residual, |r| Ok(r.to_vec()))?;
+        with_slice(tokens, |ts| {
+            with_slice(wt, |ws| {
+                with_opt_slice(bias, |bs| {
+                    if let Some(bs) = bs {
+                        for (i, plane) in out.chunks_mut(hw).enumerate() {
+                            let bv = bs[i % c];
+                            plane.iter_mut().for_each(|v| *v += bv);
+                        }
+                    }
+                    for bi in 0..b {
+                        let g = Gemm {
+                            rows: hw,
+                            in_dim,
+                            out_dim,
+                            x: ts[bi * hw * in_dim..].as_ptr(),
+                            x_rs: in_dim as isize,
+                            x_cs: 1,
+                            dst_rs: 1,
+                            dst_cs: hw as isize,
+                        };
+                        // SAFETY: out[bi] is [c, hw], written with token p at column p.
+                        unsafe { g.run(ws, out[bi * c * hw..].as_mut_ptr(), true) };
+                    }
+                    Ok(())
+                })
+            })
+        })?;
+        Tensor::from_vec(out, (b, c, h, w), &Device::Cpu)
+    })
+}
+
+/// `dst[r, o] (+)= sum_i x[r, i] * w[o, i]` with explicit strides for `x` and `dst`.
+struct Gemm {
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+    x: *const f32,
+    x_rs: isize,
+    x_cs: isize,
+    dst_rs: isize,
+    dst_cs: isize,
+}
+
+impl Gemm {
+    /// # Safety
+    /// `x` and `dst` must address `rows` x `in_dim` / `rows` x `out_dim` floats at their strides;
+    /// `w` is the row-major `[out_dim, in_dim]` weight.
+    unsafe fn run(&self, w: &[f32], dst: *mut f32, accumulate: bool) {
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 && self.rows * self.out_dim * self.in_dim > 1 << 16 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        unsafe {
+            gemm::gemm(
+                self.rows,
+                self.out_dim,
+                self.in_dim,
+                dst,
+                self.dst_cs,
+                self.dst_rs,
+                accumulate,
+                self.x,
+                self.x_cs,
+                self.x_rs,
+                w.as_ptr(),
+                self.in_dim as isize,
+                1,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    }
+}

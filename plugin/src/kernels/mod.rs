@@ -1,0 +1,106 @@
+//! Our own CPU kernels for the hot ops of the UNet and the VAE (pure Rust, `f32`, rayon), and the
+//! per-op timing registry the bench reads.
+//!
+//! candle 0.11's CPU backend re-lays a convolution's input out (NCHW -> NHWC) and its weights on
+//! one thread at every call, runs elementwise ops on one thread with a scalar `exp`, and computes
+//! a GroupNorm in ~11 full-tensor passes. The kernels here work on contiguous `f32` slices of
+//! CPU tensors instead:
+//!
+//! | file | kernel |
+//! |---|---|
+//! | `attention.rs` | blocked (flash) attention with an online softmax, parallel over heads and query blocks |
+//! | `conv.rs` | 2-D convolution: im2col tiles (zero or circular padding per axis, stride 1 or 2) into a `gemm` with bias, time embedding and residual fused into the output |
+//! | `linear.rs` | `Linear` as one GEMM over all rows, bias fused |
+//! | `group_norm.rs` | GroupNorm (+ optional SiLU) in two reads and one write, parallel over groups |
+//! | `elementwise.rs` | parallel nearest-2x upsampling and GEGLU for large tensors |
+//! | `simd.rs` | vectorisable `exp` / SiLU / erf-GELU, compiled for AVX2+FMA when the CPU has it |
+//! | `profile.rs` | the per-op-kind timing registry |
+//! | `threads.rs` | the shared compute pools, capped at the machine's cores |
+//!
+//! Every kernel falls back to candle's own ops for tensors that are not `f32` on the CPU (CUDA,
+//! Metal, other dtypes), so the same model code runs everywhere.
+
+pub mod attention;
+pub mod conv;
+pub mod elementwise;
+pub mod group_norm;
+pub mod linear;
+pub mod profile;
+pub mod simd;
+pub mod threads;
+
+pub use conv::{AxisPad, Conv2dKernel};
+pub use group_norm::GroupNormKernel;
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+
+/// 0 = not decided yet, 1 = on, 2 = off.
+static STATE: AtomicU8 = AtomicU8::new(0);
+static FROM_ENV: OnceLock<bool> = OnceLock::new();
+
+/// Whether the CPU kernels are used (default: yes). The environment variable
+/// `BEVY_DIFFUSION_KERNELS=off` (or [`set_enabled`]`(false)`) routes every op through candle's own
+/// CPU ops instead: the A/B switch of the bench and of the kernel tests.
+pub fn enabled() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => *FROM_ENV.get_or_init(|| {
+            !matches!(
+                std::env::var("BEVY_DIFFUSION_KERNELS").as_deref(),
+                Ok("off" | "0" | "false")
+            )
+        }),
+    }
+}
+
+/// Turns the kernels on or off for the whole process (overrides the environment variable).
+pub fn set_enabled(on: bool) {
+    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// True when `t` can go through the CPU `f32` kernels (and they are [`enabled`]).
+pub(crate) fn on_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && enabled()
+}
+
+/// Runs `f` on the contiguous `f32` data of a CPU tensor (made contiguous first if needed).
+pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("kernel input is not contiguous after contiguous()");
+    };
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => f(&v[start..end]),
+        _ => candle_core::bail!("kernel input must be an f32 CPU tensor"),
+    }
+}
+
+/// [`with_slice`] for an optional tensor.
+pub(crate) fn with_opt_slice<R>(
+    t: Option<&Tensor>,
+    f: impl FnOnce(Option<&[f32]>) -> Result<R>,
+) -> Result<R> {
+    match t {
+        Some(t) => with_slice(t, |s| f(Some(s))),
+        None => f(None),
+    }
+}
+
+/// A raw pointer that may cross threads; every user writes disjoint ranges.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut f32);
+// SAFETY: only used to hand disjoint output ranges to rayon tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `SendPtr`, not its field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}

@@ -1,0 +1,332 @@
+//! Our CPU kernels (`bevy_diffusion::kernels`) against plain references built from candle's own
+//! ops: random shapes with odd sizes, batch > 1, non-contiguous inputs, zero and circular
+//! padding, stride 1 and 2, fused bias / per-sample bias / residual.
+
+use bevy_diffusion::kernels::conv::pad_axis;
+use bevy_diffusion::kernels::{AxisPad, Conv2dKernel, GroupNormKernel, elementwise};
+use candle_core::{D, Device, Result, Tensor};
+
+/// Largest |a - b| relative to max(1, max |b|).
+fn rel_err(a: &Tensor, b: &Tensor) -> Result<f32> {
+    assert_eq!(a.dims(), b.dims());
+    let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let m = b.abs()?.max_all()?.to_scalar::<f32>()?;
+    Ok(d / m.max(1.0))
+}
+
+/// A small deterministic generator (tests must not depend on candle's RNG state).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> usize {
+        (self.next() % n) as usize
+    }
+    fn tensor(&mut self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| (self.next() % 20001) as f32 / 10000.0 - 1.0)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+}
+
+/// The convolution as candle computes it on an explicitly padded input.
+fn conv_reference(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    py: AxisPad,
+    px: AxisPad,
+    extra: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let xp = pad_axis(&pad_axis(&x.contiguous()?, 3, px)?, 2, py)?;
+    let mut y = xp.conv2d(w, 0, stride, 1, 1)?;
+    if let Some(b) = b {
+        y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+    }
+    if let Some(e) = extra {
+        y = y.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?;
+    }
+    if let Some(r) = residual {
+        y = (y + r)?;
+    }
+    Ok(y)
+}
+
+#[test]
+fn conv2d_matches_candle_on_random_shapes() -> Result<()> {
+    let mut rng = Lcg(7);
+    for case in 0..60 {
+        let batch = 1 + rng.below(3);
+        let cin = 1 + rng.below(7);
+        let cout = 1 + rng.below(9);
+        let k = [1, 3, 3, 3][rng.below(4)];
+        let stride = 1 + rng.below(2);
+        let (h, w) = (2 + rng.below(9), 2 + rng.below(9));
+        let pad = |rng: &mut Lcg, n: usize| {
+            let circular = rng.below(2) == 1;
+            let (before, after) = match rng.below(3) {
+                0 => (0, 0),
+                1 => (k / 2, k / 2),
+                _ => (0, 1), // diffusers' VAE-encoder downsample padding
+            };
+            AxisPad {
+                before: before.min(n),
+                after: after.min(n),
+                circular,
+            }
+        };
+        let (py, px) = (pad(&mut rng, h), pad(&mut rng, w));
+        if h + py.before + py.after < k || w + px.before + px.after < k {
+            continue;
+        }
+        // Non-contiguous input every third case: a transposed view of a [b, c, w, h] tensor.
+        let x = if case % 3 == 0 {
+            rng.tensor(&[batch, cin, w, h])?.transpose(2, 3)?
+        } else {
+            rng.tensor(&[batch, cin, h, w])?
+        };
+        let wt = rng.tensor(&[cout, cin, k, k])?;
+        let bias = (rng.below(4) > 0)
+            .then(|| rng.tensor(&[cout]))
+            .transpose()?;
+        let oh = (h + py.before + py.after - k) / stride + 1;
+        let ow = (w + px.before + px.after - k) / stride + 1;
+        let extra = (case % 4 == 1)
+            .then(|| rng.tensor(&[batch, cout]))
+            .transpose()?;
+        let residual = (case % 5 == 2)
+            .then(|| rng.tensor(&[batch, cout, oh, ow]))
+            .transpose()?;
+        let conv = Conv2dKernel::new(wt.clone(), bias.clone(), stride)?;
+        let got = conv.forward(&x, py, px, extra.as_ref(), residual.as_ref())?;
+        let want = conv_reference(
+            &x,
+            &wt,
+            bias.as_ref(),
+            stride,
+            py,
+            px,
+            extra.as_ref(),
+            residual.as_ref(),
+        )?;
+        let e = rel_err(&got, &want)?;
+        assert!(
+            e < 1e-5,
+            "case {case}: b{batch} c{cin}->{cout} k{k} s{stride} {h}x{w} {py:?} {px:?}: {e}"
+        );
+    }
+    Ok(())
+}
+
+/// Shapes big enough for the tiled / parallel paths (several tiles per image, one multi-threaded
+/// GEMM for a small map with many channels), circular on both axes.
+#[test]
+fn conv2d_matches_candle_on_larger_maps() -> Result<()> {
+    let mut rng = Lcg(11);
+    for &(batch, cin, cout, h, w, stride) in &[
+        (2, 16, 24, 37, 45, 1),
+        (1, 64, 32, 6, 5, 1),
+        (2, 8, 8, 33, 31, 2),
+    ] {
+        let x = rng.tensor(&[batch, cin, h, w])?;
+        let wt = rng.tensor(&[cout, cin, 3, 3])?;
+        let b = rng.tensor(&[cout])?;
+        for circular in [false, true] {
+            let p = AxisPad::symmetric(1, circular);
+            let conv = Conv2dKernel::new(wt.clone(), Some(b.clone()), stride)?;
+            let got = conv.forward(&x, p, AxisPad::symmetric(1, !circular), None, None)?;
+            let want = conv_reference(
+                &x,
+                &wt,
+                Some(&b),
+                stride,
+                p,
+                AxisPad::symmetric(1, !circular),
+                None,
+                None,
+            )?;
+            let e = rel_err(&got, &want)?;
+            assert!(e < 1e-5, "{batch}x{cin}x{h}x{w} s{stride}: {e}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn conv2d_refuses_a_circular_pad_wider_than_the_axis() -> Result<()> {
+    let x = Tensor::zeros((1, 1, 1, 4), candle_core::DType::F32, &Device::Cpu)?;
+    let w = Tensor::zeros((1, 1, 5, 5), candle_core::DType::F32, &Device::Cpu)?;
+    let conv = Conv2dKernel::new(w, None, 1)?;
+    let err = conv
+        .forward(
+            &x,
+            AxisPad::symmetric(2, true),
+            AxisPad::symmetric(2, false),
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("larger than the height axis (1)"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn group_norm_and_silu_match_candle() -> Result<()> {
+    let mut rng = Lcg(3);
+    for &(batch, c, groups, h, w) in &[(2, 12, 4, 5, 7), (1, 6, 3, 1, 1), (3, 32, 32, 9, 3)] {
+        // Non-contiguous input: a transposed view, with an offset and scale so the mean matters.
+        let x = ((rng.tensor(&[batch, c, w, h])?.transpose(2, 3)? * 3.0)? + 5.0)?;
+        let gamma = rng.tensor(&[c])?;
+        let beta = rng.tensor(&[c])?;
+        let gn = GroupNormKernel::from_tensors(gamma.clone(), beta.clone(), groups, 1e-6)?;
+        let reference = candle_nn::GroupNorm::new(gamma, beta, c, groups, 1e-6)?;
+        let want = candle_core::Module::forward(&reference, &x.contiguous()?)?;
+        assert!(rel_err(&gn.forward(&x)?, &want)? < 1e-5);
+        let e = rel_err(&gn.forward_silu(&x)?, &want.silu()?)?;
+        assert!(e < 1e-5, "{batch}x{c}x{h}x{w}: {e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn upsample_geglu_silu_match_candle() -> Result<()> {
+    let mut rng = Lcg(5);
+    let x = rng.tensor(&[2, 3, 7, 4])?.transpose(2, 3)?; // [2, 3, 4, 7], non-contiguous
+    let got = elementwise::upsample_nearest2d(&x, 8, 14)?;
+    let want = x.upsample_nearest2d(8, 14)?;
+    assert_eq!(rel_err(&got, &want)?, 0.0);
+    // A size that is not exactly 2x goes through candle's general path.
+    let got = elementwise::upsample_nearest2d(&x, 9, 15)?;
+    assert_eq!(rel_err(&got, &x.upsample_nearest2d(9, 15)?)?, 0.0);
+
+    let h = (rng.tensor(&[2, 5, 22])? * 4.0)?;
+    let got = elementwise::geglu(&h)?;
+    let want = (h.narrow(D::Minus1, 0, 11)? * h.narrow(D::Minus1, 11, 11)?.gelu_erf()?)?;
+    assert!(rel_err(&got, &want)? < 1e-5);
+
+    let x = (rng.tensor(&[3, 1001])? * 20.0)?;
+    assert!(rel_err(&elementwise::silu(&x)?, &x.silu()?)? < 1e-5);
+    Ok(())
+}
+
+#[test]
+fn threads_beyond_the_cores_are_capped_with_a_message() {
+    use bevy_diffusion::kernels::threads::{cap_threads, cap_threads_at};
+    let c = cap_threads_at(100_000, 2);
+    assert_eq!(c.threads, 2);
+    assert_eq!(
+        c.notice.as_deref(),
+        Some("--threads 100000 is more than the 2 CPU cores of this machine; using 2 threads")
+    );
+    assert_eq!(cap_threads_at(2, 2).notice, None);
+    assert_eq!(cap_threads_at(0, 4).threads, 1);
+    let here = cap_threads(usize::MAX);
+    assert_eq!(
+        here.threads,
+        bevy_diffusion::kernels::threads::available_cores()
+    );
+    assert!(here.notice.is_some());
+}
+
+#[test]
+fn flash_attention_matches_softmax_attention() -> Result<()> {
+    use bevy_diffusion::kernels::attention::flash_attention;
+    let mut rng = Lcg(9);
+    // Odd sizes, more keys than one block (512), more queries than one block (64).
+    for &(bh, n, m, d, dv) in &[(3, 5, 7, 4, 2), (2, 130, 1100, 8, 8), (1, 1, 1, 3, 5)] {
+        let q = (rng.tensor(&[bh, n, d])? * 3.0)?;
+        let k = (rng.tensor(&[bh, m, d])? * 3.0)?;
+        let v = rng.tensor(&[bh, m, dv])?;
+        let scale = 0.7;
+        let s = (q.matmul(&k.t()?)? * scale)?;
+        let want = candle_nn::ops::softmax_last_dim(&s)?.matmul(&v)?;
+        let got = flash_attention(&q, &k, &v, scale)?.expect("f32 CPU");
+        let e = rel_err(&got, &want)?;
+        assert!(e < 1e-5, "{bh}x{n}x{m}x{d}: {e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn multi_head_attention_reads_heads_in_place() -> Result<()> {
+    use bevy_diffusion::kernels::attention::attention_heads;
+    let mut rng = Lcg(13);
+    let (b, n, m, heads, d) = (2, 70, 77, 5, 8);
+    let q = (rng.tensor(&[b, n, heads * d])? * 2.0)?;
+    let k = (rng.tensor(&[b, m, heads * d])? * 2.0)?;
+    let v = rng.tensor(&[b, m, heads * d])?;
+    let split = |x: &Tensor| -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        x.reshape((b, n, heads, c / heads))?
+            .transpose(1, 2)?
+            .reshape((b * heads, n, c / heads))
+    };
+    let s = (split(&q)?.matmul(&split(&k)?.t()?)? * 0.25)?;
+    let o = candle_nn::ops::softmax_last_dim(&s)?.matmul(&split(&v)?)?;
+    let want = o
+        .reshape((b, heads, n, d))?
+        .transpose(1, 2)?
+        .reshape((b, n, heads * d))?;
+    let got = attention_heads(&q, &k, &v, heads, 0.25)?.expect("f32 CPU");
+    let e = rel_err(&got, &want)?;
+    assert!(e < 1e-5, "{e}");
+    Ok(())
+}
+
+#[test]
+fn linear_kernel_matches_candle_linear() -> Result<()> {
+    let mut rng = Lcg(17);
+    let w = rng.tensor(&[13, 7])?;
+    let bias = rng.tensor(&[13])?;
+    let x = rng.tensor(&[3, 5, 7])?;
+    for l in [
+        candle_nn::Linear::new(w.clone(), Some(bias)),
+        candle_nn::Linear::new(w, None),
+    ] {
+        let want = candle_core::Module::forward(&l, &x)?;
+        let got = bevy_diffusion::kernels::linear::forward(&l, &x)?;
+        assert!(rel_err(&got, &want)? < 1e-5);
+        // Non-contiguous input.
+        let xt = x.transpose(0, 1)?;
+        let want = candle_core::Module::forward(&l, &xt.contiguous()?)?;
+        assert!(rel_err(&bevy_diffusion::kernels::linear::forward(&l, &xt)?, &want)? < 1e-5);
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_linear_layouts_match_permute_and_add() -> Result<()> {
+    use bevy_diffusion::kernels::linear;
+    let mut rng = Lcg(19);
+    let (b, c, h, w, inner) = (2, 6, 3, 5, 10);
+    let x = rng.tensor(&[b, c, h, w])?;
+    let proj_in = candle_nn::Linear::new(rng.tensor(&[inner, c])?, Some(rng.tensor(&[inner])?));
+    let proj_out = candle_nn::Linear::new(rng.tensor(&[c, inner])?, Some(rng.tensor(&[c])?));
+    let tokens = x.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?;
+    let want_in = candle_core::Module::forward(&proj_in, &tokens.contiguous()?)?;
+    let got_in = linear::forward_from_nchw(&proj_in, &x)?;
+    assert!(rel_err(&got_in, &want_in)? < 1e-5);
+
+    let want_out = (candle_core::Module::forward(&proj_out, &want_in)?
+        .reshape((b, h, w, c))?
+        .permute((0, 3, 1, 2))?
+        + &x)?;
+    let got_out = linear::forward_to_nchw(&proj_out, &want_in, &x)?;
+    assert!(rel_err(&got_out, &want_out)? < 1e-5);
+
+    let r = rng.tensor(&[b, h * w, inner])?;
+    let want = (candle_core::Module::forward(&proj_in, &tokens.contiguous()?)? + &r)?;
+    let got = linear::forward_residual(&proj_in, &tokens, &r)?;
+    assert!(rel_err(&got, &want)? < 1e-5);
+    Ok(())
+}
