@@ -163,8 +163,8 @@ fn sdxs_fixture_bench() -> anyhow::Result<()> {
     println!("tiny-sdxs unet steps/s: {:.1}", 1.0 / secs);
     let req = GenerationRequest {
         prompt: "sci-fi hull panels".into(),
-        num_inference_steps: 1,
-        guidance_scale: 0.0,
+        num_inference_steps: Some(1),
+        guidance_scale: Some(0.0),
         scheduler: Some(SchedulerKind::EulerAncestral),
         timestep_spacing: Some(bevy_diffusion::schedulers::TimestepSpacing::Trailing),
         ..Default::default()

@@ -118,12 +118,8 @@ impl TiledConv2d {
         padding: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: 0,
-            stride,
-            ..Default::default()
-        };
-        let conv = candle_nn::conv2d_no_bias(in_channels, out_channels, kernel, cfg, vb)?;
+        let weight = vb.get((out_channels, in_channels, kernel, kernel), "weight")?;
+        let conv = Conv2dKernel::new(weight, None, stride)?;
         Ok(Self { conv, padding })
     }
 

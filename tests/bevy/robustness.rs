@@ -186,7 +186,7 @@ fn failures_carry_the_typed_error_and_truncation_is_reported() {
         &mut app,
         GenerationRequest {
             prompt: long_prompt.clone(),
-            negative_prompt: long_prompt,
+            negative_prompt: Some(long_prompt),
             num_inference_steps: Some(1),
             ..Default::default()
         },

@@ -220,25 +220,6 @@ fn upsample_geglu_silu_match_candle() -> Result<()> {
 }
 
 #[test]
-fn threads_beyond_the_cores_are_capped_with_a_message() {
-    use bevy_diffusion::kernels::threads::{cap_threads, cap_threads_at};
-    let c = cap_threads_at(100_000, 2);
-    assert_eq!(c.threads, 2);
-    assert_eq!(
-        c.notice.as_deref(),
-        Some("--threads 100000 is more than the 2 CPU cores of this machine; using 2 threads")
-    );
-    assert_eq!(cap_threads_at(2, 2).notice, None);
-    assert_eq!(cap_threads_at(0, 4).threads, 1);
-    let here = cap_threads(usize::MAX);
-    assert_eq!(
-        here.threads,
-        bevy_diffusion::kernels::threads::available_cores()
-    );
-    assert!(here.notice.is_some());
-}
-
-#[test]
 fn flash_attention_matches_softmax_attention() -> Result<()> {
     use bevy_diffusion::kernels::attention::flash_attention;
     let mut rng = Lcg(9);

@@ -202,17 +202,17 @@ fn lora_pipeline_ddim4_matches_diffusers_for_both_namings() {
         .unwrap();
         let request = GenerationRequest {
             prompt: c["prompt"].as_str().unwrap().into(),
-            negative_prompt: c["negative_prompt"].as_str().unwrap().into(),
+            negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
             width: 64,
             height: 64,
-            num_inference_steps: 4,
-            guidance_scale: 7.5,
+            num_inference_steps: Some(4),
+            guidance_scale: Some(7.5),
             scheduler: Some(SchedulerKind::Ddim),
             timestep_spacing: Some(TimestepSpacing::Leading),
             ..Default::default()
         };
         let embeds =
-            pipeline::encode_prompt(&model, &request.prompt, &request.negative_prompt, true)
+            pipeline::encode_prompt(&model, &request.prompt, request.negative_prompt.as_deref(), true)
                 .unwrap();
         check(
             &format!("{case}/prompt_embeds"),

@@ -229,8 +229,8 @@ fn request_for(case: &str) -> GenerationRequest {
         negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
         width: c["width"].as_u64().unwrap() as u32,
         height: c["height"].as_u64().unwrap() as u32,
-        num_inference_steps: c["steps"].as_u64().unwrap() as usize,
-        guidance_scale: c["guidance_scale"].as_f64().unwrap(),
+        num_inference_steps: Some(c["steps"].as_u64().unwrap() as usize),
+        guidance_scale: Some(c["guidance_scale"].as_f64().unwrap()),
         scheduler: Some(scheduler),
         timestep_spacing: Some(spacing),
         original_size: pair(&c["original_size"]),
@@ -244,7 +244,7 @@ fn run_case(case: &str) {
     let r = refs();
     let m = model();
     let request = request_for(case);
-    let guidance = request.guidance_scale > 1.0;
+    let guidance = request.guidance() > 1.0;
     let size = (request.width, request.height);
 
     // Tokens of the rows the pipeline encodes, prompt embeddings and added conditioning.
@@ -299,7 +299,7 @@ fn run_case(case: &str) {
         noise: Some(r.get(&format!("{case}/init_noise"))),
         vae_sample_eps: None,
     };
-    let step_noise: Vec<Tensor> = (0..request.num_inference_steps)
+    let step_noise: Vec<Tensor> = (0..request.steps())
         .map(|k| format!("{case}/step_{k:02}/step_noise"))
         .filter(|n| r.has(n))
         .map(|n| r.get(&n))

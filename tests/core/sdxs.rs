@@ -191,16 +191,16 @@ pub fn run_case_with(m: &StableDiffusion, r: &References, case: &str) {
         .unwrap();
     let request = GenerationRequest {
         prompt: c["prompt"].as_str().unwrap().into(),
-        negative_prompt: c["negative_prompt"].as_str().unwrap_or("").into(),
+        negative_prompt: Some(c["negative_prompt"].as_str().unwrap_or("").to_string()),
         width: c["width"].as_u64().unwrap() as u32,
         height: c["height"].as_u64().unwrap() as u32,
-        num_inference_steps: c["steps"].as_u64().unwrap() as usize,
-        guidance_scale: c["guidance_scale"].as_f64().unwrap(),
+        num_inference_steps: Some(c["steps"].as_u64().unwrap() as usize),
+        guidance_scale: Some(c["guidance_scale"].as_f64().unwrap()),
         scheduler: Some(scheduler),
         timestep_spacing: Some(spacing),
         ..Default::default()
     };
-    let steps = request.num_inference_steps;
+    let steps = request.steps();
     let step_noise: Vec<Tensor> = (0..steps)
         .map(|k| format!("{case}/step_{k:02}/step_noise"))
         .filter(|n| r.has(n))
@@ -214,10 +214,10 @@ pub fn run_case_with(m: &StableDiffusion, r: &References, case: &str) {
         noise: Some(r.get(&format!("{case}/init_noise"))),
         vae_sample_eps: None,
     };
-    let guidance = request.guidance_scale > 1.0;
+    let guidance = request.guidance() > 1.0;
     if r.has(&format!("{case}/prompt_embeds")) {
         let embeds =
-            pipeline::encode_prompt(m, &request.prompt, &request.negative_prompt, guidance)
+            pipeline::encode_prompt(m, &request.prompt, request.negative_prompt.as_deref(), guidance)
                 .unwrap();
         check(
             &format!("{case}/prompt_embeds"),
@@ -320,7 +320,7 @@ fn img2img_with_autoencoder_tiny_encodes_without_a_draw() {
     );
     let request = GenerationRequest {
         prompt: "mossy stones".into(),
-        num_inference_steps: 4,
+        num_inference_steps: Some(4),
         strength: 0.5,
         scheduler: Some(SchedulerKind::Ddim),
         init_image: Some(init),
@@ -429,8 +429,8 @@ fn previews_decode_with_taesd() {
     let generator = SdGenerator::new(m);
     let request = GenerationRequest {
         prompt: "sci-fi hull panels".into(),
-        num_inference_steps: 1,
-        guidance_scale: 0.0,
+        num_inference_steps: Some(1),
+        guidance_scale: Some(0.0),
         scheduler: Some(SchedulerKind::EulerAncestral),
         timestep_spacing: Some(TimestepSpacing::Trailing),
         ..Default::default()

@@ -311,8 +311,8 @@ fn seamless_tiling_with_taesd_has_no_seam() {
             prompt: "seamless mossy cobblestone floor texture".into(),
             width: 64,
             height: 64,
-            num_inference_steps: 4,
-            guidance_scale: 7.5,
+            num_inference_steps: Some(4),
+            guidance_scale: Some(7.5),
             scheduler: Some(SchedulerKind::Ddim),
             tiling,
             ..Default::default()

@@ -638,13 +638,3 @@ fn inspect_folder(args: InspectArgs) -> Result<()> {
     }
     Ok(())
 }
-
-/// `--threads N` capped at the machine's cores; prints why when it was changed.
-fn capped_threads(threads: Option<usize>) -> Option<usize> {
-    let n = threads?;
-    let count = bevy_diffusion::kernels::threads::cap_threads(n);
-    if let Some(notice) = &count.notice {
-        eprintln!("note: {notice}");
-    }
-    Some(count.threads)
-}

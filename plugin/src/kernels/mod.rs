@@ -15,7 +15,6 @@
 //! | `elementwise.rs` | parallel nearest-2x upsampling and GEGLU for large tensors |
 //! | `simd.rs` | vectorisable `exp` / SiLU / erf-GELU, compiled for AVX2+FMA when the CPU has it |
 //! | `profile.rs` | the per-op-kind timing registry |
-//! | `threads.rs` | the shared compute pools, capped at the machine's cores |
 //!
 //! Every kernel falls back to candle's own ops for tensors that are not `f32` on the CPU (CUDA,
 //! Metal, other dtypes), so the same model code runs everywhere.
@@ -27,7 +26,6 @@ pub mod group_norm;
 pub mod linear;
 pub mod profile;
 pub mod simd;
-pub mod threads;
 
 pub use conv::{AxisPad, Conv2dKernel};
 pub use group_norm::GroupNormKernel;

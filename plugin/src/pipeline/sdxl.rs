@@ -83,7 +83,7 @@ pub(crate) fn load_components(
     ) {
         return Err(e);
     }
-    let text_encoder_2 = build_component(component, device, |vb| {
+    let text_encoder_2 = build_component(component, device, Default::default(), |vb| {
         ClipTextModelWithProjection::new(vb, &config, config.eos_token_id)
     })?;
     Ok(Some(SdxlComponents {

@@ -446,8 +446,8 @@ pub fn validate_submission(job: &GenerationRequest) -> Result<(), SubmitError> {
     job.validate(1).map_err(invalid)?;
     const MAX_PROMPT_BYTES: usize = 64 * 1024;
     for (field, text) in [
-        ("prompt", &job.prompt),
-        ("negative_prompt", &job.negative_prompt),
+        ("prompt", job.prompt.as_str()),
+        ("negative_prompt", job.negative_prompt.as_deref().unwrap_or("")),
     ] {
         if text.len() > MAX_PROMPT_BYTES {
             return Err(SubmitError::InvalidRequest {

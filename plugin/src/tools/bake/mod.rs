@@ -45,7 +45,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-
 use crate::error::DiffusionError;
 use crate::loading::folder::{FolderOptions, ModelFolder};
 use crate::models::autoencoders::VaeConfig;
@@ -397,9 +396,6 @@ fn bake_one(
 mod tests {
     use super::*;
     use crate::Tiling;
-    use crate::request::ron::{parse_request_ron, request_to_ron};
-    use crate::request::{GenerationRequest, InitImage};
-    use crate::runtime::cache::CacheKey;
     use crate::request::AssetKind;
     use crate::request::ron::{parse_request_ron, request_to_ron};
     use crate::request::{GenerationRequest, InitImage};
