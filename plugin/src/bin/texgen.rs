@@ -386,7 +386,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     }
     let load = LoadOptions {
         loras: parse_loras(&args.loras)?,
-        ..LoadOptions::default()
+        ..args.model.load_options()
     };
     let model_dir = args.model.resolve(None)?;
     let started = Instant::now();
