@@ -211,9 +211,13 @@ fn lora_pipeline_ddim4_matches_diffusers_for_both_namings() {
             timestep_spacing: Some(TimestepSpacing::Leading),
             ..Default::default()
         };
-        let embeds =
-            pipeline::encode_prompt(&model, &request.prompt, request.negative_prompt.as_deref(), true)
-                .unwrap();
+        let embeds = pipeline::encode_prompt(
+            &model,
+            &request.prompt,
+            request.negative_prompt.as_deref(),
+            true,
+        )
+        .unwrap();
         check(
             &format!("{case}/prompt_embeds"),
             &embeds.embeds,

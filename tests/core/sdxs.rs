@@ -216,9 +216,13 @@ pub fn run_case_with(m: &StableDiffusion, r: &References, case: &str) {
     };
     let guidance = request.guidance() > 1.0;
     if r.has(&format!("{case}/prompt_embeds")) {
-        let embeds =
-            pipeline::encode_prompt(m, &request.prompt, request.negative_prompt.as_deref(), guidance)
-                .unwrap();
+        let embeds = pipeline::encode_prompt(
+            m,
+            &request.prompt,
+            request.negative_prompt.as_deref(),
+            guidance,
+        )
+        .unwrap();
         check(
             &format!("{case}/prompt_embeds"),
             &embeds.embeds,

@@ -447,7 +447,10 @@ pub fn validate_submission(job: &GenerationRequest) -> Result<(), SubmitError> {
     const MAX_PROMPT_BYTES: usize = 64 * 1024;
     for (field, text) in [
         ("prompt", job.prompt.as_str()),
-        ("negative_prompt", job.negative_prompt.as_deref().unwrap_or("")),
+        (
+            "negative_prompt",
+            job.negative_prompt.as_deref().unwrap_or(""),
+        ),
     ] {
         if text.len() > MAX_PROMPT_BYTES {
             return Err(SubmitError::InvalidRequest {
