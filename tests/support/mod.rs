@@ -11,9 +11,7 @@ use candle_core::{DType, Device, Tensor};
 
 /// `tests/fixtures/tiny-sd`.
 pub fn tiny_sd_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join("tiny-sd")
+    fixture_dir("tiny-sd")
 }
 
 /// `tests/fixtures/tiny-sd/model`: the diffusers-layout pipeline folder.
@@ -30,9 +28,7 @@ pub fn fixture_dir(name: &str) -> PathBuf {
 
 /// `tests/fixtures/tiny-sdxl`: the tiny random SDXL pipeline and its diffusers references.
 pub fn tiny_sdxl_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join("tiny-sdxl")
+    fixture_dir("tiny-sdxl")
 }
 
 /// `tests/fixtures/tiny-sdxl/model`: the diffusers-layout SDXL pipeline folder.
