@@ -8,6 +8,8 @@ mod custom;
 mod fixture_model;
 #[cfg(feature = "file_watcher")]
 mod hot_reload;
+#[cfg(feature = "pbr")]
+mod material;
 mod robustness;
 mod texgen_asset;
 

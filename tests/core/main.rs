@@ -3,14 +3,17 @@
 mod bake;
 mod break_it;
 mod embedded_model;
+mod inpaint;
 mod kernels;
 mod loading;
 mod lora;
 mod models;
+mod pbr;
 mod pipeline;
 mod schedulers;
 mod sdxl;
 mod sdxs;
 mod taesd;
+mod upscale;
 mod vae;
 mod worker;

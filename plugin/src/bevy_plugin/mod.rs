@@ -26,6 +26,8 @@
 //! request cancels it ([`DiffusionSettings::cancel_unused`]).
 
 mod images;
+#[cfg(feature = "pbr")]
+mod material;
 mod messages;
 mod request_param;
 mod runtime;
@@ -37,6 +39,10 @@ use bevy::app::{App, Plugin, PreStartup, PreUpdate};
 use bevy::ecs::schedule::{IntoScheduleConfigs, SystemSet};
 
 pub use images::{placeholder, sampler_for, to_bevy_image};
+#[cfg(feature = "pbr")]
+pub use material::{
+    DiffusionMaterialPlugin, DiffusionMaterials, PendingMaterials, SubmittedMaterial,
+};
 pub use messages::{
     DiffusionStatus, GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress,
     GenerationStarted, ModelLoadFailed, ModelReady,

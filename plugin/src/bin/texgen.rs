@@ -6,6 +6,8 @@
 //!   regenerating only what changed ([`bevy_diffusion::tools::bake`]).
 //! - `texgen inspect DIR` describes a model folder and lists every problem with it
 //!   ([`bevy_diffusion::tools::inspect`]).
+//! - `texgen pbr --in PNG --out-dir DIR` and `texgen upscale --in PNG [--model DIR] --out PNG`:
+//!   the game-art tools on finished textures (`texgen/art.rs`); `generate --mask` inpaints.
 //!
 //! With the `hf-hub` feature, `--model` also takes a Hugging Face repo id
 //! ([`bevy_diffusion::loading::hub`]). Errors end the process with a non-zero exit code and one line on
@@ -28,6 +30,9 @@ use bevy_diffusion::tools::inspect::{InspectOptions, inspect};
 use bevy_diffusion::{GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling};
 use clap::{Args, Parser, Subcommand};
 
+#[path = "texgen/art.rs"]
+mod art;
+
 #[derive(Parser)]
 #[command(
     name = "texgen",
@@ -49,6 +54,11 @@ enum Command {
     Bake(BakeArgs),
     /// Describe a model folder (family, components, scheduler, tokenizer) and list every problem.
     Inspect(InspectArgs),
+    /// PBR maps of a texture: NAME_normal.png (OpenGL, +Y up), NAME_height.png,
+    /// NAME_roughness.png, NAME_ao.png.
+    Pbr(art::PbrArgs),
+    /// Upscale an image 4x with an x4 upscaler folder (--model), else with wrap-aware Lanczos3.
+    Upscale(art::UpscaleArgs),
 }
 
 /// Where the model comes from.
@@ -211,6 +221,16 @@ struct GenerateArgs {
     /// img2img strength in (0, 1].
     #[arg(long, default_value_t = 0.8)]
     strength: f64,
+    /// Inpainting: a mask PNG of the init image's size, white = repaint, black = keep (needs
+    /// --init-image).
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// Upscale the result by this factor, 1..=8 (wrap-aware Lanczos3 on tiled axes).
+    #[arg(long)]
+    upscale: Option<u32>,
+    /// Also write the PBR maps (OUT_normal.png, OUT_height.png, OUT_roughness.png, OUT_ao.png).
+    #[arg(long)]
+    pbr: bool,
     /// A safetensors file with a tensor `noise` [1, C, H/f, W/f] (f = the VAE factor) used instead of the seed's
     /// initial latents (img2img: the add_noise noise), and optionally `vae_sample_eps`.
     #[arg(long)]
@@ -313,6 +333,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(args),
         Command::Bake(args) => bake(args),
         Command::Inspect(args) => inspect_folder(args),
+        Command::Pbr(args) => art::pbr(args),
+        Command::Upscale(args) => art::upscale(args),
     }
 }
 
@@ -367,6 +389,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
         tiling,
         init_image: args.init_image.map(InitImage::Path),
         strength: args.strength,
+        mask: args.mask.map(InitImage::Path),
+        upscale: args.upscale,
+        pbr: args.pbr,
         kind: parse_kind(&args.kind)?,
         pixel_art: args.pixel_art.as_deref().map(parse_pixel_art).transpose()?,
         original_size: args.original_size,
@@ -383,6 +408,11 @@ fn generate(args: GenerateArgs) -> Result<()> {
         && !p.is_file()
     {
         bail!("--init-image {}: no such file", p.display());
+    }
+    if let Some(InitImage::Path(p)) = &request.mask
+        && !p.is_file()
+    {
+        bail!("--mask {}: no such file", p.display());
     }
     let load = LoadOptions {
         loras: parse_loras(&args.loras)?,
@@ -415,6 +445,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
     }
     let image = bevy_diffusion::pipeline::postprocess::finish(out.image, &request);
     write_png(&image, &args.out)?;
+    if request.pbr {
+        art::pbr_beside(&image, &args.out)?;
+    }
     eprintln!(
         "wrote {} ({}x{}, seed {}) in {:.2} s",
         args.out.display(),

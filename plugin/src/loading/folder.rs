@@ -43,9 +43,10 @@ const MAX_JSON_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The pipeline classes (model_index.json `_class_name`) we run: one CLIP text encoder (two for
 /// SDXL), a `UNet2DConditionModel`, an `AutoencoderKL`.
-pub const SUPPORTED_PIPELINES: [&str; 6] = [
+pub const SUPPORTED_PIPELINES: [&str; 7] = [
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
     "LatentConsistencyModelPipeline",
     "LatentConsistencyModelImg2ImgPipeline",
     "StableDiffusionXLPipeline",
@@ -342,15 +343,12 @@ fn refused_pipeline(class: &str) -> Option<(String, String)> {
             "FLUX",
             "the rectified-flow transformer and its CLIP + T5 text encoders are not implemented",
         )
-    } else if class.contains("Inpaint") {
-        (
-            "Stable Diffusion inpainting",
-            "inpainting (mask + masked-image UNet inputs) is not implemented",
-        )
     } else if class.contains("Upscale") {
         (
             "Stable Diffusion upscaler",
-            "upscaling pipelines are not implemented",
+            "an x4 upscaler folder (its unet takes 7 input channels: 4 latents + 3 low-res image \
+             channels, with a low_res_scheduler) is not a text-to-image model; use it to upscale \
+             (`texgen upscale --model DIR`, `pipeline::upscale::Upscaler::load`)",
         )
     } else if class.contains("Depth2Img") {
         (

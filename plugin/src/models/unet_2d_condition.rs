@@ -227,6 +227,10 @@ pub struct UNet2DConditionConfig {
     pub time_embed_dim: usize,
     /// `addition_embed_type: "text_time"` (SDXL); `None` when the key is absent or null.
     pub addition_embed: Option<TextTimeConfig>,
+    /// `num_class_embeds` with `class_embed_type` null: an `nn.Embedding(num_class_embeds,
+    /// time_embed_dim)` whose row `class_labels[b]` is added to the time embedding (the x4
+    /// upscaler's noise level). `None` for text-to-image UNets.
+    pub num_class_embeds: Option<usize>,
 }
 
 /// The sizes of SDXL's added conditioning (`addition_embed_type: "text_time"`).
@@ -276,7 +280,6 @@ impl TextTimeConfig {
 const MUST_BE_NULL: &[&str] = &[
     "time_cond_proj_dim",
     "class_embed_type",
-    "num_class_embeds",
     "encoder_hid_dim_type",
     "encoder_hid_dim",
     "timestep_post_act",
@@ -291,8 +294,9 @@ impl UNet2DConditionConfig {
     /// Errors: a missing/unreadable file is `DiffusionError::Io`; bad JSON, a wrongly typed or
     /// inconsistent field is `InvalidConfig`; a feature we do not implement set to a non-default
     /// value is `UnsupportedConfig` naming the field and value: `addition_embed_type` other than
-    /// `text_time` (SDXL's, see [`TextTimeConfig`]), `time_cond_proj_dim`, `class_embed_type`,
-    /// `num_class_embeds`, `encoder_hid_dim(_type)`,
+    /// `text_time` (SDXL's, see [`TextTimeConfig`]), `time_cond_proj_dim`, `class_embed_type`
+    /// (`num_class_embeds` alone is the upscaler's class embedding, bounded 1..=100000),
+    /// `encoder_hid_dim(_type)`,
     /// `timestep_post_act`, `time_embedding_act_fn`, `cross_attention_norm`,
     /// `reverse_transformer_layers_per_block`, `time_embedding_type` != positional,
     /// `attention_type` != default, `dual_cross_attention`, `class_embeddings_concat`,
@@ -488,6 +492,16 @@ impl UNet2DConditionConfig {
             }
         }
         let time_embed_dim = j.get_or("time_embedding_dim", 4 * block_out_channels[0])?;
+        let num_class_embeds: Option<usize> = j.opt("num_class_embeds")?;
+        if let Some(n) = num_class_embeds
+            && !(1..=100_000).contains(&n)
+        {
+            return Err(DiffusionError::config(
+                path,
+                "num_class_embeds",
+                format!("{n} is out of range (1..=100000)"),
+            ));
+        }
 
         let cfg = Self {
             in_channels: j.get_or("in_channels", 4)?,
@@ -518,6 +532,7 @@ impl UNet2DConditionConfig {
             conv_out_kernel,
             time_embed_dim,
             addition_embed: TextTimeConfig::from_json(j)?,
+            num_class_embeds,
             block_out_channels,
         };
         cfg.check_bounds(path)?;
@@ -597,6 +612,8 @@ pub struct UNet2DConditionModel {
     time_embedding: TimestepEmbedding,
     /// `add_time_proj` + `add_embedding` of a `text_time` UNet (SDXL).
     add_embedding: Option<TextTimeEmbedding>,
+    /// `class_embedding` of a UNet with `num_class_embeds` (the x4 upscaler's noise level).
+    class_embedding: Option<candle_nn::Embedding>,
     conv_in: TiledConv2d,
     down_blocks: Vec<DownBlock>,
     mid_block: Option<UNetMidBlock2DCrossAttn>,
@@ -646,6 +663,10 @@ impl UNet2DConditionModel {
                     temb,
                 )?,
             }),
+            None => None,
+        };
+        let class_embedding = match cfg.num_class_embeds {
+            Some(n) => Some(candle_nn::embedding(n, temb, vb.pp("class_embedding"))?),
             None => None,
         };
         let k_in = cfg.conv_in_kernel;
@@ -725,6 +746,7 @@ impl UNet2DConditionModel {
             time_proj,
             time_embedding,
             add_embedding,
+            class_embedding,
             conv_in,
             down_blocks,
             mid_block,
@@ -756,7 +778,50 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         tiling: Tiling,
     ) -> Result<Tensor> {
-        self.run(sample, timestep, encoder_hidden_states, None, tiling, None)
+        self.run(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            None,
+            None,
+            tiling,
+            None,
+        )
+    }
+
+    /// [`Self::forward`] with diffusers' `class_labels` (`[batch]` integer ids, u32/i64), for
+    /// UNets with `num_class_embeds` (the x4 upscaler passes its noise level): `emb =
+    /// time_embedding(time_proj(t)) + class_embedding.weight[class_labels]`.
+    ///
+    /// Errors (candle's): labels given to a UNet without a class embedding, or missing for one
+    /// with it.
+    pub fn forward_with_class_labels(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        class_labels: Option<&Tensor>,
+        tiling: Tiling,
+    ) -> Result<Tensor> {
+        let (hs, labels) = (encoder_hidden_states, class_labels);
+        self.run(sample, timestep, hs, None, labels, tiling, None)
+    }
+
+    /// [`Self::forward_with_class_labels`] that also returns the named [`Intermediates`]
+    /// (`class_embedding` `[batch, time_embed_dim]` follows `time_embedding` when labels are
+    /// given).
+    pub fn forward_with_class_labels_traced(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        class_labels: Option<&Tensor>,
+        tiling: Tiling,
+    ) -> Result<(Tensor, Intermediates)> {
+        let mut rec = Vec::new();
+        let (hs, labels) = (encoder_hidden_states, class_labels);
+        let out = self.run(sample, timestep, hs, None, labels, tiling, Some(&mut rec))?;
+        Ok((out, rec))
     }
 
     /// [`Self::forward`] with diffusers' `added_cond_kwargs`, which a `text_time` UNet (SDXL)
@@ -770,7 +835,15 @@ impl UNet2DConditionModel {
         added: Option<&AddedCondKwargs>,
         tiling: Tiling,
     ) -> Result<Tensor> {
-        self.run(sample, timestep, encoder_hidden_states, added, tiling, None)
+        self.run(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            added,
+            None,
+            tiling,
+            None,
+        )
     }
 
     /// [`Self::forward_added`] that also returns the named [`Intermediates`] (`add_time_proj`
@@ -790,6 +863,7 @@ impl UNet2DConditionModel {
             timestep,
             encoder_hidden_states,
             added,
+            None,
             tiling,
             Some(&mut rec),
         )?;
@@ -810,18 +884,21 @@ impl UNet2DConditionModel {
             timestep,
             encoder_hidden_states,
             None,
+            None,
             tiling,
             Some(&mut rec),
         )?;
         Ok((out, rec))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         sample: &Tensor,
         timestep: f64,
         context: &Tensor,
         added: Option<&AddedCondKwargs>,
+        class_labels: Option<&Tensor>,
         tiling: Tiling,
         mut rec: Option<&mut Intermediates>,
     ) -> Result<Tensor> {
@@ -845,6 +922,21 @@ impl UNet2DConditionModel {
         record("time_proj".into(), &t_emb);
         let mut emb = self.time_embedding.forward(&t_emb)?;
         record("time_embedding".into(), &emb);
+        match (&self.class_embedding, class_labels) {
+            (Some(table), Some(labels)) => {
+                let class_emb = table.forward(labels)?.to_dtype(emb.dtype())?;
+                record("class_embedding".into(), &class_emb);
+                emb = (emb + class_emb)?;
+            }
+            (None, None) => {}
+            (Some(_), None) => candle_core::bail!(
+                "class_labels should be provided when num_class_embeds > 0 (this UNet embeds a \
+                 class label, e.g. the upscaler's noise level)"
+            ),
+            (None, Some(_)) => {
+                candle_core::bail!("class_labels given to a UNet without num_class_embeds")
+            }
+        }
         if let Some(add) = &self.add_embedding {
             let Some(added) = added else {
                 candle_core::bail!(

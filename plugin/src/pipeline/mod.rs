@@ -16,10 +16,13 @@
 //! All randomness comes from the request's seed through [`crate::noise`], or from tensors the
 //! caller passes in [`ExplicitNoise`], so the same request gives the same bytes.
 
+pub mod inpaint;
 pub mod model;
+pub mod pbr;
 pub mod postprocess;
 pub mod preview;
 pub mod sdxl;
+pub mod upscale;
 
 use candle_core::{DType, Tensor};
 use image::RgbaImage;
@@ -196,6 +199,9 @@ fn run_stages(
         }
         Ok(())
     };
+    if inpaint::is_inpaint(model, request) {
+        return inpaint::generate_inpaint(model, request, explicit, None, noise, hooks);
+    }
     // 1. Check inputs.
     let init_image = load_init_image(request)?;
     let (width, height) = check_inputs(model, request, init_image.as_ref())?;
@@ -258,7 +264,7 @@ fn run_stages(
 /// Refuses latents with NaN or infinite values (a diverging schedule, non-finite explicit noise,
 /// or a broken model) instead of writing a black image: [`DiffusionError::NonFiniteLatents`]
 /// naming the step count and the scheduler that ran.
-fn check_finite(latents: &Tensor, steps: usize, scheduler: SchedulerKind) -> Result<()> {
+pub(crate) fn check_finite(latents: &Tensor, steps: usize, scheduler: SchedulerKind) -> Result<()> {
     let sum = latents
         .abs()?
         .sum_all()?
@@ -312,27 +318,38 @@ pub fn check_inputs(
 
 /// Reads the init image of an img2img request (RGBA8), or `None` for text-to-image.
 fn load_init_image(request: &GenerationRequest) -> Result<Option<RgbaImage>> {
-    match &request.init_image {
-        None => Ok(None),
-        Some(InitImage::Path(path)) => {
+    request
+        .init_image
+        .as_ref()
+        .map(|i| load_image_of(i, "init_image"))
+        .transpose()
+}
+
+/// Reads an init image or mask (RGBA8): a file, or in-memory pixels of the right length.
+///
+/// Errors: [`DiffusionError::Image`] for an unreadable file, [`DiffusionError::InvalidRequest`]
+/// naming `field` for in-memory pixels whose length is not `width * height * 4`.
+pub(crate) fn load_image_of(init: &InitImage, field: &'static str) -> Result<RgbaImage> {
+    match init {
+        InitImage::Path(path) => {
             image::open(path)
-                .map(|i| Some(i.to_rgba8()))
+                .map(|i| i.to_rgba8())
                 .map_err(|e| DiffusionError::Image {
                     path: path.clone(),
                     reason: e.to_string(),
                 })
         }
-        Some(InitImage::Rgba {
+        InitImage::Rgba {
             width,
             height,
             pixels,
-        }) => RgbaImage::from_raw(*width, *height, pixels.clone())
-            .map(Some)
-            .ok_or_else(|| DiffusionError::InvalidRequest {
-                field: "init_image",
+        } => RgbaImage::from_raw(*width, *height, pixels.clone()).ok_or_else(|| {
+            DiffusionError::InvalidRequest {
+                field,
                 value: format!("{width}x{height} with {} bytes", pixels.len()),
                 reason: "RGBA8 pixels must have width * height * 4 bytes".into(),
-            }),
+            }
+        }),
     }
 }
 
