@@ -13,14 +13,25 @@ use bevy_diffusion::request::InitImage;
 use bevy_diffusion::{DiffusionPlugin, GenerationRequest};
 use bevy_diffusion_tests::tiny_sd_model;
 
-use crate::{app, log, pixels, wait_ended, wait_for};
+use bevy_diffusion::DiffusionSystems;
 
+use crate::{Log, collect, log, pixels, wait_ended, wait_for};
+
+/// [`crate::app`] plus the material assets (headless: no renderer) and the material plugin.
 fn material_app() -> App {
-    let mut app =
-        app(DiffusionPlugin::from_folder(tiny_sd_model()).configure(|s| s.compute_threads = 1));
-    // Headless: the material assets without Bevy's renderer.
-    app.init_asset::<StandardMaterial>()
-        .add_plugins(DiffusionMaterialPlugin::default());
+    let mut app = App::new();
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin::default(),
+        ImagePlugin::default(),
+        DiffusionPlugin::from_folder(tiny_sd_model()).configure(|s| s.compute_threads = 1),
+        DiffusionMaterialPlugin::default(),
+    ))
+    .init_asset::<StandardMaterial>()
+    .init_resource::<Log>()
+    .add_systems(PreUpdate, collect.after(DiffusionSystems::Poll));
+    app.finish();
+    app.cleanup();
     app
 }
 

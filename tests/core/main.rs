@@ -1,6 +1,7 @@
 //! Integration tests of the bevy-free core against HF diffusers' reference tensors.
 
 mod bake;
+mod bake_art;
 mod break_it;
 mod embedded_model;
 mod inpaint;
@@ -15,5 +16,6 @@ mod sdxl;
 mod sdxs;
 mod taesd;
 mod upscale;
+mod upscale_request;
 mod vae;
 mod worker;

@@ -78,13 +78,18 @@ struct ModelArgs {
     /// models (SDXS-style folders already ship it as their vae).
     #[arg(long, value_name = "DIR")]
     decoder: Option<PathBuf>,
+    /// An x4 upscaler folder (StableDiffusionUpscalePipeline layout) for `--upscale 4` (or a
+    /// manifest item's `upscale: 4`); without it upscaling is wrap-aware Lanczos3.
+    #[arg(long, value_name = "DIR")]
+    upscaler: Option<PathBuf>,
 }
 
 impl ModelArgs {
-    /// How to load: the `--decoder`, if any.
+    /// How to load: the `--decoder` and `--upscaler`, if any.
     fn load_options(&self) -> LoadOptions {
         LoadOptions {
             decoder: self.decoder.clone(),
+            upscaler: self.upscaler.clone(),
             ..LoadOptions::default()
         }
     }

@@ -12,6 +12,11 @@
 //! 5. [`denoise`]: the loop: UNet (twice batched for guidance), guidance, scheduler step, hooks
 //!    (progress, preview, cancel).
 //! 6. [`decode_latents`]: VAE decode and map to RGBA8 ([`crate::pipeline::postprocess`]).
+//! 7. [`upscale::upscale_output`]: `request.upscale` (the x4 upscaler model when loaded, else
+//!    wrap-aware Lanczos).
+//!
+//! Requests with a `mask` (or on a 9-channel inpainting UNet) run [`inpaint`] instead of stages
+//! 1-6.
 //!
 //! All randomness comes from the request's seed through [`crate::noise`], or from tensors the
 //! caller passes in [`ExplicitNoise`], so the same request gives the same bytes.
@@ -174,13 +179,19 @@ pub fn generate_with_noise(
     // between two blocks, or a tensor op cut short) is the cancel, not a failure.
     let check = hooks.cancel_check();
     crate::cancel::with_cancel_check(check, || {
-        run_stages(model, request, explicit, noise, hooks).map_err(|e| {
-            if crate::cancel::is_cancelled() {
-                DiffusionError::Cancelled
-            } else {
-                e
-            }
-        })
+        run_stages(model, request, explicit, noise, hooks)
+            .and_then(|mut out| {
+                // 7. The optional upscale (`request.upscale`).
+                out.image = upscale::upscale_output(model, request, out.image, hooks)?;
+                Ok(out)
+            })
+            .map_err(|e| {
+                if crate::cancel::is_cancelled() {
+                    DiffusionError::Cancelled
+                } else {
+                    e
+                }
+            })
     })
 }
 

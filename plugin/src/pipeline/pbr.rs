@@ -362,6 +362,17 @@ impl From<&PbrMaps> for PbrImages {
     }
 }
 
+/// The file-name suffixes of the four maps, in [`PbrImages::save`]'s order.
+pub const PBR_MAP_SUFFIXES: [&str; 4] = ["normal", "height", "roughness", "ao"];
+
+/// `dir/NAME_normal.png`, `NAME_height.png`, `NAME_roughness.png`, `NAME_ao.png`.
+pub fn map_paths(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    PBR_MAP_SUFFIXES
+        .iter()
+        .map(|suffix| dir.join(format!("{name}_{suffix}.png")))
+        .collect()
+}
+
 impl PbrImages {
     /// Writes `NAME_normal.png`, `NAME_height.png`, `NAME_roughness.png` and `NAME_ao.png` into
     /// `dir` (created if missing) and returns the paths in that order.
@@ -369,20 +380,19 @@ impl PbrImages {
     /// Errors: [`DiffusionError::Io`] / [`DiffusionError::Image`] naming the file.
     pub fn save(&self, dir: &std::path::Path, name: &str) -> Result<Vec<std::path::PathBuf>> {
         std::fs::create_dir_all(dir).map_err(|e| DiffusionError::io(dir, e))?;
-        let mut paths = Vec::new();
-        let mut save = |suffix: &str, img: image::DynamicImage| -> Result<()> {
-            let path = dir.join(format!("{name}_{suffix}.png"));
-            img.save(&path).map_err(|e| DiffusionError::Image {
+        let paths = map_paths(dir, name);
+        let images: [image::DynamicImage; 4] = [
+            self.normal.clone().into(),
+            self.height.clone().into(),
+            self.roughness.clone().into(),
+            self.ao.clone().into(),
+        ];
+        for (path, img) in paths.iter().zip(images) {
+            img.save(path).map_err(|e| DiffusionError::Image {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-            paths.push(path);
-            Ok(())
-        };
-        save("normal", self.normal.clone().into())?;
-        save("height", self.height.clone().into())?;
-        save("roughness", self.roughness.clone().into())?;
-        save("ao", self.ao.clone().into())?;
+        }
         Ok(paths)
     }
 }

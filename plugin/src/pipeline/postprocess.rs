@@ -315,20 +315,13 @@ fn widest(b: &[([u8; 3], u64)]) -> (usize, u8) {
 }
 
 /// Applies the request's post-processing to a decoded image: sprite keying (for opaque model
-/// output), opaque alpha for textures, the optional wrap-aware Lanczos upscale
-/// (`request.upscale`, [`crate::pipeline::upscale::lanczos_upscale`]; a factor it refuses is
-/// logged and skipped) and the optional pixel-art pass.
+/// output), opaque alpha for textures, and the optional pixel-art pass. (`request.upscale` is
+/// applied earlier, by [`crate::pipeline::generate`]'s last stage.)
 pub fn finish(mut image: RgbaImage, request: &crate::request::GenerationRequest) -> RgbaImage {
     match request.kind {
         crate::request::AssetKind::Sprite => key_out_background(&mut image),
         // Surface textures are opaque, whatever alpha a 4-channel model drew.
         crate::request::AssetKind::Texture => image.pixels_mut().for_each(|p| p.0[3] = 255),
-    }
-    if let Some(factor) = request.upscale.filter(|&f| f > 1) {
-        match crate::pipeline::upscale::lanczos_upscale(&image, factor, request.tiling) {
-            Ok(big) => image = big,
-            Err(e) => tracing::warn!("upscale skipped: {e}"),
-        }
     }
     match request.pixel_art {
         Some(p) => pixel_art(&image, p.cell, p.colors),

@@ -301,6 +301,18 @@ impl GenerationRequest {
         {
             return bad("upscale", f.to_string(), "must be 1..=8".into());
         }
+        if let Some(f) = self.upscale
+            && (self.width.saturating_mul(f) > 8192 || self.height.saturating_mul(f) > 8192)
+        {
+            return bad(
+                "upscale",
+                f.to_string(),
+                format!(
+                    "{}x{} upscaled {f}x is over 8192 pixels a side",
+                    self.width, self.height
+                ),
+            );
+        }
         for (field, value) in [
             ("original_size", self.original_size),
             ("crops_coords_top_left", Some(self.crops_coords_top_left)),

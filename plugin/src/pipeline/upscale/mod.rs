@@ -238,3 +238,65 @@ pub fn upscale_with_noise(
         final_latents: latents,
     })
 }
+
+/// Forwards cancel polling only (the upscaler's steps are not the text model's: no progress or
+/// previews for them).
+struct CancelOnly<'a>(&'a mut dyn GenerationHooks);
+
+impl GenerationHooks for CancelOnly<'_> {
+    fn should_cancel(&mut self) -> bool {
+        self.0.should_cancel()
+    }
+    fn cancel_check(&self) -> Option<crate::cancel::CancelCheck> {
+        self.0.cancel_check()
+    }
+}
+
+/// The last stage of [`crate::pipeline::generate`]: `request.upscale` applied to the decoded
+/// image. Factor 4 with [`StableDiffusion::upscaler`] loaded runs the diffusion upscaler with the
+/// request's prompt, negative prompt, seed, tiling and step count (noise level 20, guidance 9,
+/// the upscaler folder's scheduler: diffusers' defaults); any other factor, or no upscaler, uses
+/// [`lanczos_upscale`] (wrapping on tiled axes). `None` or 1 returns `image` unchanged.
+///
+/// Errors: those of [`upscale`] and [`lanczos_upscale`] (an output over 8192 pixels a side).
+pub fn upscale_output(
+    model: &crate::pipeline::model::StableDiffusion,
+    request: &crate::request::GenerationRequest,
+    image: RgbaImage,
+    hooks: &mut dyn GenerationHooks,
+) -> Result<RgbaImage> {
+    let factor = match request.upscale {
+        None | Some(1) => return Ok(image),
+        Some(f) => f,
+    };
+    match &model.upscaler {
+        Some(up) if factor as usize == up.factor() => {
+            let up_request = UpscaleRequest {
+                prompt: request.prompt.clone(),
+                negative_prompt: request.negative_prompt.clone().unwrap_or_default(),
+                num_inference_steps: request.steps(),
+                seed: request.seed,
+                tiling: request.tiling,
+                ..UpscaleRequest::default()
+            };
+            crate::cancel::checkpoint()?;
+            let out = upscale(
+                up,
+                &image,
+                &up_request,
+                &UpscaleNoise::default(),
+                &mut CancelOnly(hooks),
+            )?;
+            let mut big = out.image;
+            if image.pixels().any(|p| p.0[3] != 255) {
+                // The upscaler draws RGB; keep the model's alpha (sprites), resampled.
+                let alpha = lanczos_upscale(&image, factor, request.tiling)?;
+                for (p, a) in big.pixels_mut().zip(alpha.pixels()) {
+                    p.0[3] = a.0[3];
+                }
+            }
+            Ok(big)
+        }
+        _ => lanczos_upscale(&image, factor, request.tiling),
+    }
+}

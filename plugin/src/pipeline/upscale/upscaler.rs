@@ -41,6 +41,9 @@ pub struct Upscaler {
     pub unet_config: UNet2DConditionConfig,
     pub vae_config: AutoencoderKLConfig,
     pub device: Device,
+    /// A content hash (hex blake3) of model_index.json, every component's config and the weight
+    /// files' sizes.
+    pub identity: String,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -120,16 +123,29 @@ fn low_res_alphas_cumprod(path: &Path) -> Result<Vec<f32>> {
     Ok(cumprod(&alphas))
 }
 
-impl Upscaler {
-    /// Loads an x4 upscaler folder (diffusers' `StableDiffusionUpscalePipeline.save_pretrained`
-    /// layout: text_encoder/, tokenizer/, unet/, vae/, scheduler/, low_res_scheduler/).
-    ///
-    /// Errors: [`DiffusionError::UnsupportedModel`] when model_index.json names another pipeline
-    /// (a text-to-image folder: the message names its unet's input channels);
-    /// [`DiffusionError::InvalidConfig`] naming `unet/config.json` `in_channels` (not 7) or
-    /// `num_class_embeds` (missing: the noise-level embedding); the loading errors of
-    /// [`crate::StableDiffusion::load`] for each component.
-    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+/// The identity of a text-to-image model (`model_identity`) that upscales with the upscaler of
+/// identity `upscaler_identity` ([`Upscaler::identity`]).
+pub fn combined_identity(model_identity: &str, upscaler_identity: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"bevy_diffusion model + x4 upscaler v1\0");
+    h.update(model_identity.as_bytes());
+    h.update(b"\0");
+    h.update(upscaler_identity.as_bytes());
+    h.finalize().to_hex().to_string()
+}
+
+/// The checked files of an upscaler folder: model_index.json and the text encoder, UNet and VAE
+/// components (weight headers validated).
+struct UpscalerFiles {
+    index_path: PathBuf,
+    index: Value,
+    te: Component,
+    unet: Component,
+    vae: Component,
+}
+
+impl UpscalerFiles {
+    fn open(dir: &Path, options: &LoadOptions) -> Result<Self> {
         if !dir.is_dir() {
             return Err(DiffusionError::ModelFolderMissing {
                 path: dir.to_path_buf(),
@@ -144,6 +160,84 @@ impl Upscaler {
         if class != UPSCALER_CLASS {
             return Err(not_an_upscaler(dir, class));
         }
+        let folder_options = FolderOptions {
+            prefer_fp16_variant: options.prefer_fp16_variant,
+            ..FolderOptions::default()
+        };
+        let component = |kind: ComponentKind| -> Result<Component> {
+            let comp_dir = dir.join(kind.dir_name());
+            let weights = component_weights(&comp_dir, kind, &folder_options).map_err(|es| {
+                es.into_iter()
+                    .next()
+                    .unwrap_or_else(|| DiffusionError::MissingFile {
+                        path: comp_dir.clone(),
+                        what: format!("the {kind} weights of an x4 upscaler folder"),
+                    })
+            })?;
+            Ok(Component {
+                kind,
+                config: comp_dir.join("config.json"),
+                dir: comp_dir,
+                weights,
+            })
+        };
+        Ok(Self {
+            te: component(ComponentKind::TextEncoder)?,
+            unet: component(ComponentKind::Unet)?,
+            vae: component(ComponentKind::Vae)?,
+            index_path,
+            index,
+        })
+    }
+
+    /// A content hash (hex blake3) of model_index.json, the components' configs and the weight
+    /// files' sizes.
+    fn identity(&self) -> Result<String> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"bevy_diffusion x4 upscaler v1\0");
+        for path in [
+            &self.index_path,
+            &self.te.config,
+            &self.unet.config,
+            &self.vae.config,
+        ] {
+            let bytes = std::fs::read(path).map_err(|e| DiffusionError::io(path, e))?;
+            hasher.update(blake3::hash(&bytes).as_bytes());
+        }
+        for c in [&self.te, &self.unet, &self.vae] {
+            hasher.update(&c.weights.total_bytes().to_le_bytes());
+        }
+        Ok(hasher.finalize().to_hex().to_string())
+    }
+}
+
+impl Upscaler {
+    /// [`Upscaler::identity`] of the folder at `dir` without loading its weights (bake plans
+    /// with it).
+    ///
+    /// Errors: those of [`Upscaler::load`] about the folder's files.
+    pub fn folder_identity(dir: &Path, options: &LoadOptions) -> Result<String> {
+        UpscalerFiles::open(dir, options)?.identity()
+    }
+
+    /// Loads an x4 upscaler folder (diffusers' `StableDiffusionUpscalePipeline.save_pretrained`
+    /// layout: text_encoder/, tokenizer/, unet/, vae/, scheduler/, low_res_scheduler/).
+    ///
+    /// Errors: [`DiffusionError::UnsupportedModel`] when model_index.json names another pipeline
+    /// (a text-to-image folder: the message names its unet's input channels);
+    /// [`DiffusionError::InvalidConfig`] naming `unet/config.json` `in_channels` (not 7) or
+    /// `num_class_embeds` (missing: the noise-level embedding); the loading errors of
+    /// [`crate::StableDiffusion::load`] for each component.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        let files = UpscalerFiles::open(dir, options)?;
+        let identity = files.identity()?;
+        let UpscalerFiles {
+            index_path,
+            index,
+            te,
+            unet,
+            vae,
+        } = files;
         let max_noise_level = match index.get("max_noise_level") {
             None | Some(Value::Null) => 350,
             Some(v) => match v.as_u64() {
@@ -157,26 +251,6 @@ impl Upscaler {
                 }
             },
         };
-        let folder_options = FolderOptions {
-            prefer_fp16_variant: options.prefer_fp16_variant,
-            ..FolderOptions::default()
-        };
-        let component = |kind: ComponentKind| -> Result<Component> {
-            let comp_dir = dir.join(kind.dir_name());
-            let weights = component_weights(&comp_dir, kind, &folder_options)
-                .map_err(|mut es| es.remove(0))?;
-            Ok(Component {
-                kind,
-                config: comp_dir.join("config.json"),
-                dir: comp_dir,
-                weights,
-            })
-        };
-        let (te, unet, vae) = (
-            component(ComponentKind::TextEncoder)?,
-            component(ComponentKind::Unet)?,
-            component(ComponentKind::Vae)?,
-        );
         let text_encoder_config = ClipTextConfig::from_file(&te.config)?;
         let unet_config = UNet2DConditionConfig::from_file(&unet.config)?;
         let vae_config = AutoencoderKLConfig::from_file(&vae.config)?;
@@ -247,7 +321,13 @@ impl Upscaler {
             unet_config,
             vae_config,
             device: device.clone(),
+            identity,
         })
+    }
+
+    /// The identity of a text-to-image model (`model_identity`) that upscales with this one.
+    pub fn model_identity(&self, model_identity: &str) -> String {
+        combined_identity(model_identity, &self.identity)
     }
 
     /// The upscale factor (`2^(len(vae.block_out_channels) - 1)`: 4 for the x4 upscaler).

@@ -255,6 +255,13 @@ pub fn bake(
         Some(dir) => DecoderFolder::open(dir, &folder_options)?.model_identity(&folder.identity),
         None => folder.identity.clone(),
     };
+    let base_identity = match &load.upscaler {
+        Some(dir) => {
+            use crate::pipeline::upscale::upscaler::{Upscaler, combined_identity};
+            combined_identity(&base_identity, &Upscaler::folder_identity(dir, &load)?)
+        }
+        None => base_identity,
+    };
     let identity = crate::loading::lora_merge::identity(&base_identity, &load.loras)?;
     let planned = plan(
         &manifest.items,
