@@ -13,6 +13,7 @@ mod pbr;
 mod pipeline;
 mod schedulers;
 mod sdxl;
+mod sdxl_lora;
 mod sdxs;
 mod taesd;
 mod upscale;
