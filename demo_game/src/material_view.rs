@@ -151,6 +151,11 @@ fn spawn_material_view(
         },
         // No tonemapping LUTs are built in (the 2D camera does without them too).
         Tonemapping::None,
+        // A little fill light, so the side away from the point light is not black.
+        AmbientLight {
+            brightness: 80.0,
+            ..default()
+        },
         Transform::from_xyz(0.0, 2.4, 3.2).looking_at(Vec3::new(0.0, 0.1, 0.0), Vec3::Y),
     ));
 }
@@ -180,7 +185,11 @@ fn toggle_and_fit(
             camera.is_active = !camera.is_active;
         }
         let viewport = inset_viewport(scale);
-        if camera.viewport.as_ref() != Some(&viewport) {
+        let same = camera.viewport.as_ref().is_some_and(|v| {
+            (v.physical_position, v.physical_size)
+                == (viewport.physical_position, viewport.physical_size)
+        });
+        if !same {
             camera.viewport = Some(viewport);
         }
     }
@@ -193,10 +202,6 @@ pub struct MaterialViewPlugin;
 impl Plugin for MaterialViewPlugin {
     fn build(&self, app: &mut App) {
         app.add_plugins(DiffusionMaterialPlugin::default())
-            .insert_resource(AmbientLight {
-                brightness: 80.0,
-                ..default()
-            })
             .add_systems(
                 Startup,
                 spawn_material_view.after(crate::world::load_initial_world),

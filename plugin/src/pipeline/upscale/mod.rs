@@ -38,7 +38,10 @@ use crate::tiling::Tiling;
 /// The arguments of diffusers' `StableDiffusionUpscalePipeline.__call__` that we use.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpscaleRequest {
+    /// What the image shows (guides the detail the upscaler adds; truncated to 77 tokens).
     pub prompt: String,
+    /// The unconditional prompt of classifier-free guidance (diffusers' `negative_prompt`;
+    /// empty = the empty prompt).
     pub negative_prompt: String,
     /// Noise added to the low-res image, an integer timestep of the low-res DDPM schedule in
     /// `0..=max_noise_level` (diffusers' default 20).
@@ -74,7 +77,9 @@ impl Default for UpscaleRequest {
 /// `[1, 4, h, w]` (before `init_noise_sigma`).
 #[derive(Debug, Clone, Default)]
 pub struct UpscaleNoise {
+    /// The unit noise added once to the low-res image, `[1, 3, h, w]`.
     pub low_res_noise: Option<Tensor>,
+    /// The initial latents before `init_noise_sigma`, `[1, 4, h, w]` (the low-res size).
     pub init_noise: Option<Tensor>,
 }
 

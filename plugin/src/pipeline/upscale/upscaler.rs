@@ -28,9 +28,13 @@ pub const UPSCALER_VAE_SCALING_FACTOR: f64 = 0.08333;
 pub struct Upscaler {
     /// The folder.
     pub dir: PathBuf,
+    /// `tokenizer/`, padding to the text encoder's context.
     pub tokenizer: PromptTokenizer,
+    /// `text_encoder/` (CLIP).
     pub text_encoder: ClipTextModel,
+    /// `unet/`: 7 input channels (4 latents + 3 low-res image), `num_class_embeds` (noise level).
     pub unet: UNet2DConditionModel,
+    /// `vae/`: 3 levels (4x), decoded with [`UPSCALER_VAE_SCALING_FACTOR`].
     pub vae: AutoencoderKL,
     /// `scheduler/scheduler_config.json` (DDIM, v-prediction for the real model).
     pub scheduler_config: SchedulerConfig,
@@ -38,8 +42,11 @@ pub struct Upscaler {
     pub low_res_alphas_cumprod: Vec<f32>,
     /// model_index.json `max_noise_level` (350 by default).
     pub max_noise_level: u32,
+    /// `unet/config.json`.
     pub unet_config: UNet2DConditionConfig,
+    /// `vae/config.json`.
     pub vae_config: AutoencoderKLConfig,
+    /// Where the weights live.
     pub device: Device,
     /// A content hash (hex blake3) of model_index.json, every component's config and the weight
     /// files' sizes.
