@@ -87,13 +87,10 @@ impl RecommendedSettings {
     /// unknown key, or a value out of range; [`DiffusionError::Io`] if it cannot be read.
     pub fn read(dir: &std::path::Path) -> Result<Self> {
         let path = dir.join(Self::FILE_NAME);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(DiffusionError::io(&path, e)),
+        let Some(config) = crate::configuration_utils::JsonConfig::read_optional(&path)? else {
+            return Ok(Self::default());
         };
-        let this: Self = serde_json::from_str(&text)
-            .map_err(|e| DiffusionError::config(&path, "(file)", e.to_string()))?;
+        let this: Self = config.deserialize()?;
         let probe = GenerationRequest {
             num_inference_steps: this.num_inference_steps,
             guidance_scale: this.guidance_scale,
