@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, Sender};
 use image::RgbaImage;
 
 use crate::error::DiffusionError;
-use crate::pipeline::{DenoisingStep, GenerationHooks, PromptTruncation};
+use crate::pipeline::PromptTruncation;
 use crate::request::GenerationRequest;
 use crate::runtime::worker_thread::{Command, Queued, WorkerThread};
 
@@ -123,7 +123,7 @@ pub enum WorkerEvent {
     },
     /// The final image; `cached` when it came from the cache without running the model;
     /// `truncated` says which prompts were cut to 77 tokens (as the generator reported it
-    /// through [`GenerationHooks::on_prompt_encoded`]; nothing on a cache hit).
+    /// through [`crate::pipeline::GenerationHooks::on_prompt_encoded`]; nothing on a cache hit).
     Finished {
         id: RequestId,
         image: RgbaImage,
