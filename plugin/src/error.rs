@@ -145,12 +145,23 @@ pub enum DiffusionError {
     #[error(
         "denoising produced non-finite latents (NaN/inf) after step {step} of {total} with the \
          {scheduler} scheduler: the schedule, guidance_scale or explicit noise is out of range \
-         for this model; try another scheduler, fewer steps or a lower guidance_scale"
+         for this model, or its weights (or a LoRA merged into them) are broken; try another \
+         scheduler, fewer steps or a lower guidance_scale"
     )]
     NonFiniteLatents {
         step: usize,
         total: usize,
         scheduler: String,
+    },
+
+    /// A stage other than denoising produced NaN or infinite values (`stage`: "prompt
+    /// encoding", ...), with what to check.
+    #[error("{stage} produced non-finite values (NaN/inf): {hint}")]
+    NonFiniteOutput {
+        /// The pipeline stage.
+        stage: &'static str,
+        /// What is likely broken and how to check it.
+        hint: String,
     },
 
     /// The model a request needed failed to load (the load error is the source).

@@ -7,6 +7,7 @@ mod kernels;
 mod loading;
 mod lora;
 mod models;
+mod non_finite;
 mod pipeline;
 mod schedulers;
 mod sdxl;

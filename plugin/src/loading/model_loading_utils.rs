@@ -91,16 +91,50 @@ impl CheckedBackend {
         let Some(mmap) = &self.mmap else {
             return zeros(&Shape::from_dims(shape), dtype, dev);
         };
-        mmap.load(name, dev)
-            .and_then(|t| match self.lora.get(name) {
-                Some(deltas) => merge(&t, deltas)?.to_dtype(dtype),
-                None if t.dtype() == dtype => Ok(t),
-                None => t.to_dtype(dtype),
+        let deltas = self.lora.get(name);
+        let merged = mmap
+            .load(name, dev)
+            .and_then(|t| match deltas {
+                Some(deltas) => merge(&t, deltas),
+                None => Ok(t),
             })
             .map_err(|e| {
                 let reason = format!("tensor `{name}` cannot be loaded as {dtype:?}: {e}");
                 self.record(name, bad(file, reason))
-            })
+            })?;
+        // A LoRA whose product overflows (a huge scale) or holds NaN would otherwise surface
+        // only as non-finite latents after the whole schedule: name it here.
+        if let Some(deltas) = deltas {
+            let sum = merged
+                .abs()?
+                .sum_all()?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?;
+            if !sum.is_finite() {
+                let sources: Vec<&str> = deltas.iter().map(|d| d.source.as_str()).collect();
+                let path = sources
+                    .first()
+                    .and_then(|s| s.split_once(": "))
+                    .map_or_else(|| file.to_path_buf(), |(p, _)| PathBuf::from(p));
+                return Err(self.record(
+                    name,
+                    DiffusionError::InvalidLora {
+                        path,
+                        key: name.to_string(),
+                        reason: format!(
+                            "merging {} into `{name}` gives NaN/inf (a non-finite tensor, or a \
+                             scale too large)",
+                            sources.join(", ")
+                        ),
+                    },
+                ));
+            }
+        }
+        if merged.dtype() == dtype {
+            Ok(merged)
+        } else {
+            merged.to_dtype(dtype)
+        }
     }
 }
 

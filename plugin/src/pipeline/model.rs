@@ -229,6 +229,15 @@ impl StableDiffusion {
         let vae_config = VaeConfig::from_file(&folder.vae.config)?;
         let scheduler_config = SchedulerConfig::from_file(&folder.scheduler_config)?;
         let recommended = crate::request::RecommendedSettings::read(dir)?;
+        let recommended = if recommended.is_empty() {
+            let tiny = matches!(
+                vae_config.class,
+                crate::models::autoencoders::VaeClass::Tiny(_)
+            );
+            folder.family.default_settings(tiny)
+        } else {
+            recommended
+        };
         match scheduler_config.stand_in() {
             Some((note, true)) => tracing::warn!("{note}"),
             Some((note, false)) => tracing::info!("{note}"),
