@@ -374,6 +374,30 @@ impl CheckedWeights {
         unused
     }
 
+    /// [`Self::unused_tensors`] less known buffers that carry no weights (`position_ids`,
+    /// `num_batches_tracked`, `logit_scale`), as a [`DiffusionError::UnexpectedTensors`] naming
+    /// the first three; `None` when every weight was used.
+    pub fn unexpected_tensors(&self) -> Option<DiffusionError> {
+        const BUFFERS: [&str; 3] = ["position_ids", "num_batches_tracked", "logit_scale"];
+        let unexpected: Vec<String> = self
+            .unused_tensors()
+            .into_iter()
+            .filter(|n| !BUFFERS.iter().any(|b| n.ends_with(b)))
+            .collect();
+        if unexpected.is_empty() {
+            return None;
+        }
+        let mut first = unexpected[..unexpected.len().min(3)].join(", ");
+        if unexpected.len() > 3 {
+            first.push_str(", ...");
+        }
+        Some(DiffusionError::UnexpectedTensors {
+            path: self.files().path.clone(),
+            count: unexpected.len(),
+            first,
+        })
+    }
+
     /// Tensors present in the file(s) that no model asked for, sorted (diffusers warns about
     /// these too: often harmless, e.g. CLIP's `position_ids`, but a long list hints at a config
     /// that does not match the weights).

@@ -159,6 +159,9 @@ pub fn build_component<T>(
             reason: format!("patches `{weight}`, which this model's config does not use"),
         });
     }
+    if let Some(e) = weights.unexpected_tensors() {
+        return Err(e);
+    }
     if patched > 0 {
         tracing::info!(
             "{}: {patched} weights LoRA-merged, load took {:.1} ms",
