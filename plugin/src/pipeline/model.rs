@@ -285,6 +285,14 @@ impl StableDiffusion {
             None => (None, folder.identity.clone()),
             Some(dir) => {
                 let decoder = DecoderFolder::open(dir, &folder_options)?;
+                if folder.family.is_sdxl() {
+                    // taesd and taesdxl share one config: only the user knows which this is.
+                    tracing::warn!(
+                        "--decoder {} on an SDXL model: it must be an SDXL TAESD \
+                         (madebyollin/taesdxl); the SD 1.x/2.x taesd decodes SDXL latents wrongly",
+                        dir.display()
+                    );
+                }
                 let identity = decoder.model_identity(&folder.identity);
                 (Some(decoder.load(&vae_config, device)?), identity)
             }
