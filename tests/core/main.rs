@@ -9,6 +9,7 @@ mod kernels;
 mod loading;
 mod lora;
 mod models;
+mod non_finite;
 mod pbr;
 mod pipeline;
 mod schedulers;
