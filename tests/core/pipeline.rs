@@ -526,10 +526,12 @@ fn non_finite_noise_is_an_error_not_a_black_image() {
         &mut NoHooks,
     )
     .unwrap_err();
+    // Refused before the first step, naming the noise (the diverging-schedule case, which
+    // ends in NonFiniteLatents after the step it diverged in, is in tests/core/non_finite.rs).
     assert!(
-        matches!(e, DiffusionError::NonFiniteLatents { total: 2, ref scheduler, .. } if scheduler == "Ddim"),
+        matches!(e, DiffusionError::InvalidRequest { field: "noise", .. }),
         "a typed cause, not num_inference_steps: {e:?}"
     );
-    assert!(e.to_string().contains("non-finite"), "{e}");
+    assert!(e.to_string().contains("finite"), "{e}");
     assert!(!e.to_string().contains("`num_inference_steps`"), "{e}");
 }

@@ -107,7 +107,7 @@ pub(super) fn dry_build(
     }
     // As the load: weights the config leaves unused mean the config does not describe them.
     if problems.is_empty()
-        && let Some(e) = weights.unexpected_tensors()
+        && let Some(e) = weights.unexpected_tensors(&[])
     {
         problems.push(e);
     }
