@@ -7,7 +7,7 @@
 //! gaps with the defaults of the class that a [`SchedulerKind`] runs, giving [`SchedulerParams`].
 //!
 //! Python's `json.dumps` writes `-Infinity` / `Infinity` / `NaN` (diffusers' DPM-Solver config
-//! stores `"lambda_min_clipped": -Infinity`); [`crate::configuration_utils::parse_lenient_json`] accepts them.
+//! stores `"lambda_min_clipped": -Infinity`); [`parse_lenient_json`] accepts them.
 
 use std::path::{Path, PathBuf};
 
@@ -29,10 +29,13 @@ mod from_config;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TimestepSpacing {
+    /// `arange(n) * (T // n)` reversed, plus `steps_offset` (SD 1.x).
     #[serde(alias = "Leading")]
     Leading,
+    /// `round(linspace(0, T - 1, n))` reversed.
     #[serde(alias = "Linspace")]
     Linspace,
+    /// `round(arange(T, 0, -T / n)) - 1` (SD-Turbo, zero-SNR models).
     #[serde(alias = "Trailing")]
     Trailing,
 }
@@ -86,32 +89,49 @@ pub struct SchedulerConfig {
     pub path: PathBuf,
     /// `_class_name`, e.g. `PNDMScheduler`.
     pub class_name: Option<String>,
+    /// Training steps `T` of the noise schedule (1000 for SD).
     pub num_train_timesteps: Option<usize>,
+    /// First beta of the training schedule.
     pub beta_start: Option<f64>,
+    /// Last beta of the training schedule.
     pub beta_end: Option<f64>,
+    /// How the betas are spread between `beta_start` and `beta_end`.
     pub beta_schedule: Option<BetaSchedule>,
     /// Explicit betas (`trained_betas`), overriding `beta_start`/`beta_end`/`beta_schedule`.
     pub trained_betas: Option<Vec<f64>>,
+    /// Added to every `leading` timestep (SD 1.x: 1).
     pub steps_offset: Option<usize>,
+    /// What the UNet predicts (epsilon, v, sample).
     pub prediction_type: Option<PredictionType>,
+    /// How inference timesteps are spread over the training range.
     pub timestep_spacing: Option<TimestepSpacing>,
+    /// DDIM: the final `alphas_cumprod` is 1 (true) or the first training one.
     pub set_alpha_to_one: Option<bool>,
+    /// Clip the predicted `x0` to `[-clip_sample_range, clip_sample_range]`.
     pub clip_sample: Option<bool>,
+    /// The range of `clip_sample`.
     pub clip_sample_range: Option<f64>,
+    /// Rescale the betas to zero terminal SNR (Lin et al. 2023).
     pub rescale_betas_zero_snr: Option<bool>,
     /// Dynamic thresholding; `true` is refused when building a scheduler that reads it.
     pub thresholding: Option<bool>,
+    /// Karras et al. sigmas instead of the schedule's own (Euler, DPM-Solver).
     pub use_karras_sigmas: Option<bool>,
+    /// The last sigma: `zero` or the schedule's smallest.
     pub final_sigmas_type: Option<FinalSigmasType>,
     /// Euler: explicit Karras range (`null` = the schedule's own).
     pub sigma_min: Option<f64>,
+    /// Euler: explicit upper end of the Karras range (`None` = the schedule's own).
     pub sigma_max: Option<f64>,
     /// DPM-Solver: `lower_order_final`, `euler_at_final`, `lambda_min_clipped`.
     pub lower_order_final: Option<bool>,
+    /// DPM-Solver: an Euler step at the very end.
     pub euler_at_final: Option<bool>,
+    /// DPM-Solver: the clipping threshold of `lambda(t)` (`-inf` = none).
     pub lambda_min_clipped: Option<f64>,
     /// LCM: `original_inference_steps` (default 50) and `timestep_scaling` (default 10).
     pub original_inference_steps: Option<usize>,
+    /// LCM: the boundary-condition scaling (default 10).
     pub timestep_scaling: Option<f64>,
     /// Options we do not implement, kept as written (`key`, JSON value) so that building a
     /// scheduler that would read one with a non-default value can refuse it by name:
@@ -124,26 +144,47 @@ pub struct SchedulerConfig {
 /// A [`SchedulerConfig`] resolved for one diffusers class: every value the scheduler uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerParams {
+    /// Training steps `T` of the noise schedule (1000 for SD).
     pub num_train_timesteps: usize,
+    /// First beta of the training schedule.
     pub beta_start: f64,
+    /// Last beta of the training schedule.
     pub beta_end: f64,
+    /// How the betas are spread between `beta_start` and `beta_end`.
     pub beta_schedule: BetaSchedule,
+    /// Explicit betas (`trained_betas`), overriding `beta_start`/`beta_end`/`beta_schedule`.
     pub trained_betas: Option<Vec<f64>>,
+    /// Added to every `leading` timestep (SD 1.x: 1).
     pub steps_offset: usize,
+    /// What the UNet predicts (epsilon, v, sample).
     pub prediction_type: PredictionType,
+    /// How inference timesteps are spread over the training range.
     pub timestep_spacing: TimestepSpacing,
+    /// DDIM: the final `alphas_cumprod` is 1 (true) or the first training one.
     pub set_alpha_to_one: bool,
+    /// Clip the predicted `x0` to `[-clip_sample_range, clip_sample_range]`.
     pub clip_sample: bool,
+    /// The range of `clip_sample`.
     pub clip_sample_range: f64,
+    /// Rescale the betas to zero terminal SNR (Lin et al. 2023).
     pub rescale_betas_zero_snr: bool,
+    /// Karras et al. sigmas instead of the schedule's own (Euler, DPM-Solver).
     pub use_karras_sigmas: bool,
+    /// The last sigma: `zero` or the schedule's smallest.
     pub final_sigmas_type: FinalSigmasType,
+    /// Euler: explicit lower end of the Karras range (`None` = the schedule's own).
     pub sigma_min: Option<f64>,
+    /// Euler: explicit upper end of the Karras range (`None` = the schedule's own).
     pub sigma_max: Option<f64>,
+    /// DPM-Solver: first-order final steps (fewer than 15 steps).
     pub lower_order_final: bool,
+    /// DPM-Solver: an Euler step at the very end.
     pub euler_at_final: bool,
+    /// DPM-Solver: the clipping threshold of `lambda(t)` (`-inf` = none).
     pub lambda_min_clipped: f64,
+    /// LCM: the distillation's step count (default 50).
     pub original_inference_steps: usize,
+    /// LCM: the boundary-condition scaling (default 10).
     pub timestep_scaling: f64,
 }
 
