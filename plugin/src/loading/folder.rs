@@ -99,6 +99,27 @@ impl ModelFamily {
     pub fn is_sdxl(self) -> bool {
         matches!(self, Self::Sdxl | Self::SdxlTurbo)
     }
+
+    /// The sampling settings the family is distilled for, used when a folder has no
+    /// `bevy_diffusion.json`: SD-Turbo and SDXL-Turbo 1 step, guidance 0, 512x512 (their model
+    /// cards); SDXS with its `AutoencoderTiny` vae (`tiny_vae`) 1 step, guidance 0. Other
+    /// families have none (the request defaults apply: 20 steps, guidance 7.5).
+    pub fn default_settings(self, tiny_vae: bool) -> crate::request::RecommendedSettings {
+        let one_step = crate::request::RecommendedSettings {
+            num_inference_steps: Some(1),
+            guidance_scale: Some(0.0),
+            ..Default::default()
+        };
+        match self {
+            Self::SdTurbo | Self::SdxlTurbo => crate::request::RecommendedSettings {
+                width: Some(512),
+                height: Some(512),
+                ..one_step
+            },
+            Self::SdxsPruned if tiny_vae => one_step,
+            _ => Default::default(),
+        }
+    }
 }
 
 impl fmt::Display for ModelFamily {

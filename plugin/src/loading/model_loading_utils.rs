@@ -91,16 +91,50 @@ impl CheckedBackend {
         let Some(mmap) = &self.mmap else {
             return zeros(&Shape::from_dims(shape), dtype, dev);
         };
-        mmap.load(name, dev)
-            .and_then(|t| match self.lora.get(name) {
-                Some(deltas) => merge(&t, deltas)?.to_dtype(dtype),
-                None if t.dtype() == dtype => Ok(t),
-                None => t.to_dtype(dtype),
+        let deltas = self.lora.get(name);
+        let merged = mmap
+            .load(name, dev)
+            .and_then(|t| match deltas {
+                Some(deltas) => merge(&t, deltas),
+                None => Ok(t),
             })
             .map_err(|e| {
                 let reason = format!("tensor `{name}` cannot be loaded as {dtype:?}: {e}");
                 self.record(name, bad(file, reason))
-            })
+            })?;
+        // A LoRA whose product overflows (a huge scale) or holds NaN would otherwise surface
+        // only as non-finite latents after the whole schedule: name it here.
+        if let Some(deltas) = deltas {
+            let sum = merged
+                .abs()?
+                .sum_all()?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?;
+            if !sum.is_finite() {
+                let sources: Vec<&str> = deltas.iter().map(|d| d.source.as_str()).collect();
+                let path = sources
+                    .first()
+                    .and_then(|s| s.split_once(": "))
+                    .map_or_else(|| file.to_path_buf(), |(p, _)| PathBuf::from(p));
+                return Err(self.record(
+                    name,
+                    DiffusionError::InvalidLora {
+                        path,
+                        key: name.to_string(),
+                        reason: format!(
+                            "merging {} into `{name}` gives NaN/inf (a non-finite tensor, or a \
+                             scale too large)",
+                            sources.join(", ")
+                        ),
+                    },
+                ));
+            }
+        }
+        if merged.dtype() == dtype {
+            Ok(merged)
+        } else {
+            merged.to_dtype(dtype)
+        }
     }
 }
 
@@ -338,6 +372,30 @@ impl CheckedWeights {
             .collect();
         unused.sort();
         unused
+    }
+
+    /// [`Self::unused_tensors`] less known buffers that carry no weights (`position_ids`,
+    /// `num_batches_tracked`, `logit_scale`), as a [`DiffusionError::UnexpectedTensors`] naming
+    /// the first three; `None` when every weight was used.
+    pub fn unexpected_tensors(&self) -> Option<DiffusionError> {
+        const BUFFERS: [&str; 3] = ["position_ids", "num_batches_tracked", "logit_scale"];
+        let unexpected: Vec<String> = self
+            .unused_tensors()
+            .into_iter()
+            .filter(|n| !BUFFERS.iter().any(|b| n.ends_with(b)))
+            .collect();
+        if unexpected.is_empty() {
+            return None;
+        }
+        let mut first = unexpected[..unexpected.len().min(3)].join(", ");
+        if unexpected.len() > 3 {
+            first.push_str(", ...");
+        }
+        Some(DiffusionError::UnexpectedTensors {
+            path: self.files().path.clone(),
+            count: unexpected.len(),
+            first,
+        })
     }
 
     /// Tensors present in the file(s) that no model asked for, sorted (diffusers warns about

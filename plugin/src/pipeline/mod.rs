@@ -211,6 +211,16 @@ fn run_stages(
         request.negative_prompt.as_deref(),
         guidance,
     )?;
+    if !all_finite(&prompt.embeds)?
+        || prompt.pooled.as_ref().map(all_finite).transpose()? == Some(false)
+    {
+        return Err(DiffusionError::NonFiniteOutput {
+            stage: "prompt encoding",
+            hint: "the text encoder's weights (or a LoRA merged into them) hold NaN/inf or \
+                   overflow; check them with `texgen inspect DIR --load`"
+                .into(),
+        });
+    }
     hooks.on_prompt_encoded(PromptTruncation {
         prompt: prompt.prompt_truncated,
         negative_prompt: prompt.negative_prompt_truncated,
@@ -262,12 +272,7 @@ fn run_stages(
 /// or a broken model) instead of writing a black image: [`DiffusionError::NonFiniteLatents`]
 /// naming the step count and the scheduler that ran.
 fn check_finite(latents: &Tensor, steps: usize, scheduler: SchedulerKind) -> Result<()> {
-    let sum = latents
-        .abs()?
-        .sum_all()?
-        .to_dtype(DType::F32)?
-        .to_scalar::<f32>()?;
-    if sum.is_finite() {
+    if all_finite(latents)? {
         return Ok(());
     }
     Err(DiffusionError::NonFiniteLatents {
@@ -275,6 +280,17 @@ fn check_finite(latents: &Tensor, steps: usize, scheduler: SchedulerKind) -> Res
         total: steps,
         scheduler: format!("{scheduler:?}"),
     })
+}
+
+/// True when every value of `t` is finite (one pass: the sum of |x| is finite iff each is;
+/// latents and embeddings are small, so this costs nothing next to a UNet call).
+pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
+    let sum = t
+        .abs()?
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(sum.is_finite())
 }
 
 /// Validates `request` against `model` and returns the output size `(width, height)` in pixels:

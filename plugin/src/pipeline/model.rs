@@ -159,6 +159,9 @@ pub fn build_component<T>(
             reason: format!("patches `{weight}`, which this model's config does not use"),
         });
     }
+    if let Some(e) = weights.unexpected_tensors() {
+        return Err(e);
+    }
     if patched > 0 {
         tracing::info!(
             "{}: {patched} weights LoRA-merged, load took {:.1} ms",
@@ -229,6 +232,15 @@ impl StableDiffusion {
         let vae_config = VaeConfig::from_file(&folder.vae.config)?;
         let scheduler_config = SchedulerConfig::from_file(&folder.scheduler_config)?;
         let recommended = crate::request::RecommendedSettings::read(dir)?;
+        let recommended = if recommended.is_empty() {
+            let tiny = matches!(
+                vae_config.class,
+                crate::models::autoencoders::VaeClass::Tiny(_)
+            );
+            folder.family.default_settings(tiny)
+        } else {
+            recommended
+        };
         match scheduler_config.stand_in() {
             Some((note, true)) => tracing::warn!("{note}"),
             Some((note, false)) => tracing::info!("{note}"),
@@ -256,13 +268,7 @@ impl StableDiffusion {
             .map(|t| t.shape.iter().product::<usize>())
             .sum();
         let device = &options.device;
-        let mut lora = LoraSet::load(
-            &options.loras,
-            &[
-                (LoraComponent::Unet, &folder.unet.weights),
-                (LoraComponent::TextEncoder, &folder.text_encoder.weights),
-            ],
-        )?;
+        let mut lora = LoraSet::load(&options.loras, &crate::loading::lora::lora_targets(&folder))?;
         let text_encoder = build_component(
             &folder.text_encoder,
             device,
@@ -279,6 +285,14 @@ impl StableDiffusion {
             None => (None, folder.identity.clone()),
             Some(dir) => {
                 let decoder = DecoderFolder::open(dir, &folder_options)?;
+                if folder.family.is_sdxl() {
+                    // taesd and taesdxl share one config: only the user knows which this is.
+                    tracing::warn!(
+                        "--decoder {} on an SDXL model: it must be an SDXL TAESD \
+                         (madebyollin/taesdxl); the SD 1.x/2.x taesd decodes SDXL latents wrongly",
+                        dir.display()
+                    );
+                }
                 let identity = decoder.model_identity(&folder.identity);
                 (Some(decoder.load(&vae_config, device)?), identity)
             }
@@ -292,7 +306,12 @@ impl StableDiffusion {
                 folder.unet.config.as_path(),
             )
         });
-        let sdxl = sdxl::load_components(&folder, text_time, device)?;
+        let sdxl = sdxl::load_components(
+            &folder,
+            text_time,
+            device,
+            lora.take(LoraComponent::TextEncoder2),
+        )?;
         if sdxl.is_some() != text_time.is_some() {
             return Err(crate::DiffusionError::config(
                 &folder.unet.config,

@@ -111,7 +111,17 @@ pub fn prepare_latents(
     ];
     let mut draw = |given: &Option<Tensor>, what: &'static str| -> Result<Tensor> {
         match given {
-            Some(t) if t.dims() == shape => Ok(t.to_dtype(DType::F32)?.to_device(&model.device)?),
+            Some(t) if t.dims() == shape => {
+                let t = t.to_dtype(DType::F32)?.to_device(&model.device)?;
+                if !super::all_finite(&t)? {
+                    return Err(DiffusionError::InvalidRequest {
+                        field: what,
+                        value: "a tensor with NaN/inf values".into(),
+                        reason: "explicit noise must be finite".into(),
+                    });
+                }
+                Ok(t)
+            }
             Some(t) => Err(DiffusionError::InvalidRequest {
                 field: what,
                 value: format!("shape {:?}", t.dims()),
@@ -199,6 +209,20 @@ pub fn denoise(
             latents_out: out.prev_sample.clone(),
         });
         latents = out.prev_sample;
+        // Found after the step it happened in, not after the last one: a broken model or LoRA
+        // fails in seconds instead of after the whole schedule.
+        if !super::all_finite(&latents)? {
+            return Err(DiffusionError::NonFiniteLatents {
+                step: step + 1,
+                total,
+                scheduler: format!(
+                    "{:?}",
+                    request
+                        .scheduler
+                        .unwrap_or_else(|| model.scheduler_config.default_kind())
+                ),
+            });
+        }
     }
     Ok(latents)
 }

@@ -141,6 +141,9 @@ pub struct InspectReport {
     pub tokenizer: Option<TokenizerReport>,
     /// The sampling settings the folder recommends (`bevy_diffusion.json`), when it parses.
     pub recommended: Option<crate::request::RecommendedSettings>,
+    /// True when [`Self::recommended`] are the family's defaults
+    /// ([`ModelFamily::default_settings`]) because the folder has no `bevy_diffusion.json`.
+    pub recommended_from_family: bool,
     /// Whether [`InspectOptions::full_load`] ran and succeeded (None: not run).
     pub full_load: Option<bool>,
     /// Every problem, static checks first, then per component.
@@ -254,6 +257,7 @@ pub fn inspect(dir: &Path, options: &InspectOptions) -> InspectReport {
         scheduler: None,
         tokenizer: None,
         recommended: None,
+        recommended_from_family: false,
         full_load: None,
         problems: Vec::new(),
     };
@@ -307,6 +311,18 @@ pub fn inspect(dir: &Path, options: &InspectOptions) -> InspectReport {
     }
 
     match crate::request::RecommendedSettings::read(dir) {
+        Ok(r) if r.is_empty() && report.family.is_some() => {
+            // As `StableDiffusion::load`: the family's distilled settings stand in.
+            let tiny = report
+                .decoder_label()
+                .is_some_and(|d| d.starts_with("TAESD"));
+            let family = report
+                .family
+                .unwrap_or(ModelFamily::Sd1)
+                .default_settings(tiny);
+            report.recommended_from_family = !family.is_empty();
+            report.recommended = Some(family);
+        }
         Ok(r) => report.recommended = Some(r),
         Err(e) => report.problems.push(e),
     }

@@ -33,10 +33,7 @@ pub(crate) fn inspect_folder(args: InspectArgs) -> Result<()> {
         max_file_bytes: args.max_file_bytes,
     };
     let folder = bevy_diffusion::loading::folder::ModelFolder::open(&dir, &folder_options)?;
-    let targets = [
-        (LoraComponent::Unet, &folder.unet.weights),
-        (LoraComponent::TextEncoder, &folder.text_encoder.weights),
-    ];
+    let targets = bevy_diffusion::loading::lora::lora_targets(&folder);
     let mut problems = 0;
     for spec in &loras {
         let lora = check_lora(spec, &targets)

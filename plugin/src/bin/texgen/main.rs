@@ -18,7 +18,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bevy_diffusion::loading::hub::{HubOptions, resolve_model};
 use bevy_diffusion::loading::lora::{LoraSpec, check_lora};
-use bevy_diffusion::loading::lora_names::LoraComponent;
 use bevy_diffusion::noise::SeededNoise;
 use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks};
 use bevy_diffusion::request::{AssetKind, InitImage, PixelArt};

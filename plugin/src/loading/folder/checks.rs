@@ -289,7 +289,11 @@ pub(super) fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool
         None => None,
     };
     let family = family.map(|f| {
-        if is_pruned(configs[1].as_ref(), configs[2].as_ref()) {
+        // Pruned marks turn an SD 1.x/2.x into SDXS/pruned; SDXL (even with a TAESD vae) and
+        // the turbo families keep their own names.
+        if matches!(f, ModelFamily::Sd1 | ModelFamily::Sd2)
+            && is_pruned(configs[1].as_ref(), configs[2].as_ref())
+        {
             ModelFamily::SdxsPruned
         } else {
             f

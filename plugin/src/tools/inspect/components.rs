@@ -105,6 +105,12 @@ pub(super) fn dry_build(
     {
         problems.push(DiffusionError::Candle(e));
     }
+    // As the load: weights the config leaves unused mean the config does not describe them.
+    if problems.is_empty()
+        && let Some(e) = weights.unexpected_tensors()
+    {
+        problems.push(e);
+    }
     DryBuild {
         problems,
         unused: weights.unused_tensors(),

@@ -134,22 +134,31 @@ impl fmt::Display for InspectReport {
         }
         if let Some(r) = &self.recommended {
             let show = |v: Option<String>, default: &str| v.unwrap_or_else(|| default.to_string());
+            let source = match (r.is_empty(), self.recommended_from_family) {
+                (_, true) => format!(
+                    "{} defaults (no bevy_diffusion.json)",
+                    self.family.map_or("family", ModelFamily::name)
+                ),
+                (true, false) => "none (no bevy_diffusion.json)".to_string(),
+                (false, false) => "bevy_diffusion.json".to_string(),
+            };
+            let size = match (r.width, r.height) {
+                (None, None) => "native".to_string(),
+                (w, h) => format!(
+                    "{}x{}",
+                    show(w.map(|v| v.to_string()), "native"),
+                    show(h.map(|v| v.to_string()), "native")
+                ),
+            };
             writeln!(
                 f,
-                "recommended   {}: {} steps, guidance {}, scheduler {}, size {}x{}",
-                if r.is_empty() {
-                    "none (no bevy_diffusion.json)"
-                } else {
-                    "bevy_diffusion.json"
-                },
+                "recommended   {source}: {} steps, guidance {}, scheduler {}, size {size}",
                 show(r.num_inference_steps.map(|v| v.to_string()), "20"),
                 show(r.guidance_scale.map(|v| v.to_string()), "7.5"),
                 show(
                     r.scheduler.map(|k| format!("{k:?}")),
                     "the scheduler's class"
                 ),
-                show(r.width.map(|v| v.to_string()), "native"),
-                show(r.height.map(|v| v.to_string()), "native"),
             )?;
         }
         if let Some(t) = &self.tokenizer {
