@@ -127,8 +127,11 @@ pub enum DiffusionError {
          layers_per_block, transformer_layers_per_block and the block types)"
     )]
     UnexpectedTensors {
+        /// The weight file (or shard index).
         path: PathBuf,
+        /// How many stored tensors the model never asked for.
         count: usize,
+        /// The first three of them, comma-separated (`, ...` when there are more).
         first: String,
     },
 
