@@ -378,11 +378,18 @@ impl CheckedWeights {
     /// `num_batches_tracked`, `logit_scale`), as a [`DiffusionError::UnexpectedTensors`] naming
     /// the first three; `None` when every weight was used.
     pub fn unexpected_tensors(&self) -> Option<DiffusionError> {
+        self.unexpected_tensors_except(&[])
+    }
+
+    /// [`Self::unexpected_tensors`] leaving out tensors under the `skipped` prefixes (a part of
+    /// the checkpoint that is deliberately not built, e.g. `encoder.` for a decoder-only TAESD).
+    pub fn unexpected_tensors_except(&self, skipped: &[&str]) -> Option<DiffusionError> {
         const BUFFERS: [&str; 3] = ["position_ids", "num_batches_tracked", "logit_scale"];
         let unexpected: Vec<String> = self
             .unused_tensors()
             .into_iter()
             .filter(|n| !BUFFERS.iter().any(|b| n.ends_with(b)))
+            .filter(|n| !skipped.iter().any(|p| n.starts_with(p)))
             .collect();
         if unexpected.is_empty() {
             return None;

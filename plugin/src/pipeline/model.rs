@@ -148,6 +148,21 @@ pub fn build_component<T>(
     lora: HashMap<String, Vec<LoraDelta>>,
     construct: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
+    build_part_of_component(component, device, lora, &[], construct)
+}
+
+/// [`build_component`] for a model built from part of its checkpoint: stored tensors under the
+/// `skipped` prefixes (e.g. `encoder.` of a decoder-only TAESD) are not refused as unexpected.
+///
+/// # Errors
+/// As [`build_component`].
+pub fn build_part_of_component<T>(
+    component: &Component,
+    device: &Device,
+    lora: HashMap<String, Vec<LoraDelta>>,
+    skipped: &[&str],
+    construct: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
     let patched = lora.len();
     let started = std::time::Instant::now();
     let weights = CheckedWeights::open_with_lora(&component.weights, device, lora)?;
@@ -159,7 +174,7 @@ pub fn build_component<T>(
             reason: format!("patches `{weight}`, which this model's config does not use"),
         });
     }
-    if let Some(e) = weights.unexpected_tensors() {
+    if let Some(e) = weights.unexpected_tensors_except(skipped) {
         return Err(e);
     }
     if patched > 0 {

@@ -129,8 +129,13 @@ impl DecoderFolder {
                 ));
             }
         }
-        build_component(&self.component, device, HashMap::new(), |vb| {
-            AutoencoderTiny::new_decoder_only(vb, config)
-        })
+        // Only the decoder is built: a TAESD checkpoint's `encoder.*` is expected to stay unused.
+        build_part_of_component(
+            &self.component,
+            device,
+            HashMap::new(),
+            &["encoder."],
+            |vb| AutoencoderTiny::new_decoder_only(vb, config),
+        )
     }
 }
