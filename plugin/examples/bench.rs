@@ -7,17 +7,17 @@
 //! 256 px (32x32 latent) instead.
 //!
 //! After the SD 1.5 UNet step and VAE decode, a per-op-kind table (conv, group norm, attention,
-//! matmul, elementwise/copies, upsample, ...) from [`bevy_diffusion::kernels::profile`] shows
+//! matmul, elementwise/copies, upsample, ...) from [`bevy_diffusion::testing::kernels::profile`] shows
 //! where the time of one run goes; `other` is what no wrapped op accounts for.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bevy_diffusion::kernels::profile;
 use bevy_diffusion::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use bevy_diffusion::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use bevy_diffusion::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use bevy_diffusion::pipeline::{self, NoHooks};
+use bevy_diffusion::testing::kernels::profile;
 use bevy_diffusion::{GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "threads: {}, kernels: {}",
         candle_core::utils::get_num_threads(),
-        if bevy_diffusion::kernels::enabled() {
+        if bevy_diffusion::testing::kernels::enabled() {
             "ours"
         } else {
             "candle (BEVY_DIFFUSION_KERNELS=off)"

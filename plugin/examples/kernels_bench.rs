@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use bevy_diffusion::kernels::{self, AxisPad, Conv2dKernel};
+use bevy_diffusion::testing::kernels::{self, AxisPad, Conv2dKernel};
 use candle_core::{Device, Tensor};
 
 fn main() -> anyhow::Result<()> {

@@ -1,9 +1,9 @@
-//! Our CPU kernels (`bevy_diffusion::kernels`) against plain references built from candle's own
+//! Our CPU kernels (`bevy_diffusion::testing::kernels`) against plain references built from candle's own
 //! ops: random shapes with odd sizes, batch > 1, non-contiguous inputs, zero and circular
 //! padding, stride 1 and 2, fused bias / per-sample bias / residual.
 
-use bevy_diffusion::kernels::conv::pad_axis;
-use bevy_diffusion::kernels::{AxisPad, Conv2dKernel, GroupNormKernel, elementwise};
+use bevy_diffusion::testing::kernels::conv::pad_axis;
+use bevy_diffusion::testing::kernels::{AxisPad, Conv2dKernel, GroupNormKernel, elementwise};
 use candle_core::{D, Device, Result, Tensor};
 
 /// Largest |a - b| relative to max(1, max |b|).
@@ -221,7 +221,7 @@ fn upsample_geglu_silu_match_candle() -> Result<()> {
 
 #[test]
 fn flash_attention_matches_softmax_attention() -> Result<()> {
-    use bevy_diffusion::kernels::attention::flash_attention;
+    use bevy_diffusion::testing::kernels::attention::flash_attention;
     let mut rng = Lcg(9);
     // Odd sizes, more keys than one block (512), more queries than one block (64).
     for &(bh, n, m, d, dv) in &[(3, 5, 7, 4, 2), (2, 130, 1100, 8, 8), (1, 1, 1, 3, 5)] {
@@ -240,7 +240,7 @@ fn flash_attention_matches_softmax_attention() -> Result<()> {
 
 #[test]
 fn multi_head_attention_reads_heads_in_place() -> Result<()> {
-    use bevy_diffusion::kernels::attention::attention_heads;
+    use bevy_diffusion::testing::kernels::attention::attention_heads;
     let mut rng = Lcg(13);
     let (b, n, m, heads, d) = (2, 70, 77, 5, 8);
     let q = (rng.tensor(&[b, n, heads * d])? * 2.0)?;
@@ -275,19 +275,24 @@ fn linear_kernel_matches_candle_linear() -> Result<()> {
         candle_nn::Linear::new(w, None),
     ] {
         let want = candle_core::Module::forward(&l, &x)?;
-        let got = bevy_diffusion::kernels::linear::forward(&l, &x)?;
+        let got = bevy_diffusion::testing::kernels::linear::forward(&l, &x)?;
         assert!(rel_err(&got, &want)? < 1e-5);
         // Non-contiguous input.
         let xt = x.transpose(0, 1)?;
         let want = candle_core::Module::forward(&l, &xt.contiguous()?)?;
-        assert!(rel_err(&bevy_diffusion::kernels::linear::forward(&l, &xt)?, &want)? < 1e-5);
+        assert!(
+            rel_err(
+                &bevy_diffusion::testing::kernels::linear::forward(&l, &xt)?,
+                &want
+            )? < 1e-5
+        );
     }
     Ok(())
 }
 
 #[test]
 fn fused_linear_layouts_match_permute_and_add() -> Result<()> {
-    use bevy_diffusion::kernels::linear;
+    use bevy_diffusion::testing::kernels::linear;
     let mut rng = Lcg(19);
     let (b, c, h, w, inner) = (2, 6, 3, 5, 10);
     let x = rng.tensor(&[b, c, h, w])?;

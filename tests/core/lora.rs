@@ -8,13 +8,13 @@ use std::sync::OnceLock;
 
 use bevy_diffusion::loading::folder::{FolderOptions, ModelFolder};
 use bevy_diffusion::loading::lora::{LoraSpec, check_lora};
-use bevy_diffusion::loading::lora_merge::{LoraSet, identity, merge};
 use bevy_diffusion::loading::lora_names::{
     LoraComponent, LoraRole, ModuleIndex, ModuleName, parse_key,
 };
-use bevy_diffusion::loading::weights::CheckedWeights;
 use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks};
 use bevy_diffusion::schedulers::TimestepSpacing;
+use bevy_diffusion::testing::lora_merge::{LoraSet, identity, merge};
+use bevy_diffusion::testing::weights::CheckedWeights;
 use bevy_diffusion::{
     DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling,
 };

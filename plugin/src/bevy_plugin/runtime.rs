@@ -26,6 +26,7 @@ pub(crate) struct Pending {
     pub keep: Option<Handle<Image>>,
     /// The placeholder is in `Assets<Image>` (before that, a missing image is not a drop).
     pub placeholder: bool,
+    /// Texture or sprite: what the result is post-processed as.
     pub kind: AssetKind,
 }
 

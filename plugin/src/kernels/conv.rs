@@ -25,7 +25,9 @@ pub use im2col::*;
 /// How one spatial axis is padded: `before` / `after` elements, zeros or wrapped around.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AxisPad {
+    /// Elements added before the first one.
     pub before: usize,
+    /// Elements added after the last one.
     pub after: usize,
     /// Pad with the elements from the other end of the axis (PyTorch `padding_mode="circular"`).
     pub circular: bool,
@@ -59,15 +61,25 @@ pub struct Conv2dKernel {
 /// The shape of one convolution call.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvGeom {
+    /// Images in the batch.
     pub batch: usize,
+    /// Input channels.
     pub cin: usize,
+    /// Input height (pixels of the feature map).
     pub h: usize,
+    /// Input width.
     pub w: usize,
+    /// Output channels.
     pub cout: usize,
+    /// Kernel height.
     pub kh: usize,
+    /// Kernel width.
     pub kw: usize,
+    /// Stride on both axes (1 or 2).
     pub stride: usize,
+    /// Padding of the height axis.
     pub pad_y: AxisPad,
+    /// Padding of the width axis.
     pub pad_x: AxisPad,
 }
 

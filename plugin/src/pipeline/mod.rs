@@ -88,7 +88,7 @@ pub trait GenerationHooks {
         false
     }
     /// A cheap check the models poll between their blocks (UNet down/mid/up blocks, VAE blocks,
-    /// text-encoder layers) and the pipeline between its stages ([`crate::cancel`]), so a cancel
+    /// text-encoder layers) and the pipeline between its stages (`cancel.rs`), so a cancel
     /// lands within one block rather than one whole UNet call or VAE decode. `None` (the
     /// default): only [`GenerationHooks::should_cancel`] is polled, before every UNet call.
     fn cancel_check(&self) -> Option<crate::cancel::CancelCheck> {
