@@ -86,6 +86,9 @@ pub mod pipeline;
 
 pub mod runtime;
 
+#[cfg(feature = "farm")]
+pub mod farm;
+
 #[cfg(feature = "bevy")]
 pub mod bevy_plugin;
 pub mod tools;
