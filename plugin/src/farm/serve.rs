@@ -115,22 +115,33 @@ struct SlotCtx<G> {
 }
 
 /// One message from `consumer`, waiting at most `wait` (`None` = only what is there now).
+///
+/// Bounded on this side too: a pull request dies with a broker that restarts, and its end
+/// (the broker's timeout status) then never comes.
 async fn pull_one(consumer: &Pull, wait: Option<Duration>) -> Option<jetstream::Message> {
-    let batch = match wait {
-        None => consumer.fetch().max_messages(1).messages().await,
-        Some(w) => consumer.batch().max_messages(1).expires(w).messages().await,
-    };
-    let mut batch = match batch {
-        Ok(b) => b,
-        Err(e) => {
+    let limit = wait.unwrap_or_default() + Duration::from_secs(2);
+    let pulled = tokio::time::timeout(limit, async {
+        let batch = match wait {
+            None => consumer.fetch().max_messages(1).messages().await,
+            Some(w) => consumer.batch().max_messages(1).expires(w).messages().await,
+        };
+        match batch {
+            Ok(mut b) => match b.next().await {
+                Some(Ok(m)) => Ok(Some(m)),
+                _ => Ok(None),
+            },
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    match pulled {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
             tracing::debug!("pull: {e}");
             tokio::time::sleep(Duration::from_millis(200)).await;
-            return None;
+            None
         }
-    };
-    match batch.next().await {
-        Some(Ok(m)) => Some(m),
-        _ => None,
+        Err(_) => None,
     }
 }
 
