@@ -262,6 +262,11 @@ pub enum DiffusionError {
         message: String,
     },
 
+    /// The generation farm (feature `farm`) failed a request: the broker is unreachable, a
+    /// worker reported an error (its message is `reason`), or the job ran out of deliveries.
+    #[error("farm: {reason}")]
+    Farm { reason: String },
+
     /// A file-system error while reading or writing `path`.
     #[error("{path}: {source}")]
     Io {

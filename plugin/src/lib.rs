@@ -89,6 +89,9 @@ pub mod pipeline;
 
 pub mod runtime;
 
+#[cfg(feature = "farm")]
+pub mod farm;
+
 #[cfg(feature = "bevy")]
 pub mod bevy_plugin;
 pub mod tools;

@@ -145,3 +145,7 @@ pub fn assert_close_rtol(what: &str, actual: &Tensor, reference: &Tensor, rtol: 
         "{what}: max|diff| = {diff:e} > tolerance {tol:e} (max|ref| = {scale})"
     );
 }
+
+/// A real nats-server and worker processes for the farm tests (feature `farm`).
+#[cfg(feature = "farm")]
+pub mod farm;

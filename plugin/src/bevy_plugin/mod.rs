@@ -25,6 +25,7 @@
 //! (a UNet or VAE resnet/attention block, or a text-encoder layer); dropping every handle of a
 //! request cancels it ([`DiffusionSettings::cancel_unused`]).
 
+mod backend;
 mod images;
 mod messages;
 mod request_param;
@@ -36,6 +37,7 @@ mod texgen_asset;
 use bevy::app::{App, Plugin, PreStartup, PreUpdate};
 use bevy::ecs::schedule::{IntoScheduleConfigs, SystemSet};
 
+pub use backend::DiffusionBackend;
 pub use images::{placeholder, sampler_for, to_bevy_image};
 pub use messages::{
     DiffusionStatus, GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress,

@@ -18,6 +18,11 @@ pub enum ModelSource {
     /// Any [`Generator`] built by your own loader, which runs on the worker thread: another
     /// model runtime, a procedural fallback, a test double.
     Custom(GeneratorLoader),
+    /// A generation farm on NATS JetStream (feature `farm`; docs/farm.md): requests go to
+    /// `texgen serve` workers, with the same handles, previews, failures and cancel. The
+    /// broker's limits replace `max_queued` / `max_per_player`.
+    #[cfg(feature = "farm")]
+    Farm(crate::farm::FarmSettings),
 }
 
 impl fmt::Debug for ModelSource {
@@ -26,6 +31,8 @@ impl fmt::Debug for ModelSource {
             Self::Embedded => f.write_str("Embedded"),
             Self::Folder(dir) => f.debug_tuple("Folder").field(dir).finish(),
             Self::Custom(_) => f.write_str("Custom(..)"),
+            #[cfg(feature = "farm")]
+            Self::Farm(farm) => f.debug_tuple("Farm").field(farm).finish(),
         }
     }
 }
