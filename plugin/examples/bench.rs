@@ -58,7 +58,12 @@ fn main() -> anyhow::Result<()> {
     if only.is_none() {
         fixture_bench()?;
         sdxs_fixture_bench()?;
+    }
+    if only.as_deref().is_none_or(|o| o == "taesd") {
         taesd_bench(if quick { 32 } else { 64 })?;
+    }
+    if only.as_deref() == Some("taesd") {
+        return Ok(());
     }
     sd15_bench(if quick { 32 } else { 64 }, only.as_deref())?;
     Ok(())
@@ -191,7 +196,7 @@ fn taesd_bench(latent: usize) -> anyhow::Result<()> {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let taesd = AutoencoderTiny::new(vb, &cfg)?;
     let z = Tensor::randn(0f32, 1., (1, 4, latent, latent), &dev)?;
-    timed(&format!("taesd decode {px}px"), 3, || {
+    timed_with_ops(&format!("taesd decode {px}px"), 3, || {
         Ok(taesd.decode(&z, Tiling::None)?)
     })?;
     let x = Tensor::randn(0f32, 1., (1, 3, px, px), &dev)?;

@@ -136,7 +136,21 @@ impl Conv2dKernel {
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         profile::timed(OpKind::Conv, || {
-            self.forward_inner(x, pad_y, pad_x, extra_bias, residual)
+            self.forward_inner(x, pad_y, pad_x, extra_bias, residual, false)
+        })
+    }
+
+    /// [`Conv2dKernel::forward`] followed by a ReLU, fused into the same pass over the output
+    /// (TAESD's `conv -> ReLU` and `ReLU(conv(x) + x)`).
+    pub fn forward_relu(
+        &self,
+        x: &Tensor,
+        pad_y: AxisPad,
+        pad_x: AxisPad,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        profile::timed(OpKind::Conv, || {
+            self.forward_inner(x, pad_y, pad_x, None, residual, true)
         })
     }
 
@@ -147,6 +161,7 @@ impl Conv2dKernel {
         pad_x: AxisPad,
         extra_bias: Option<&Tensor>,
         residual: Option<&Tensor>,
+        relu: bool,
     ) -> Result<Tensor> {
         let (batch, cin, h, w) = x.dims4()?;
         let (cout, wcin, kh, kw) = self.weight.dims4()?;
@@ -192,7 +207,8 @@ impl Conv2dKernel {
             && extra_bias.is_none_or(on_cpu_f32)
             && residual.is_none_or(on_cpu_f32);
         if !cpu {
-            return self.forward_candle(x, pad_y, pad_x, extra_bias, residual);
+            let y = self.forward_candle(x, pad_y, pad_x, extra_bias, residual)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
         // Per (sample, channel) bias: the conv bias plus the extra one.
         let bias: Option<Vec<f32>> = match (&self.bias, extra_bias) {
@@ -216,7 +232,7 @@ impl Conv2dKernel {
         with_slice(x, |xs| {
             with_slice(&self.weight, |ws| {
                 with_opt_slice(residual, |rs| {
-                    conv2d_f32(&g, xs, ws, bias.as_deref(), rs, &mut out);
+                    conv2d_f32(&g, xs, ws, bias.as_deref(), rs, relu, &mut out);
                     Ok(())
                 })
             })
@@ -298,17 +314,40 @@ thread_local! {
     static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Whether 3x3 stride-1 convolutions take the Winograd F(2x2, 3x3) path (default: yes;
+/// `BEVY_DIFFUSION_WINOGRAD=off` keeps every convolution on im2col + GEMM, the A/B switch).
+pub fn winograd_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("BEVY_DIFFUSION_WINOGRAD").as_deref(),
+            Ok("off" | "0" | "false")
+        )
+    })
+}
+
 /// The convolution on slices: `x` `[b, cin, h, w]`, `wt` `[cout, cin*kh*kw]`, `bias`
-/// `[b, cout]` (optional), `residual` `[b, cout, oh, ow]` (optional), `out` `[b, cout, oh, ow]`.
+/// `[b, cout]` (optional), `residual` `[b, cout, oh, ow]` (optional), then a ReLU when `relu`;
+/// `out` `[b, cout, oh, ow]`. 3x3 stride-1 convolutions of at least 8 channels and 256 output
+/// pixels go through [`super::winograd`] (unless [`winograd_enabled`] is off).
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_f32(
     g: &ConvGeom,
     x: &[f32],
     wt: &[f32],
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
+    relu: bool,
     out: &mut [f32],
 ) {
     let (oh, ow) = g.out_hw().expect("geometry checked by the caller");
+    if winograd_enabled() && super::winograd::applies(g, oh, ow) {
+        assert_eq!(x.len(), g.batch * g.cin * g.h * g.w);
+        assert_eq!(wt.len(), g.cout * g.cin * 9);
+        assert_eq!(out.len(), g.batch * g.cout * oh * ow);
+        super::winograd::conv3x3(g, oh, ow, x, wt, bias, residual, relu, out);
+        return;
+    }
     let k = g.cin * g.kh * g.kw;
     let ohw = oh * ow;
     assert_eq!(x.len(), g.batch * g.cin * g.h * g.w);
@@ -401,8 +440,19 @@ pub fn conv2d_f32(
                 )
             }
         };
+        let relu_tile = || {
+            if relu {
+                for co in 0..g.cout {
+                    // SAFETY: as for the prefill above: this tile's own output columns.
+                    let d =
+                        unsafe { std::slice::from_raw_parts_mut(dst.0.add(dst_off + co * ohw), t) };
+                    d.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+            }
+        };
         if pointwise {
             gemm_call(x_img[row0 * ow..].as_ptr(), (g.h * g.w) as isize);
+            relu_tile();
             return;
         }
         COL.with(|col| {
@@ -424,6 +474,7 @@ pub fn conv2d_f32(
             );
             gemm_call(col.as_ptr(), t as isize);
         });
+        relu_tile();
     };
     if parallel_tiles {
         (0..total)
