@@ -61,9 +61,24 @@ impl LoraSpec {
     /// # Errors
     /// [`DiffusionError::InvalidLora`] for a scale that is not finite.
     pub fn parse(text: &str) -> Result<Self> {
+        // `FILE:SCALE`, unless the whole text names an existing file or the part after the
+        // last `:` is a path (`C:\loras\x.safetensors`).
         let (path, scale) = match text.rsplit_once(':') {
-            Some((p, s)) if !p.is_empty() && s.trim().parse::<f32>().is_ok() => {
-                (p, s.trim().parse::<f32>().unwrap_or(1.0))
+            Some((p, s))
+                if !p.is_empty() && !s.contains(['/', '\\']) && !Path::new(text).exists() =>
+            {
+                match s.trim().parse::<f32>() {
+                    Ok(scale) => (p, scale),
+                    Err(_) => {
+                        return Err(invalid(
+                            Path::new(p),
+                            "scale",
+                            format!(
+                                "`{s}` is not a number (FILE[:SCALE], e.g. style.safetensors:0.8)"
+                            ),
+                        ));
+                    }
+                }
             }
             _ => (text, 1.0),
         };
@@ -202,6 +217,20 @@ impl LoraReport {
 /// The weights a LoRA may patch: per component, the weight files of the loaded model.
 pub type LoraTargets<'a> = [(LoraComponent, &'a WeightFiles)];
 
+/// What a LoRA may patch in `folder`: unet, text_encoder and, in an SDXL folder, text_encoder_2.
+pub fn lora_targets(
+    folder: &crate::loading::folder::ModelFolder,
+) -> Vec<(LoraComponent, &WeightFiles)> {
+    let mut targets = vec![
+        (LoraComponent::Unet, &folder.unet.weights),
+        (LoraComponent::TextEncoder, &folder.text_encoder.weights),
+    ];
+    if let Some(te2) = &folder.text_encoder_2 {
+        targets.push((LoraComponent::TextEncoder2, &te2.weights));
+    }
+    targets
+}
+
 /// Builds the name index of every target component.
 fn indexes(targets: &LoraTargets) -> HashMap<LoraComponent, ModuleIndex> {
     targets
@@ -228,6 +257,17 @@ pub fn check_file(spec: &LoraSpec) -> Result<()> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     if ["ckpt", "pt", "pth", "bin", "pkl"].contains(&ext.to_ascii_lowercase().as_str()) {
         return Err(DiffusionError::PickleWeights { path: path.into() });
+    }
+    if path.exists() && !path.is_file() {
+        return Err(invalid(
+            path,
+            "path",
+            if path.is_dir() {
+                "is a directory, not a LoRA .safetensors file"
+            } else {
+                "is not a regular file (a device or pipe?), not a LoRA .safetensors file"
+            },
+        ));
     }
     if !path.is_file() {
         return Err(DiffusionError::MissingFile {
