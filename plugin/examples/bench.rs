@@ -9,6 +9,16 @@
 //! After the SD 1.5 UNet step and VAE decode, a per-op-kind table (conv, group norm, attention,
 //! matmul, elementwise/copies, upsample, ...) from [`bevy_diffusion::testing::kernels::profile`] shows
 //! where the time of one run goes; `other` is what no wrapped op accounts for.
+//!
+//! `--only taesd|turbo|unet|vae|memory` runs one part: `turbo` is the SD-Turbo-architecture image
+//! (SD 2.1 UNet, OpenCLIP-H text encoder, 512 px, 1 step, no CFG) with the full VAE and with
+//! TAESD; `memory` writes a real-size SD 1.5 folder with random f32 weights (a child process),
+//! loads it and generates one 512 px image, printing peak RSS (VmHWM) against the weights' bytes.
+
+#[path = "bench_parts/memory.rs"]
+mod memory;
+#[path = "bench_parts/turbo.rs"]
+mod turbo;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -46,6 +56,15 @@ fn main() -> anyhow::Result<()> {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    if let Some(dir) = flag_value(&args, "--write-random-sd15") {
+        return memory::write_random_sd15(
+            Path::new(&dir),
+            &write_config,
+            SD15_UNET,
+            SD15_VAE,
+            CLIP_L,
+        );
+    }
     println!(
         "threads: {}, kernels: {}",
         candle_core::utils::get_num_threads(),
@@ -58,10 +77,40 @@ fn main() -> anyhow::Result<()> {
     if only.is_none() {
         fixture_bench()?;
         sdxs_fixture_bench()?;
+    }
+    if only.as_deref().is_none_or(|o| o == "taesd") {
         taesd_bench(if quick { 32 } else { 64 })?;
+    }
+    if only.as_deref() == Some("taesd") {
+        return Ok(());
+    }
+    if only.as_deref().is_none_or(|o| o == "turbo") {
+        turbo::turbo_bench(&write_config, SD15_VAE, &|label, f| timed(label, 1, f))?;
+    }
+    if only.as_deref() == Some("turbo") {
+        return Ok(());
+    }
+    if let Some(dir) = flag_value(&args, "--write-random-sd15") {
+        return memory::write_random_sd15(
+            Path::new(&dir),
+            &write_config,
+            SD15_UNET,
+            SD15_VAE,
+            CLIP_L,
+        );
+    }
+    if only.as_deref() == Some("memory") {
+        return memory::memory_bench();
     }
     sd15_bench(if quick { 32 } else { 64 }, only.as_deref())?;
     Ok(())
+}
+
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn timed<T>(
@@ -191,7 +240,7 @@ fn taesd_bench(latent: usize) -> anyhow::Result<()> {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let taesd = AutoencoderTiny::new(vb, &cfg)?;
     let z = Tensor::randn(0f32, 1., (1, 4, latent, latent), &dev)?;
-    timed(&format!("taesd decode {px}px"), 3, || {
+    timed_with_ops(&format!("taesd decode {px}px"), 3, || {
         Ok(taesd.decode(&z, Tiling::None)?)
     })?;
     let x = Tensor::randn(0f32, 1., (1, 3, px, px), &dev)?;

@@ -161,6 +161,64 @@ fn conv2d_matches_candle_on_larger_maps() -> Result<()> {
     Ok(())
 }
 
+/// 3x3 stride-1 convolutions with >= 8 channels and >= 256 output pixels take the Winograd
+/// F(2x2, 3x3) path: random odd and even sizes, batch > 1, non-contiguous input, zero / circular
+/// / asymmetric padding, bias, per-sample bias, residual and the fused ReLU, against candle.
+#[test]
+fn winograd_conv3x3_matches_candle() -> Result<()> {
+    let mut rng = Lcg(23);
+    for case in 0..24 {
+        let batch = 1 + rng.below(2);
+        let cin = 8 + rng.below(20);
+        let cout = 8 + rng.below(20);
+        let (h, w) = (16 + rng.below(25), 16 + rng.below(25));
+        let pad = |rng: &mut Lcg| {
+            let (before, after) = [(1, 1), (1, 1), (0, 1), (1, 0), (0, 0), (2, 2)][rng.below(6)];
+            AxisPad {
+                before,
+                after,
+                circular: rng.below(2) == 1,
+            }
+        };
+        let (py, px) = (pad(&mut rng), pad(&mut rng));
+        let x = if case % 3 == 0 {
+            rng.tensor(&[batch, cin, w, h])?.transpose(2, 3)?
+        } else {
+            rng.tensor(&[batch, cin, h, w])?
+        };
+        let wt = rng.tensor(&[cout, cin, 3, 3])?;
+        let bias = (case % 4 != 3).then(|| rng.tensor(&[cout])).transpose()?;
+        let (oh, ow) = (h + py.before + py.after - 2, w + px.before + px.after - 2);
+        let extra = (case % 4 == 1)
+            .then(|| rng.tensor(&[batch, cout]))
+            .transpose()?;
+        let residual = (case % 3 == 2)
+            .then(|| rng.tensor(&[batch, cout, oh, ow]))
+            .transpose()?;
+        let conv = Conv2dKernel::new(wt.clone(), bias.clone(), 1)?;
+        let want = conv_reference(
+            &x,
+            &wt,
+            bias.as_ref(),
+            1,
+            py,
+            px,
+            extra.as_ref(),
+            residual.as_ref(),
+        )?;
+        let got = conv.forward(&x, py, px, extra.as_ref(), residual.as_ref())?;
+        let e = rel_err(&got, &want)?;
+        let label = format!("case {case}: b{batch} c{cin}->{cout} {h}x{w} {py:?} {px:?}");
+        assert!(e < 1e-5, "{label}: {e}");
+        if extra.is_none() {
+            let got = conv.forward_relu(&x, py, px, residual.as_ref())?;
+            let e = rel_err(&got, &want.relu()?)?;
+            assert!(e < 1e-5, "{label} relu: {e}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn conv2d_refuses_a_circular_pad_wider_than_the_axis() -> Result<()> {
     let x = Tensor::zeros((1, 1, 1, 4), candle_core::DType::F32, &Device::Cpu)?;

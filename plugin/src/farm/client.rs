@@ -341,7 +341,13 @@ async fn follow(
 ) {
     let submitted_ms = schema::now_ms().saturating_sub(submitted.elapsed().as_millis() as u64);
     let Ok(farm) = shared.farm().await else {
-        return shared.finish(id, WorkerEvent::Failed { id, error: farm_error("not connected") });
+        return shared.finish(
+            id,
+            WorkerEvent::Failed {
+                id,
+                error: farm_error("not connected"),
+            },
+        );
     };
     if duplicate {
         // A duplicate of a job that may have ended already: its state says so.

@@ -151,7 +151,21 @@ impl Conv2dKernel {
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         profile::timed(OpKind::Conv, || {
-            self.forward_inner(x, pad_y, pad_x, extra_bias, residual)
+            self.forward_inner(x, pad_y, pad_x, extra_bias, residual, false)
+        })
+    }
+
+    /// [`Conv2dKernel::forward`] followed by a ReLU, fused into the same pass over the output
+    /// (TAESD's `conv -> ReLU` and `ReLU(conv(x) + x)`).
+    pub fn forward_relu(
+        &self,
+        x: &Tensor,
+        pad_y: AxisPad,
+        pad_x: AxisPad,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        profile::timed(OpKind::Conv, || {
+            self.forward_inner(x, pad_y, pad_x, None, residual, true)
         })
     }
 
@@ -162,6 +176,7 @@ impl Conv2dKernel {
         pad_x: AxisPad,
         extra_bias: Option<&Tensor>,
         residual: Option<&Tensor>,
+        relu: bool,
     ) -> Result<Tensor> {
         let (batch, cin, h, w) = x.dims4()?;
         let (cout, wcin, kh, kw) = self.weight.dims4()?;
@@ -207,7 +222,8 @@ impl Conv2dKernel {
             && extra_bias.is_none_or(on_cpu_f32)
             && residual.is_none_or(on_cpu_f32);
         if !cpu {
-            return self.forward_candle(x, pad_y, pad_x, extra_bias, residual);
+            let y = self.forward_candle(x, pad_y, pad_x, extra_bias, residual)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
         // Per (sample, channel) bias: the conv bias plus the extra one.
         let bias: Option<Vec<f32>> = match (&self.bias, extra_bias) {
@@ -231,7 +247,7 @@ impl Conv2dKernel {
         with_slice(x, |xs| {
             with_slice(&self.weight, |ws| {
                 with_opt_slice(residual, |rs| {
-                    conv2d_f32(&g, xs, ws, bias.as_deref(), rs, &mut out);
+                    conv2d_f32(&g, xs, ws, bias.as_deref(), rs, relu, &mut out);
                     Ok(())
                 })
             })
