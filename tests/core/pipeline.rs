@@ -1,12 +1,16 @@
 //! Whole-pipeline parity with HF diffusers on the tiny fixture (every scheduler, img2img, no-CFG),
 //! plus seamless tiling, determinism and request validation.
 
-use bevy_diffusion::noise::{NoiseSource, ReplayNoise, SeededNoise};
+use bevy_diffusion::noise::{NoiseSource, SeededNoise};
 use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks, NoHooks};
 use bevy_diffusion::request::InitImage;
 use bevy_diffusion::schedulers::TimestepSpacing;
 use bevy_diffusion::{
     DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling,
+};
+use bevy_diffusion_tests::parity::{
+    ALL_STEP_TENSORS, StepRecorder, assert_image_within_1_255, assert_steps_match,
+    assert_timesteps_match, replay_step_noise,
 };
 use bevy_diffusion_tests::{References, assert_close, tiny_sd_dir, tiny_sd_model};
 use candle_core::Tensor;
@@ -22,16 +26,6 @@ fn model() -> &'static StableDiffusion {
 fn refs() -> &'static References {
     static REFS: OnceLock<References> = OnceLock::new();
     REFS.get_or_init(References::load)
-}
-
-#[derive(Default)]
-struct Recorder {
-    steps: Vec<DenoisingStep>,
-}
-impl GenerationHooks for Recorder {
-    fn on_step(&mut self, step: &DenoisingStep) {
-        self.steps.push(step.clone());
-    }
 }
 
 /// The request diffusers ran for `case` (references.json `cases.<case>`).
@@ -97,94 +91,20 @@ fn run_case(case: &str) {
         }
     };
     let n = r.case(case)["n_steps_run"].as_u64().unwrap() as usize;
-    let step_noise: Vec<_> = (0..n)
-        .map(|k| format!("{case}/step_{k:02}/step_noise"))
-        .filter(|name| r.has(name))
-        .map(|name| r.get(&name))
-        .collect();
-    let mut noise: Box<dyn NoiseSource> = Box::new(ReplayNoise::with_fallback(
-        step_noise,
-        Box::new(SeededNoise::new(0)),
-    ));
-    let mut rec = Recorder::default();
+    let mut noise = replay_step_noise(case, n, |name| r.has(name), |name| r.get(name));
+    let mut rec = StepRecorder::default();
     let out = pipeline::generate_with_noise(model(), &request, &explicit, noise.as_mut(), &mut rec)
         .unwrap_or_else(|e| panic!("{case}: {e}"));
 
-    let expected_t: Vec<f64> = r.case(case)["unet_timesteps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let got_t: Vec<f64> = out.timesteps.iter().map(|&t| t as f32 as f64).collect();
-    assert_eq!(got_t, expected_t, "{case}: timesteps");
-    assert_eq!(rec.steps.len(), n, "{case}: steps run");
-    for (k, s) in rec.steps.iter().enumerate() {
-        let p = format!("{case}/step_{k:02}");
-        assert_close(
-            &format!("{p}/latents_in"),
-            &s.latents_in,
-            &r.get(&format!("{p}/latents_in")),
-        );
-        assert_close(
-            &format!("{p}/unet_input"),
-            &s.unet_input,
-            &r.get(&format!("{p}/unet_input")),
-        );
-        assert_close(
-            &format!("{p}/unet_output"),
-            &s.unet_output,
-            &r.get(&format!("{p}/unet_output")),
-        );
-        assert_close(
-            &format!("{p}/noise_pred"),
-            &s.noise_pred,
-            &r.get(&format!("{p}/noise_pred")),
-        );
-        assert_close(
-            &format!("{p}/pred_original_sample"),
-            &s.pred_original_sample,
-            &r.get(&format!("{p}/pred_original_sample")),
-        );
-        assert_close(
-            &format!("{p}/latents_out"),
-            &s.latents_out,
-            &r.get(&format!("{p}/latents_out")),
-        );
-    }
+    assert_timesteps_match(case, &out.timesteps, r.case(case));
+    assert_steps_match(case, &rec.steps, n, &ALL_STEP_TENSORS, |name| r.get(name));
     assert_close(
         &format!("{case}/final_latents"),
         &out.final_latents,
         &r.get(&format!("{case}/final_latents")),
     );
-
     // The image: HWC float in [0, 1]; ours is RGBA8. Within 1/255 per channel.
-    let reference = r
-        .get(&format!("{case}/image"))
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let ours: Vec<f32> = out
-        .image
-        .pixels()
-        .flat_map(|p| {
-            p.0[..3]
-                .iter()
-                .map(|&v| v as f32 / 255.0)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(ours.len(), reference.len(), "{case}: image size");
-    let worst = ours
-        .iter()
-        .zip(&reference)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(
-        worst <= 1.0 / 255.0 + 1e-6,
-        "{case}: image differs by {worst} (> 1/255)"
-    );
+    assert_image_within_1_255(case, &out.image, &r.get(&format!("{case}/image")));
     assert!(
         out.image.pixels().all(|p| p.0[3] == 255),
         "{case}: RGB model gives opaque pixels"

@@ -13,7 +13,8 @@ use bevy_diffusion::pipeline::{self, ExplicitNoise, NoHooks};
 use bevy_diffusion::{
     DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling,
 };
-use bevy_diffusion_tests::{References, assert_close, fixture_dir, max_abs_diff, tiny_sd_model};
+use bevy_diffusion_tests::parity::check;
+use bevy_diffusion_tests::{References, fixture_dir, max_abs_diff, tiny_sd_model};
 use candle_core::{DType, Device, Tensor};
 
 fn refs() -> &'static References {
@@ -36,13 +37,6 @@ fn load_taesd() -> AutoencoderTiny {
             .expect("fixture TAESD weights")
     };
     AutoencoderTiny::new(vb, &config()).expect("AutoencoderTiny::new")
-}
-
-/// Asserts closeness and prints the figure (run with `--nocapture` to see them).
-fn check(what: &str, actual: &Tensor, reference: &Tensor) {
-    let (diff, scale) = max_abs_diff(actual, reference);
-    eprintln!("{what}: max|diff| = {diff:.3e} (max|ref| = {scale:.3})");
-    assert_close(what, actual, reference);
 }
 
 /// `[1, 3, H, W]` in [-1, 1] -> the HWC `[H, W, 3]` image in [0, 1] diffusers' postprocess gives.
