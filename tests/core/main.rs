@@ -11,6 +11,7 @@ mod models;
 mod pipeline;
 mod schedulers;
 mod sdxl;
+mod sdxl_lora;
 mod sdxs;
 mod taesd;
 mod vae;

@@ -18,7 +18,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bevy_diffusion::loading::hub::{HubOptions, resolve_model};
 use bevy_diffusion::loading::lora::{LoraSpec, check_lora};
-use bevy_diffusion::loading::lora_names::LoraComponent;
 use bevy_diffusion::noise::SeededNoise;
 use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks};
 use bevy_diffusion::request::{AssetKind, InitImage, PixelArt};
@@ -622,10 +621,7 @@ fn inspect_folder(args: InspectArgs) -> Result<()> {
         max_file_bytes: args.max_file_bytes,
     };
     let folder = bevy_diffusion::loading::folder::ModelFolder::open(&dir, &folder_options)?;
-    let targets = [
-        (LoraComponent::Unet, &folder.unet.weights),
-        (LoraComponent::TextEncoder, &folder.text_encoder.weights),
-    ];
+    let targets = bevy_diffusion::loading::lora::lora_targets(&folder);
     let mut problems = 0;
     for spec in &loras {
         let lora = check_lora(spec, &targets)

@@ -202,6 +202,20 @@ impl LoraReport {
 /// The weights a LoRA may patch: per component, the weight files of the loaded model.
 pub type LoraTargets<'a> = [(LoraComponent, &'a WeightFiles)];
 
+/// What a LoRA may patch in `folder`: unet, text_encoder and, in an SDXL folder, text_encoder_2.
+pub fn lora_targets(
+    folder: &crate::loading::folder::ModelFolder,
+) -> Vec<(LoraComponent, &WeightFiles)> {
+    let mut targets = vec![
+        (LoraComponent::Unet, &folder.unet.weights),
+        (LoraComponent::TextEncoder, &folder.text_encoder.weights),
+    ];
+    if let Some(te2) = &folder.text_encoder_2 {
+        targets.push((LoraComponent::TextEncoder2, &te2.weights));
+    }
+    targets
+}
+
 /// Builds the name index of every target component.
 fn indexes(targets: &LoraTargets) -> HashMap<LoraComponent, ModuleIndex> {
     targets

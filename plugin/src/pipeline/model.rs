@@ -253,13 +253,7 @@ impl StableDiffusion {
             .map(|t| t.shape.iter().product::<usize>())
             .sum();
         let device = &options.device;
-        let mut lora = LoraSet::load(
-            &options.loras,
-            &[
-                (LoraComponent::Unet, &folder.unet.weights),
-                (LoraComponent::TextEncoder, &folder.text_encoder.weights),
-            ],
-        )?;
+        let mut lora = LoraSet::load(&options.loras, &crate::loading::lora::lora_targets(&folder))?;
         let text_encoder = build_component(
             &folder.text_encoder,
             device,
@@ -289,7 +283,12 @@ impl StableDiffusion {
                 folder.unet.config.as_path(),
             )
         });
-        let sdxl = sdxl::load_components(&folder, text_time, device)?;
+        let sdxl = sdxl::load_components(
+            &folder,
+            text_time,
+            device,
+            lora.take(LoraComponent::TextEncoder2),
+        )?;
         if sdxl.is_some() != text_time.is_some() {
             return Err(crate::DiffusionError::config(
                 &folder.unet.config,

@@ -36,7 +36,9 @@ pub struct SdxlComponents {
     pub force_zeros_for_empty_prompt: bool,
 }
 
-/// Loads `tokenizer_2` and `text_encoder_2` of an SDXL folder (`None` for SD 1.x/2.x folders).
+/// Loads `tokenizer_2` and `text_encoder_2` of an SDXL folder (`None` for SD 1.x/2.x folders),
+/// with `lora` (weight name → LoRA deltas for text_encoder_2, kohya `lora_te2_` / PEFT
+/// `text_encoder_2.`) merged into its weights.
 ///
 /// Errors: those of [`ClipTextConfig::from_file`], [`PromptTokenizer::from_dir`] and the
 /// checking var builder (`MissingTensor` / `ShapeMismatch` naming `text_projection.weight`, ...);
@@ -48,6 +50,7 @@ pub(crate) fn load_components(
     folder: &ModelFolder,
     unet_time_embed: Option<(usize, usize, &std::path::Path)>,
     device: &Device,
+    lora: std::collections::HashMap<String, Vec<crate::loading::lora_merge::LoraDelta>>,
 ) -> Result<Option<SdxlComponents>> {
     let (Some(component), Some(tokenizer_dir)) = (&folder.text_encoder_2, &folder.tokenizer_2_dir)
     else {
@@ -83,7 +86,7 @@ pub(crate) fn load_components(
     ) {
         return Err(e);
     }
-    let text_encoder_2 = build_component(component, device, Default::default(), |vb| {
+    let text_encoder_2 = build_component(component, device, lora, |vb| {
         ClipTextModelWithProjection::new(vb, &config, config.eos_token_id)
     })?;
     Ok(Some(SdxlComponents {
