@@ -36,7 +36,10 @@ fn bevy_features(manifest: &str, section: &str) -> BTreeSet<String> {
 fn windowed_examples_use_the_demo_games_bevy_features() {
     let demo = bevy_features("../demo_game/Cargo.toml", "[dependencies]");
     let examples = bevy_features("../plugin/Cargo.toml", "[dev-dependencies]");
-    assert!(demo.contains("bevy_winit") && demo.contains("bevy_sprite_render"), "{demo:?}");
+    assert!(
+        demo.contains("bevy_winit") && demo.contains("bevy_sprite_render"),
+        "{demo:?}"
+    );
     assert_eq!(
         examples, demo,
         "plugin/Cargo.toml's [dev-dependencies] bevy features must equal demo_game's"

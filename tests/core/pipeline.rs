@@ -4,13 +4,12 @@
 use bevy_diffusion::noise::{NoiseSource, SeededNoise};
 use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks, NoHooks};
 use bevy_diffusion::request::InitImage;
-use bevy_diffusion::schedulers::TimestepSpacing;
 use bevy_diffusion::{
     DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling,
 };
 use bevy_diffusion_tests::parity::{
     ALL_STEP_TENSORS, StepRecorder, assert_image_within_1_255, assert_steps_match,
-    assert_timesteps_match, replay_step_noise,
+    assert_timesteps_match, replay_step_noise, scheduler_for, seam_ratio,
 };
 use bevy_diffusion_tests::{References, assert_close, tiny_sd_dir, tiny_sd_model};
 use candle_core::Tensor;
@@ -31,20 +30,7 @@ fn refs() -> &'static References {
 /// The request diffusers ran for `case` (references.json `cases.<case>`).
 fn request_for(case: &str) -> GenerationRequest {
     let c = refs().case(case);
-    let cfg = &c["scheduler_config"];
-    let class = c["scheduler_class"].as_str().unwrap();
-    let scheduler = match class {
-        "DDIMScheduler" => SchedulerKind::Ddim,
-        "EulerDiscreteScheduler" => SchedulerKind::Euler,
-        "EulerAncestralDiscreteScheduler" => SchedulerKind::EulerAncestral,
-        "DPMSolverMultistepScheduler" if cfg["use_karras_sigmas"] == true => {
-            SchedulerKind::DpmSolverMultistepKarras
-        }
-        "DPMSolverMultistepScheduler" => SchedulerKind::DpmSolverMultistep,
-        "LCMScheduler" => SchedulerKind::Lcm,
-        other => panic!("unexpected scheduler class {other}"),
-    };
-    let spacing: TimestepSpacing = cfg["timestep_spacing"].as_str().unwrap().parse().unwrap();
+    let (scheduler, spacing) = scheduler_for(c);
     let spec = refs().json["spec"]["pipeline_cases"]
         .as_array()
         .unwrap()
@@ -163,33 +149,6 @@ fn pipe_euler_a4() {
     run_case("pipe_euler_a4");
 }
 
-/// Mean absolute difference across the wrap-around seam vs between interior neighbours, along
-/// columns (`x`) or rows.
-fn seam_ratio(img: &image::RgbaImage, along_x: bool) -> f64 {
-    let (w, h) = img.dimensions();
-    let (n, m) = if along_x { (w, h) } else { (h, w) };
-    let px = |i: u32, j: u32| {
-        if along_x {
-            img.get_pixel(i, j)
-        } else {
-            img.get_pixel(j, i)
-        }
-    };
-    let diff = |a: u32, b: u32| -> f64 {
-        (0..m)
-            .map(|j| {
-                (0..3)
-                    .map(|c| (px(a, j).0[c] as f64 - px(b, j).0[c] as f64).abs())
-                    .sum::<f64>()
-            })
-            .sum::<f64>()
-            / (m as f64 * 3.0)
-    };
-    let seam = diff(n - 1, 0);
-    let interior = (0..n - 1).map(|i| diff(i, i + 1)).sum::<f64>() / (n - 1) as f64;
-    seam / interior
-}
-
 /// Text-to-image with DDIM from explicit initial noise (no other randomness).
 fn generate_from_noise(noise: &Tensor, tiling: Tiling) -> image::RgbaImage {
     let req = GenerationRequest {
@@ -237,8 +196,8 @@ fn seamless_tiling_xy_has_no_seam() {
             .unwrap();
         let t = generate_from_noise(&noise, Tiling::XY);
         let p = generate_from_noise(&noise, Tiling::None);
-        tiled.extend([seam_ratio(&t, true), seam_ratio(&t, false)]);
-        plain.extend([seam_ratio(&p, true), seam_ratio(&p, false)]);
+        tiled.extend([seam_ratio(&t, true, 1), seam_ratio(&t, false, 1)]);
+        plain.extend([seam_ratio(&p, true, 1), seam_ratio(&p, false, 1)]);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     eprintln!(

@@ -15,13 +15,10 @@ use bevy_diffusion::models::unet_2d_condition::{
     AddedCondKwargs, UNet2DConditionConfig, UNet2DConditionModel, VarBuilder,
 };
 use bevy_diffusion::pipeline::{self, ExplicitNoise, sdxl};
-use bevy_diffusion::schedulers::TimestepSpacing;
-use bevy_diffusion::{
-    DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling,
-};
+use bevy_diffusion::{DiffusionError, GenerationRequest, LoadOptions, StableDiffusion, Tiling};
 use bevy_diffusion_tests::parity::{
     ALL_STEP_TENSORS, StepRecorder, assert_image_within_1_255, assert_steps_match,
-    assert_timesteps_match, check, replay_step_noise,
+    assert_timesteps_match, check, replay_step_noise, scheduler_for,
 };
 use bevy_diffusion_tests::{
     References, assert_close, max_abs_diff, tiny_sdxl_dir, tiny_sdxl_model,
@@ -200,16 +197,7 @@ fn pair(v: &serde_json::Value) -> Option<(u32, u32)> {
 /// The request diffusers ran for `case` (references.json `cases.<case>`).
 fn request_for(case: &str) -> GenerationRequest {
     let c = refs().case(case);
-    let scheduler = match c["scheduler_class"].as_str().unwrap() {
-        "DDIMScheduler" => SchedulerKind::Ddim,
-        "EulerAncestralDiscreteScheduler" => SchedulerKind::EulerAncestral,
-        other => panic!("unexpected scheduler {other}"),
-    };
-    let spacing: TimestepSpacing = c["scheduler_config"]["timestep_spacing"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (scheduler, spacing) = scheduler_for(c);
     GenerationRequest {
         prompt: c["prompt"].as_str().unwrap().into(),
         negative_prompt: c["negative_prompt"].as_str().map(str::to_string),

@@ -16,7 +16,7 @@ use bevy_diffusion::{
 };
 use bevy_diffusion_tests::parity::{
     ALL_STEP_TENSORS, StepRecorder, assert_image_within_1_255, assert_steps_match,
-    assert_timesteps_match, check, replay_step_noise,
+    assert_timesteps_match, check, replay_step_noise, scheduler_for,
 };
 use bevy_diffusion_tests::{References, fixture_dir};
 use candle_core::{DType, Device};
@@ -161,20 +161,7 @@ fn run_case(case: &str) {
 /// stored), every step, the final latents, the decoder input, the raw decode and the image.
 pub fn run_case_with(m: &StableDiffusion, r: &References, case: &str) {
     let c = r.case(case);
-    let class = c["scheduler_class"]
-        .as_str()
-        .or(c["scheduler"]["class"].as_str())
-        .unwrap();
-    let scheduler = match class {
-        "DDIMScheduler" => SchedulerKind::Ddim,
-        "EulerAncestralDiscreteScheduler" => SchedulerKind::EulerAncestral,
-        other => panic!("unexpected scheduler {other}"),
-    };
-    let spacing: TimestepSpacing = c["scheduler_config"]["timestep_spacing"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (scheduler, spacing) = scheduler_for(c);
     let request = GenerationRequest {
         prompt: c["prompt"].as_str().unwrap().into(),
         negative_prompt: Some(c["negative_prompt"].as_str().unwrap_or("").to_string()),

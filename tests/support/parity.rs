@@ -2,8 +2,10 @@
 //! recorded denoising step, the timesteps, and the final image. Tolerances are the fixture
 //! README's: tensors within `1e-4 * max(1, max|ref|)` ([`assert_close`]), images within 1/255.
 
+use bevy_diffusion::SchedulerKind;
 use bevy_diffusion::noise::{NoiseSource, ReplayNoise, SeededNoise};
 use bevy_diffusion::pipeline::{DenoisingStep, GenerationHooks};
+use bevy_diffusion::schedulers::TimestepSpacing;
 use candle_core::Tensor;
 
 use crate::{assert_close, max_abs_diff};
@@ -125,4 +127,63 @@ pub fn assert_image_within_1_255(case: &str, ours: &image::RgbaImage, reference:
         worst <= 1.0 / 255.0 + 1e-6,
         "{case}: image differs by {worst} (> 1/255)"
     );
+}
+
+/// Mean absolute difference across the wrap-around seam vs between interior neighbours, along
+/// columns (`x`) or rows, counting only the interior
+/// pairs `(i, i + 1)` with `(i + 1) % period == 0`. TAESD upsamples by nearest neighbour, so
+/// pixels inside one 8x8 latent cell are smoother than pairs across cells; the seam (63 -> 0)
+/// is always across cells, so `period = 8` compares like with like (`period = 1` counts
+/// every pair).
+pub fn seam_ratio(img: &image::RgbaImage, along_x: bool, period: u32) -> f64 {
+    let (w, h) = img.dimensions();
+    let (n, m) = if along_x { (w, h) } else { (h, w) };
+    let px = |i: u32, j: u32| {
+        if along_x {
+            img.get_pixel(i, j)
+        } else {
+            img.get_pixel(j, i)
+        }
+    };
+    let diff = |a: u32, b: u32| -> f64 {
+        (0..m)
+            .map(|j| {
+                (0..3)
+                    .map(|c| (px(a, j).0[c] as f64 - px(b, j).0[c] as f64).abs())
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            / (m as f64 * 3.0)
+    };
+    let seam = diff(n - 1, 0);
+    let pairs: Vec<u32> = (0..n - 1).filter(|i| (i + 1) % period == 0).collect();
+    let interior = pairs.iter().map(|&i| diff(i, i + 1)).sum::<f64>() / pairs.len() as f64;
+    seam / interior
+}
+
+/// The scheduler and timestep spacing diffusers ran a case with: `case_json["scheduler_class"]`
+/// (or `["scheduler"]["class"]`) and `case_json["scheduler_config"]`.
+pub fn scheduler_for(case_json: &serde_json::Value) -> (SchedulerKind, TimestepSpacing) {
+    let cfg = &case_json["scheduler_config"];
+    let class = case_json["scheduler_class"]
+        .as_str()
+        .or(case_json["scheduler"]["class"].as_str())
+        .expect("the case names its scheduler class");
+    let kind = match class {
+        "DDIMScheduler" => SchedulerKind::Ddim,
+        "EulerDiscreteScheduler" => SchedulerKind::Euler,
+        "EulerAncestralDiscreteScheduler" => SchedulerKind::EulerAncestral,
+        "DPMSolverMultistepScheduler" if cfg["use_karras_sigmas"] == true => {
+            SchedulerKind::DpmSolverMultistepKarras
+        }
+        "DPMSolverMultistepScheduler" => SchedulerKind::DpmSolverMultistep,
+        "LCMScheduler" => SchedulerKind::Lcm,
+        other => panic!("unexpected scheduler class {other}"),
+    };
+    let spacing = cfg["timestep_spacing"]
+        .as_str()
+        .expect("scheduler_config.timestep_spacing")
+        .parse()
+        .expect("a known timestep_spacing");
+    (kind, spacing)
 }
