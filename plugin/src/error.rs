@@ -80,6 +80,21 @@ pub enum DiffusionError {
         expected: Vec<usize>,
     },
 
+    /// Weight tensors no module of the configured model uses (CLIP's `position_ids` buffer and
+    /// other known buffers excepted): the config does not describe these weights, e.g.
+    /// `mid_block_type: null` or fewer `layers_per_block` than the checkpoint has. diffusers
+    /// warns and runs a different network; we refuse, naming the first tensors.
+    #[error(
+        "{path}: {count} tensor(s) are not used by the model its config.json describes (first: \
+         {first}); the config does not match these weights (check mid_block_type, \
+         layers_per_block, transformer_layers_per_block and the block types)"
+    )]
+    UnexpectedTensors {
+        path: PathBuf,
+        count: usize,
+        first: String,
+    },
+
     /// A tensor whose shape disagrees with the one implied by config.json.
     #[error("{path}: tensor `{tensor}` has shape {found:?} but config.json implies {expected:?}")]
     ShapeMismatch {
@@ -145,12 +160,23 @@ pub enum DiffusionError {
     #[error(
         "denoising produced non-finite latents (NaN/inf) after step {step} of {total} with the \
          {scheduler} scheduler: the schedule, guidance_scale or explicit noise is out of range \
-         for this model; try another scheduler, fewer steps or a lower guidance_scale"
+         for this model, or its weights (or a LoRA merged into them) are broken; try another \
+         scheduler, fewer steps or a lower guidance_scale"
     )]
     NonFiniteLatents {
         step: usize,
         total: usize,
         scheduler: String,
+    },
+
+    /// A stage other than denoising produced NaN or infinite values (`stage`: "prompt
+    /// encoding", ...), with what to check.
+    #[error("{stage} produced non-finite values (NaN/inf): {hint}")]
+    NonFiniteOutput {
+        /// The pipeline stage.
+        stage: &'static str,
+        /// What is likely broken and how to check it.
+        hint: String,
     },
 
     /// The model a request needed failed to load (the load error is the source).

@@ -65,11 +65,12 @@
 //! ```
 
 // Layers, each importing only from those above it in this list:
-// leaves (error, noise, tiling, kernels, cancel, compute_pool, config_bounds) -> schedulers, models -> request -> loading -> pipeline -> runtime
+// leaves (error, noise, tiling, kernels, cancel, compute_pool, config_bounds, configuration_utils) -> schedulers, models -> request -> loading -> pipeline -> runtime
 // -> tools and bevy_plugin.
 pub mod cancel;
 pub mod compute_pool;
 pub mod config_bounds;
+pub mod configuration_utils;
 pub mod error;
 pub mod kernels;
 pub mod noise;

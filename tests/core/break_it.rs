@@ -219,3 +219,31 @@ fn a_bad_recommendation_file_is_refused_by_name() {
     std::fs::write(dir.join("bevy_diffusion.json"), r#"{ "stepz": 3 }"#).unwrap();
     assert!(load_err(&dir).to_string().contains("stepz"));
 }
+
+#[test]
+fn weights_the_config_leaves_unused_are_refused_not_ignored() {
+    // A config that drops the mid block (or a resnet per block) from weights that have them would
+    // otherwise run a different network without a word (diffusers only warns).
+    for (name, field, value) in [
+        ("no-mid", "mid_block_type", serde_json::Value::Null),
+        ("fewer-layers", "layers_per_block", serde_json::json!(1)),
+    ] {
+        let dir = fixture_copy(&format!("unused-{name}"));
+        edit_json(&dir.join("unet/config.json"), |j| j[field] = value.clone());
+        let e = load_err(&dir);
+        assert!(
+            matches!(&e, DiffusionError::UnexpectedTensors { count, .. } if *count > 0),
+            "{name}: {e}"
+        );
+        assert!(e.to_string().contains(".weight"), "{name}: {e}");
+        let report = inspect(&dir, &InspectOptions::default());
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| matches!(p, DiffusionError::UnexpectedTensors { .. })),
+            "inspect flags it too: {:?}",
+            report.problems
+        );
+    }
+}

@@ -783,3 +783,75 @@ fn text_encoder_modules_resolve_with_and_without_text_model() {
         "text_projection.weight"
     );
 }
+
+/// A copy of the PEFT fixture whose `lora_adapter_metadata` JSON went through `edit`.
+fn peft_with_metadata(dir: &Path, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let bytes = std::fs::read(file("peft")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta = header["__metadata__"]["lora_adapter_metadata"]
+        .as_str()
+        .unwrap();
+    let mut meta: serde_json::Value = serde_json::from_str(meta).unwrap();
+    edit(&mut meta);
+    header["__metadata__"]["lora_adapter_metadata"] = meta.to_string().into();
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header);
+    out.extend(&bytes[8 + n..]);
+    let path = dir.join("edited_peft.safetensors");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn peft_metadata_of_the_wrong_type_is_refused_not_read_as_alpha_rank() {
+    let s = scratch("lora_peft_meta");
+    let cases: [(&str, fn(&mut serde_json::Value)); 3] = [
+        ("unet.lora_alpha", |m| m["unet.lora_alpha"] = "two".into()),
+        ("text_encoder.use_rslora", |m| {
+            m["text_encoder.use_rslora"] = "yes".into()
+        }),
+        ("unet.alpha_pattern.up_blocks.1.resnets.0.conv1", |m| {
+            m["unet.alpha_pattern"]["up_blocks.1.resnets.0.conv1"] = serde_json::Value::Null
+        }),
+    ];
+    for (field, edit) in cases {
+        let path = peft_with_metadata(&s, edit);
+        let e = load_err(vec![LoraSpec { path, scale: 1.0 }]);
+        assert!(
+            matches!(&e, DiffusionError::InvalidLora { key, .. } if key.ends_with(field)),
+            "{field}: {e}"
+        );
+    }
+    // Unchanged metadata through the same rewrite still loads (the rewrite itself is sound).
+    let path = peft_with_metadata(&s, |_| {});
+    assert!(load(vec![LoraSpec { path, scale: 1.0 }]).is_ok());
+}
+
+#[test]
+fn lora_paths_that_are_not_files_and_bad_scales_say_so() {
+    let s = scratch("lora_paths");
+    let e = load_err(vec![LoraSpec {
+        path: s.to_path_buf(),
+        scale: 1.0,
+    }]);
+    assert!(e.to_string().contains("is a directory"), "{e}");
+    for text in [
+        "style.safetensors:abc",
+        "style.safetensors:1,5",
+        "style.safetensors:",
+    ] {
+        let e = LoraSpec::parse(text).unwrap_err();
+        assert!(
+            matches!(&e, DiffusionError::InvalidLora { key, .. } if key == "scale"),
+            "{text}: {e}"
+        );
+        assert!(e.to_string().contains("is not a number"), "{text}: {e}");
+    }
+    // An existing file whose name has a colon is a file, not FILE:SCALE.
+    let odd = s.join("style:v2.safetensors");
+    std::fs::copy(file("kohya"), &odd).unwrap();
+    let p = LoraSpec::parse(odd.to_str().unwrap()).unwrap();
+    assert_eq!((p.path, p.scale), (odd, 1.0));
+}

@@ -8,6 +8,7 @@ mod kernels;
 mod loading;
 mod lora;
 mod models;
+mod non_finite;
 mod pipeline;
 mod schedulers;
 mod sdxl;

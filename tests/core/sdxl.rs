@@ -433,6 +433,38 @@ fn sdxl_folder_is_sdxl_and_trailing_scheduler_is_sdxl_turbo() {
     assert_eq!(folder.family, ModelFamily::SdxlTurbo);
     let report = bevy_diffusion::tools::inspect::inspect(&turbo.model, &Default::default());
     assert_eq!(report.family_label(), "SDXL-Turbo");
+    // Without a bevy_diffusion.json the family's distilled settings apply (1 step, guidance 0,
+    // 512²), in load and in inspect, and a request that leaves them unset runs with them.
+    let r = report.recommended.as_ref().unwrap();
+    assert!(report.recommended_from_family);
+    assert_eq!(
+        (r.num_inference_steps, r.guidance_scale, r.width),
+        (Some(1), Some(0.0), Some(512))
+    );
+    assert!(
+        report.to_string().contains("SDXL-Turbo defaults"),
+        "{report}"
+    );
+    let m = StableDiffusion::load(&turbo.model, &LoadOptions::default()).unwrap();
+    assert_eq!(m.recommended.num_inference_steps, Some(1));
+    assert_eq!(m.recommended.guidance_scale, Some(0.0));
+    // The plain SDXL folder keeps the request defaults.
+    assert!(model().recommended.is_empty());
+
+    // An SDXL folder with a TAESD-style vae is still SDXL, not "SDXS/pruned".
+    let tiny_vae = fixture_copy("tiny-vae");
+    let index = tiny_vae.model.join("model_index.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    json["vae"] = serde_json::json!(["diffusers", "AutoencoderTiny"]);
+    std::fs::write(&index, json.to_string()).unwrap();
+    let vae_cfg = tiny_vae.model.join("vae/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&vae_cfg).unwrap()).unwrap();
+    json["_class_name"] = "AutoencoderTiny".into();
+    std::fs::write(&vae_cfg, json.to_string()).unwrap();
+    let report = bevy_diffusion::tools::inspect::inspect(&tiny_vae.model, &Default::default());
+    assert_eq!(report.family, Some(ModelFamily::Sdxl), "{report}");
 }
 
 #[test]

@@ -357,7 +357,9 @@ impl PeftAlphas {
     /// Parses the metadata JSON (`None`: no metadata, alpha = rank everywhere).
     ///
     /// # Errors
-    /// [`DiffusionError::InvalidLora`] for metadata that is not a JSON object, or DoRA.
+    /// [`DiffusionError::InvalidLora`] for metadata that is not a JSON object, DoRA, or a
+    /// `lora_alpha` / `alpha_pattern` value that is not a finite number (or `use_rslora` not a
+    /// bool), naming the key.
     pub fn from_metadata(json: Option<&String>, path: &Path) -> Result<Self> {
         let Some(json) = json else {
             return Ok(Self::default());
@@ -379,6 +381,40 @@ impl PeftAlphas {
         for (k, v) in &map {
             if k.ends_with(".use_dora") && v.as_bool() == Some(true) {
                 return Err(invalid_lora(path, k, "DoRA LoRAs are not supported"));
+            }
+            // The fields `alpha` reads must have their JSON types: a wrong one would otherwise
+            // fall back to alpha = rank and apply the LoRA at another strength without a word.
+            let key = |what: &str| format!("__metadata__.lora_adapter_metadata.{k}{what}");
+            let finite = |v: &serde_json::Value| v.as_f64().is_some_and(f64::is_finite);
+            if k.ends_with(".lora_alpha") && !v.is_null() && !finite(v) {
+                return Err(invalid_lora(
+                    path,
+                    &key(""),
+                    format!("is {v}, not a finite number"),
+                ));
+            }
+            if k.ends_with(".use_rslora") && !v.is_null() && !v.is_boolean() {
+                return Err(invalid_lora(
+                    path,
+                    &key(""),
+                    format!("is {v}, not true or false"),
+                ));
+            }
+            if k.ends_with(".alpha_pattern") && !v.is_null() {
+                let Some(pattern) = v.as_object() else {
+                    return Err(invalid_lora(
+                        path,
+                        &key(""),
+                        format!("is {v}, not an object"),
+                    ));
+                };
+                if let Some((m, a)) = pattern.iter().find(|(_, a)| !finite(a)) {
+                    return Err(invalid_lora(
+                        path,
+                        &key(&format!(".{m}")),
+                        format!("is {a}, not a finite number"),
+                    ));
+                }
             }
         }
         Ok(Self(map))

@@ -5,7 +5,8 @@
 //! | file | does |
 //! |---|---|
 //! | `folder.rs` | reads `model_index.json`, finds each component's config and weights, names the family |
-//! | `weights.rs` | safetensors files behind a checking `VarBuilder` backend (missing / mis-shaped tensors name the file) |
+//! | `weights.rs` | safetensors headers read and checked without touching the data; a component's weight files |
+//! | `model_loading_utils.rs` | the one checking `VarBuilder` backend (missing / mis-shaped tensors name the file), for load and inspect |
 //! | `embedded.rs` | where the default model ships |
 //! | `lora.rs` | LoRA files (kohya / PEFT) checked against a model ([`lora::check_lora`]) |
 //! | `lora_names.rs` | LoRA key → model weight name (kohya, PEFT, SDXL SGM names, PEFT alphas) |
@@ -18,4 +19,5 @@ pub mod hub;
 pub mod lora;
 pub mod lora_merge;
 pub mod lora_names;
+pub mod model_loading_utils;
 pub mod weights;

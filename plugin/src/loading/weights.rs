@@ -20,21 +20,18 @@
 //! Pickled checkpoints (`.bin`, `.ckpt`, `.pt`, `.pth`) are never opened here: see
 //! [`crate::loading::folder`], which refuses them with [`DiffusionError::PickleWeights`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
 
 use crate::error::{DiffusionError, Result};
-use crate::loading::lora_merge::{LoraDelta, merge};
 
 /// candle-nn's var builder, re-exported for code that builds models from [`CheckedWeights`].
 pub use candle_nn::VarBuilder;
+
+/// The checking loader, in [`super::model_loading_utils`]; re-exported here where it was first.
+pub use super::model_loading_utils::CheckedWeights;
 
 /// The largest safetensors header we read (the `safetensors` crate's own limit, 100 MB).
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -68,7 +65,7 @@ pub struct SafetensorsHeader {
     pub metadata: BTreeMap<String, String>,
 }
 
-fn bad(path: &Path, reason: impl Into<String>) -> DiffusionError {
+pub(crate) fn bad(path: &Path, reason: impl Into<String>) -> DiffusionError {
     DiffusionError::BadSafetensors {
         path: path.to_path_buf(),
         reason: reason.into(),
@@ -289,286 +286,5 @@ impl WeightFiles {
     /// Number of tensors over all files.
     pub fn tensor_count(&self) -> usize {
         self.shards.iter().map(|h| h.tensors.len()).sum()
-    }
-}
-
-/// What the checked backend recorded while a model was being built.
-#[derive(Default)]
-struct LoadLog {
-    /// Typed failures in the order they happened, with the tensor name.
-    failures: Vec<(String, DiffusionError)>,
-    /// Every tensor name a model asked for.
-    requested: HashSet<String>,
-}
-
-struct CheckedBackend {
-    mmap: MmapedSafetensors,
-    /// The file or index named by errors about absent tensors.
-    path: PathBuf,
-    /// name -> (file holding it, shape).
-    index: HashMap<String, (PathBuf, Vec<usize>)>,
-    log: Arc<Mutex<LoadLog>>,
-    /// LoRA deltas added to a tensor as it is loaded (see [`crate::loading::lora_merge`]).
-    lora: HashMap<String, Vec<LoraDelta>>,
-}
-
-impl CheckedBackend {
-    fn record(&self, name: &str, error: DiffusionError) -> candle_core::Error {
-        let message = error.to_string();
-        if let Ok(mut log) = self.log.lock() {
-            log.failures.push((name.to_string(), error));
-        }
-        candle_core::Error::Msg(message)
-    }
-
-    fn requested(&self, name: &str) {
-        if let Ok(mut log) = self.log.lock() {
-            log.requested.insert(name.to_string());
-        }
-    }
-
-    fn load(
-        &self,
-        name: &str,
-        file: &Path,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.mmap
-            .load(name, dev)
-            .and_then(|t| match self.lora.get(name) {
-                Some(deltas) => merge(&t, deltas)?.to_dtype(dtype),
-                None if t.dtype() == dtype => Ok(t),
-                None => t.to_dtype(dtype),
-            })
-            .map_err(|e| {
-                let reason = format!("tensor `{name}` cannot be loaded as {dtype:?}: {e}");
-                self.record(name, bad(file, reason))
-            })
-    }
-}
-
-/// The [`SimpleBackend`] handed to candle: a shared handle on the checked backend.
-struct SharedBackend(Arc<CheckedBackend>);
-
-impl SimpleBackend for SharedBackend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let b = &self.0;
-        b.requested(name);
-        let Some((file, shape)) = b.index.get(name) else {
-            let error = DiffusionError::MissingTensor {
-                path: b.path.clone(),
-                tensor: name.to_string(),
-                expected: s.dims().to_vec(),
-            };
-            return Err(b.record(name, error));
-        };
-        if shape.as_slice() != s.dims() {
-            let error = DiffusionError::ShapeMismatch {
-                path: file.clone(),
-                tensor: name.to_string(),
-                expected: s.dims().to_vec(),
-                found: shape.clone(),
-            };
-            return Err(b.record(name, error));
-        }
-        b.load(name, file, dtype, dev)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let b = &self.0;
-        b.requested(name);
-        let Some((file, _)) = b.index.get(name) else {
-            let error = DiffusionError::MissingTensor {
-                path: b.path.clone(),
-                tensor: name.to_string(),
-                expected: Vec::new(),
-            };
-            return Err(b.record(name, error));
-        };
-        b.load(name, file, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.index.contains_key(name)
-    }
-}
-
-/// Memory-mapped, header-checked weights of one component, handing out checking
-/// [`VarBuilder`]s.
-///
-/// Every tensor a model requests through [`CheckedWeights::var_builder`] is checked against the
-/// header before its data is read: absent → [`DiffusionError::MissingTensor`] (naming
-/// [`WeightFiles::path`], the full dotted name and the shape the model expected); wrong shape →
-/// [`DiffusionError::ShapeMismatch`] (naming the file holding it, the name, the expected and the
-/// stored shape). Tensors are converted to the requested dtype (f32 for the var builders made
-/// here), whatever they are stored as (f16, bf16, f32, ...). The tensor data is copied out of the
-/// mapping while loading, so the mapping can be dropped once the model is built.
-pub struct CheckedWeights {
-    backend: Arc<CheckedBackend>,
-    files: WeightFiles,
-    device: Device,
-}
-
-impl CheckedWeights {
-    /// Memory-maps `files` (whose headers [`read_header`] has validated) for loading onto
-    /// `device`.
-    ///
-    /// # Errors
-    /// [`DiffusionError::BadSafetensors`] if candle's mmap (which re-runs the `safetensors`
-    /// crate's header checks) refuses a file, e.g. because it changed since it was validated.
-    pub fn open(files: &WeightFiles, device: &Device) -> Result<Self> {
-        Self::open_with_lora(files, device, HashMap::new())
-    }
-
-    /// [`CheckedWeights::open`], adding LoRA deltas (weight name → deltas, from
-    /// [`crate::loading::lora_merge::LoraSet::take`]) to those tensors as a model loads them:
-    /// merged in f32, then converted to the requested dtype. [`CheckedWeights::unused_lora`]
-    /// afterwards names the patched weights no model asked for.
-    ///
-    /// # Errors
-    /// As [`CheckedWeights::open`].
-    pub fn open_with_lora(
-        files: &WeightFiles,
-        device: &Device,
-        lora: HashMap<String, Vec<LoraDelta>>,
-    ) -> Result<Self> {
-        let paths: Vec<&Path> = files.shards.iter().map(|h| h.path.as_path()).collect();
-        // SAFETY: the mapping is read-only and only read while loading; as with every mmap-based
-        // loader (candle, safetensors, diffusers), another process truncating or rewriting the
-        // file during loading is undefined behaviour we cannot rule out.
-        let mmap = unsafe {
-            if paths.len() == 1 {
-                MmapedSafetensors::new(paths[0])
-            } else {
-                MmapedSafetensors::multi(&paths)
-            }
-        }
-        .map_err(|e| bad(&files.path, format!("cannot map the file(s): {e}")))?;
-
-        let mut index = HashMap::new();
-        for header in &files.shards {
-            for (name, meta) in &header.tensors {
-                index.insert(name.clone(), (header.path.clone(), meta.shape.clone()));
-            }
-        }
-        let backend = CheckedBackend {
-            mmap,
-            path: files.path.clone(),
-            index,
-            log: Arc::new(Mutex::new(LoadLog::default())),
-            lora,
-        };
-        Ok(Self {
-            backend: Arc::new(backend),
-            files: files.clone(),
-            device: device.clone(),
-        })
-    }
-
-    /// The files these weights come from.
-    pub fn files(&self) -> &WeightFiles {
-        &self.files
-    }
-
-    /// A root [`VarBuilder`] (f32, on the device given to [`CheckedWeights::open`]) whose every
-    /// lookup is checked; use `vb.pp("...")` to walk the checkpoint's tensor names.
-    pub fn var_builder(&self) -> VarBuilder<'static> {
-        let backend: Box<dyn SimpleBackend> = Box::new(SharedBackend(self.backend.clone()));
-        VarBuilder::from_backend(backend, DType::F32, self.device.clone())
-    }
-
-    /// Removes and returns the first typed failure recorded since the last call, if any.
-    pub fn take_failure(&self) -> Option<DiffusionError> {
-        let mut log = self.backend.log.lock().ok()?;
-        if log.failures.is_empty() {
-            None
-        } else {
-            Some(log.failures.remove(0).1)
-        }
-    }
-
-    /// Builds a model with `construct(self.var_builder())`, turning a failure into a typed error.
-    ///
-    /// If construction fails, returns the recorded tensor failure whose message the candle error
-    /// carries (the one that actually stopped construction), else the first recorded failure
-    /// (a model may probe optional tensors with `get` and recover), else the candle error as
-    /// [`DiffusionError::Candle`].
-    pub fn build<T>(
-        &self,
-        construct: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
-    ) -> Result<T> {
-        match construct(self.var_builder()) {
-            Ok(model) => {
-                if let Ok(mut log) = self.backend.log.lock() {
-                    log.failures.clear();
-                }
-                Ok(model)
-            }
-            Err(e) => {
-                let message = e.to_string();
-                let mut log = match self.backend.log.lock() {
-                    Ok(log) => log,
-                    Err(_) => return Err(DiffusionError::Candle(e)),
-                };
-                let failures = std::mem::take(&mut log.failures);
-                let matching = failures
-                    .iter()
-                    .rposition(|(_, err)| message.contains(&err.to_string()));
-                let chosen = match matching {
-                    Some(i) => failures.into_iter().nth(i),
-                    None => failures.into_iter().next(),
-                };
-                Err(chosen.map_or(DiffusionError::Candle(e), |(_, err)| err))
-            }
-        }
-    }
-
-    /// LoRA-patched weights that no model asked for, sorted, with the first LoRA module of each
-    /// (a LoRA for a tensor the model's config leaves unused would otherwise be dropped
-    /// silently).
-    pub fn unused_lora(&self) -> Vec<(String, String)> {
-        let Ok(log) = self.backend.log.lock() else {
-            return Vec::new();
-        };
-        let mut unused: Vec<(String, String)> = self
-            .backend
-            .lora
-            .iter()
-            .filter(|(n, _)| !log.requested.contains(*n))
-            .map(|(n, d)| {
-                (
-                    n.clone(),
-                    d.first().map_or(String::new(), |d| d.source.clone()),
-                )
-            })
-            .collect();
-        unused.sort();
-        unused
-    }
-
-    /// Tensors present in the file(s) that no model asked for, sorted (diffusers warns about
-    /// these too: often harmless, e.g. CLIP's `position_ids`, but a long list hints at a config
-    /// that does not match the weights).
-    pub fn unused_tensors(&self) -> Vec<String> {
-        let Ok(log) = self.backend.log.lock() else {
-            return Vec::new();
-        };
-        let mut unused: Vec<String> = self
-            .backend
-            .index
-            .keys()
-            .filter(|n| !log.requested.contains(*n))
-            .cloned()
-            .collect();
-        unused.sort();
-        unused
     }
 }

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::vae::{Decoder, Encoder, Intermediates};
+use crate::configuration_utils::JsonConfig;
 use crate::error::DiffusionError;
 use crate::tiling::Tiling;
 
@@ -66,29 +67,21 @@ impl AutoencoderKLConfig {
     /// [`DiffusionError::UnsupportedConfig`] for a feature we do not implement (naming the field
     /// and its value).
     pub fn from_file(path: &Path) -> crate::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => DiffusionError::MissingFile {
-                path: path.to_owned(),
-                what: "the VAE config (vae/config.json)".into(),
-            },
-            _ => DiffusionError::io(path, e),
-        })?;
-        Self::from_json_str(&text, path)
+        let config = JsonConfig::read_required(path, "the VAE config (vae/config.json)")?;
+        Self::from_config(&config)
     }
 
     /// Parses and validates the text of a `vae/config.json`; `path` is only used in errors.
     /// Errors as [`AutoencoderKLConfig::from_file`].
     pub fn from_json_str(text: &str, path: &Path) -> crate::Result<Self> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| DiffusionError::config(path, "(file)", format!("not valid JSON: {e}")))?;
-        let Value::Object(map) = value else {
-            return Err(DiffusionError::config(
-                path,
-                "(file)",
-                "expected a JSON object",
-            ));
-        };
-        let fields = Fields { map: &map, path };
+        Self::from_config(&JsonConfig::parse_str(text, path)?)
+    }
+
+    /// Validates an already read `vae/config.json`. Errors as [`AutoencoderKLConfig::from_file`].
+    pub fn from_config(config: &JsonConfig) -> crate::Result<Self> {
+        let map = config.map();
+        let path = config.path.as_path();
+        let fields = Fields { map, path };
 
         if let Some(class) = fields.get::<Option<String>>("_class_name", Some(None))?
             && class != "AutoencoderKL"

@@ -23,9 +23,9 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
-use super::unet_2d_condition::JsonConfig;
 pub use super::vae_tiny::Intermediates;
 use super::vae_tiny::{DecoderTiny, EncoderTiny};
+use crate::configuration_utils::JsonConfig;
 use crate::error::DiffusionError;
 use crate::tiling::Tiling;
 

@@ -78,7 +78,7 @@ impl VaeConfig {
 ///
 /// Errors: [`DiffusionError::Io`] when unreadable, [`DiffusionError::InvalidConfig`] for bad JSON.
 pub fn class_name(path: &Path) -> crate::Result<Option<String>> {
-    let j = super::unet_2d_condition::JsonConfig::read(path)?;
+    let j = crate::configuration_utils::JsonConfig::read(path)?;
     Ok(j.raw("_class_name")
         .and_then(|v| v.as_str())
         .map(str::to_string))

@@ -9,7 +9,7 @@ use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde_json::Value;
 
 use super::transformer_2d::{merge_heads, scaled_dot_product_attention, split_heads};
-use super::unet_2d_condition::JsonConfig;
+use crate::configuration_utils::JsonConfig;
 
 /// The MLP activation of the encoder layers (`hidden_act`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -87,13 +87,10 @@ impl RecommendedSettings {
     /// unknown key, or a value out of range; [`DiffusionError::Io`] if it cannot be read.
     pub fn read(dir: &std::path::Path) -> Result<Self> {
         let path = dir.join(Self::FILE_NAME);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(DiffusionError::io(&path, e)),
+        let Some(config) = crate::configuration_utils::JsonConfig::read_optional(&path)? else {
+            return Ok(Self::default());
         };
-        let this: Self = serde_json::from_str(&text)
-            .map_err(|e| DiffusionError::config(&path, "(file)", e.to_string()))?;
+        let this: Self = config.deserialize()?;
         let probe = GenerationRequest {
             num_inference_steps: this.num_inference_steps,
             guidance_scale: this.guidance_scale,
@@ -403,51 +400,4 @@ impl std::str::FromStr for TimestepSpacing {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn validation_names_the_field() {
-        let r = GenerationRequest {
-            width: 100,
-            ..Default::default()
-        };
-        let e = r.validate(8).unwrap_err().to_string();
-        assert!(
-            e.contains("`width` = 100") && e.contains("multiple of 8"),
-            "{e}"
-        );
-        let r = GenerationRequest {
-            num_inference_steps: Some(0),
-            ..Default::default()
-        };
-        assert!(
-            r.validate(8)
-                .unwrap_err()
-                .to_string()
-                .contains("num_inference_steps")
-        );
-        let r = GenerationRequest {
-            init_image: Some(InitImage::Path("x.png".into())),
-            strength: 1.5,
-            ..Default::default()
-        };
-        assert!(
-            r.validate(8)
-                .unwrap_err()
-                .to_string()
-                .contains("`strength` = 1.5")
-        );
-        assert!(GenerationRequest::default().validate(8).is_ok());
-    }
-
-    #[test]
-    fn scheduler_names_parse_and_unknown_is_typed() {
-        assert_eq!(
-            "euler-a".parse::<SchedulerKind>().unwrap(),
-            SchedulerKind::EulerAncestral
-        );
-        let e = "heun".parse::<SchedulerKind>().unwrap_err();
-        assert!(matches!(e, DiffusionError::UnknownScheduler(ref s) if s == "heun"));
-    }
-}
+mod tests;

@@ -1,4 +1,4 @@
-//! A loaded [`StableDiffusion`] as the worker's [`Generator`]: the full pipeline, the request's
+//! The [`Generator`] trait the worker drives, and a loaded [`StableDiffusion`] as one: the full pipeline, the request's
 //! post-processing ([`crate::pipeline::postprocess::finish`]) and fitted latent previews.
 
 use std::sync::OnceLock;
@@ -9,7 +9,48 @@ use crate::pipeline::model::StableDiffusion;
 use crate::pipeline::preview::LatentPreviewer;
 use crate::pipeline::{self, DenoisingStep, GenerationHooks};
 use crate::request::GenerationRequest;
-use crate::runtime::worker::Generator;
+
+/// What the worker needs from a model: run one request with hooks.
+pub trait Generator: Send + 'static {
+    /// A stable identity of the model (for cache keys and logs).
+    fn identity(&self) -> String;
+    /// Runs `request`; `hooks` get every step and may cancel.
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        hooks: &mut dyn GenerationHooks,
+    ) -> crate::Result<RgbaImage>;
+    /// The most compute threads that still speed this model up (`None` = no limit). Small models
+    /// are dominated by per-operation overhead and run fastest on one thread.
+    fn max_useful_threads(&self) -> Option<usize> {
+        None
+    }
+    /// A cheap RGBA preview of a step (no VAE), or `None` when unsupported.
+    fn preview(&self, _step: &DenoisingStep) -> Option<RgbaImage> {
+        None
+    }
+}
+
+/// A boxed generator is a generator with every method forwarded (a wrapper that forgot
+/// `max_useful_threads` once ran a one-thread model on all cores but one).
+impl<G: Generator + ?Sized> Generator for Box<G> {
+    fn identity(&self) -> String {
+        (**self).identity()
+    }
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        hooks: &mut dyn GenerationHooks,
+    ) -> crate::Result<RgbaImage> {
+        (**self).generate(request, hooks)
+    }
+    fn max_useful_threads(&self) -> Option<usize> {
+        (**self).max_useful_threads()
+    }
+    fn preview(&self, step: &DenoisingStep) -> Option<RgbaImage> {
+        (**self).preview(step)
+    }
+}
 
 /// [`StableDiffusion`] plus a lazily fitted [`LatentPreviewer`].
 pub struct SdGenerator {

@@ -26,54 +26,18 @@ use crossbeam_channel::{Receiver, Sender};
 use image::RgbaImage;
 
 use crate::error::DiffusionError;
-use crate::pipeline::{DenoisingStep, GenerationHooks, PromptTruncation};
+use crate::pipeline::PromptTruncation;
 use crate::request::GenerationRequest;
 use crate::runtime::worker_thread::{Command, Queued, WorkerThread};
 
+/// The trait the worker drives, defined beside its model implementation.
+pub use crate::runtime::generator::Generator;
+
+mod submit;
+pub use submit::*;
+
 /// Identifies one submitted request for its whole life.
 pub type RequestId = u64;
-
-/// What the worker needs from a model: run one request with hooks.
-pub trait Generator: Send + 'static {
-    /// A stable identity of the model (for cache keys and logs).
-    fn identity(&self) -> String;
-    /// Runs `request`; `hooks` get every step and may cancel.
-    fn generate(
-        &self,
-        request: &GenerationRequest,
-        hooks: &mut dyn GenerationHooks,
-    ) -> crate::Result<RgbaImage>;
-    /// The most compute threads that still speed this model up (`None` = no limit). Small models
-    /// are dominated by per-operation overhead and run fastest on one thread.
-    fn max_useful_threads(&self) -> Option<usize> {
-        None
-    }
-    /// A cheap RGBA preview of a step (no VAE), or `None` when unsupported.
-    fn preview(&self, _step: &DenoisingStep) -> Option<RgbaImage> {
-        None
-    }
-}
-
-/// A boxed generator is a generator with every method forwarded (a wrapper that forgot
-/// `max_useful_threads` once ran a one-thread model on all cores but one).
-impl<G: Generator + ?Sized> Generator for Box<G> {
-    fn identity(&self) -> String {
-        (**self).identity()
-    }
-    fn generate(
-        &self,
-        request: &GenerationRequest,
-        hooks: &mut dyn GenerationHooks,
-    ) -> crate::Result<RgbaImage> {
-        (**self).generate(request, hooks)
-    }
-    fn max_useful_threads(&self) -> Option<usize> {
-        (**self).max_useful_threads()
-    }
-    fn preview(&self, step: &DenoisingStep) -> Option<RgbaImage> {
-        (**self).preview(step)
-    }
-}
 
 /// Queue limits and threading of a [`GenerationWorker`].
 #[derive(Debug, Clone)]
@@ -140,46 +104,6 @@ impl Default for WorkerConfig {
     }
 }
 
-/// Why a submission was refused at once.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SubmitError {
-    /// The queue holds `limit` requests (waiting or running) already.
-    #[error("queue full: {queued} requests waiting or running (limit {limit})")]
-    QueueFull { queued: usize, limit: usize },
-    /// The player has `limit` requests waiting or running already.
-    #[error("player `{player}` has {queued} requests waiting or running (limit {limit})")]
-    PlayerQuota {
-        player: String,
-        queued: usize,
-        limit: usize,
-    },
-    /// A field of the request is out of range (sizes, counts, init image bytes); checked before
-    /// anything is allocated for it.
-    #[error("invalid request: `{field}` = {value}: {reason}")]
-    InvalidRequest {
-        field: &'static str,
-        value: String,
-        reason: String,
-    },
-    /// The worker thread is gone.
-    #[error("the generation worker has stopped")]
-    WorkerStopped,
-}
-
-impl SubmitError {
-    /// The reason as a short machine-readable word (`queue_full`, `player_quota`,
-    /// `invalid_request`, `worker_stopped`), for counters and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::QueueFull { .. } => "queue_full",
-            Self::PlayerQuota { .. } => "player_quota",
-            Self::InvalidRequest { .. } => "invalid_request",
-            Self::WorkerStopped => "worker_stopped",
-        }
-    }
-}
-
 /// News from the worker, in the order it happened.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -199,7 +123,7 @@ pub enum WorkerEvent {
     },
     /// The final image; `cached` when it came from the cache without running the model;
     /// `truncated` says which prompts were cut to 77 tokens (as the generator reported it
-    /// through [`GenerationHooks::on_prompt_encoded`]; nothing on a cache hit).
+    /// through [`crate::pipeline::GenerationHooks::on_prompt_encoded`]; nothing on a cache hit).
     Finished {
         id: RequestId,
         image: RgbaImage,
@@ -418,69 +342,4 @@ impl Drop for GenerationWorker {
             let _ = t.join();
         }
     }
-}
-
-/// The checks [`GenerationWorker::submit`] makes before accepting a request: the model-free
-/// fields ([`GenerationRequest::validate`] with factor 1: sizes at most 4096, steps in
-/// 1..=1000, guidance and strength in range, pixel-art counts), prompt lengths (at most 64 KiB
-/// each: the tokenizer only reads 77 tokens) and an in-memory init image's byte count.
-///
-/// Errors: [`SubmitError::InvalidRequest`] naming the field and value.
-pub fn validate_submission(job: &GenerationRequest) -> Result<(), SubmitError> {
-    let invalid = |e: DiffusionError| match e {
-        DiffusionError::InvalidRequest {
-            field,
-            value,
-            reason,
-        } => SubmitError::InvalidRequest {
-            field,
-            value,
-            reason,
-        },
-        other => SubmitError::InvalidRequest {
-            field: "request",
-            value: String::new(),
-            reason: other.to_string(),
-        },
-    };
-    job.validate(1).map_err(invalid)?;
-    const MAX_PROMPT_BYTES: usize = 64 * 1024;
-    for (field, text) in [
-        ("prompt", job.prompt.as_str()),
-        (
-            "negative_prompt",
-            job.negative_prompt.as_deref().unwrap_or(""),
-        ),
-    ] {
-        if text.len() > MAX_PROMPT_BYTES {
-            return Err(SubmitError::InvalidRequest {
-                field,
-                value: format!("{} bytes", text.len()),
-                reason: format!("must be at most {MAX_PROMPT_BYTES} bytes"),
-            });
-        }
-    }
-    if let Some(crate::request::InitImage::Rgba {
-        width,
-        height,
-        pixels,
-    }) = &job.init_image
-    {
-        if *width == 0 || *height == 0 || *width > 16384 || *height > 16384 {
-            return Err(SubmitError::InvalidRequest {
-                field: "init_image",
-                value: format!("{width}x{height}"),
-                reason: "must be 1..=16384 pixels on each side".into(),
-            });
-        }
-        let expected = (*width as u64) * (*height as u64) * 4;
-        if pixels.len() as u64 != expected {
-            return Err(SubmitError::InvalidRequest {
-                field: "init_image",
-                value: format!("{width}x{height} with {} bytes", pixels.len()),
-                reason: format!("RGBA8 pixels must have width * height * 4 = {expected} bytes"),
-            });
-        }
-    }
-    Ok(())
 }

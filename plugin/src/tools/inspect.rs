@@ -24,13 +24,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-
+use crate::configuration_utils::JsonConfig;
 use crate::error::DiffusionError;
 use crate::loading::folder::{self, ComponentKind, FolderOptions, ModelFamily};
+use crate::loading::model_loading_utils::CheckedWeights;
 use crate::loading::weights::{VarBuilder, WeightFiles};
 use crate::models::autoencoders::{Vae, VaeConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
@@ -38,6 +36,11 @@ use crate::models::clip_text_model_with_projection::ClipTextModelWithProjection;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::schedulers::SchedulerConfig;
+
+mod display;
+
+mod components;
+use components::*;
 
 /// How to inspect.
 #[derive(Debug, Clone)]
@@ -138,6 +141,9 @@ pub struct InspectReport {
     pub tokenizer: Option<TokenizerReport>,
     /// The sampling settings the folder recommends (`bevy_diffusion.json`), when it parses.
     pub recommended: Option<crate::request::RecommendedSettings>,
+    /// True when [`Self::recommended`] are the family's defaults
+    /// ([`ModelFamily::default_settings`]) because the folder has no `bevy_diffusion.json`.
+    pub recommended_from_family: bool,
     /// Whether [`InspectOptions::full_load`] ran and succeeded (None: not run).
     pub full_load: Option<bool>,
     /// Every problem, static checks first, then per component.
@@ -200,8 +206,7 @@ fn problem_path(e: &DiffusionError) -> Option<&Path> {
 }
 
 fn read_json(path: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(path).ok()?;
-    serde_json::from_str(&text).ok()
+    JsonConfig::read(path).ok().map(|c| c.to_value())
 }
 
 /// Why `dir` is the project's embedded model, if it is.
@@ -252,6 +257,7 @@ pub fn inspect(dir: &Path, options: &InspectOptions) -> InspectReport {
         scheduler: None,
         tokenizer: None,
         recommended: None,
+        recommended_from_family: false,
         full_load: None,
         problems: Vec::new(),
     };
@@ -305,6 +311,18 @@ pub fn inspect(dir: &Path, options: &InspectOptions) -> InspectReport {
     }
 
     match crate::request::RecommendedSettings::read(dir) {
+        Ok(r) if r.is_empty() && report.family.is_some() => {
+            // As `StableDiffusion::load`: the family's distilled settings stand in.
+            let tiny = report
+                .decoder_label()
+                .is_some_and(|d| d.starts_with("TAESD"));
+            let family = report
+                .family
+                .unwrap_or(ModelFamily::Sd1)
+                .default_settings(tiny);
+            report.recommended_from_family = !family.is_empty();
+            report.recommended = Some(family);
+        }
         Ok(r) => report.recommended = Some(r),
         Err(e) => report.problems.push(e),
     }
@@ -361,455 +379,5 @@ fn scheduler_report(
     }
 }
 
-fn inspect_component(
-    dir: &Path,
-    kind: ComponentKind,
-    options: &FolderOptions,
-    flagged: &HashSet<PathBuf>,
-    report: &mut InspectReport,
-) -> ComponentReport {
-    let comp_dir = dir.join(kind.dir_name());
-    let config_path = comp_dir.join("config.json");
-    let mut out = ComponentReport {
-        kind,
-        // diffusers configs name the class in `_class_name`, transformers ones in `architectures`.
-        class_name: read_json(&config_path).and_then(|j| {
-            j.get("_class_name")
-                .or_else(|| j.get("architectures").and_then(|a| a.get(0)))
-                .and_then(|c| c.as_str())
-                .map(String::from)
-        }),
-        weights: None,
-        files: 0,
-        bytes: 0,
-        tensors: 0,
-        parameters: 0,
-        dtypes: BTreeMap::new(),
-        fp16_variant: false,
-        unused_tensors: Vec::new(),
-        built: false,
-    };
-    // Problems with these files were reported by validate.
-    let Ok(weights) = folder::component_weights(&comp_dir, kind, options) else {
-        return out;
-    };
-    out.weights = Some(weights.path.clone());
-    out.files = weights.shards.len();
-    out.bytes = weights.total_bytes();
-    out.tensors = weights.tensor_count();
-    out.fp16_variant = weights.fp16_variant;
-    for shard in &weights.shards {
-        for meta in shard.tensors.values() {
-            let n: u64 = meta.shape.iter().map(|&d| d as u64).product();
-            out.parameters += n;
-            *out.dtypes.entry(meta.dtype.clone()).or_default() += n;
-        }
-    }
-    if flagged.contains(&config_path) {
-        return out;
-    }
-    let problems = &mut report.problems;
-    let built = match kind {
-        ComponentKind::TextEncoder => ClipTextConfig::from_file(&config_path)
-            .map(|cfg| dry_build(&weights, |vb| ClipTextModel::new(vb, &cfg).map(drop))),
-        ComponentKind::TextEncoder2 => ClipTextConfig::from_file(&config_path).map(|cfg| {
-            dry_build(&weights, |vb| {
-                ClipTextModelWithProjection::new(vb, &cfg, cfg.eos_token_id).map(drop)
-            })
-        }),
-        ComponentKind::Unet => UNet2DConditionConfig::from_file(&config_path)
-            .map(|cfg| dry_build(&weights, |vb| UNet2DConditionModel::new(vb, &cfg).map(drop))),
-        ComponentKind::Vae => VaeConfig::from_file(&config_path)
-            .map(|cfg| dry_build(&weights, |vb| Vae::new(vb, &cfg).map(drop))),
-    };
-    match built {
-        // The text encoder's config was parsed (and its error reported) already.
-        Err(_) if kind == ComponentKind::TextEncoder => {}
-        Err(e) => problems.push(e),
-        Ok(DryBuild {
-            problems: found,
-            unused,
-        }) => {
-            out.built = found.is_empty();
-            out.unused_tensors = unused;
-            problems.extend(found);
-        }
-    }
-    out
-}
-
-// ---------------------------------------------------------------- the dry build
-
-/// What a dry build found.
-struct DryBuild {
-    /// Missing or mis-shaped tensors (or a construction error), in the order met.
-    problems: Vec<DiffusionError>,
-    /// Tensors in the file(s) the model never asked for, sorted.
-    unused: Vec<String>,
-}
-
-#[derive(Default)]
-struct DryLog {
-    problems: Vec<DiffusionError>,
-    requested: HashSet<String>,
-}
-
-/// A var-builder backend answering from the safetensors headers: presence and shape are
-/// checked like [`crate::loading::weights::CheckedWeights`] does, but every request gets a broadcast zero
-/// of the shape the model expects (no data read), and a failure is recorded rather than returned
-/// so that construction goes on and every problem is found.
-struct DryBackend {
-    /// The file (or index) named by missing-tensor errors.
-    path: PathBuf,
-    /// name -> (file holding it, shape); the last shard holding a name wins, as in the real load.
-    index: HashMap<String, (PathBuf, Vec<usize>)>,
-    log: Mutex<DryLog>,
-}
-
-impl DryBackend {
-    fn note(&self, name: &str, problem: Option<DiffusionError>) {
-        if let Ok(mut log) = self.log.lock() {
-            log.requested.insert(name.to_string());
-            log.problems.extend(problem);
-        }
-    }
-}
-
-fn zeros(shape: &Shape, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-    Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
-}
-
-impl SimpleBackend for DryBackend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let problem = match self.index.get(name) {
-            None => Some(DiffusionError::MissingTensor {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-                expected: s.dims().to_vec(),
-            }),
-            Some((file, shape)) if shape.as_slice() != s.dims() => {
-                Some(DiffusionError::ShapeMismatch {
-                    path: file.clone(),
-                    tensor: name.to_string(),
-                    expected: s.dims().to_vec(),
-                    found: shape.clone(),
-                })
-            }
-            Some(_) => None,
-        };
-        self.note(name, problem);
-        zeros(&s, dtype, dev)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        match self.index.get(name) {
-            Some((_, shape)) => {
-                self.note(name, None);
-                zeros(&Shape::from_dims(shape), dtype, dev)
-            }
-            None => {
-                let error = DiffusionError::MissingTensor {
-                    path: self.path.clone(),
-                    tensor: name.to_string(),
-                    expected: Vec::new(),
-                };
-                let message = error.to_string();
-                self.note(name, Some(error));
-                Err(candle_core::Error::Msg(message))
-            }
-        }
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.index.contains_key(name)
-    }
-}
-
-/// Constructs a model from `files`' headers alone (see [`DryBackend`]).
-fn dry_build(
-    files: &WeightFiles,
-    construct: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<()>,
-) -> DryBuild {
-    let mut index = HashMap::new();
-    for header in &files.shards {
-        for (name, meta) in &header.tensors {
-            index.insert(name.clone(), (header.path.clone(), meta.shape.clone()));
-        }
-    }
-    let backend = std::sync::Arc::new(DryBackend {
-        path: files.path.clone(),
-        index,
-        log: Mutex::new(DryLog::default()),
-    });
-    struct Shared(std::sync::Arc<DryBackend>);
-    impl SimpleBackend for Shared {
-        fn get(
-            &self,
-            s: Shape,
-            name: &str,
-            h: candle_nn::Init,
-            dtype: DType,
-            dev: &Device,
-        ) -> candle_core::Result<Tensor> {
-            self.0.get(s, name, h, dtype, dev)
-        }
-        fn get_unchecked(
-            &self,
-            name: &str,
-            dtype: DType,
-            dev: &Device,
-        ) -> candle_core::Result<Tensor> {
-            self.0.get_unchecked(name, dtype, dev)
-        }
-        fn contains_tensor(&self, name: &str) -> bool {
-            self.0.contains_tensor(name)
-        }
-    }
-    let vb = VarBuilder::from_backend(Box::new(Shared(backend.clone())), DType::F32, Device::Cpu);
-    let result = construct(vb);
-    let mut log = backend
-        .log
-        .lock()
-        .map(|mut l| std::mem::take(&mut *l))
-        .unwrap_or_default();
-    if let Err(e) = result
-        && log.problems.is_empty()
-    {
-        log.problems.push(DiffusionError::Candle(e));
-    }
-    let mut unused: Vec<String> = backend
-        .index
-        .keys()
-        .filter(|n| !log.requested.contains(*n))
-        .cloned()
-        .collect();
-    unused.sort();
-    DryBuild {
-        problems: log.problems,
-        unused,
-    }
-}
-
-// ---------------------------------------------------------------- printing
-
-/// `1234567` -> `1,234,567`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// `1234567` -> `1.2 M`.
-fn human(n: u64) -> String {
-    match n {
-        0..1_000 => n.to_string(),
-        1_000..1_000_000 => format!("{:.1} K", n as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1} M", n as f64 / 1e6),
-        _ => format!("{:.2} B", n as f64 / 1e9),
-    }
-}
-
-fn bytes(n: u64) -> String {
-    match n {
-        0..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
-        _ => format!("{:.2} GB", n as f64 / 1e9),
-    }
-}
-
-/// Tensor-level problems shown per component before "... and N more".
-const SHOWN_TENSOR_PROBLEMS: usize = 10;
-
-impl fmt::Display for InspectReport {
-    /// The text `texgen inspect` prints.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "model folder  {}", self.dir.display())?;
-        writeln!(f, "family        {}", self.family_label())?;
-        if let Some(decoder) = self.decoder_label() {
-            writeln!(f, "decoder       {decoder}")?;
-        }
-        if let Some(why) = &self.embedded {
-            writeln!(f, "embedded      {why}")?;
-        }
-        if let Some(class) = &self.class_name {
-            writeln!(f, "pipeline      {class}")?;
-        }
-        if let Some(id) = &self.identity {
-            writeln!(f, "identity      {id}")?;
-        }
-        for c in &self.components {
-            let name = c.kind.dir_name();
-            let class = c.class_name.as_deref().unwrap_or("?");
-            match &c.weights {
-                None => writeln!(f, "{name:<13} {class}: no usable weights (see problems)")?,
-                Some(path) => {
-                    let dtypes = c
-                        .dtypes
-                        .iter()
-                        .map(|(d, n)| {
-                            if c.dtypes.len() == 1 {
-                                d.clone()
-                            } else {
-                                format!("{d} ({})", human(*n))
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    let file = path
-                        .strip_prefix(&self.dir)
-                        .unwrap_or(path)
-                        .display()
-                        .to_string();
-                    writeln!(
-                        f,
-                        "{name:<13} {class}: {} parameters ({}), {dtypes}, {} tensors in {file}{} \
-                         ({}){}",
-                        thousands(c.parameters),
-                        human(c.parameters),
-                        c.tensors,
-                        if c.files > 1 {
-                            format!(" + {} shards", c.files)
-                        } else {
-                            String::new()
-                        },
-                        bytes(c.bytes),
-                        if c.fp16_variant { ", fp16 variant" } else { "" },
-                    )?;
-                    if !c.unused_tensors.is_empty() {
-                        let shown: Vec<&str> = c
-                            .unused_tensors
-                            .iter()
-                            .take(3)
-                            .map(String::as_str)
-                            .collect();
-                        writeln!(
-                            f,
-                            "{:<13} note: {} tensor(s) the config does not use: {}{}",
-                            "",
-                            c.unused_tensors.len(),
-                            shown.join(", "),
-                            if c.unused_tensors.len() > 3 {
-                                ", ..."
-                            } else {
-                                ""
-                            }
-                        )?;
-                    }
-                }
-            }
-        }
-        if let Some(s) = &self.scheduler {
-            let settings = s
-                .settings
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            writeln!(
-                f,
-                "scheduler     {} -> runs as {}{}: {settings}",
-                s.class_name.as_deref().unwrap_or("(no _class_name)"),
-                s.runs_as,
-                if s.exact { "" } else { " (stand-in)" },
-            )?;
-        }
-        if let Some(r) = &self.recommended {
-            let show = |v: Option<String>, default: &str| v.unwrap_or_else(|| default.to_string());
-            writeln!(
-                f,
-                "recommended   {}: {} steps, guidance {}, scheduler {}, size {}x{}",
-                if r.is_empty() {
-                    "none (no bevy_diffusion.json)"
-                } else {
-                    "bevy_diffusion.json"
-                },
-                show(r.num_inference_steps.map(|v| v.to_string()), "20"),
-                show(r.guidance_scale.map(|v| v.to_string()), "7.5"),
-                show(
-                    r.scheduler.map(|k| format!("{k:?}")),
-                    "the scheduler's class"
-                ),
-                show(r.width.map(|v| v.to_string()), "native"),
-                show(r.height.map(|v| v.to_string()), "native"),
-            )?;
-        }
-        if let Some(t) = &self.tokenizer {
-            writeln!(
-                f,
-                "tokenizer     pad token {:?} (id {}), {} tokens per prompt, vocabulary {}",
-                t.pad_token, t.pad_id, t.max_length, t.vocab_size
-            )?;
-        }
-        match self.full_load {
-            Some(true) => writeln!(f, "full load     ok")?,
-            Some(false) => writeln!(f, "full load     FAILED (see problems)")?,
-            None => {}
-        }
-        if self.problems.is_empty() {
-            return writeln!(f, "problems      none");
-        }
-        writeln!(f, "problems      {}", self.problems.len())?;
-        // Cap the tensor-level problems per file (a wrong config can mismatch hundreds).
-        let mut shown_per_file: HashMap<&Path, usize> = HashMap::new();
-        let mut hidden_per_file: BTreeMap<&Path, usize> = BTreeMap::new();
-        for p in &self.problems {
-            if let DiffusionError::MissingTensor { path, .. }
-            | DiffusionError::ShapeMismatch { path, .. } = p
-            {
-                let shown = shown_per_file.entry(path).or_default();
-                if *shown >= SHOWN_TENSOR_PROBLEMS {
-                    *hidden_per_file.entry(path).or_default() += 1;
-                    continue;
-                }
-                *shown += 1;
-            }
-            writeln!(f, "  - {p}")?;
-        }
-        for (path, n) in hidden_per_file {
-            writeln!(
-                f,
-                "  - {}: ... and {n} more tensor problems",
-                path.display()
-            )?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn number_formatting() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(1234567), "1,234,567");
-        assert_eq!(human(859_520_964), "859.5 M");
-        assert_eq!(human(1_500), "1.5 K");
-    }
-
-    #[test]
-    fn missing_folder_is_one_problem() {
-        let r = inspect(Path::new("/nonexistent/model"), &InspectOptions::default());
-        assert!(matches!(
-            r.problems.as_slice(),
-            [DiffusionError::ModelFolderMissing { .. }]
-        ));
-        assert_eq!(r.family_label(), "unknown");
-    }
-}
+mod tests;

@@ -1,0 +1,220 @@
+//! The im2col tiles and the GEMM over them on f32 slices ([`conv2d_f32`]): per-axis input index
+//! maps (zero or circular padding), a thread-local column buffer, bands of output rows in parallel.
+
+use super::*;
+
+/// For each kernel tap `t` and output position `o`: the input index read (`-1` = zero padding).
+pub(super) fn axis_map(n: usize, out: usize, k: usize, stride: usize, p: AxisPad) -> Vec<isize> {
+    let mut m = Vec::with_capacity(k * out);
+    for t in 0..k {
+        for o in 0..out {
+            let i = (o * stride + t) as isize - p.before as isize;
+            m.push(if (0..n as isize).contains(&i) {
+                i
+            } else if p.circular {
+                i.rem_euclid(n as isize)
+            } else {
+                -1
+            });
+        }
+    }
+    m
+}
+
+thread_local! {
+    static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The convolution on slices: `x` `[b, cin, h, w]`, `wt` `[cout, cin*kh*kw]`, `bias`
+/// `[b, cout]` (optional), `residual` `[b, cout, oh, ow]` (optional), `out` `[b, cout, oh, ow]`.
+pub fn conv2d_f32(
+    g: &ConvGeom,
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (oh, ow) = g.out_hw().expect("geometry checked by the caller");
+    let k = g.cin * g.kh * g.kw;
+    let ohw = oh * ow;
+    assert_eq!(x.len(), g.batch * g.cin * g.h * g.w);
+    assert_eq!(wt.len(), g.cout * k);
+    assert_eq!(out.len(), g.batch * g.cout * ohw);
+    let pointwise = g.kh == 1
+        && g.kw == 1
+        && g.stride == 1
+        && g.pad_x == AxisPad::default()
+        && g.pad_y == AxisPad::default();
+    let threads = rayon::current_num_threads().max(1);
+    // Rows of output per tile: as many as the im2col budget allows, then split further (down to
+    // MIN_TILE pixels) until there are a few tiles per thread.
+    let max_rows = if pointwise {
+        oh
+    } else {
+        (COL_BUDGET / k / ow.max(1)).clamp(1, oh)
+    };
+    let min_tiles = oh.div_ceil(max_rows);
+    let want = (4 * threads).div_ceil(g.batch).max(min_tiles);
+    let min_rows = MIN_TILE.div_ceil(ow.max(1)).clamp(1, oh);
+    let rows = oh.div_ceil(want).clamp(min_rows.min(max_rows), max_rows);
+    let tiles_per_image = oh.div_ceil(rows);
+    let total = g.batch * tiles_per_image;
+    let ymap = axis_map(g.h, oh, g.kh, g.stride, g.pad_y);
+    let xmap = axis_map(g.w, ow, g.kw, g.stride, g.pad_x);
+    // Per tap kx: the output range [lo, hi) read directly (no padding, no wrap).
+    let xrange: Vec<(usize, usize)> = (0..g.kw)
+        .map(|kx| {
+            let direct = |ox: usize| {
+                let i = (ox * g.stride + kx) as isize - g.pad_x.before as isize;
+                (0..g.w as isize).contains(&i)
+            };
+            let lo = (0..ow).find(|&o| direct(o)).unwrap_or(ow);
+            let hi = (lo..ow).find(|&o| !direct(o)).unwrap_or(ow);
+            (lo, hi)
+        })
+        .collect();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let parallel_tiles = total >= threads && threads > 1;
+    let run = |tile: usize, par: gemm::Parallelism| {
+        let (bi, ti) = (tile / tiles_per_image, tile % tiles_per_image);
+        let row0 = ti * rows;
+        let nrows = rows.min(oh - row0);
+        let t = nrows * ow;
+        let dst_off = bi * g.cout * ohw + row0 * ow;
+        let dst = out_ptr;
+        // Prefill with bias (+ residual) so that the GEMM accumulates onto it.
+        let read_dst = bias.is_some() || residual.is_some();
+        if read_dst {
+            for co in 0..g.cout {
+                let off = dst_off + co * ohw;
+                // SAFETY: [off, off + t) lies inside `out` and belongs to this tile only.
+                let d = unsafe { std::slice::from_raw_parts_mut(dst.0.add(off), t) };
+                match residual {
+                    Some(r) => d.copy_from_slice(&r[off..off + t]),
+                    None => d.fill(0.0),
+                }
+                if let Some(b) = bias {
+                    let bv = b[bi * g.cout + co];
+                    d.iter_mut().for_each(|v| *v += bv);
+                }
+            }
+        }
+        let x_img = &x[bi * g.cin * g.h * g.w..(bi + 1) * g.cin * g.h * g.w];
+        let gemm_call = |rhs: *const f32, rhs_rs: isize| {
+            // SAFETY: lhs is [cout, k] row-major, rhs [k, t] with row stride rhs_rs, dst
+            // [cout, t] with row stride ohw inside this tile's disjoint columns.
+            unsafe {
+                gemm::gemm(
+                    g.cout,
+                    t,
+                    k,
+                    dst.0.add(dst_off),
+                    1,
+                    ohw as isize,
+                    read_dst,
+                    wt.as_ptr(),
+                    1,
+                    k as isize,
+                    rhs,
+                    1,
+                    rhs_rs,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            }
+        };
+        if pointwise {
+            gemm_call(x_img[row0 * ow..].as_ptr(), (g.h * g.w) as isize);
+            return;
+        }
+        COL.with(|col| {
+            let mut col = col.borrow_mut();
+            if col.len() < k * t {
+                col.resize(k * t, 0.0);
+            }
+            fill_col(
+                g,
+                x_img,
+                row0,
+                nrows,
+                oh,
+                ow,
+                &ymap,
+                &xmap,
+                &xrange,
+                &mut col[..k * t],
+            );
+            gemm_call(col.as_ptr(), t as isize);
+        });
+    };
+    if parallel_tiles {
+        (0..total)
+            .into_par_iter()
+            .for_each(|tile| run(tile, gemm::Parallelism::None));
+    } else {
+        let par = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        (0..total).for_each(|tile| run(tile, par));
+    }
+}
+
+/// Writes the im2col tile of output rows `[row0, row0 + nrows)` of one image:
+/// `col[(ci * kh + ky) * kw + kx][r * ow + ox] = x[ci][ymap(ky, oy)][xmap(kx, ox)]`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fill_col(
+    g: &ConvGeom,
+    x_img: &[f32],
+    row0: usize,
+    nrows: usize,
+    oh: usize,
+    ow: usize,
+    ymap: &[isize],
+    xmap: &[isize],
+    xrange: &[(usize, usize)],
+    col: &mut [f32],
+) {
+    let t = nrows * ow;
+    let (h, w, s) = (g.h, g.w, g.stride);
+    for ci in 0..g.cin {
+        let plane = &x_img[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let kidx = (ci * g.kh + ky) * g.kw + kx;
+                let dst = &mut col[kidx * t..(kidx + 1) * t];
+                let xm = &xmap[kx * ow..(kx + 1) * ow];
+                let (lo, hi) = xrange[kx];
+                for r in 0..nrows {
+                    let d = &mut dst[r * ow..(r + 1) * ow];
+                    let iy = ymap[ky * oh + row0 + r];
+                    if iy < 0 {
+                        d.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    for ox in (0..lo).chain(hi..ow) {
+                        let ix = xm[ox];
+                        d[ox] = if ix < 0 { 0.0 } else { src[ix as usize] };
+                    }
+                    if hi > lo {
+                        let first = (lo * s + kx) - g.pad_x.before;
+                        if s == 1 {
+                            d[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                        } else {
+                            for (j, v) in d[lo..hi].iter_mut().enumerate() {
+                                *v = src[first + j * s];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The one weights-checking backend, after diffusers' `models/model_loading_utils.py`
+//! (`load_state_dict` + the missing / mismatched key checks of `load_model_dict_into_meta`):
+//! [`CheckedWeights`] hands models a [`VarBuilder`] whose every lookup is checked against the
+//! safetensors headers ([`super::weights::read_header`]). It serves the real load
+//! ([`CheckedWeights::open`], memory-mapped data, LoRA deltas merged on the way) and `texgen
+//! inspect`'s dry build ([`CheckedWeights::headers_only`]: zeros, every problem recorded).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::VarBuilder;
+use candle_nn::var_builder::SimpleBackend;
+
+use super::weights::{WeightFiles, bad};
+use crate::error::{DiffusionError, Result};
+use crate::loading::lora_merge::{LoraDelta, merge};
+
+/// A zero of `shape` that takes no memory (a broadcast scalar).
+fn zeros(shape: &Shape, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
+}
+
+/// What the checked backend recorded while a model was being built.
+#[derive(Default)]
+struct LoadLog {
+    /// Typed failures in the order they happened, with the tensor name.
+    failures: Vec<(String, DiffusionError)>,
+    /// Every tensor name a model asked for.
+    requested: HashSet<String>,
+}
+
+/// The one weights-checking backend, serving both the load ([`CheckedWeights::open`]) and
+/// `texgen inspect`'s dry build ([`CheckedWeights::headers_only`]).
+struct CheckedBackend {
+    /// The mapped data; `None` for a headers-only (dry) build, whose tensors are broadcast zeros
+    /// of the expected shape and whose problems are recorded without stopping construction.
+    mmap: Option<MmapedSafetensors>,
+    /// The file or index named by errors about absent tensors.
+    path: PathBuf,
+    /// name -> (file holding it, shape).
+    index: HashMap<String, (PathBuf, Vec<usize>)>,
+    log: Arc<Mutex<LoadLog>>,
+    /// LoRA deltas added to a tensor as it is loaded (see [`crate::loading::lora_merge`]).
+    lora: HashMap<String, Vec<LoraDelta>>,
+}
+
+impl CheckedBackend {
+    fn record(&self, name: &str, error: DiffusionError) -> candle_core::Error {
+        let message = error.to_string();
+        if let Ok(mut log) = self.log.lock() {
+            log.failures.push((name.to_string(), error));
+        }
+        candle_core::Error::Msg(message)
+    }
+
+    /// A dry build records `error` and goes on with zeros of `shape`; a real load fails.
+    fn problem(
+        &self,
+        name: &str,
+        error: DiffusionError,
+        shape: &Shape,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if self.mmap.is_some() {
+            return Err(self.record(name, error));
+        }
+        if let Ok(mut log) = self.log.lock() {
+            log.failures.push((name.to_string(), error));
+        }
+        zeros(shape, dtype, dev)
+    }
+
+    fn requested(&self, name: &str) {
+        if let Ok(mut log) = self.log.lock() {
+            log.requested.insert(name.to_string());
+        }
+    }
+
+    fn load(
+        &self,
+        name: &str,
+        file: &Path,
+        shape: &[usize],
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let Some(mmap) = &self.mmap else {
+            return zeros(&Shape::from_dims(shape), dtype, dev);
+        };
+        let deltas = self.lora.get(name);
+        let merged = mmap
+            .load(name, dev)
+            .and_then(|t| match deltas {
+                Some(deltas) => merge(&t, deltas),
+                None => Ok(t),
+            })
+            .map_err(|e| {
+                let reason = format!("tensor `{name}` cannot be loaded as {dtype:?}: {e}");
+                self.record(name, bad(file, reason))
+            })?;
+        // A LoRA whose product overflows (a huge scale) or holds NaN would otherwise surface
+        // only as non-finite latents after the whole schedule: name it here.
+        if let Some(deltas) = deltas {
+            let sum = merged
+                .abs()?
+                .sum_all()?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?;
+            if !sum.is_finite() {
+                let sources: Vec<&str> = deltas.iter().map(|d| d.source.as_str()).collect();
+                let path = sources
+                    .first()
+                    .and_then(|s| s.split_once(": "))
+                    .map_or_else(|| file.to_path_buf(), |(p, _)| PathBuf::from(p));
+                return Err(self.record(
+                    name,
+                    DiffusionError::InvalidLora {
+                        path,
+                        key: name.to_string(),
+                        reason: format!(
+                            "merging {} into `{name}` gives NaN/inf (a non-finite tensor, or a \
+                             scale too large)",
+                            sources.join(", ")
+                        ),
+                    },
+                ));
+            }
+        }
+        if merged.dtype() == dtype {
+            Ok(merged)
+        } else {
+            merged.to_dtype(dtype)
+        }
+    }
+}
+
+/// The [`SimpleBackend`] handed to candle: a shared handle on the checked backend.
+struct SharedBackend(Arc<CheckedBackend>);
+
+impl SimpleBackend for SharedBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let b = &self.0;
+        b.requested(name);
+        let Some((file, shape)) = b.index.get(name) else {
+            let error = DiffusionError::MissingTensor {
+                path: b.path.clone(),
+                tensor: name.to_string(),
+                expected: s.dims().to_vec(),
+            };
+            return b.problem(name, error, &s, dtype, dev);
+        };
+        if shape.as_slice() != s.dims() {
+            let error = DiffusionError::ShapeMismatch {
+                path: file.clone(),
+                tensor: name.to_string(),
+                expected: s.dims().to_vec(),
+                found: shape.clone(),
+            };
+            return b.problem(name, error, &s, dtype, dev);
+        }
+        b.load(name, file, shape, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let b = &self.0;
+        b.requested(name);
+        let Some((file, shape)) = b.index.get(name) else {
+            let error = DiffusionError::MissingTensor {
+                path: b.path.clone(),
+                tensor: name.to_string(),
+                expected: Vec::new(),
+            };
+            return Err(b.record(name, error));
+        };
+        b.load(name, file, shape, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.index.contains_key(name)
+    }
+}
+
+/// Memory-mapped, header-checked weights of one component, handing out checking
+/// [`VarBuilder`]s.
+///
+/// Every tensor a model requests through [`CheckedWeights::var_builder`] is checked against the
+/// header before its data is read: absent → [`DiffusionError::MissingTensor`] (naming
+/// [`WeightFiles::path`], the full dotted name and the shape the model expected); wrong shape →
+/// [`DiffusionError::ShapeMismatch`] (naming the file holding it, the name, the expected and the
+/// stored shape). Tensors are converted to the requested dtype (f32 for the var builders made
+/// here), whatever they are stored as (f16, bf16, f32, ...). The tensor data is copied out of the
+/// mapping while loading, so the mapping can be dropped once the model is built.
+pub struct CheckedWeights {
+    backend: Arc<CheckedBackend>,
+    files: WeightFiles,
+    device: Device,
+}
+
+impl CheckedWeights {
+    /// Memory-maps `files` (whose headers [`read_header`] has validated) for loading onto
+    /// `device`.
+    ///
+    /// # Errors
+    /// [`DiffusionError::BadSafetensors`] if candle's mmap (which re-runs the `safetensors`
+    /// crate's header checks) refuses a file, e.g. because it changed since it was validated.
+    pub fn open(files: &WeightFiles, device: &Device) -> Result<Self> {
+        Self::open_with_lora(files, device, HashMap::new())
+    }
+
+    /// [`CheckedWeights::open`], adding LoRA deltas (weight name → deltas, from
+    /// [`crate::loading::lora_merge::LoraSet::take`]) to those tensors as a model loads them:
+    /// merged in f32, then converted to the requested dtype. [`CheckedWeights::unused_lora`]
+    /// afterwards names the patched weights no model asked for.
+    ///
+    /// # Errors
+    /// As [`CheckedWeights::open`].
+    pub fn open_with_lora(
+        files: &WeightFiles,
+        device: &Device,
+        lora: HashMap<String, Vec<LoraDelta>>,
+    ) -> Result<Self> {
+        let paths: Vec<&Path> = files.shards.iter().map(|h| h.path.as_path()).collect();
+        // SAFETY: the mapping is read-only and only read while loading; as with every mmap-based
+        // loader (candle, safetensors, diffusers), another process truncating or rewriting the
+        // file during loading is undefined behaviour we cannot rule out.
+        let mmap = unsafe {
+            if paths.len() == 1 {
+                MmapedSafetensors::new(paths[0])
+            } else {
+                MmapedSafetensors::multi(&paths)
+            }
+        }
+        .map_err(|e| bad(&files.path, format!("cannot map the file(s): {e}")))?;
+
+        Ok(Self::with_data(files, device, Some(mmap), lora))
+    }
+
+    /// Weights answered from the headers alone (no data read; `texgen inspect`'s dry build):
+    /// presence and shape are checked exactly as by [`CheckedWeights::open`], but every tensor
+    /// is a broadcast zero of the shape the model expects, and a missing or mis-shaped tensor
+    /// is recorded ([`CheckedWeights::take_failures`]) while construction goes on, so one build
+    /// finds every problem. The var builders are f32 on the CPU.
+    pub fn headers_only(files: &WeightFiles) -> Self {
+        Self::with_data(files, &Device::Cpu, None, HashMap::new())
+    }
+
+    fn with_data(
+        files: &WeightFiles,
+        device: &Device,
+        mmap: Option<MmapedSafetensors>,
+        lora: HashMap<String, Vec<LoraDelta>>,
+    ) -> Self {
+        let mut index = HashMap::new();
+        for header in &files.shards {
+            for (name, meta) in &header.tensors {
+                index.insert(name.clone(), (header.path.clone(), meta.shape.clone()));
+            }
+        }
+        let backend = CheckedBackend {
+            mmap,
+            path: files.path.clone(),
+            index,
+            log: Arc::new(Mutex::new(LoadLog::default())),
+            lora,
+        };
+        Self {
+            backend: Arc::new(backend),
+            files: files.clone(),
+            device: device.clone(),
+        }
+    }
+
+    /// The files these weights come from.
+    pub fn files(&self) -> &WeightFiles {
+        &self.files
+    }
+
+    /// A root [`VarBuilder`] (f32, on the device given to [`CheckedWeights::open`]) whose every
+    /// lookup is checked; use `vb.pp("...")` to walk the checkpoint's tensor names.
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        let backend: Box<dyn SimpleBackend> = Box::new(SharedBackend(self.backend.clone()));
+        VarBuilder::from_backend(backend, DType::F32, self.device.clone())
+    }
+
+    /// Removes and returns the first typed failure recorded since the last call, if any.
+    pub fn take_failure(&self) -> Option<DiffusionError> {
+        let mut log = self.backend.log.lock().ok()?;
+        if log.failures.is_empty() {
+            None
+        } else {
+            Some(log.failures.remove(0).1)
+        }
+    }
+
+    /// Removes and returns every typed failure recorded so far, in the order met (for a
+    /// [`CheckedWeights::headers_only`] build: all the problems of the checkpoint).
+    pub fn take_failures(&self) -> Vec<DiffusionError> {
+        match self.backend.log.lock() {
+            Ok(mut log) => std::mem::take(&mut log.failures)
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Builds a model with `construct(self.var_builder())`, turning a failure into a typed error.
+    ///
+    /// If construction fails, returns the recorded tensor failure whose message the candle error
+    /// carries (the one that actually stopped construction), else the first recorded failure
+    /// (a model may probe optional tensors with `get` and recover), else the candle error as
+    /// [`DiffusionError::Candle`].
+    pub fn build<T>(
+        &self,
+        construct: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+    ) -> Result<T> {
+        match construct(self.var_builder()) {
+            Ok(model) => {
+                if let Ok(mut log) = self.backend.log.lock() {
+                    log.failures.clear();
+                }
+                Ok(model)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let mut log = match self.backend.log.lock() {
+                    Ok(log) => log,
+                    Err(_) => return Err(DiffusionError::Candle(e)),
+                };
+                let failures = std::mem::take(&mut log.failures);
+                let matching = failures
+                    .iter()
+                    .rposition(|(_, err)| message.contains(&err.to_string()));
+                let chosen = match matching {
+                    Some(i) => failures.into_iter().nth(i),
+                    None => failures.into_iter().next(),
+                };
+                Err(chosen.map_or(DiffusionError::Candle(e), |(_, err)| err))
+            }
+        }
+    }
+
+    /// LoRA-patched weights that no model asked for, sorted, with the first LoRA module of each
+    /// (a LoRA for a tensor the model's config leaves unused would otherwise be dropped
+    /// silently).
+    pub fn unused_lora(&self) -> Vec<(String, String)> {
+        let Ok(log) = self.backend.log.lock() else {
+            return Vec::new();
+        };
+        let mut unused: Vec<(String, String)> = self
+            .backend
+            .lora
+            .iter()
+            .filter(|(n, _)| !log.requested.contains(*n))
+            .map(|(n, d)| {
+                (
+                    n.clone(),
+                    d.first().map_or(String::new(), |d| d.source.clone()),
+                )
+            })
+            .collect();
+        unused.sort();
+        unused
+    }
+
+    /// [`Self::unused_tensors`] less known buffers that carry no weights (`position_ids`,
+    /// `num_batches_tracked`, `logit_scale`), as a [`DiffusionError::UnexpectedTensors`] naming
+    /// the first three; `None` when every weight was used.
+    pub fn unexpected_tensors(&self) -> Option<DiffusionError> {
+        const BUFFERS: [&str; 3] = ["position_ids", "num_batches_tracked", "logit_scale"];
+        let unexpected: Vec<String> = self
+            .unused_tensors()
+            .into_iter()
+            .filter(|n| !BUFFERS.iter().any(|b| n.ends_with(b)))
+            .collect();
+        if unexpected.is_empty() {
+            return None;
+        }
+        let mut first = unexpected[..unexpected.len().min(3)].join(", ");
+        if unexpected.len() > 3 {
+            first.push_str(", ...");
+        }
+        Some(DiffusionError::UnexpectedTensors {
+            path: self.files().path.clone(),
+            count: unexpected.len(),
+            first,
+        })
+    }
+
+    /// Tensors present in the file(s) that no model asked for, sorted (diffusers warns about
+    /// these too: often harmless, e.g. CLIP's `position_ids`, but a long list hints at a config
+    /// that does not match the weights).
+    pub fn unused_tensors(&self) -> Vec<String> {
+        let Ok(log) = self.backend.log.lock() else {
+            return Vec::new();
+        };
+        let mut unused: Vec<String> = self
+            .backend
+            .index
+            .keys()
+            .filter(|n| !log.requested.contains(*n))
+            .cloned()
+            .collect();
+        unused.sort();
+        unused
+    }
+}
