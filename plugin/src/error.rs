@@ -265,7 +265,10 @@ pub enum DiffusionError {
     /// The generation farm (feature `farm`) failed a request: the broker is unreachable, a
     /// worker reported an error (its message is `reason`), or the job ran out of deliveries.
     #[error("farm: {reason}")]
-    Farm { reason: String },
+    Farm {
+        /// What failed, as the broker or the worker reported it.
+        reason: String,
+    },
 
     /// A file-system error while reading or writing `path`.
     #[error("{path}: {source}")]

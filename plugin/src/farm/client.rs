@@ -174,7 +174,7 @@ impl FarmClient {
         let player = request.player.clone();
         let class = PriorityClass::of(request.priority);
         let subject = topology::job_subject(class, player.as_deref(), &hash);
-        let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+        let id = RequestId::new(shared.next_id.fetch_add(1, Ordering::SeqCst));
         let submitted = Instant::now();
         let s = shared.clone();
         let h = hash.clone();
