@@ -40,7 +40,7 @@ pub fn winograd_enabled() -> bool {
 /// The convolution on slices: `x` `[b, cin, h, w]`, `wt` `[cout, cin*kh*kw]`, `bias`
 /// `[b, cout]` (optional), `residual` `[b, cout, oh, ow]` (optional), then a ReLU when `relu`;
 /// `out` `[b, cout, oh, ow]`. 3x3 stride-1 convolutions of at least 8 channels and 256 output
-/// pixels go through [`super::super::winograd`] (unless [`winograd_enabled`] is off).
+/// pixels go through the Winograd kernel (`kernels::winograd`) (unless [`winograd_enabled`] is off).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_f32(
     g: &ConvGeom,
