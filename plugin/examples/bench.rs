@@ -90,15 +90,6 @@ fn main() -> anyhow::Result<()> {
     if only.as_deref() == Some("turbo") {
         return Ok(());
     }
-    if let Some(dir) = flag_value(&args, "--write-random-sd15") {
-        return memory::write_random_sd15(
-            Path::new(&dir),
-            &write_config,
-            SD15_UNET,
-            SD15_VAE,
-            CLIP_L,
-        );
-    }
     if only.as_deref() == Some("memory") {
         return memory::memory_bench();
     }
