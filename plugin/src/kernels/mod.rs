@@ -104,3 +104,14 @@ impl SendPtr {
         self.0
     }
 }
+
+/// True when every value of `t` is finite (one pass: the sum of |x| is finite iff each value
+/// is). Serves the LoRA merge check at load and the pipeline's per-step latent checks.
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    let sum = t
+        .abs()?
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(sum.is_finite())
+}

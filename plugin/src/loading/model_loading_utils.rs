@@ -105,12 +105,7 @@ impl CheckedBackend {
         // A LoRA whose product overflows (a huge scale) or holds NaN would otherwise surface
         // only as non-finite latents after the whole schedule: name it here.
         if let Some(deltas) = deltas {
-            let sum = merged
-                .abs()?
-                .sum_all()?
-                .to_dtype(DType::F32)?
-                .to_scalar::<f32>()?;
-            if !sum.is_finite() {
+            if !crate::kernels::all_finite(&merged)? {
                 let sources: Vec<&str> = deltas.iter().map(|d| d.source.as_str()).collect();
                 let path = sources
                     .first()
