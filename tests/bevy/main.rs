@@ -5,6 +5,8 @@
 //! No test asserts on timing.
 
 mod custom;
+#[cfg(feature = "farm")]
+mod farm;
 mod fixture_model;
 #[cfg(feature = "file_watcher")]
 mod hot_reload;

@@ -3,6 +3,7 @@
 mod bake;
 mod bake_art;
 mod break_it;
+mod cargo_features;
 mod embedded_model;
 mod inpaint;
 mod kernels;

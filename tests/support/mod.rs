@@ -4,6 +4,8 @@
 //! `tests/fixtures/tiny-sd/` is a copy of the tiny random SD 1.x pipeline and the reference
 //! tensors diffusers computed for it (see its README.md); the tests need nothing outside the repo.
 
+pub mod parity;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -145,3 +147,7 @@ pub fn assert_close_rtol(what: &str, actual: &Tensor, reference: &Tensor, rtol: 
         "{what}: max|diff| = {diff:e} > tolerance {tol:e} (max|ref| = {scale})"
     );
 }
+
+/// A real nats-server and worker processes for the farm tests (feature `farm`).
+#[cfg(feature = "farm")]
+pub mod farm;

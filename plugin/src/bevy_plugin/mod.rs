@@ -16,8 +16,8 @@
 //! The queue (priorities, quotas, cancels) lives on the plugin's worker thread; each job runs as
 //! one task on Bevy's `AsyncComputeTaskPool` ([`JobRunner::AsyncComputeTaskPool`], the default)
 //! or on the worker thread itself ([`JobRunner::DedicatedThread`]). Either way the tensor maths
-//! run in the plugin's own compute pool of [`DiffusionSettings::compute_threads`] threads (at a
-//! lowered OS priority with [`DiffusionSettings::background_priority`]), results come back
+//! run in the plugin's own compute pool of `DiffusionSettings::worker.compute_threads` threads (at a
+//! lowered OS priority with `DiffusionSettings::worker.background_priority`), results come back
 //! through channels, and a frame never waits for a model. The model loads in that pool too.
 //!
 //! A request cannot hurt the game: sizes and counts are checked in [`Diffusion::submit`] before
@@ -25,6 +25,7 @@
 //! (a UNet or VAE resnet/attention block, or a text-encoder layer); dropping every handle of a
 //! request cancels it ([`DiffusionSettings::cancel_unused`]).
 
+mod backend;
 mod images;
 #[cfg(feature = "pbr")]
 mod material;
@@ -38,6 +39,7 @@ mod texgen_asset;
 use bevy::app::{App, Plugin, PreStartup, PreUpdate};
 use bevy::ecs::schedule::{IntoScheduleConfigs, SystemSet};
 
+pub use backend::DiffusionBackend;
 pub use images::{placeholder, sampler_for, to_bevy_image};
 #[cfg(feature = "pbr")]
 pub use material::{

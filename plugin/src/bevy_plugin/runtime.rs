@@ -9,6 +9,7 @@ use bevy::asset::{AssetHandleProvider, AssetId, Handle};
 use bevy::ecs::resource::Resource;
 use bevy::image::Image;
 
+use super::backend::DiffusionBackend;
 use super::settings::{BoxedGenerator, DiffusionSettings, ModelSource};
 use crate::pipeline::model::{LoadOptions, StableDiffusion};
 use crate::request::{AssetKind, GenerationRequest};
@@ -26,6 +27,7 @@ pub(crate) struct Pending {
     pub keep: Option<Handle<Image>>,
     /// The placeholder is in `Assets<Image>` (before that, a missing image is not a drop).
     pub placeholder: bool,
+    /// Texture or sprite: what the result is post-processed as.
     pub kind: AssetKind,
 }
 
@@ -38,7 +40,7 @@ pub(crate) struct Pending {
 #[derive(Resource)]
 pub struct DiffusionRuntime {
     settings: DiffusionSettings,
-    worker: Option<GenerationWorker>,
+    worker: Option<DiffusionBackend>,
     /// The model's native output size, set by the loader on the worker thread.
     native_size: Arc<OnceLock<(u32, u32)>>,
     pub(crate) pending: HashMap<RequestId, Pending>,
@@ -69,12 +71,33 @@ impl DiffusionRuntime {
     }
 
     /// Starts the worker thread, which loads the model in the background. Idempotent.
-    pub fn start(&mut self) -> &GenerationWorker {
+    pub fn start(&mut self) -> &DiffusionBackend {
         let settings = &self.settings;
         let native = &self.native_size;
         self.worker.get_or_insert_with(|| {
+            #[cfg(feature = "farm")]
+            if let ModelSource::Farm(farm) = &settings.model {
+                match crate::farm::FarmClient::spawn(farm.clone()) {
+                    Ok(client) => return DiffusionBackend::Farm(client),
+                    Err(e) => {
+                        // A worker whose model failed: ModelLoadFailed, and every job names why.
+                        let e = std::sync::Mutex::new(Some(e));
+                        let fail = move || -> crate::Result<BoxedGenerator> {
+                            Err(e.lock().ok().and_then(|mut e| e.take()).unwrap_or(
+                                crate::DiffusionError::Farm {
+                                    reason: "no farm client".into(),
+                                },
+                            ))
+                        };
+                        return DiffusionBackend::Local(GenerationWorker::spawn(
+                            settings.worker_config(),
+                            fail,
+                        ));
+                    }
+                }
+            }
             let load = loader(settings, native.clone());
-            GenerationWorker::spawn(settings.worker_config(), load)
+            DiffusionBackend::Local(GenerationWorker::spawn(settings.worker_config(), load))
         })
     }
 
@@ -157,7 +180,7 @@ impl DiffusionRuntime {
     }
 
     /// The worker, once started.
-    pub(crate) fn worker(&self) -> Option<&GenerationWorker> {
+    pub(crate) fn worker(&self) -> Option<&DiffusionBackend> {
         self.worker.as_ref()
     }
 }
@@ -208,6 +231,12 @@ fn loader(
             ModelSource::Embedded => load_folder(&crate::loading::embedded::default_model_dir())?,
             ModelSource::Folder(dir) => load_folder(dir)?,
             ModelSource::Custom(loader) => loader.load()?,
+            #[cfg(feature = "farm")]
+            ModelSource::Farm(farm) => {
+                return Err(crate::DiffusionError::Farm {
+                    reason: format!("{} is served by the farm client, not loaded", farm.url),
+                });
+            }
         };
         tracing::info!("bevy_diffusion: model `{}` loaded", generator.identity());
         Ok(generator)
