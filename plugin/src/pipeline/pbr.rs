@@ -108,8 +108,11 @@ impl PbrOptions {
 /// A scalar field over the pixels, row-major, `width * height` values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field {
+    /// Columns, in pixels.
     pub width: usize,
+    /// Rows, in pixels.
     pub height: usize,
+    /// `width * height` values, row-major; range depends on the map (heights and roughness in 0..=1).
     pub data: Vec<f32>,
 }
 
