@@ -42,7 +42,9 @@ pub fn shared_pool(
     threads: usize,
     background: bool,
 ) -> Result<Arc<rayon::ThreadPool>, rayon::ThreadPoolBuildError> {
-    static POOLS: Mutex<Vec<((usize, bool), Arc<rayon::ThreadPool>)>> = Mutex::new(Vec::new());
+    /// One pool per (threads, background priority).
+    type Pools = Vec<((usize, bool), Arc<rayon::ThreadPool>)>;
+    static POOLS: Mutex<Pools> = Mutex::new(Vec::new());
     let (threads, capped) = cap_threads(threads);
     let key = (threads, background);
     let mut pools = POOLS

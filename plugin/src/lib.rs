@@ -65,6 +65,9 @@
 //! ```
 
 #![warn(missing_docs)]
+// `DiffusionError` carries the file, field and value of every failure so that a message names its
+// cause (~130 bytes); errors are the cold path, so boxing them would buy nothing measurable.
+#![allow(clippy::result_large_err)]
 
 // Layers, each importing only from those above it in this list:
 // leaves (error, noise, tiling, kernels, cancel, compute_pool, config_bounds, configuration_utils) -> schedulers, models -> request -> loading -> pipeline -> runtime

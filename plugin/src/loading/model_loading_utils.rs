@@ -104,26 +104,26 @@ impl CheckedBackend {
             })?;
         // A LoRA whose product overflows (a huge scale) or holds NaN would otherwise surface
         // only as non-finite latents after the whole schedule: name it here.
-        if let Some(deltas) = deltas {
-            if !crate::kernels::all_finite(&merged)? {
-                let sources: Vec<&str> = deltas.iter().map(|d| d.source.as_str()).collect();
-                let path = sources
-                    .first()
-                    .and_then(|s| s.split_once(": "))
-                    .map_or_else(|| file.to_path_buf(), |(p, _)| PathBuf::from(p));
-                return Err(self.record(
-                    name,
-                    DiffusionError::InvalidLora {
-                        path,
-                        key: name.to_string(),
-                        reason: format!(
-                            "merging {} into `{name}` gives NaN/inf (a non-finite tensor, or a \
+        if let Some(deltas) = deltas
+            && !crate::kernels::all_finite(&merged)?
+        {
+            let sources: Vec<&str> = deltas.iter().map(|d| d.source.as_str()).collect();
+            let path = sources
+                .first()
+                .and_then(|s| s.split_once(": "))
+                .map_or_else(|| file.to_path_buf(), |(p, _)| PathBuf::from(p));
+            return Err(self.record(
+                name,
+                DiffusionError::InvalidLora {
+                    path,
+                    key: name.to_string(),
+                    reason: format!(
+                        "merging {} into `{name}` gives NaN/inf (a non-finite tensor, or a \
                              scale too large)",
-                            sources.join(", ")
-                        ),
-                    },
-                ));
-            }
+                        sources.join(", ")
+                    ),
+                },
+            ));
         }
         if merged.dtype() == dtype {
             Ok(merged)

@@ -210,8 +210,8 @@ pub fn palette(pixels: &[[u8; 3]], k: usize) -> Vec<[u8; 3]> {
         let mut sums = vec![([0f64; 3], 0f64); centres.len()];
         for (c, n) in &colours {
             let i = nearest(&centres, c);
-            for ch in 0..3 {
-                sums[i].0[ch] += c[ch] as f64 * *n as f64;
+            for (sum, &v) in sums[i].0.iter_mut().zip(c.iter()) {
+                *sum += v as f64 * *n as f64;
             }
             sums[i].1 += *n as f64;
         }

@@ -115,7 +115,12 @@ pub struct WorkerConfig {
 /// Runs one job somewhere else than the worker thread (see [`WorkerConfig::job_spawner`]): the
 /// closure must be run exactly once, to its end (it sends the job's result back itself).
 #[derive(Clone)]
-pub struct JobSpawner(Arc<dyn Fn(Box<dyn FnOnce() + Send>) + Send + Sync>);
+pub struct JobSpawner(Arc<SpawnFn>);
+
+/// A job: run once, to its end.
+type Job = Box<dyn FnOnce() + Send>;
+/// What [`JobSpawner`] calls with each job.
+type SpawnFn = dyn Fn(Job) + Send + Sync;
 
 impl JobSpawner {
     /// A spawner from a function that starts a task running its argument.
@@ -342,7 +347,7 @@ impl GenerationWorker {
         );
         // Sent under the lock, so the worker never sees a cancel before its submit.
         if commands
-            .send(Command::Submit(Queued { id, job, cancel }))
+            .send(Command::Submit(Box::new(Queued { id, job, cancel })))
             .is_err()
         {
             occ.release(id);

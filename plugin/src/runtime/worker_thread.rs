@@ -18,7 +18,7 @@ use crate::runtime::worker::{Generator, RequestId, Shared, WorkerConfig, WorkerE
 
 /// From the handle to the thread.
 pub(crate) enum Command {
-    Submit(Queued),
+    Submit(Box<Queued>),
     /// The job's flag is already set; a queued job leaves the queue on this command.
     Cancel(RequestId),
 }
@@ -199,7 +199,7 @@ impl WorkerThread {
 
     pub(crate) fn apply(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit(q) => self.queue.push(q),
+            Command::Submit(q) => self.queue.push(*q),
             Command::Cancel(target) => {
                 if self.queue.iter().any(|q| q.id == target) {
                     let kept: Vec<Queued> = std::mem::take(&mut self.queue)
