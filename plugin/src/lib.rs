@@ -76,6 +76,7 @@ pub(crate) mod configuration_utils;
 pub mod error;
 pub(crate) mod kernels;
 pub mod noise;
+pub mod precision;
 pub mod tiling;
 
 pub mod models;
@@ -98,6 +99,7 @@ pub mod tools;
 
 pub use error::{DiffusionError, Result};
 pub use pipeline::model::{LoadOptions, StableDiffusion};
+pub use precision::ComputeDtype;
 pub use request::GenerationRequest;
 pub use schedulers::SchedulerKind;
 pub use tiling::Tiling;

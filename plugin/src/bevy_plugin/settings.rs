@@ -113,6 +113,10 @@ pub struct DiffusionSettings {
     /// images of an SD 1.x/2.x model instead of its own VAE (many times faster; previews then
     /// use it too). `None`: the model's own `vae/`. Ignored by [`ModelSource::Custom`].
     pub decoder: Option<PathBuf>,
+    /// The compute precision asked for (default f32; see [`crate::precision`]): a bf16 request
+    /// on a CPU without bf16 multiply instructions runs in f32, with a warning naming the
+    /// missing feature.
+    pub dtype: crate::precision::ComputeDtype,
 
     /// LoRA files merged into the model at load (folder or embedded model; not a
     /// [`ModelSource::Custom`] one), each with its `lora_scale`. Changing them means reloading
@@ -146,6 +150,7 @@ impl Default for DiffusionSettings {
             device: ComputeDevice::default(),
             prefer_fp16_variant: false,
             decoder: None,
+            dtype: crate::precision::ComputeDtype::F32,
             loras: Vec::new(),
             worker: WorkerConfig {
                 compute_threads: Some(default_compute_threads()),

@@ -74,6 +74,14 @@ struct ModelArgs {
     /// models (SDXS-style folders already ship it as their vae).
     #[arg(long, value_name = "DIR")]
     decoder: Option<PathBuf>,
+    /// Compute precision: f32 (default) or bf16. bf16 needs bf16 multiply instructions
+    /// (x86-64 AVX-512 BF16); without them the model runs in f32 and a note says why.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: bevy_diffusion::ComputeDtype,
+}
+
+fn parse_dtype(s: &str) -> std::result::Result<bevy_diffusion::ComputeDtype, String> {
+    s.parse()
 }
 
 impl ModelArgs {
@@ -81,6 +89,7 @@ impl ModelArgs {
     fn load_options(&self) -> LoadOptions {
         LoadOptions {
             decoder: self.decoder.clone(),
+            dtype: self.dtype,
             ..LoadOptions::default()
         }
     }
