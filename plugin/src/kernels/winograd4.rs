@@ -94,6 +94,8 @@ struct Scratch {
     v: Vec<f32>,
     m: Vec<f32>,
     out_row: Vec<f32>,
+    line: Vec<f32>,
+    t: Vec<f32>,
 }
 
 thread_local! {
@@ -168,21 +170,41 @@ pub(crate) fn conv3x3(
                 )
                 .map(|i| i / up)
             });
-            let xs = &xsrc[4 * tx0..4 * (tx0 + n1)];
+            // Job columns [lo, hi) read the stored row directly (no padding, no wrap).
+            let q0 = 4 * tx0;
+            let direct = |q: usize| {
+                let p = (q0 + q) as isize - g.pad_x.before as isize;
+                (0..g.w as isize).contains(&p)
+            };
+            let w4 = 4 * n1;
+            let lo = (0..w4).find(|&q| direct(q)).unwrap_or(w4);
+            let hi = (lo..w4).find(|&q| !direct(q)).unwrap_or(w4);
+            let xs = &xsrc[q0..q0 + w4];
+            grow(&mut s.line, w4);
             for ci in 0..cin {
                 let plane = &x_img[ci * sh * sw..(ci + 1) * sh * sw];
                 for (r, sy) in ysrc.iter().enumerate() {
-                    let dst = &mut s.pad[(ci * 6 + r) * 4 * n1..(ci * 6 + r + 1) * 4 * n1];
+                    let dst = &mut s.pad[(ci * 6 + r) * w4..(ci * 6 + r + 1) * w4];
                     let Some(sy) = *sy else {
                         dst.fill(0.0);
                         continue;
                     };
                     let src = &plane[sy * sw..(sy + 1) * sw];
-                    for k in 0..n1 {
-                        for ph in 0..4 {
-                            dst[ph * n1 + k] = xs[4 * k + ph].map_or(0.0, |i| src[i]);
+                    let line = &mut s.line[..w4];
+                    for q in (0..lo).chain(hi..w4) {
+                        line[q] = xs[q].map_or(0.0, |i| src[i]);
+                    }
+                    if hi > lo {
+                        let first = q0 + lo - g.pad_x.before;
+                        if up == 1 {
+                            line[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                        } else {
+                            for (q, v) in line[lo..hi].iter_mut().enumerate() {
+                                *v = src[(first + q) / 2];
+                            }
                         }
                     }
+                    split4(line, n1, dst);
                 }
             }
             // 2. V[ξ][ci][tx].
@@ -204,7 +226,8 @@ pub(crate) fn conv3x3(
                 for r in 0..mr {
                     let co = cb * MR + r;
                     let bv = bias.map_or(0.0, |b| b[bi * cout + co]);
-                    output_transform(&s.m, r, np, n, &mut s.out_row);
+                    grow(&mut s.t, 24 * n);
+                    output_transform(&s.m, r, np, n, &mut s.t, &mut s.out_row);
                     for a in 0..4.min(oh - 4 * ty) {
                         let y = 4 * ty + a;
                         let x0 = 4 * tx0;
@@ -286,37 +309,60 @@ simd::multiversion! {
 }
 
 /// `Aᵀ M A` for the `n` tiles of channel `r` of the current block: `m[(ξ * MR + r) * np + tx]`
-/// -> `out` = 4 output rows of `4 * n` columns.
-fn output_transform(m: &[f32], r: usize, np: usize, n: usize, out: &mut [f32]) {
-    output_transform_simd(m, r, np, n, out);
+/// -> `out` = 4 output rows of `4 * n` columns; `t` is scratch of `24 * n` floats.
+fn output_transform(m: &[f32], r: usize, np: usize, n: usize, t: &mut [f32], out: &mut [f32]) {
+    output_transform_simd(m, r, np, n, t, out);
 }
 
 simd::multiversion! {
-    pub fn output_transform_simd(m: &[f32], r: usize, np: usize, n: usize, out: &mut [f32]) {
+    pub fn output_transform_simd(m: &[f32], r: usize, np: usize, n: usize, t: &mut [f32], out: &mut [f32]) {
         let at = |xi: usize| &m[(xi * MR + r) * np..(xi * MR + r) * np + n];
-        let mm: [&[f32]; 36] = std::array::from_fn(at);
-        let out = &mut out[..16 * n];
-        for tx in 0..n {
-            // Aᵀ over the rows i, per column j.
-            let mut t = [[0f32; 6]; 4];
-            for j in 0..6 {
-                let (p0, p1, p2) = (mm[j][tx], mm[6 + j][tx], mm[12 + j][tx]);
-                let (p3, p4, p5) = (mm[18 + j][tx], mm[24 + j][tx], mm[30 + j][tx]);
-                let (s12, d12, s34, d34) = (p1 + p2, p1 - p2, p3 + p4, p3 - p4);
-                t[0][j] = p0 + s12 + s34;
-                t[1][j] = d12 + 2.0 * d34;
-                t[2][j] = s12 + 4.0 * s34;
-                t[3][j] = d12 + 8.0 * d34 + p5;
+        // Aᵀ over the rows i, per column j, vectorised over the tiles: t[(a * 6 + j) * n + tx].
+        let t = &mut t[..24 * n];
+        for j in 0..6 {
+            let (p0, p1, p2) = (at(j), at(6 + j), at(12 + j));
+            let (p3, p4, p5) = (at(18 + j), at(24 + j), at(30 + j));
+            let (t0, rest) = t[j * n..].split_at_mut(6 * n);
+            let (t1, rest) = rest.split_at_mut(6 * n);
+            let (t2, t3) = rest.split_at_mut(6 * n);
+            for tx in 0..n {
+                let (s12, d12) = (p1[tx] + p2[tx], p1[tx] - p2[tx]);
+                let (s34, d34) = (p3[tx] + p4[tx], p3[tx] - p4[tx]);
+                t0[tx] = p0[tx] + s12 + s34;
+                t1[tx] = d12 + 2.0 * d34;
+                t2[tx] = s12 + 4.0 * s34;
+                t3[tx] = d12 + 8.0 * d34 + p5[tx];
             }
-            for (a, ta) in t.iter().enumerate() {
-                let (s12, d12) = (ta[1] + ta[2], ta[1] - ta[2]);
-                let (s34, d34) = (ta[3] + ta[4], ta[3] - ta[4]);
-                let o = &mut out[a * 4 * n + 4 * tx..a * 4 * n + 4 * tx + 4];
-                o[0] = ta[0] + s12 + s34;
+        }
+        // Aᵀ over the columns j, then the 4 columns of each tile interleaved into the row.
+        let out = &mut out[..16 * n];
+        for a in 0..4 {
+            let ta = |j: usize| &t[(a * 6 + j) * n..(a * 6 + j + 1) * n];
+            let (c0, c1, c2, c3, c4, c5) = (ta(0), ta(1), ta(2), ta(3), ta(4), ta(5));
+            let row = &mut out[a * 4 * n..(a + 1) * 4 * n];
+            for (tx, o) in row.chunks_exact_mut(4).enumerate() {
+                let (s12, d12) = (c1[tx] + c2[tx], c1[tx] - c2[tx]);
+                let (s34, d34) = (c3[tx] + c4[tx], c3[tx] - c4[tx]);
+                o[0] = c0[tx] + s12 + s34;
                 o[1] = d12 + 2.0 * d34;
                 o[2] = s12 + 4.0 * s34;
-                o[3] = d12 + 8.0 * d34 + ta[5];
+                o[3] = d12 + 8.0 * d34 + c5[tx];
             }
+        }
+    }
+}
+
+simd::multiversion! {
+    /// `dst[ph * n1 + k] = line[4 * k + ph]`: one padded row split by column modulo 4.
+    pub fn split4(line: &[f32], n1: usize, dst: &mut [f32]) {
+        let (d0, rest) = dst[..4 * n1].split_at_mut(n1);
+        let (d1, rest) = rest.split_at_mut(n1);
+        let (d2, d3) = rest.split_at_mut(n1);
+        for (k, c) in line[..4 * n1].chunks_exact(4).enumerate() {
+            d0[k] = c[0];
+            d1[k] = c[1];
+            d2[k] = c[2];
+            d3[k] = c[3];
         }
     }
 }
