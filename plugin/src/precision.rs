@@ -109,9 +109,7 @@ pub fn resolve(requested: ComputeDtype, device: &Device) -> (ComputeDtype, Optio
     if !device.is_cpu() {
         return (
             ComputeDtype::F32,
-            Some(
-                "dtype bf16 is not implemented for GPU devices yet: computing in f32".to_string(),
-            ),
+            Some("dtype bf16 is not implemented for GPU devices yet: computing in f32".to_string()),
         );
     }
     let cpu = cpu_bf16();
@@ -119,9 +117,9 @@ pub fn resolve(requested: ComputeDtype, device: &Device) -> (ComputeDtype, Optio
         (Some(f), false) => format!(
             "this CPU lacks `{f}` (bf16 multiply instructions), where bf16 runs slower than f32"
         ),
-        (Some(f), true) => format!(
-            "this CPU has `{f}`, but bevy_diffusion has no bf16 microkernel for it yet"
-        ),
+        (Some(f), true) => {
+            format!("this CPU has `{f}`, but bevy_diffusion has no bf16 microkernel for it yet")
+        }
         (None, _) => "this CPU architecture has no bf16 multiply instructions".to_string(),
     };
     (
@@ -139,7 +137,10 @@ mod tests {
         assert_eq!("BF16".parse::<ComputeDtype>(), Ok(ComputeDtype::Bf16));
         assert_eq!("fp32".parse::<ComputeDtype>(), Ok(ComputeDtype::F32));
         assert!("f16".parse::<ComputeDtype>().unwrap_err().contains("f16"));
-        assert_eq!(resolve(ComputeDtype::F32, &Device::Cpu), (ComputeDtype::F32, None));
+        assert_eq!(
+            resolve(ComputeDtype::F32, &Device::Cpu),
+            (ComputeDtype::F32, None)
+        );
         let (d, note) = resolve(ComputeDtype::Bf16, &Device::Cpu);
         assert_eq!(d, ComputeDtype::F32);
         let note = note.expect("a bf16 request on the CPU explains itself");

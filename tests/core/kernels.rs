@@ -238,7 +238,10 @@ fn winograd_conv3x3_matches_candle_on_wide_maps() -> Result<()> {
         let got = conv.forward(&x, p, p, None, None)?;
         let want = conv_reference(&x, &wt, Some(&b), 1, p, p, None, None)?;
         let e = rel_err(&got, &want)?;
-        assert!(e < 1e-5, "b{batch} c{cin}->{cout} {h}x{w} circular {circular}: {e}");
+        assert!(
+            e < 1e-5,
+            "b{batch} c{cin}->{cout} {h}x{w} circular {circular}: {e}"
+        );
     }
     Ok(())
 }
@@ -262,7 +265,10 @@ fn upsampled_conv_matches_upsample_then_conv() -> Result<()> {
                 let got = conv.forward_upsampled2x(&x, py, px, relu)?;
                 let want = if relu { want.relu()? } else { want.clone() };
                 let e = rel_err(&got, &want)?;
-                assert!(e < 1e-5, "b{batch} c{cin}->{cout} {h}x{w} {cy}/{cx} relu {relu}: {e}");
+                assert!(
+                    e < 1e-5,
+                    "b{batch} c{cin}->{cout} {h}x{w} {cy}/{cx} relu {relu}: {e}"
+                );
             }
         }
     }

@@ -113,6 +113,10 @@ pub struct DiffusionSettings {
     /// images of an SD 1.x/2.x model instead of its own VAE (many times faster; previews then
     /// use it too). `None`: the model's own `vae/`. Ignored by [`ModelSource::Custom`].
     pub decoder: Option<PathBuf>,
+    /// An x4 upscaler folder (`StableDiffusionUpscalePipeline` layout) run for requests with
+    /// `upscale: Some(4)` ([`crate::LoadOptions::upscaler`]); without it every upscale is the
+    /// wrap-aware Lanczos fallback. Ignored by [`ModelSource::Custom`].
+    pub upscaler: Option<PathBuf>,
     /// The compute precision asked for (default f32; see [`crate::precision`]): a bf16 request
     /// on a CPU without bf16 multiply instructions runs in f32, with a warning naming the
     /// missing feature.
@@ -150,6 +154,7 @@ impl Default for DiffusionSettings {
             device: ComputeDevice::default(),
             prefer_fp16_variant: false,
             decoder: None,
+            upscaler: None,
             dtype: crate::precision::ComputeDtype::F32,
             loras: Vec::new(),
             worker: WorkerConfig {

@@ -132,15 +132,17 @@ pub(crate) fn conv3x3(
     let u = transform_weights(wt, cout, cin);
     let (th, tw) = (oh.div_ceil(4), ow.div_ceil(4));
     // 32 tiles per job when their transformed input fits in ~320 KB (L2), else 16.
-    let max_tiles = if 36 * cin * MAX_TILES * 4 <= 320 << 10 { MAX_TILES } else { NR };
+    let max_tiles = if 36 * cin * MAX_TILES * 4 <= 320 << 10 {
+        MAX_TILES
+    } else {
+        NR
+    };
     let nseg = tw.div_ceil(max_tiles);
     let seg = tw.div_ceil(nseg);
     let total = g.batch * th * nseg;
     // Stored column read at each padded column (4 per tile plus the 2-column overlap).
     let xsrc: Vec<Option<usize>> = (0..4 * (tw + 1))
-        .map(|q| {
-            src_index(q, g.w, g.pad_x.before, g.pad_x.after, g.pad_x.circular).map(|i| i / up)
-        })
+        .map(|q| src_index(q, g.w, g.pad_x.before, g.pad_x.after, g.pad_x.circular).map(|i| i / up))
         .collect();
     let out_ptr = SendPtr(out.as_mut_ptr());
     let ohw = oh * ow;

@@ -41,13 +41,13 @@ pub enum WinogradMode {
 /// The [`WinogradMode`] chosen by `BEVY_DIFFUSION_WINOGRAD` (read once).
 pub fn winograd_mode() -> WinogradMode {
     static MODE: std::sync::OnceLock<WinogradMode> = std::sync::OnceLock::new();
-    *MODE.get_or_init(|| {
-        match std::env::var("BEVY_DIFFUSION_WINOGRAD").as_deref() {
+    *MODE.get_or_init(
+        || match std::env::var("BEVY_DIFFUSION_WINOGRAD").as_deref() {
             Ok("off" | "0" | "false") => WinogradMode::Off,
             Ok("f2" | "2") => WinogradMode::F2,
             _ => WinogradMode::F4,
-        }
-    })
+        },
+    )
 }
 
 /// Whether 3x3 stride-1 convolutions take a Winograd path (see [`winograd_mode`]).
