@@ -1,14 +1,15 @@
 //! The compute precision a model is asked to run in ([`ComputeDtype`], `--dtype`,
 //! [`LoadOptions::dtype`](crate::LoadOptions::dtype),
-//! [`DiffusionSettings::dtype`](crate::bevy_plugin::DiffusionSettings::dtype)) and what this
+//! `DiffusionSettings::dtype` of the Bevy plugin) and what this
 //! machine actually runs ([`resolve`]).
 //!
 //! bf16 only pays where the CPU multiplies bf16 natively (x86-64 AVX-512 BF16 `vdpbf16ps`,
 //! AArch64 `BFDOT`): there a bf16 GEMM does ~4x the f32 work per cycle. Without those
-//! instructions bf16 values must be widened to f32 before every multiply, and measured on a
-//! 2-core AVX2 EPYC (no AVX-512 at all) PyTorch 2.15's own bf16 `torch.mm` runs at 0.4 GFLOP/s
-//! against 5-38 GFLOP/s for f32 on the same (loaded) machine, i.e. 10-90x slower. So a bf16
-//! request on such a CPU runs in f32, with a notice naming the missing feature, and the f32
+//! instructions bf16 values must be widened to f32 before every multiply; measured on a 2-core
+//! AVX2 EPYC (no AVX-512 at all), PyTorch 2.15's own bf16 `torch.mm` ran at 0.4 GFLOP/s against
+//! 5-8 GFLOP/s for f32 at 256-512 (a loaded machine; a 2048³ bf16 matmul did not finish in 5
+//! minutes while f32 ran at 38 GFLOP/s). So a bf16 request on such a CPU runs in f32, with a
+//! notice naming the missing feature, and the f32
 //! results are the parity-tested ones.
 //!
 //! This crate has no bf16 microkernel yet: on a CPU that has the instructions the request also
