@@ -10,6 +10,10 @@
 //! matmul, elementwise/copies, upsample, ...) from [`bevy_diffusion::testing::kernels::profile`] shows
 //! where the time of one run goes; `other` is what no wrapped op accounts for.
 //!
+//! `--dtype f32|bf16` asks for a compute precision; it is resolved as the plugin resolves it
+//! ([`bevy_diffusion::precision::resolve`]: bf16 runs in f32 with a printed notice where the CPU
+//! lacks bf16 multiply instructions).
+//!
 //! `--only taesd|turbo|unet|vae|memory` runs one part: `turbo` is the SD-Turbo-architecture image
 //! (SD 2.1 UNet, OpenCLIP-H text encoder, 512 px, 1 step, no CFG) with the full VAE and with
 //! TAESD; `memory` writes a real-size SD 1.5 folder with random f32 weights (a child process),
@@ -65,8 +69,16 @@ fn main() -> anyhow::Result<()> {
             CLIP_L,
         );
     }
+    let requested: bevy_diffusion::ComputeDtype = match flag_value(&args, "--dtype") {
+        Some(d) => d.parse().map_err(anyhow::Error::msg)?,
+        None => bevy_diffusion::ComputeDtype::F32,
+    };
+    let (dtype, notice) = bevy_diffusion::precision::resolve(requested, &Device::Cpu);
+    if let Some(note) = notice {
+        println!("note: --dtype {requested}: {note}");
+    }
     println!(
-        "threads: {}, kernels: {}",
+        "threads: {}, dtype: {dtype}, kernels: {}",
         candle_core::utils::get_num_threads(),
         if bevy_diffusion::testing::kernels::enabled() {
             "ours"

@@ -79,6 +79,7 @@ pub(crate) mod configuration_utils;
 pub mod error;
 pub(crate) mod kernels;
 pub mod noise;
+pub mod precision;
 pub mod tiling;
 
 pub mod models;
@@ -101,6 +102,7 @@ pub mod tools;
 
 pub use error::{DiffusionError, Result};
 pub use pipeline::model::{LoadOptions, StableDiffusion};
+pub use precision::ComputeDtype;
 pub use request::GenerationRequest;
 pub use schedulers::SchedulerKind;
 pub use tiling::Tiling;

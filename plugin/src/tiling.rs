@@ -145,6 +145,19 @@ impl TiledConv2d {
         )
     }
 
+    /// The convolution of the nearest 2x upsampling of `x` `[batch, in, h, w]` ->
+    /// `[batch, out, 2h, 2w]` (3x3, padding 1), then a ReLU when `relu`: diffusers'
+    /// `Upsample2D` / TAESD's `Upsample -> Conv` without storing the upsampled map.
+    pub fn forward_upsampled2x(&self, x: &Tensor, tiling: Tiling, relu: bool) -> Result<Tensor> {
+        let p = self.padding;
+        self.conv.forward_upsampled2x(
+            x,
+            AxisPad::symmetric(p, tiling.wraps_y()),
+            AxisPad::symmetric(p, tiling.wraps_x()),
+            relu,
+        )
+    }
+
     /// `conv(x) + extra_bias[b, c] + residual[b, c, h, w]` in one pass over the output;
     /// `extra_bias` `[batch, out]`, `residual` `[batch, out, oh, ow]`.
     pub fn forward_fused(

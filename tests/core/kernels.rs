@@ -219,6 +219,62 @@ fn winograd_conv3x3_matches_candle() -> Result<()> {
     Ok(())
 }
 
+/// The F(4x4, 3x3) kernel's own edges: rows longer than one job (> 128 output columns), more
+/// input channels than fit one job's L2 budget at 32 tiles, output channels not a multiple of
+/// the 6-row microkernel, sizes not a multiple of 4.
+#[test]
+fn winograd_conv3x3_matches_candle_on_wide_maps() -> Result<()> {
+    let mut rng = Lcg(29);
+    for &(batch, cin, cout, h, w, circular) in &[
+        (1, 80, 13, 9, 150, false),
+        (2, 9, 64, 23, 133, true),
+        (1, 16, 8, 6, 7, true),
+    ] {
+        let x = rng.tensor(&[batch, cin, h, w])?;
+        let wt = rng.tensor(&[cout, cin, 3, 3])?;
+        let b = rng.tensor(&[cout])?;
+        let p = AxisPad::symmetric(1, circular);
+        let conv = Conv2dKernel::new(wt.clone(), Some(b.clone()), 1)?;
+        let got = conv.forward(&x, p, p, None, None)?;
+        let want = conv_reference(&x, &wt, Some(&b), 1, p, p, None, None)?;
+        let e = rel_err(&got, &want)?;
+        assert!(
+            e < 1e-5,
+            "b{batch} c{cin}->{cout} {h}x{w} circular {circular}: {e}"
+        );
+    }
+    Ok(())
+}
+
+/// `forward_upsampled2x` (the convolution reading its input through a nearest 2x upsampling)
+/// against candle's upsample then the reference convolution: zero and circular padding per
+/// axis, odd sizes, batch > 1, ReLU, and shapes small enough for the im2col fallback.
+#[test]
+fn upsampled_conv_matches_upsample_then_conv() -> Result<()> {
+    let mut rng = Lcg(31);
+    for &(batch, cin, cout, h, w) in &[(2, 12, 10, 9, 13), (1, 8, 16, 16, 16), (1, 3, 5, 4, 3)] {
+        let x = rng.tensor(&[batch, cin, h, w])?;
+        let wt = rng.tensor(&[cout, cin, 3, 3])?;
+        let b = rng.tensor(&[cout])?;
+        for (cy, cx) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (py, px) = (AxisPad::symmetric(1, cy), AxisPad::symmetric(1, cx));
+            let conv = Conv2dKernel::new(wt.clone(), Some(b.clone()), 1)?;
+            let up = x.upsample_nearest2d(2 * h, 2 * w)?;
+            let want = conv_reference(&up, &wt, Some(&b), 1, py, px, None, None)?;
+            for relu in [false, true] {
+                let got = conv.forward_upsampled2x(&x, py, px, relu)?;
+                let want = if relu { want.relu()? } else { want.clone() };
+                let e = rel_err(&got, &want)?;
+                assert!(
+                    e < 1e-5,
+                    "b{batch} c{cin}->{cout} {h}x{w} {cy}/{cx} relu {relu}: {e}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn conv2d_refuses_a_circular_pad_wider_than_the_axis() -> Result<()> {
     let x = Tensor::zeros((1, 1, 1, 4), candle_core::DType::F32, &Device::Cpu)?;

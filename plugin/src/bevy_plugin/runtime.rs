@@ -205,11 +205,12 @@ fn loader(
     settings: &DiffusionSettings,
     native: Arc<OnceLock<(u32, u32)>>,
 ) -> impl FnOnce() -> crate::Result<BoxedGenerator> + Send + 'static {
-    let (model, device, fp16, decoder) = (
+    let (model, device, fp16, decoder, dtype) = (
         settings.model.clone(),
         settings.device,
         settings.prefer_fp16_variant,
         settings.decoder.clone(),
+        settings.dtype,
     );
     let loras = settings.loras.clone();
     let upscaler = settings.upscaler.clone();
@@ -221,6 +222,7 @@ fn loader(
                 decoder: decoder.clone(),
                 upscaler: upscaler.clone(),
                 loras: loras.clone(),
+                dtype,
             };
             let model = StableDiffusion::load(dir, &options)?;
             let side = (model.unet_config.sample_size * model.vae_config.downscale_factor) as u32;

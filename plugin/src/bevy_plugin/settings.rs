@@ -117,6 +117,10 @@ pub struct DiffusionSettings {
     /// `upscale: Some(4)` ([`crate::LoadOptions::upscaler`]); without it every upscale is the
     /// wrap-aware Lanczos fallback. Ignored by [`ModelSource::Custom`].
     pub upscaler: Option<PathBuf>,
+    /// The compute precision asked for (default f32; see [`crate::precision`]): a bf16 request
+    /// on a CPU without bf16 multiply instructions runs in f32, with a warning naming the
+    /// missing feature.
+    pub dtype: crate::precision::ComputeDtype,
 
     /// LoRA files merged into the model at load (folder or embedded model; not a
     /// [`ModelSource::Custom`] one), each with its `lora_scale`. Changing them means reloading
@@ -151,6 +155,7 @@ impl Default for DiffusionSettings {
             prefer_fp16_variant: false,
             decoder: None,
             upscaler: None,
+            dtype: crate::precision::ComputeDtype::F32,
             loras: Vec::new(),
             worker: WorkerConfig {
                 compute_threads: Some(default_compute_threads()),

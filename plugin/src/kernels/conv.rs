@@ -17,6 +17,7 @@ use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
 use super::profile::{self, OpKind};
+use super::winograd4::applies as winograd4_applies;
 use super::{SendPtr, on_cpu_f32, with_opt_slice, with_slice};
 
 mod im2col;
@@ -151,7 +152,24 @@ impl Conv2dKernel {
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         profile::timed(OpKind::Conv, || {
-            self.forward_inner(x, pad_y, pad_x, extra_bias, residual, false)
+            self.forward_inner(x, 1, pad_y, pad_x, extra_bias, residual, false)
+        })
+    }
+
+    /// [`Conv2dKernel::forward`] of the nearest 2x upsampling of `x` (`[b, cin, h, w]` ->
+    /// `[b, cout, 2h + .., 2w + ..]`), optionally followed by a ReLU: diffusers' `Upsample2D`
+    /// (`interpolate(scale_factor=2.0, mode="nearest")` then `conv`) and TAESD's
+    /// `Upsample -> Conv`. The Winograd kernel reads `x` through the upsampling, so the
+    /// upsampled map is never stored; other paths upsample first.
+    pub fn forward_upsampled2x(
+        &self,
+        x: &Tensor,
+        pad_y: AxisPad,
+        pad_x: AxisPad,
+        relu: bool,
+    ) -> Result<Tensor> {
+        profile::timed(OpKind::Conv, || {
+            self.forward_inner(x, 2, pad_y, pad_x, None, None, relu)
         })
     }
 
@@ -165,20 +183,23 @@ impl Conv2dKernel {
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         profile::timed(OpKind::Conv, || {
-            self.forward_inner(x, pad_y, pad_x, None, residual, true)
+            self.forward_inner(x, 1, pad_y, pad_x, None, residual, true)
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward_inner(
         &self,
         x: &Tensor,
+        up: usize,
         pad_y: AxisPad,
         pad_x: AxisPad,
         extra_bias: Option<&Tensor>,
         residual: Option<&Tensor>,
         relu: bool,
     ) -> Result<Tensor> {
-        let (batch, cin, h, w) = x.dims4()?;
+        let (batch, cin, sh, sw) = x.dims4()?;
+        let (h, w) = (sh * up, sw * up);
         let (cout, wcin, kh, kw) = self.weight.dims4()?;
         if cin != wcin {
             candle_core::bail!("conv2d: input has {cin} channels, weight expects {wcin}");
@@ -221,8 +242,18 @@ impl Conv2dKernel {
             && self.bias.as_ref().is_none_or(on_cpu_f32)
             && extra_bias.is_none_or(on_cpu_f32)
             && residual.is_none_or(on_cpu_f32);
-        if !cpu {
-            let y = self.forward_candle(x, pad_y, pad_x, extra_bias, residual)?;
+        let fused_up =
+            up == 1 || (winograd_mode() == WinogradMode::F4 && winograd4_applies(&g, oh, ow));
+        if !cpu || !fused_up {
+            let x = if up == 1 {
+                x.clone()
+            } else {
+                super::elementwise::upsample_nearest2d(x, h, w)?
+            };
+            if cpu {
+                return self.forward_inner(&x, 1, pad_y, pad_x, extra_bias, residual, relu);
+            }
+            let y = self.forward_candle(&x, pad_y, pad_x, extra_bias, residual)?;
             return if relu { y.relu() } else { Ok(y) };
         }
         // Per (sample, channel) bias: the conv bias plus the extra one.
@@ -247,7 +278,12 @@ impl Conv2dKernel {
         with_slice(x, |xs| {
             with_slice(&self.weight, |ws| {
                 with_opt_slice(residual, |rs| {
-                    conv2d_f32(&g, xs, ws, bias.as_deref(), rs, relu, &mut out);
+                    if up == 1 {
+                        conv2d_f32(&g, xs, ws, bias.as_deref(), rs, relu, &mut out);
+                    } else {
+                        let b = bias.as_deref();
+                        super::winograd4::conv3x3(&g, up, oh, ow, xs, ws, b, rs, relu, &mut out);
+                    }
                     Ok(())
                 })
             })

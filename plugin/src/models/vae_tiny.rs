@@ -87,7 +87,16 @@ fn run_layers(
     let mut h = x.clone();
     let mut i = 0;
     while i < layers.len() {
-        // Untraced, a conv followed by a ReLU runs as one fused pass.
+        // Untraced, an upsampling followed by a conv runs as one pass reading the low-resolution
+        // map, and a conv followed by a ReLU as one fused pass.
+        if trace.is_none()
+            && let (Layer::Upsample2x, Some(Layer::Conv(c))) = (&layers[i], layers.get(i + 1))
+        {
+            let relu = matches!(layers.get(i + 2), Some(Layer::Act(TinyActivation::Relu)));
+            h = c.forward_upsampled2x(&h, tiling, relu)?;
+            i += if relu { 3 } else { 2 };
+            continue;
+        }
         if trace.is_none()
             && let (Layer::Conv(c), Some(Layer::Act(TinyActivation::Relu))) =
                 (&layers[i], layers.get(i + 1))

@@ -18,6 +18,7 @@ use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::pipeline::sdxl::{self, SdxlComponents};
+use crate::precision::ComputeDtype;
 use crate::schedulers::SchedulerConfig;
 
 mod decoder_folder;
@@ -45,6 +46,10 @@ pub struct LoadOptions {
     /// LoRA files merged into the UNet and text encoder(s) at load, each with its own
     /// `lora_scale`, in order (see [`crate::loading::lora`]). Default: none.
     pub loras: Vec<LoraSpec>,
+    /// The compute precision asked for (default f32). [`crate::precision::resolve`] decides
+    /// what runs: on a CPU without bf16 multiply instructions (or without a bf16 kernel for
+    /// them) a bf16 request runs in f32 and [`StableDiffusion::dtype_notice`] says why.
+    pub dtype: ComputeDtype,
 }
 
 impl Default for LoadOptions {
@@ -55,6 +60,7 @@ impl Default for LoadOptions {
             decoder: None,
             upscaler: None,
             loras: Vec::new(),
+            dtype: ComputeDtype::F32,
         }
     }
 }
@@ -102,6 +108,12 @@ pub struct StableDiffusion {
     pub recommended: crate::request::RecommendedSettings,
     /// SDXL's `tokenizer_2` and `text_encoder_2` (`None` for SD 1.x/2.x).
     pub sdxl: Option<SdxlComponents>,
+    /// The precision the model computes in ([`LoadOptions::dtype`] as
+    /// [`crate::precision::resolve`] resolved it on this machine).
+    pub dtype: ComputeDtype,
+    /// Why [`Self::dtype`] differs from the requested [`LoadOptions::dtype`] (e.g. "this CPU
+    /// lacks `avx512bf16`"), `None` when it does not; also logged at warn level at load.
+    pub dtype_notice: Option<String>,
 }
 
 impl StableDiffusion {
@@ -239,6 +251,10 @@ impl StableDiffusion {
             ..FolderOptions::default()
         };
         let folder = ModelFolder::open(dir, &folder_options)?;
+        let (dtype, dtype_notice) = crate::precision::resolve(options.dtype, &options.device);
+        if let Some(note) = &dtype_notice {
+            tracing::warn!("{note}");
+        }
         tracing::info!(
             "loading {} ({}, {}) from {} onto {:?}",
             folder.class_name,
@@ -373,6 +389,8 @@ impl StableDiffusion {
             unet_parameters,
             recommended,
             sdxl,
+            dtype,
+            dtype_notice,
         })
     }
 }

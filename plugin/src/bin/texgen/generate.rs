@@ -85,6 +85,9 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     let model_dir = args.model.resolve(None)?;
     let started = Instant::now();
     let model = StableDiffusion::load(&model_dir, &load)?;
+    if let Some(note) = &model.dtype_notice {
+        eprintln!("texgen: note: --dtype {}: {note}", load.dtype);
+    }
     eprintln!(
         "loaded {} in {:.2} s",
         model_dir.display(),

@@ -86,6 +86,14 @@ struct ModelArgs {
     /// manifest item's `upscale: 4`); without it upscaling is wrap-aware Lanczos3.
     #[arg(long, value_name = "DIR")]
     upscaler: Option<PathBuf>,
+    /// Compute precision: f32 (default) or bf16. bf16 needs bf16 multiply instructions
+    /// (x86-64 AVX-512 BF16); without them the model runs in f32 and a note says why.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: bevy_diffusion::ComputeDtype,
+}
+
+fn parse_dtype(s: &str) -> std::result::Result<bevy_diffusion::ComputeDtype, String> {
+    s.parse()
 }
 
 impl ModelArgs {
@@ -94,6 +102,7 @@ impl ModelArgs {
         LoadOptions {
             decoder: self.decoder.clone(),
             upscaler: self.upscaler.clone(),
+            dtype: self.dtype,
             ..LoadOptions::default()
         }
     }

@@ -25,22 +25,41 @@ thread_local! {
     static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether 3x3 stride-1 convolutions take the Winograd F(2x2, 3x3) path (default: yes;
-/// `BEVY_DIFFUSION_WINOGRAD=off` keeps every convolution on im2col + GEMM, the A/B switch).
+/// Which Winograd kernel 3x3 stride-1 convolutions take: `BEVY_DIFFUSION_WINOGRAD=off` keeps
+/// every convolution on im2col + GEMM, `=f2` selects F(2x2, 3x3), anything else (the default)
+/// F(4x4, 3x3) (the A/B switch of the bench).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WinogradMode {
+    /// im2col + GEMM only.
+    Off,
+    /// F(2x2, 3x3): 2.25x fewer products.
+    F2,
+    /// F(4x4, 3x3): 4x fewer products.
+    F4,
+}
+
+/// The [`WinogradMode`] chosen by `BEVY_DIFFUSION_WINOGRAD` (read once).
+pub fn winograd_mode() -> WinogradMode {
+    static MODE: std::sync::OnceLock<WinogradMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(
+        || match std::env::var("BEVY_DIFFUSION_WINOGRAD").as_deref() {
+            Ok("off" | "0" | "false") => WinogradMode::Off,
+            Ok("f2" | "2") => WinogradMode::F2,
+            _ => WinogradMode::F4,
+        },
+    )
+}
+
+/// Whether 3x3 stride-1 convolutions take a Winograd path (see [`winograd_mode`]).
 pub fn winograd_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        !matches!(
-            std::env::var("BEVY_DIFFUSION_WINOGRAD").as_deref(),
-            Ok("off" | "0" | "false")
-        )
-    })
+    winograd_mode() != WinogradMode::Off
 }
 
 /// The convolution on slices: `x` `[b, cin, h, w]`, `wt` `[cout, cin*kh*kw]`, `bias`
 /// `[b, cout]` (optional), `residual` `[b, cout, oh, ow]` (optional), then a ReLU when `relu`;
-/// `out` `[b, cout, oh, ow]`. 3x3 stride-1 convolutions of at least 8 channels and 256 output
-/// pixels go through the Winograd kernel (`kernels::winograd`) (unless [`winograd_enabled`] is off).
+/// `out` `[b, cout, oh, ow]`. 3x3 stride-1 convolutions of at least 8 input channels and 256
+/// output pixels go through a Winograd kernel (`kernels::winograd4` / `kernels::winograd`, as
+/// [`winograd_mode`] says).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_f32(
     g: &ConvGeom,
@@ -52,12 +71,20 @@ pub fn conv2d_f32(
     out: &mut [f32],
 ) {
     let (oh, ow) = g.out_hw().expect("geometry checked by the caller");
-    if winograd_enabled() && super::super::winograd::applies(g, oh, ow) {
-        assert_eq!(x.len(), g.batch * g.cin * g.h * g.w);
-        assert_eq!(wt.len(), g.cout * g.cin * 9);
-        assert_eq!(out.len(), g.batch * g.cout * oh * ow);
-        super::super::winograd::conv3x3(g, oh, ow, x, wt, bias, residual, relu, out);
-        return;
+    match winograd_mode() {
+        WinogradMode::F4 if super::super::winograd4::applies(g, oh, ow) => {
+            assert_eq!(wt.len(), g.cout * g.cin * 9);
+            super::super::winograd4::conv3x3(g, 1, oh, ow, x, wt, bias, residual, relu, out);
+            return;
+        }
+        WinogradMode::F2 if super::super::winograd::applies(g, oh, ow) => {
+            assert_eq!(x.len(), g.batch * g.cin * g.h * g.w);
+            assert_eq!(wt.len(), g.cout * g.cin * 9);
+            assert_eq!(out.len(), g.batch * g.cout * oh * ow);
+            super::super::winograd::conv3x3(g, oh, ow, x, wt, bias, residual, relu, out);
+            return;
+        }
+        _ => {}
     }
     let k = g.cin * g.kh * g.kw;
     let ohw = oh * ow;

@@ -1,0 +1,152 @@
+//! The compute precision a model is asked to run in ([`ComputeDtype`], `--dtype`,
+//! [`LoadOptions::dtype`](crate::LoadOptions::dtype),
+//! `DiffusionSettings::dtype` of the Bevy plugin) and what this
+//! machine actually runs ([`resolve`]).
+//!
+//! bf16 only pays where the CPU multiplies bf16 natively (x86-64 AVX-512 BF16 `vdpbf16ps`,
+//! AArch64 `BFDOT`): there a bf16 GEMM does ~4x the f32 work per cycle. Without those
+//! instructions bf16 values must be widened to f32 before every multiply; measured on a 2-core
+//! AVX2 EPYC (no AVX-512 at all), PyTorch 2.15's own bf16 `torch.mm` ran at 0.4 GFLOP/s against
+//! 5-8 GFLOP/s for f32 at 256-512 (a loaded machine; a 2048³ bf16 matmul did not finish in 5
+//! minutes while f32 ran at 38 GFLOP/s). So a bf16 request on such a CPU runs in f32, with a
+//! notice naming the missing feature, and the f32
+//! results are the parity-tested ones.
+//!
+//! This crate has no bf16 microkernel yet: on a CPU that has the instructions the request also
+//! runs in f32, and the notice says so (nothing here was run on AVX-512 BF16 hardware).
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Device;
+
+/// The precision of the weights and of the GEMM / convolution inputs. Norms, softmax and the
+/// scheduler are f32 in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum ComputeDtype {
+    /// 32-bit floats everywhere (default; the parity-tested path).
+    #[default]
+    F32,
+    /// bfloat16 weights and GEMM inputs with f32 accumulation, where the CPU multiplies bf16
+    /// natively (see [`resolve`]; today always resolved to f32 with a notice).
+    Bf16,
+}
+
+impl ComputeDtype {
+    /// `"f32"` / `"bf16"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl fmt::Display for ComputeDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ComputeDtype {
+    type Err = String;
+
+    /// `f32` / `float32` / `fp32`, `bf16` / `bfloat16` (any case); anything else is an error
+    /// naming the value.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(format!("unknown dtype `{other}` (expected f32 or bf16)")),
+        }
+    }
+}
+
+/// What the CPU offers for bf16 arithmetic, from run-time feature detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuBf16 {
+    /// The instruction-set feature bf16 GEMMs need on this architecture (`avx512bf16`,
+    /// `bf16`), or `None` on an architecture without one.
+    pub feature: Option<&'static str>,
+    /// Whether this CPU has it.
+    pub present: bool,
+}
+
+/// Detects the bf16 multiply instructions of the running CPU (`avx512bf16` + `avx512f` on
+/// x86-64, `bf16` on AArch64).
+pub fn cpu_bf16() -> CpuBf16 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        CpuBf16 {
+            feature: Some("avx512bf16"),
+            present: std::arch::is_x86_feature_detected!("avx512bf16")
+                && std::arch::is_x86_feature_detected!("avx512f"),
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        CpuBf16 {
+            feature: Some("bf16"),
+            present: std::arch::is_aarch64_feature_detected!("bf16"),
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        CpuBf16 {
+            feature: None,
+            present: false,
+        }
+    }
+}
+
+/// The precision a request for `requested` on `device` runs in, and a one-line notice when it
+/// is not what was asked (`None` when it is). Today every request resolves to
+/// [`ComputeDtype::F32`]; the notice names the missing CPU feature (or says the bf16 kernels are
+/// not built for this CPU / device).
+pub fn resolve(requested: ComputeDtype, device: &Device) -> (ComputeDtype, Option<String>) {
+    if requested == ComputeDtype::F32 {
+        return (ComputeDtype::F32, None);
+    }
+    if !device.is_cpu() {
+        return (
+            ComputeDtype::F32,
+            Some("dtype bf16 is not implemented for GPU devices yet: computing in f32".to_string()),
+        );
+    }
+    let cpu = cpu_bf16();
+    let why = match (cpu.feature, cpu.present) {
+        (Some(f), false) => format!(
+            "this CPU lacks `{f}` (bf16 multiply instructions), where bf16 runs slower than f32"
+        ),
+        (Some(f), true) => {
+            format!("this CPU has `{f}`, but bevy_diffusion has no bf16 microkernel for it yet")
+        }
+        (None, _) => "this CPU architecture has no bf16 multiply instructions".to_string(),
+    };
+    (
+        ComputeDtype::F32,
+        Some(format!("dtype bf16 requested: {why}; computing in f32")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_resolves() {
+        assert_eq!("BF16".parse::<ComputeDtype>(), Ok(ComputeDtype::Bf16));
+        assert_eq!("fp32".parse::<ComputeDtype>(), Ok(ComputeDtype::F32));
+        assert!("f16".parse::<ComputeDtype>().unwrap_err().contains("f16"));
+        assert_eq!(
+            resolve(ComputeDtype::F32, &Device::Cpu),
+            (ComputeDtype::F32, None)
+        );
+        let (d, note) = resolve(ComputeDtype::Bf16, &Device::Cpu);
+        assert_eq!(d, ComputeDtype::F32);
+        let note = note.expect("a bf16 request on the CPU explains itself");
+        if let Some(f) = cpu_bf16().feature {
+            assert!(note.contains(f), "{note}");
+        }
+    }
+}
