@@ -70,6 +70,10 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     {
         bail!("--init-image {}: no such file", p.display());
     }
+    #[cfg(feature = "farm")]
+    if let Some(url) = &args.farm {
+        return generate_on_farm(url, request, &args.out);
+    }
     let load = LoadOptions {
         loras: parse_loras(&args.loras)?,
         ..args.model.load_options()

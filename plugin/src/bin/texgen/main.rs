@@ -28,9 +28,13 @@ use bevy_diffusion::{GenerationRequest, LoadOptions, SchedulerKind, StableDiffus
 use clap::{Args, Parser, Subcommand};
 
 mod bake;
+#[cfg(feature = "farm")]
+mod farm;
 mod generate;
 mod inspect;
 use bake::*;
+#[cfg(feature = "farm")]
+use farm::*;
 use generate::*;
 use inspect::*;
 
@@ -55,6 +59,9 @@ enum Command {
     Bake(BakeArgs),
     /// Describe a model folder (family, components, scheduler, tokenizer) and list every problem.
     Inspect(InspectArgs),
+    /// Serve jobs of a generation farm on NATS JetStream (feature `farm`; docs/farm.md).
+    #[cfg(feature = "farm")]
+    Serve(ServeArgs),
 }
 
 /// Where the model comes from.
@@ -234,6 +241,11 @@ struct GenerateArgs {
     /// Where to write the PNG.
     #[arg(long)]
     out: PathBuf,
+    /// Run it on a generation farm instead (a NATS URL, e.g. nats://127.0.0.1:4222; feature
+    /// `farm`): the model flags are the workers' business then.
+    #[cfg(feature = "farm")]
+    #[arg(long, value_name = "URL")]
+    farm: Option<String>,
 }
 
 /// Exit code of a bad command line (clap's convention, kept for scripts).
@@ -319,5 +331,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(args),
         Command::Bake(args) => bake(args),
         Command::Inspect(args) => inspect_folder(args),
+        #[cfg(feature = "farm")]
+        Command::Serve(args) => serve(args),
     }
 }
