@@ -111,10 +111,10 @@ impl Args {
             s.model = ModelSource::Folder(dir.clone());
         }
         if let Some(n) = self.threads {
-            s.compute_threads = n.max(1);
+            s.worker.compute_threads = Some(n.max(1));
         }
         if !self.no_cache {
-            s.cache_dir = Some(self.cache_dir().join("images"));
+            s.worker.cache_dir = Some(self.cache_dir().join("images"));
         }
         s
     }
@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(run.frames, 5);
         assert_eq!(run.mid_run.as_deref(), Some("m.png".as_ref()));
         assert_eq!(
-            a.diffusion_settings().cache_dir.as_deref(),
+            a.diffusion_settings().worker.cache_dir.as_deref(),
             Some("/tmp/x/images".as_ref())
         );
         assert!(parse(&["--mid-run-screenshot", "m.png"]).is_err());
@@ -210,6 +210,7 @@ mod tests {
             parse(&["--no-cache"])
                 .unwrap()
                 .diffusion_settings()
+                .worker
                 .cache_dir
                 .is_none()
         );

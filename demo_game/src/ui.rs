@@ -4,7 +4,7 @@
 //! the game logic runs without it.
 
 use bevy::prelude::*;
-use bevy_diffusion::DiffusionStatus;
+use bevy_diffusion::{DiffusionStatus, RequestId};
 
 use crate::frame_stats::FrameStats;
 use crate::input::PromptInput;
@@ -45,11 +45,11 @@ struct JobList;
 struct TargetChip(Target);
 /// A row of the request in flight with this id.
 #[derive(Component)]
-struct JobRow(u64);
+struct JobRow(RequestId);
 #[derive(Component)]
-struct JobBar(u64);
+struct JobBar(RequestId);
 #[derive(Component)]
-struct JobStep(u64);
+struct JobStep(RequestId);
 
 fn font(size: f32) -> TextFont {
     TextFont::from_font_size(size)
@@ -266,7 +266,7 @@ fn sync_job_rows(
     mut bars: Query<(&JobBar, &mut Node)>,
     mut steps: Query<(&JobStep, &mut Text)>,
 ) {
-    let shown: Vec<u64> = jobs.pending.keys().copied().take(MAX_ROWS).collect();
+    let shown: Vec<RequestId> = jobs.pending.keys().copied().take(MAX_ROWS).collect();
     let mut have = Vec::new();
     for (entity, row) in &rows {
         if shown.contains(&row.0) {

@@ -85,7 +85,7 @@ fn recorder(step_ms: u64) -> (DiffusionPlugin, Record) {
             record: r.clone(),
         })
     })
-    .configure(|s| s.compute_threads = 1);
+    .configure(|s| s.worker.compute_threads = Some(1));
     (plugin, record)
 }
 
@@ -461,7 +461,7 @@ fn after_a_restart_each_player_sees_the_same_world() {
     let scratch = Scratch::new("restart");
     let start = |player: &str| {
         let (plugin, record) = recorder(0);
-        let plugin = plugin.configure(|s| s.cache_dir = Some(scratch.0.join("images")));
+        let plugin = plugin.configure(|s| s.worker.cache_dir = Some(scratch.0.join("images")));
         let mut players = Players::default();
         assert!(players.select(player));
         let demo = DemoPlugin {
@@ -511,7 +511,7 @@ fn after_a_restart_each_player_sees_the_same_world() {
 #[test]
 fn the_embedded_model_builds_the_world() {
     let mut app = app(
-        DiffusionPlugin::default().configure(|s| s.compute_threads = 1),
+        DiffusionPlugin::default().configure(|s| s.worker.compute_threads = Some(1)),
         demo(2),
     );
     wait_for(

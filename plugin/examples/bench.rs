@@ -7,17 +7,27 @@
 //! 256 px (32x32 latent) instead.
 //!
 //! After the SD 1.5 UNet step and VAE decode, a per-op-kind table (conv, group norm, attention,
-//! matmul, elementwise/copies, upsample, ...) from [`bevy_diffusion::kernels::profile`] shows
+//! matmul, elementwise/copies, upsample, ...) from [`bevy_diffusion::testing::kernels::profile`] shows
 //! where the time of one run goes; `other` is what no wrapped op accounts for.
+//!
+//! `--only taesd|turbo|unet|vae|memory` runs one part: `turbo` is the SD-Turbo-architecture image
+//! (SD 2.1 UNet, OpenCLIP-H text encoder, 512 px, 1 step, no CFG) with the full VAE and with
+//! TAESD; `memory` writes a real-size SD 1.5 folder with random f32 weights (a child process),
+//! loads it and generates one 512 px image, printing peak RSS (VmHWM) against the weights' bytes.
+
+#[path = "bench_parts/memory.rs"]
+mod memory;
+#[path = "bench_parts/turbo.rs"]
+mod turbo;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bevy_diffusion::kernels::profile;
 use bevy_diffusion::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use bevy_diffusion::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use bevy_diffusion::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use bevy_diffusion::pipeline::{self, NoHooks};
+use bevy_diffusion::testing::kernels::profile;
 use bevy_diffusion::{GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -46,10 +56,19 @@ fn main() -> anyhow::Result<()> {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    if let Some(dir) = flag_value(&args, "--write-random-sd15") {
+        return memory::write_random_sd15(
+            Path::new(&dir),
+            &write_config,
+            SD15_UNET,
+            SD15_VAE,
+            CLIP_L,
+        );
+    }
     println!(
         "threads: {}, kernels: {}",
         candle_core::utils::get_num_threads(),
-        if bevy_diffusion::kernels::enabled() {
+        if bevy_diffusion::testing::kernels::enabled() {
             "ours"
         } else {
             "candle (BEVY_DIFFUSION_KERNELS=off)"
@@ -58,10 +77,31 @@ fn main() -> anyhow::Result<()> {
     if only.is_none() {
         fixture_bench()?;
         sdxs_fixture_bench()?;
+    }
+    if only.as_deref().is_none_or(|o| o == "taesd") {
         taesd_bench(if quick { 32 } else { 64 })?;
+    }
+    if only.as_deref() == Some("taesd") {
+        return Ok(());
+    }
+    if only.as_deref().is_none_or(|o| o == "turbo") {
+        turbo::turbo_bench(&write_config, SD15_VAE, &|label, f| timed(label, 1, f))?;
+    }
+    if only.as_deref() == Some("turbo") {
+        return Ok(());
+    }
+    if only.as_deref() == Some("memory") {
+        return memory::memory_bench();
     }
     sd15_bench(if quick { 32 } else { 64 }, only.as_deref())?;
     Ok(())
+}
+
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn timed<T>(
@@ -191,7 +231,7 @@ fn taesd_bench(latent: usize) -> anyhow::Result<()> {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let taesd = AutoencoderTiny::new(vb, &cfg)?;
     let z = Tensor::randn(0f32, 1., (1, 4, latent, latent), &dev)?;
-    timed(&format!("taesd decode {px}px"), 3, || {
+    timed_with_ops(&format!("taesd decode {px}px"), 3, || {
         Ok(taesd.decode(&z, Tiling::None)?)
     })?;
     let x = Tensor::randn(0f32, 1., (1, 3, px, px), &dev)?;

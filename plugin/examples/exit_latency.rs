@@ -42,11 +42,9 @@ fn main() {
         Some(dir) => ModelSource::Folder(dir.into()),
         None => ModelSource::Embedded,
     };
-    let settings = DiffusionSettings {
-        model,
-        previews: false,
-        ..Default::default()
-    };
+    let settings = DiffusionSettings::default()
+        .with_model(model)
+        .with_previews(None);
     let mut app = App::new();
     app.add_plugins((
         MinimalPlugins,

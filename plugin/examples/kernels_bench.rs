@@ -4,10 +4,14 @@
 
 use std::time::Instant;
 
-use bevy_diffusion::kernels::{self, AxisPad, Conv2dKernel};
+use bevy_diffusion::testing::kernels::{self, AxisPad, Conv2dKernel};
 use candle_core::{Device, Tensor};
 
 fn main() -> anyhow::Result<()> {
+    if std::env::var("GEMM_SHAPES").is_ok() {
+        gemm_shapes();
+        return Ok(());
+    }
     let a: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|s| s.parse().ok())
@@ -119,4 +123,71 @@ fn attention_and_linear() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Temporary: single-threaded gemm GFLOP/s for the TAESD conv shapes in both orientations.
+#[allow(dead_code)]
+pub fn gemm_shapes() {
+    for &(m, k) in &[(64usize, 64usize), (128, 128), (512, 512)] {
+        for &t in &[64usize, 256, 1024] {
+            let lhs = vec![1f32; m * k];
+            let rhs = vec![1f32; k * t];
+            let mut dst = vec![0f32; m * t];
+            let reps = (2e9 / (2.0 * (m * k * t) as f64)).max(1.0) as usize;
+            for orient in 0..2 {
+                let s = Instant::now();
+                for _ in 0..reps {
+                    unsafe {
+                        if orient == 0 {
+                            gemm::gemm(
+                                m,
+                                t,
+                                k,
+                                dst.as_mut_ptr(),
+                                1,
+                                t as isize,
+                                false,
+                                lhs.as_ptr(),
+                                1,
+                                k as isize,
+                                rhs.as_ptr(),
+                                1,
+                                t as isize,
+                                1.0f32,
+                                1.0f32,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            )
+                        } else {
+                            gemm::gemm(
+                                t,
+                                m,
+                                k,
+                                dst.as_mut_ptr(),
+                                t as isize,
+                                1,
+                                false,
+                                rhs.as_ptr(),
+                                t as isize,
+                                1,
+                                lhs.as_ptr(),
+                                k as isize,
+                                1,
+                                1.0f32,
+                                1.0f32,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            )
+                        }
+                    }
+                }
+                let g = 2.0 * (m * k * t * reps) as f64 / s.elapsed().as_secs_f64() / 1e9;
+                println!("m {m} k {k} t {t} orient {orient}: {g:.1} GFLOP/s single thread");
+            }
+        }
+    }
 }

@@ -155,9 +155,9 @@ fn main() {
         ImagePlugin::default(),
     ))
     .add_plugins(DiffusionPlugin::with_generator(|| Ok(Fast)).configure(|s| {
-        s.max_queued = 64;
-        s.max_per_player = 4;
-        s.compute_threads = 1;
+        s.worker.max_queued = 64;
+        s.worker.max_per_player = 4;
+        s.worker.compute_threads = Some(1);
     }))
     .init_resource::<Tally>()
     .add_systems(Update, (submit_burst, count).chain());

@@ -13,23 +13,39 @@ use std::path::PathBuf;
 pub enum DiffusionError {
     /// The model folder does not exist or is not a directory.
     #[error("model folder {path} does not exist or is not a directory")]
-    ModelFolderMissing { path: PathBuf },
+    ModelFolderMissing {
+        /// The file or folder concerned.
+        path: PathBuf,
+    },
 
     /// A file the diffusers layout requires is absent.
     #[error("{path}: missing ({what})")]
-    MissingFile { path: PathBuf, what: String },
+    MissingFile {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// What the file is for (e.g. "the UNet config").
+        what: String,
+    },
 
     /// Weights stored as a Python pickle (`.bin`, `.ckpt`, `.pt`, `.pth`), which we never load.
     #[error(
         "{path}: pickled weights are refused (they can run arbitrary code); convert the model to \
          safetensors, e.g. with diffusers' `save_pretrained(..., safe_serialization=True)`"
     )]
-    PickleWeights { path: PathBuf },
+    PickleWeights {
+        /// The file or folder concerned.
+        path: PathBuf,
+    },
 
     /// LoRA tensors that match no module of the model (or follow neither the kohya nor the
     /// diffusers/PEFT naming): all of them, sorted; the message lists the first 20.
     #[error("{path}: {} LoRA tensor(s) match nothing in the model: {}", .keys.len(), list_keys(.keys))]
-    LoraUnmatched { path: PathBuf, keys: Vec<String> },
+    LoraUnmatched {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// Every unmatched LoRA tensor name, sorted.
+        keys: Vec<String>,
+    },
 
     /// A LoRA module whose `up @ down` cannot patch the model's weight (a LoRA for another base
     /// model, e.g. SDXL on SD 1.5).
@@ -38,12 +54,19 @@ pub enum DiffusionError {
          `{weight}` of shape {expected:?}: {reason} (a LoRA for another base model?)"
     )]
     LoraShapeMismatch {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The LoRA module or key.
         key: String,
+        /// Shape of the `lora_down` (A) tensor.
         down: Vec<usize>,
+        /// Shape of the `lora_up` (B) tensor.
         up: Vec<usize>,
+        /// The model weight it would patch.
         weight: String,
+        /// The shape the model expects.
         expected: Vec<usize>,
+        /// Why, in words.
         reason: String,
     },
 
@@ -51,14 +74,22 @@ pub enum DiffusionError {
     /// non-finite scale, unsupported kind such as DoRA).
     #[error("{path}: LoRA `{key}`: {reason}")]
     InvalidLora {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The LoRA module or key.
         key: String,
+        /// Why, in words.
         reason: String,
     },
 
     /// A safetensors file that cannot be read: truncated, bad header, byte ranges that lie.
     #[error("{path}: invalid safetensors file: {reason}")]
-    BadSafetensors { path: PathBuf, reason: String },
+    BadSafetensors {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// Why, in words.
+        reason: String,
+    },
 
     /// A weight file larger than the configured size cap (a safeguard against mapping a wrong
     /// or corrupted multi-gigabyte file).
@@ -67,16 +98,22 @@ pub enum DiffusionError {
          model really is that large)"
     )]
     FileTooLarge {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The file's size in bytes.
         size: u64,
+        /// The size cap in bytes.
         limit: u64,
     },
 
     /// A tensor the config implies is absent from the weight file.
     #[error("{path}: tensor `{tensor}` is missing (expected shape {expected:?})")]
     MissingTensor {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The full dotted tensor name.
         tensor: String,
+        /// The shape the model expects.
         expected: Vec<usize>,
     },
 
@@ -90,53 +127,77 @@ pub enum DiffusionError {
          layers_per_block, transformer_layers_per_block and the block types)"
     )]
     UnexpectedTensors {
+        /// The weight file (or shard index).
         path: PathBuf,
+        /// How many stored tensors the model never asked for.
         count: usize,
+        /// The first three of them, comma-separated (`, ...` when there are more).
         first: String,
     },
 
     /// A tensor whose shape disagrees with the one implied by config.json.
     #[error("{path}: tensor `{tensor}` has shape {found:?} but config.json implies {expected:?}")]
     ShapeMismatch {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The full dotted tensor name.
         tensor: String,
+        /// The shape the model expects.
         expected: Vec<usize>,
+        /// The shape stored in the file.
         found: Vec<usize>,
     },
 
     /// A config file that cannot be parsed or has an invalid value.
     #[error("{path}: field `{field}`: {reason}")]
     InvalidConfig {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The config key or request field.
         field: String,
+        /// Why, in words.
         reason: String,
     },
 
     /// A config key whose feature we do not implement; refused rather than silently ignored.
     #[error("{path}: `{field}` = {value} is not supported by bevy_diffusion")]
     UnsupportedConfig {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The config key or request field.
         field: String,
+        /// The value found, as written.
         value: String,
     },
 
     /// A model family we recognise but cannot run yet (e.g. SDXL).
     #[error("{path}: {family} pipelines are not supported yet ({reason})")]
     UnsupportedModel {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The model family (e.g. "SD3").
         family: String,
+        /// Why, in words.
         reason: String,
     },
 
     /// The tokenizer files could not be loaded or a prompt could not be tokenized.
     #[error("{path}: tokenizer error: {reason}")]
-    Tokenizer { path: PathBuf, reason: String },
+    Tokenizer {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// Why, in words.
+        reason: String,
+    },
 
     /// A generation request with an invalid field.
     #[error("invalid request: `{field}` = {value}: {reason}")]
     InvalidRequest {
+        /// The config key or request field.
         field: &'static str,
+        /// The value found, as written.
         value: String,
+        /// Why, in words.
         reason: String,
     },
 
@@ -148,7 +209,12 @@ pub enum DiffusionError {
 
     /// An image file (e.g. the img2img init image) that cannot be read or has the wrong size.
     #[error("image {path}: {reason}")]
-    Image { path: PathBuf, reason: String },
+    Image {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// Why, in words.
+        reason: String,
+    },
 
     /// The request was cancelled (between two model blocks, or before it started).
     #[error("cancelled")]
@@ -164,8 +230,11 @@ pub enum DiffusionError {
          scheduler, fewer steps or a lower guidance_scale"
     )]
     NonFiniteLatents {
+        /// The 1-based denoising step after which it was found.
         step: usize,
+        /// Denoising steps of the request.
         total: usize,
+        /// The scheduler that ran.
         scheduler: String,
     },
 
@@ -186,17 +255,27 @@ pub enum DiffusionError {
     /// A generator panicked while running a request (or while loading); the message is the
     /// panic's. Only that request fails; the worker keeps serving.
     #[error("{what} panicked: {message}")]
-    Panicked { what: &'static str, message: String },
+    Panicked {
+        /// What panicked (e.g. "the generator", "the model loader").
+        what: &'static str,
+        /// The panic message.
+        message: String,
+    },
 
     /// The generation farm (feature `farm`) failed a request: the broker is unreachable, a
     /// worker reported an error (its message is `reason`), or the job ran out of deliveries.
     #[error("farm: {reason}")]
-    Farm { reason: String },
+    Farm {
+        /// What failed, as the broker or the worker reported it.
+        reason: String,
+    },
 
     /// A file-system error while reading or writing `path`.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },

@@ -64,15 +64,17 @@
 //! # Ok::<(), bevy_diffusion::DiffusionError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 // Layers, each importing only from those above it in this list:
 // leaves (error, noise, tiling, kernels, cancel, compute_pool, config_bounds, configuration_utils) -> schedulers, models -> request -> loading -> pipeline -> runtime
 // -> tools and bevy_plugin.
-pub mod cancel;
+pub(crate) mod cancel;
 pub mod compute_pool;
-pub mod config_bounds;
-pub mod configuration_utils;
+pub(crate) mod config_bounds;
+pub(crate) mod configuration_utils;
 pub mod error;
-pub mod kernels;
+pub(crate) mod kernels;
 pub mod noise;
 pub mod tiling;
 
@@ -127,4 +129,37 @@ pub mod prelude {
     pub use crate::runtime::worker::{Generator, RequestId, SubmitError};
     pub use crate::tiling::Tiling;
     pub use crate::{PlayerProfile, PromptTemplate, SchedulerKind};
+}
+
+/// Internals the workspace's tests, benches and examples reach into: our CPU kernels, the
+/// safetensors header reader and checking backend, the LoRA merge, atomic file writes, the
+/// config reader. Not part of the API: no stability promise, hidden from the
+/// docs.
+#[doc(hidden)]
+pub mod testing {
+    /// `crate::kernels`: conv / GroupNorm / attention / Linear / elementwise kernels, profile.
+    pub mod kernels {
+        pub use crate::kernels::*;
+    }
+    /// `crate::loading::weights`: safetensors headers, weight files, the checking loader.
+    pub mod weights {
+        pub use crate::loading::model_loading_utils::*;
+        pub use crate::loading::weights::*;
+    }
+    /// `crate::loading::lora_merge`: LoRA deltas merged while a model loads.
+    pub mod lora_merge {
+        pub use crate::loading::lora_merge::*;
+    }
+    /// `crate::runtime::atomic_file`: PNG encoding and atomic writes.
+    pub mod atomic_file {
+        pub use crate::runtime::atomic_file::*;
+    }
+    /// `crate::configuration_utils`: the one JSON config reader.
+    pub mod configuration_utils {
+        pub use crate::configuration_utils::*;
+    }
+    /// `crate::cancel`: cancel checkpoints inside the models.
+    pub mod cancel {
+        pub use crate::cancel::*;
+    }
 }

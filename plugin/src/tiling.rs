@@ -128,6 +128,23 @@ impl TiledConv2d {
         self.forward_fused(x, tiling, None, None)
     }
 
+    /// `relu(conv(x) + residual[b, c, h, w])` in one pass over the output (`residual` optional,
+    /// `[batch, out, oh, ow]`).
+    pub fn forward_relu(
+        &self,
+        x: &Tensor,
+        tiling: Tiling,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let p = self.padding;
+        self.conv.forward_relu(
+            x,
+            AxisPad::symmetric(p, tiling.wraps_y()),
+            AxisPad::symmetric(p, tiling.wraps_x()),
+            residual,
+        )
+    }
+
     /// `conv(x) + extra_bias[b, c] + residual[b, c, h, w]` in one pass over the output;
     /// `extra_bias` `[batch, out]`, `residual` `[batch, out, oh, ow]`.
     pub fn forward_fused(

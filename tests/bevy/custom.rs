@@ -225,7 +225,7 @@ fn previews_update_the_same_handle_during_denoising() {
 #[test]
 fn with_previews_off_the_placeholder_stays_until_the_result() {
     let (plugin, _) = Disc::plugin(3);
-    let mut app = app(plugin.configure(|s| s.previews = false));
+    let mut app = app(plugin.configure(|s| s.worker.preview_every = None));
     let job = submit(&mut app, steps(1000)).expect("accepted");
     wait_for(&mut app, "three progress messages", |app| {
         log(app).progress_of(job.id).len() >= 3
@@ -251,7 +251,7 @@ fn the_plugin_names_the_plugins_it_needs() {
 #[test]
 fn cancel_stops_a_running_job_within_one_step_and_frees_its_slot() {
     let (plugin, steps_done) = Disc::plugin(5);
-    let mut app = app(plugin.configure(|s| s.max_queued = 1));
+    let mut app = app(plugin.configure(|s| s.worker.max_queued = 1));
     let job = submit(&mut app, steps(1000)).expect("accepted");
     wait_for(&mut app, "the job to run", |app| {
         !log(app).progress_of(job.id).is_empty()
@@ -291,7 +291,7 @@ fn cancel_stops_a_running_job_within_one_step_and_frees_its_slot() {
 #[test]
 fn a_player_over_quota_is_rejected_at_once_with_the_reason_and_can_cancel_all() {
     let (plugin, _) = Disc::plugin(5);
-    let mut app = app(plugin.configure(|s| s.max_per_player = 2));
+    let mut app = app(plugin.configure(|s| s.worker.max_per_player = 2));
     let for_player = |p: &str| GenerationRequest {
         player: Some(p.into()),
         ..steps(1000)

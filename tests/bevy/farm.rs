@@ -40,10 +40,21 @@ fn a_farm_model_source_keeps_the_submit_api() {
     assert_eq!(l.finished_of(job.id).len(), 1);
     assert!(!l.progress_of(job.id).is_empty(), "progress came through");
     let (w, h, data) = pixels(&app, &job.handle);
-    assert_eq!((w, h), (8, 8), "the worker's image is in the request's handle");
-    assert_eq!(&data[..4], &[42, 7, 9, 255], "red = seed (the fast worker's pixels)");
+    assert_eq!(
+        (w, h),
+        (8, 8),
+        "the worker's image is in the request's handle"
+    );
+    assert_eq!(
+        &data[..4],
+        &[42, 7, 9, 255],
+        "red = seed (the fast worker's pixels)"
+    );
     wait_for(&mut app, "progress of the long request", |app| {
-        !app.world().resource::<crate::Log>().progress_of(long.id).is_empty()
+        !app.world()
+            .resource::<crate::Log>()
+            .progress_of(long.id)
+            .is_empty()
     });
     assert!(cancel(&mut app, long.id));
     wait_ended(&mut app, long.id);

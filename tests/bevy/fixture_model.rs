@@ -12,7 +12,7 @@ use bevy_diffusion_tests::tiny_sd_model;
 use crate::{app, log, pixels, submit, wait_ended, wait_for};
 
 fn plugin() -> DiffusionPlugin {
-    DiffusionPlugin::from_folder(tiny_sd_model()).configure(|s| s.compute_threads = 1)
+    DiffusionPlugin::from_folder(tiny_sd_model()).configure(|s| s.worker.compute_threads = Some(1))
 }
 
 fn wall(seed: u64) -> GenerationRequest {

@@ -32,7 +32,8 @@ fn hot_reload_editing_a_prompt_file_regenerates_the_same_handle() {
             ..Default::default()
         },
         ImagePlugin::default(),
-        DiffusionPlugin::from_folder(tiny_sd_model()).configure(|s| s.compute_threads = 1),
+        DiffusionPlugin::from_folder(tiny_sd_model())
+            .configure(|s| s.worker.compute_threads = Some(1)),
     ))
     .init_resource::<Log>()
     .add_systems(PreUpdate, crate::collect.after(DiffusionSystems::Poll));

@@ -165,7 +165,7 @@ fn app_exit_stops_a_running_request_within_a_step() {
 }
 
 fn tiny() -> DiffusionPlugin {
-    DiffusionPlugin::from_folder(tiny_sd_model()).configure(|s| s.compute_threads = 1)
+    DiffusionPlugin::from_folder(tiny_sd_model()).configure(|s| s.worker.compute_threads = Some(1))
 }
 
 #[test]

@@ -43,7 +43,8 @@ fn app_with_asset_bytes(name: &str, files: &[(&str, Vec<u8>)]) -> (App, std::pat
             ..Default::default()
         },
         ImagePlugin::default(),
-        DiffusionPlugin::from_folder(tiny_sd_model()).configure(|s| s.compute_threads = 1),
+        DiffusionPlugin::from_folder(tiny_sd_model())
+            .configure(|s| s.worker.compute_threads = Some(1)),
     ))
     .init_resource::<Log>()
     .add_systems(PreUpdate, crate::collect.after(DiffusionSystems::Poll));

@@ -134,7 +134,7 @@ fn bake_writes_what_the_core_generates_and_a_rerun_skips_everything() {
         );
         assert_eq!(
             std::fs::read(&png_path).unwrap(),
-            bevy_diffusion::runtime::atomic_file::encode_png(&expected).unwrap(),
+            bevy_diffusion::testing::atomic_file::encode_png(&expected).unwrap(),
             "{}: PNG bytes",
             item.name
         );

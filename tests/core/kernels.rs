@@ -1,9 +1,9 @@
-//! Our CPU kernels (`bevy_diffusion::kernels`) against plain references built from candle's own
+//! Our CPU kernels (`bevy_diffusion::testing::kernels`) against plain references built from candle's own
 //! ops: random shapes with odd sizes, batch > 1, non-contiguous inputs, zero and circular
 //! padding, stride 1 and 2, fused bias / per-sample bias / residual.
 
-use bevy_diffusion::kernels::conv::pad_axis;
-use bevy_diffusion::kernels::{AxisPad, Conv2dKernel, GroupNormKernel, elementwise};
+use bevy_diffusion::testing::kernels::conv::pad_axis;
+use bevy_diffusion::testing::kernels::{AxisPad, Conv2dKernel, GroupNormKernel, elementwise};
 use candle_core::{D, Device, Result, Tensor};
 
 /// Largest |a - b| relative to max(1, max |b|).
@@ -161,6 +161,64 @@ fn conv2d_matches_candle_on_larger_maps() -> Result<()> {
     Ok(())
 }
 
+/// 3x3 stride-1 convolutions with >= 8 channels and >= 256 output pixels take the Winograd
+/// F(2x2, 3x3) path: random odd and even sizes, batch > 1, non-contiguous input, zero / circular
+/// / asymmetric padding, bias, per-sample bias, residual and the fused ReLU, against candle.
+#[test]
+fn winograd_conv3x3_matches_candle() -> Result<()> {
+    let mut rng = Lcg(23);
+    for case in 0..24 {
+        let batch = 1 + rng.below(2);
+        let cin = 8 + rng.below(20);
+        let cout = 8 + rng.below(20);
+        let (h, w) = (16 + rng.below(25), 16 + rng.below(25));
+        let pad = |rng: &mut Lcg| {
+            let (before, after) = [(1, 1), (1, 1), (0, 1), (1, 0), (0, 0), (2, 2)][rng.below(6)];
+            AxisPad {
+                before,
+                after,
+                circular: rng.below(2) == 1,
+            }
+        };
+        let (py, px) = (pad(&mut rng), pad(&mut rng));
+        let x = if case % 3 == 0 {
+            rng.tensor(&[batch, cin, w, h])?.transpose(2, 3)?
+        } else {
+            rng.tensor(&[batch, cin, h, w])?
+        };
+        let wt = rng.tensor(&[cout, cin, 3, 3])?;
+        let bias = (case % 4 != 3).then(|| rng.tensor(&[cout])).transpose()?;
+        let (oh, ow) = (h + py.before + py.after - 2, w + px.before + px.after - 2);
+        let extra = (case % 4 == 1)
+            .then(|| rng.tensor(&[batch, cout]))
+            .transpose()?;
+        let residual = (case % 3 == 2)
+            .then(|| rng.tensor(&[batch, cout, oh, ow]))
+            .transpose()?;
+        let conv = Conv2dKernel::new(wt.clone(), bias.clone(), 1)?;
+        let want = conv_reference(
+            &x,
+            &wt,
+            bias.as_ref(),
+            1,
+            py,
+            px,
+            extra.as_ref(),
+            residual.as_ref(),
+        )?;
+        let got = conv.forward(&x, py, px, extra.as_ref(), residual.as_ref())?;
+        let e = rel_err(&got, &want)?;
+        let label = format!("case {case}: b{batch} c{cin}->{cout} {h}x{w} {py:?} {px:?}");
+        assert!(e < 1e-5, "{label}: {e}");
+        if extra.is_none() {
+            let got = conv.forward_relu(&x, py, px, residual.as_ref())?;
+            let e = rel_err(&got, &want.relu()?)?;
+            assert!(e < 1e-5, "{label} relu: {e}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn conv2d_refuses_a_circular_pad_wider_than_the_axis() -> Result<()> {
     let x = Tensor::zeros((1, 1, 1, 4), candle_core::DType::F32, &Device::Cpu)?;
@@ -221,7 +279,7 @@ fn upsample_geglu_silu_match_candle() -> Result<()> {
 
 #[test]
 fn flash_attention_matches_softmax_attention() -> Result<()> {
-    use bevy_diffusion::kernels::attention::flash_attention;
+    use bevy_diffusion::testing::kernels::attention::flash_attention;
     let mut rng = Lcg(9);
     // Odd sizes, more keys than one block (512), more queries than one block (64).
     for &(bh, n, m, d, dv) in &[(3, 5, 7, 4, 2), (2, 130, 1100, 8, 8), (1, 1, 1, 3, 5)] {
@@ -240,7 +298,7 @@ fn flash_attention_matches_softmax_attention() -> Result<()> {
 
 #[test]
 fn multi_head_attention_reads_heads_in_place() -> Result<()> {
-    use bevy_diffusion::kernels::attention::attention_heads;
+    use bevy_diffusion::testing::kernels::attention::attention_heads;
     let mut rng = Lcg(13);
     let (b, n, m, heads, d) = (2, 70, 77, 5, 8);
     let q = (rng.tensor(&[b, n, heads * d])? * 2.0)?;
@@ -275,19 +333,24 @@ fn linear_kernel_matches_candle_linear() -> Result<()> {
         candle_nn::Linear::new(w, None),
     ] {
         let want = candle_core::Module::forward(&l, &x)?;
-        let got = bevy_diffusion::kernels::linear::forward(&l, &x)?;
+        let got = bevy_diffusion::testing::kernels::linear::forward(&l, &x)?;
         assert!(rel_err(&got, &want)? < 1e-5);
         // Non-contiguous input.
         let xt = x.transpose(0, 1)?;
         let want = candle_core::Module::forward(&l, &xt.contiguous()?)?;
-        assert!(rel_err(&bevy_diffusion::kernels::linear::forward(&l, &xt)?, &want)? < 1e-5);
+        assert!(
+            rel_err(
+                &bevy_diffusion::testing::kernels::linear::forward(&l, &xt)?,
+                &want
+            )? < 1e-5
+        );
     }
     Ok(())
 }
 
 #[test]
 fn fused_linear_layouts_match_permute_and_add() -> Result<()> {
-    use bevy_diffusion::kernels::linear;
+    use bevy_diffusion::testing::kernels::linear;
     let mut rng = Lcg(19);
     let (b, c, h, w, inner) = (2, 6, 3, 5, 10);
     let x = rng.tensor(&[b, c, h, w])?;

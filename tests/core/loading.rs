@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use bevy_diffusion::loading::folder::{self, FolderOptions, ModelFamily, ModelFolder};
-use bevy_diffusion::loading::weights::{self, CheckedWeights, VarBuilder, WeightFiles};
 use bevy_diffusion::models::tokenizer::PromptTokenizer;
+use bevy_diffusion::testing::weights::{self, CheckedWeights, VarBuilder, WeightFiles};
 use bevy_diffusion::{DiffusionError, LoadOptions, StableDiffusion};
 use bevy_diffusion_tests::{tiny_sd_dir, tiny_sd_model};
 use candle_core::{DType, Device, Tensor};

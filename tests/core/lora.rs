@@ -8,27 +8,23 @@ use std::sync::OnceLock;
 
 use bevy_diffusion::loading::folder::{FolderOptions, ModelFolder};
 use bevy_diffusion::loading::lora::{LoraSpec, check_lora};
-use bevy_diffusion::loading::lora_merge::{LoraSet, identity, merge};
 use bevy_diffusion::loading::lora_names::{
     LoraComponent, LoraRole, ModuleIndex, ModuleName, parse_key,
 };
-use bevy_diffusion::loading::weights::CheckedWeights;
-use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks};
+use bevy_diffusion::pipeline::{self, ExplicitNoise};
 use bevy_diffusion::schedulers::TimestepSpacing;
+use bevy_diffusion::testing::lora_merge::{LoraSet, identity, merge};
+use bevy_diffusion::testing::weights::CheckedWeights;
 use bevy_diffusion::{
     DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling,
 };
-use bevy_diffusion_tests::{assert_close, max_abs_diff, tiny_sd_model};
+use bevy_diffusion_tests::parity::{
+    StepRecorder, assert_image_within_1_255, assert_steps_match, check,
+};
+use bevy_diffusion_tests::tiny_sd_model;
 use candle_core::{DType, Device, Tensor};
 
 use crate::loading::scratch;
-
-/// `assert_close` that also prints the measured figure (run with `--nocapture` to see them).
-fn check(what: &str, actual: &Tensor, reference: &Tensor) {
-    let (diff, scale) = max_abs_diff(actual, reference);
-    println!("{what}: max|diff| = {diff:.3e} (max|ref| = {scale:.3})");
-    assert_close(what, actual, reference);
-}
 
 /// `tests/fixtures/tiny-lora` (its `model/` is byte-identical to tiny-sd's, which the tests use).
 fn dir() -> PathBuf {
@@ -181,14 +177,6 @@ fn fused_weights_match_diffusers_for_all_57_modules_and_both_namings() {
     }
 }
 
-#[derive(Default)]
-struct Recorder(Vec<DenoisingStep>);
-impl GenerationHooks for Recorder {
-    fn on_step(&mut self, step: &DenoisingStep) {
-        self.0.push(step.clone());
-    }
-}
-
 #[test]
 fn lora_pipeline_ddim4_matches_diffusers_for_both_namings() {
     let r = refs();
@@ -228,58 +216,18 @@ fn lora_pipeline_ddim4_matches_diffusers_for_both_namings() {
             vae_sample_eps: None,
         };
         let mut noise = bevy_diffusion::noise::SeededNoise::new(0);
-        let mut rec = Recorder::default();
+        let mut rec = StepRecorder::default();
         let out = pipeline::generate_with_noise(&model, &request, &explicit, &mut noise, &mut rec)
             .unwrap();
-        assert_eq!(rec.0.len(), 4);
-        for (k, s) in rec.0.iter().enumerate() {
-            let p = format!("{case}/step_{k:02}");
-            check(
-                &format!("{p}/unet_output"),
-                &s.unet_output,
-                &r.get(&format!("{p}/unet_output")),
-            );
-            check(
-                &format!("{p}/latents_out"),
-                &s.latents_out,
-                &r.get(&format!("{p}/latents_out")),
-            );
-        }
+        // The fixture stores these two per step for the LoRA cases.
+        let stored = ["unet_output", "latents_out"];
+        assert_steps_match(&case, &rec.steps, 4, &stored, |n| r.get(n));
         check(
             &format!("{case}/final_latents"),
             &out.final_latents,
             &r.get(&format!("{case}/final_latents")),
         );
-        let reference = r
-            .get(&format!("{case}/image"))
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let ours: Vec<f32> = out
-            .image
-            .pixels()
-            .flat_map(|p| {
-                p.0[..3]
-                    .iter()
-                    .map(|&v| v as f32 / 255.0)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        assert_eq!(ours.len(), reference.len());
-        let worst = ours
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        println!(
-            "{case}/image: max|diff| = {worst:.3e} (1/255 = {:.3e})",
-            1.0 / 255.0
-        );
-        assert!(
-            worst <= 1.0 / 255.0 + 1e-6,
-            "{case}: image differs by {worst}"
-        );
+        assert_image_within_1_255(&case, &out.image, &r.get(&format!("{case}/image")));
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bake;
 mod break_it;
+mod cargo_features;
 mod embedded_model;
 mod kernels;
 mod loading;

@@ -9,7 +9,8 @@ use bevy_diffusion::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use bevy_diffusion::models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel, VarBuilder,
 };
-use bevy_diffusion_tests::{assert_close, max_abs_diff, tiny_sd_dir, tiny_sd_model};
+use bevy_diffusion_tests::parity::check;
+use bevy_diffusion_tests::{max_abs_diff, tiny_sd_dir, tiny_sd_model};
 use candle_core::{DType, Device, Tensor};
 
 /// The reference tensors of `references.safetensors`.
@@ -65,13 +66,6 @@ fn unet() -> UNet2DConditionModel {
         &cfg,
     )
     .expect("unet weights")
-}
-
-/// `assert_close` that also prints the measured figure (run with `--nocapture` to see them).
-fn check(what: &str, actual: &Tensor, reference: &Tensor) {
-    let (diff, scale) = max_abs_diff(actual, reference);
-    println!("{what}: max|diff| = {diff:.3e} (max|ref| = {scale:.3})");
-    assert_close(what, actual, reference);
 }
 
 #[test]

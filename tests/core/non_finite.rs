@@ -6,7 +6,7 @@ use bevy_diffusion::loading::lora::LoraSpec;
 use bevy_diffusion::noise::SeededNoise;
 use bevy_diffusion::pipeline::{self, ExplicitNoise, NoHooks};
 use bevy_diffusion::{DiffusionError, GenerationRequest, LoadOptions, StableDiffusion};
-use bevy_diffusion_tests::{fixture_dir, tiny_sd_model};
+use bevy_diffusion_tests::tiny_sd_model;
 use candle_core::{Device, Tensor};
 
 fn model() -> StableDiffusion {
@@ -14,25 +14,47 @@ fn model() -> StableDiffusion {
 }
 
 #[test]
-fn a_lora_scale_that_overflows_the_merge_is_named_at_load() {
+fn a_lora_with_nan_weights_is_named_at_load() {
+    // One kohya module whose `lora_up` is NaN: the merged weight would be NaN, and before this
+    // check the whole schedule ran before "non-finite latents" blamed the scheduler.
+    let dir = std::env::temp_dir().join(format!("bevy_diffusion_nan_lora_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("nan_up.safetensors");
+    let module = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+    let dev = Device::Cpu;
+    let tensors: std::collections::HashMap<String, Tensor> = [
+        (
+            format!("{module}.lora_down.weight"),
+            Tensor::full(0.1f32, (4, 32), &dev).unwrap(),
+        ),
+        (
+            format!("{module}.lora_up.weight"),
+            Tensor::full(f32::NAN, (32, 4), &dev).unwrap(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    candle_core::safetensors::save(&tensors, &path).unwrap();
     let options = LoadOptions {
         loras: vec![LoraSpec {
-            path: fixture_dir("tiny-lora").join("lora_kohya.safetensors"),
-            scale: 1e30,
+            path: path.clone(),
+            scale: 1.0,
         }],
         ..LoadOptions::default()
     };
-    let e = match StableDiffusion::load(&tiny_sd_model(), &options) {
-        Ok(_) => panic!("a LoRA at scale 1e30 loaded"),
+    let result = StableDiffusion::load(&tiny_sd_model(), &options);
+    let _ = std::fs::remove_dir_all(&dir);
+    let e = match result {
+        Ok(_) => panic!("a NaN LoRA loaded"),
         Err(e) => e,
     };
     let text = e.to_string();
     assert!(
-        matches!(&e, DiffusionError::InvalidLora { path, key, .. }
-            if path.ends_with("lora_kohya.safetensors") && key.ends_with(".weight")),
+        matches!(&e, DiffusionError::InvalidLora { path: p, key, .. }
+            if *p == path && key.ends_with("attn1.to_q.weight")),
         "{text}"
     );
-    assert!(text.contains("NaN/inf"), "{text}");
+    assert!(text.contains("NaN/inf") && text.contains(module), "{text}");
 }
 
 #[test]

@@ -14,11 +14,11 @@ use bevy_diffusion::models::tokenizer::PromptTokenizer;
 use bevy_diffusion::models::unet_2d_condition::{
     AddedCondKwargs, UNet2DConditionConfig, UNet2DConditionModel, VarBuilder,
 };
-use bevy_diffusion::noise::{NoiseSource, ReplayNoise, SeededNoise};
-use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks, sdxl};
-use bevy_diffusion::schedulers::TimestepSpacing;
-use bevy_diffusion::{
-    DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling,
+use bevy_diffusion::pipeline::{self, ExplicitNoise, sdxl};
+use bevy_diffusion::{DiffusionError, GenerationRequest, LoadOptions, StableDiffusion, Tiling};
+use bevy_diffusion_tests::parity::{
+    ALL_STEP_TENSORS, StepRecorder, assert_image_within_1_255, assert_steps_match,
+    assert_timesteps_match, check, replay_step_noise, scheduler_for,
 };
 use bevy_diffusion_tests::{
     References, assert_close, max_abs_diff, tiny_sdxl_dir, tiny_sdxl_model,
@@ -35,13 +35,6 @@ fn model() -> &'static StableDiffusion {
     MODEL.get_or_init(|| {
         StableDiffusion::load(&tiny_sdxl_model(), &LoadOptions::default()).expect("tiny-sdxl loads")
     })
-}
-
-/// `assert_close` that also prints the measured figure (`--nocapture` shows them).
-fn check(what: &str, actual: &Tensor, reference: &Tensor) {
-    let (diff, scale) = max_abs_diff(actual, reference);
-    println!("{what}: max|diff| = {diff:.3e} (max|ref| = {scale:.3})");
-    assert_close(what, actual, reference);
 }
 
 fn ids_tensor(rows: &[Vec<i64>]) -> Tensor {
@@ -196,16 +189,6 @@ fn sdxl_unet_with_text_time_matches_with_intermediates() {
     assert!(e.to_string().contains("text_embeds"), "{e}");
 }
 
-#[derive(Default)]
-struct Recorder {
-    steps: Vec<DenoisingStep>,
-}
-impl GenerationHooks for Recorder {
-    fn on_step(&mut self, step: &DenoisingStep) {
-        self.steps.push(step.clone());
-    }
-}
-
 fn pair(v: &serde_json::Value) -> Option<(u32, u32)> {
     let a = v.as_array()?;
     Some((a[0].as_u64()? as u32, a[1].as_u64()? as u32))
@@ -214,16 +197,7 @@ fn pair(v: &serde_json::Value) -> Option<(u32, u32)> {
 /// The request diffusers ran for `case` (references.json `cases.<case>`).
 fn request_for(case: &str) -> GenerationRequest {
     let c = refs().case(case);
-    let scheduler = match c["scheduler_class"].as_str().unwrap() {
-        "DDIMScheduler" => SchedulerKind::Ddim,
-        "EulerAncestralDiscreteScheduler" => SchedulerKind::EulerAncestral,
-        other => panic!("unexpected scheduler {other}"),
-    };
-    let spacing: TimestepSpacing = c["scheduler_config"]["timestep_spacing"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (scheduler, spacing) = scheduler_for(c);
     GenerationRequest {
         prompt: c["prompt"].as_str().unwrap().into(),
         negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
@@ -299,16 +273,8 @@ fn run_case(case: &str) {
         noise: Some(r.get(&format!("{case}/init_noise"))),
         vae_sample_eps: None,
     };
-    let step_noise: Vec<Tensor> = (0..request.steps())
-        .map(|k| format!("{case}/step_{k:02}/step_noise"))
-        .filter(|n| r.has(n))
-        .map(|n| r.get(&n))
-        .collect();
-    let mut noise: Box<dyn NoiseSource> = Box::new(ReplayNoise::with_fallback(
-        step_noise,
-        Box::new(SeededNoise::new(0)),
-    ));
-    let mut rec = Recorder::default();
+    let mut noise = replay_step_noise(case, request.steps(), |n| r.has(n), |n| r.get(n));
+    let mut rec = StepRecorder::default();
     let started = std::time::Instant::now();
     let out = pipeline::generate_with_noise(m, &request, &explicit, noise.as_mut(), &mut rec)
         .unwrap_or_else(|e| panic!("{case}: {e}"));
@@ -318,27 +284,10 @@ fn run_case(case: &str) {
         rec.steps.len(),
         rec.steps.len() as f64 / secs
     );
-    let expected_t: Vec<f64> = r.case(case)["unet_timesteps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let got_t: Vec<f64> = out.timesteps.iter().map(|&t| t as f32 as f64).collect();
-    assert_eq!(got_t, expected_t, "{case}: timesteps");
-    assert_eq!(rec.steps.len(), expected_t.len());
-    for (k, s) in rec.steps.iter().enumerate() {
-        let p = format!("{case}/step_{k:02}");
-        for (what, t) in [
-            ("latents_in", &s.latents_in),
-            ("unet_input", &s.unet_input),
-            ("unet_output", &s.unet_output),
-            ("noise_pred", &s.noise_pred),
-            ("pred_original_sample", &s.pred_original_sample),
-            ("latents_out", &s.latents_out),
-        ] {
-            check(&format!("{p}/{what}"), t, &r.get(&format!("{p}/{what}")));
-        }
+    assert_timesteps_match(case, &out.timesteps, r.case(case));
+    let expected = r.case(case)["unet_timesteps"].as_array().unwrap().len();
+    assert_steps_match(case, &rec.steps, expected, &ALL_STEP_TENSORS, |n| r.get(n));
+    for s in &rec.steps {
         // No CFG batch without guidance (SDXL-Turbo).
         assert_eq!(s.unet_input.dim(0).unwrap(), if guidance { 2 } else { 1 });
     }
@@ -354,37 +303,7 @@ fn run_case(case: &str) {
         &r.get(&format!("{case}/decoder_input")),
     );
 
-    // The image within 1/255.
-    let reference = r
-        .get(&format!("{case}/image"))
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let ours: Vec<f32> = out
-        .image
-        .pixels()
-        .flat_map(|p| {
-            p.0[..3]
-                .iter()
-                .map(|&v| v as f32 / 255.0)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(ours.len(), reference.len());
-    let worst = ours
-        .iter()
-        .zip(&reference)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    println!(
-        "{case}/image: max|diff| = {worst:.3e} (1/255 = {:.3e})",
-        1.0 / 255.0
-    );
-    assert!(
-        worst <= 1.0 / 255.0 + 1e-6,
-        "{case}: image differs by {worst}"
-    );
+    assert_image_within_1_255(case, &out.image, &r.get(&format!("{case}/image")));
 }
 
 #[test]

@@ -7,23 +7,19 @@ use std::sync::OnceLock;
 
 use bevy_diffusion::loading::lora::LoraSpec;
 use bevy_diffusion::noise::SeededNoise;
-use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks, sdxl};
+use bevy_diffusion::pipeline::{self, ExplicitNoise, sdxl};
 use bevy_diffusion::schedulers::TimestepSpacing;
 use bevy_diffusion::{GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion};
-use bevy_diffusion_tests::{References, assert_close, fixture_dir, max_abs_diff, tiny_sdxl_model};
-use candle_core::Tensor;
+use bevy_diffusion_tests::parity::{
+    StepRecorder, assert_image_within_1_255, assert_steps_match, check,
+};
+use bevy_diffusion_tests::{References, fixture_dir, tiny_sdxl_model};
 
 const CASE: &str = "pipe_ddim2_lora";
 
 fn refs() -> &'static References {
     static REFS: OnceLock<References> = OnceLock::new();
     REFS.get_or_init(|| References::load_from(&fixture_dir("tiny-sdxl-lora")))
-}
-
-fn check(what: &str, actual: &Tensor, reference: &Tensor) {
-    let (diff, scale) = max_abs_diff(actual, reference);
-    println!("{what}: max|diff| = {diff:.3e} (max|ref| = {scale:.3})");
-    assert_close(what, actual, reference);
 }
 
 fn load(format: &str) -> StableDiffusion {
@@ -37,14 +33,6 @@ fn load(format: &str) -> StableDiffusion {
     };
     StableDiffusion::load(&tiny_sdxl_model(), &options)
         .unwrap_or_else(|e| panic!("tiny-sdxl with the {format} LoRA: {e}"))
-}
-
-#[derive(Default)]
-struct Recorder(Vec<DenoisingStep>);
-impl GenerationHooks for Recorder {
-    fn on_step(&mut self, step: &DenoisingStep) {
-        self.0.push(step.clone());
-    }
 }
 
 #[test]
@@ -88,7 +76,7 @@ fn sdxl_lora_on_both_text_encoders_and_unet_matches_diffusers_for_both_namings()
             noise: Some(r.get(&format!("{CASE}/init_noise"))),
             vae_sample_eps: None,
         };
-        let mut rec = Recorder::default();
+        let mut rec = StepRecorder::default();
         let out = pipeline::generate_with_noise(
             &m,
             &request,
@@ -97,51 +85,20 @@ fn sdxl_lora_on_both_text_encoders_and_unet_matches_diffusers_for_both_namings()
             &mut rec,
         )
         .unwrap();
-        assert_eq!(rec.0.len(), 2);
-        for (k, s) in rec.0.iter().enumerate() {
-            let p = format!("{CASE}/step_{k:02}");
-            check(
-                &format!("{format} {p}/unet_output"),
-                &s.unet_output,
-                &r.get(&format!("{p}/unet_output")),
-            );
-            check(
-                &format!("{format} {p}/latents_out"),
-                &s.latents_out,
-                &r.get(&format!("{p}/latents_out")),
-            );
-        }
+        // The figures printed from here on are the `{format}` LoRA's.
+        eprintln!("{format}:");
+        assert_steps_match(CASE, &rec.steps, 2, &["unet_output", "latents_out"], |n| {
+            r.get(n)
+        });
         check(
             &format!("{format}/final_latents"),
             &out.final_latents,
             &r.get(&format!("{CASE}/final_latents")),
         );
-        let reference = r
-            .get(&format!("{CASE}/image"))
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let ours: Vec<f32> = out
-            .image
-            .pixels()
-            .flat_map(|p| {
-                p.0[..3]
-                    .iter()
-                    .map(|&v| v as f32 / 255.0)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        assert_eq!(ours.len(), reference.len());
-        let worst = ours
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        println!("{format} {CASE}/image: max|diff| = {worst:.3e}");
-        assert!(
-            worst <= 1.0 / 255.0 + 1e-6,
-            "{format}: image differs by {worst}"
+        assert_image_within_1_255(
+            &format!("{format} {CASE}"),
+            &out.image,
+            &r.get(&format!("{CASE}/image")),
         );
     }
 }

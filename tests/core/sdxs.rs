@@ -9,14 +9,17 @@ use bevy_diffusion::models::autoencoders::{Vae, VaeClass};
 use bevy_diffusion::models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel, VarBuilder,
 };
-use bevy_diffusion::noise::{NoiseSource, ReplayNoise, SeededNoise};
-use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks};
+use bevy_diffusion::pipeline::{self, ExplicitNoise};
 use bevy_diffusion::schedulers::TimestepSpacing;
 use bevy_diffusion::{
     DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling,
 };
-use bevy_diffusion_tests::{References, assert_close, fixture_dir, max_abs_diff};
-use candle_core::{DType, Device, Tensor};
+use bevy_diffusion_tests::parity::{
+    ALL_STEP_TENSORS, StepRecorder, assert_image_within_1_255, assert_steps_match,
+    assert_timesteps_match, check, replay_step_noise, scheduler_for,
+};
+use bevy_diffusion_tests::{References, fixture_dir};
+use candle_core::{DType, Device};
 
 fn refs() -> &'static References {
     static REFS: OnceLock<References> = OnceLock::new();
@@ -38,13 +41,6 @@ fn var_builder(file: &Path) -> VarBuilder<'static> {
     // SAFETY: the fixture files are not modified while the tests run.
     unsafe { VarBuilder::from_mmaped_safetensors(&[file], DType::F32, &Device::Cpu) }
         .expect("fixture weights")
-}
-
-/// Asserts closeness and prints the figure (run with `--nocapture` to see them).
-fn check(what: &str, actual: &Tensor, reference: &Tensor) {
-    let (diff, scale) = max_abs_diff(actual, reference);
-    eprintln!("{what}: max|diff| = {diff:.3e} (max|ref| = {scale:.3})");
-    assert_close(what, actual, reference);
 }
 
 #[test]
@@ -156,16 +152,6 @@ fn folder_vae_is_autoencoder_tiny_and_decodes_like_diffusers() {
     );
 }
 
-#[derive(Default)]
-struct Recorder {
-    steps: Vec<DenoisingStep>,
-}
-impl GenerationHooks for Recorder {
-    fn on_step(&mut self, step: &DenoisingStep) {
-        self.steps.push(step.clone());
-    }
-}
-
 /// Runs pipeline `case` of the tiny-sdxs fixture (see [`run_case_with`]).
 fn run_case(case: &str) {
     run_case_with(model(), refs(), case);
@@ -175,20 +161,7 @@ fn run_case(case: &str) {
 /// stored), every step, the final latents, the decoder input, the raw decode and the image.
 pub fn run_case_with(m: &StableDiffusion, r: &References, case: &str) {
     let c = r.case(case);
-    let class = c["scheduler_class"]
-        .as_str()
-        .or(c["scheduler"]["class"].as_str())
-        .unwrap();
-    let scheduler = match class {
-        "DDIMScheduler" => SchedulerKind::Ddim,
-        "EulerAncestralDiscreteScheduler" => SchedulerKind::EulerAncestral,
-        other => panic!("unexpected scheduler {other}"),
-    };
-    let spacing: TimestepSpacing = c["scheduler_config"]["timestep_spacing"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (scheduler, spacing) = scheduler_for(c);
     let request = GenerationRequest {
         prompt: c["prompt"].as_str().unwrap().into(),
         negative_prompt: Some(c["negative_prompt"].as_str().unwrap_or("").to_string()),
@@ -201,15 +174,7 @@ pub fn run_case_with(m: &StableDiffusion, r: &References, case: &str) {
         ..Default::default()
     };
     let steps = request.steps();
-    let step_noise: Vec<Tensor> = (0..steps)
-        .map(|k| format!("{case}/step_{k:02}/step_noise"))
-        .filter(|n| r.has(n))
-        .map(|n| r.get(&n))
-        .collect();
-    let mut noise: Box<dyn NoiseSource> = Box::new(ReplayNoise::with_fallback(
-        step_noise,
-        Box::new(SeededNoise::new(0)),
-    ));
+    let mut noise = replay_step_noise(case, steps, |n| r.has(n), |n| r.get(n));
     let explicit = ExplicitNoise {
         noise: Some(r.get(&format!("{case}/init_noise"))),
         vae_sample_eps: None,
@@ -229,31 +194,11 @@ pub fn run_case_with(m: &StableDiffusion, r: &References, case: &str) {
             &r.get(&format!("{case}/prompt_embeds")),
         );
     }
-    let mut rec = Recorder::default();
+    let mut rec = StepRecorder::default();
     let out = pipeline::generate_with_noise(m, &request, &explicit, noise.as_mut(), &mut rec)
         .unwrap_or_else(|e| panic!("{case}: {e}"));
-    let expected_t: Vec<f64> = c["unet_timesteps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let got_t: Vec<f64> = out.timesteps.iter().map(|&t| t as f32 as f64).collect();
-    assert_eq!(got_t, expected_t, "{case}: timesteps");
-    assert_eq!(rec.steps.len(), steps);
-    for (k, s) in rec.steps.iter().enumerate() {
-        let p = format!("{case}/step_{k:02}");
-        for (name, t) in [
-            ("latents_in", &s.latents_in),
-            ("unet_input", &s.unet_input),
-            ("unet_output", &s.unet_output),
-            ("noise_pred", &s.noise_pred),
-            ("pred_original_sample", &s.pred_original_sample),
-            ("latents_out", &s.latents_out),
-        ] {
-            check(&format!("{p}/{name}"), t, &r.get(&format!("{p}/{name}")));
-        }
-    }
+    assert_timesteps_match(case, &out.timesteps, c);
+    assert_steps_match(case, &rec.steps, steps, &ALL_STEP_TENSORS, |n| r.get(n));
     check(
         &format!("{case}/final_latents"),
         &out.final_latents,
@@ -278,31 +223,6 @@ pub fn run_case_with(m: &StableDiffusion, r: &References, case: &str) {
         &r.get(&format!("{case}/decoded_raw")),
     );
     assert_image_within_1_255(case, &out.image, &r.get(&format!("{case}/image")));
-}
-
-/// Our RGBA8 image against diffusers' HWC float image in [0, 1]: every channel within 1/255.
-pub fn assert_image_within_1_255(case: &str, ours: &image::RgbaImage, reference: &Tensor) {
-    let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let ours: Vec<f32> = ours
-        .pixels()
-        .flat_map(|p| {
-            p.0[..3]
-                .iter()
-                .map(|&v| v as f32 / 255.0)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(ours.len(), reference.len(), "{case}: image size");
-    let worst = ours
-        .iter()
-        .zip(&reference)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    eprintln!("{case}/image: max|diff| = {worst:.3e} (1/255 = 3.922e-3)");
-    assert!(
-        worst <= 1.0 / 255.0 + 1e-6,
-        "{case}: image differs by {worst} (> 1/255)"
-    );
 }
 
 #[test]
@@ -439,7 +359,7 @@ fn previews_decode_with_taesd() {
         timestep_spacing: Some(TimestepSpacing::Trailing),
         ..Default::default()
     };
-    let mut rec = Recorder::default();
+    let mut rec = StepRecorder::default();
     let image = generator.generate(&request, &mut rec).unwrap();
     let preview = generator.preview(&rec.steps[0]).expect("a TAESD preview");
     assert_eq!(preview.dimensions(), (64, 64));

@@ -13,7 +13,8 @@ use bevy_diffusion::pipeline::{self, ExplicitNoise, NoHooks};
 use bevy_diffusion::{
     DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling,
 };
-use bevy_diffusion_tests::{References, assert_close, fixture_dir, max_abs_diff, tiny_sd_model};
+use bevy_diffusion_tests::parity::{check, seam_ratio};
+use bevy_diffusion_tests::{References, fixture_dir, max_abs_diff, tiny_sd_model};
 use candle_core::{DType, Device, Tensor};
 
 fn refs() -> &'static References {
@@ -36,13 +37,6 @@ fn load_taesd() -> AutoencoderTiny {
             .expect("fixture TAESD weights")
     };
     AutoencoderTiny::new(vb, &config()).expect("AutoencoderTiny::new")
-}
-
-/// Asserts closeness and prints the figure (run with `--nocapture` to see them).
-fn check(what: &str, actual: &Tensor, reference: &Tensor) {
-    let (diff, scale) = max_abs_diff(actual, reference);
-    eprintln!("{what}: max|diff| = {diff:.3e} (max|ref| = {scale:.3})");
-    assert_close(what, actual, reference);
 }
 
 /// `[1, 3, H, W]` in [-1, 1] -> the HWC `[H, W, 3]` image in [0, 1] diffusers' postprocess gives.
@@ -267,38 +261,6 @@ fn a_decoder_changes_the_model_identity() {
         .unwrap()
         .identity;
     assert_ne!(plain, tiny_sd_with_taesd().identity);
-}
-
-/// Mean absolute difference across the wrap-around seam vs between interior neighbours, along
-/// columns (`x`) or rows, as tests/core/pipeline.rs measures it, but counting only the interior
-/// pairs `(i, i + 1)` with `(i + 1) % period == 0`. TAESD upsamples by nearest neighbour, so
-/// pixels inside one 8x8 latent cell are smoother than pairs across cells; the seam (63 -> 0)
-/// is always across cells, so `period = 8` compares like with like (`period = 1` is
-/// pipeline.rs's statistic).
-fn seam_ratio(img: &image::RgbaImage, along_x: bool, period: u32) -> f64 {
-    let (w, h) = img.dimensions();
-    let (n, m) = if along_x { (w, h) } else { (h, w) };
-    let px = |i: u32, j: u32| {
-        if along_x {
-            img.get_pixel(i, j)
-        } else {
-            img.get_pixel(j, i)
-        }
-    };
-    let diff = |a: u32, b: u32| -> f64 {
-        (0..m)
-            .map(|j| {
-                (0..3)
-                    .map(|c| (px(a, j).0[c] as f64 - px(b, j).0[c] as f64).abs())
-                    .sum::<f64>()
-            })
-            .sum::<f64>()
-            / (m as f64 * 3.0)
-    };
-    let seam = diff(n - 1, 0);
-    let pairs: Vec<u32> = (0..n - 1).filter(|i| (i + 1) % period == 0).collect();
-    let interior = pairs.iter().map(|&i| diff(i, i + 1)).sum::<f64>() / pairs.len() as f64;
-    seam / interior
 }
 
 /// Seamless textures with TAESD as the decoder: its convolutions wrap like the UNet's, so the

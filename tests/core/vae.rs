@@ -10,7 +10,8 @@ use bevy_diffusion::models::autoencoder_kl::{
 };
 use bevy_diffusion::noise::{NoiseSource, SeededNoise};
 use bevy_diffusion::{DiffusionError, Tiling};
-use bevy_diffusion_tests::{assert_close, max_abs_diff, tiny_sd_dir, tiny_sd_model};
+use bevy_diffusion_tests::parity::check;
+use bevy_diffusion_tests::{max_abs_diff, tiny_sd_dir, tiny_sd_model};
 use candle_core::{DType, Device, IndexOp, Tensor};
 
 /// The fixture's reference tensors and references.json.
@@ -66,13 +67,6 @@ fn load_vae() -> AutoencoderKL {
             .expect("fixture VAE weights")
     };
     AutoencoderKL::new(vb, &config()).expect("AutoencoderKL::new")
-}
-
-/// Asserts closeness and prints the figure (run with `--nocapture` to see them).
-fn check(what: &str, actual: &Tensor, reference: &Tensor) {
-    let (diff, scale) = max_abs_diff(actual, reference);
-    eprintln!("{what}: max|diff| = {diff:.3e} (max|ref| = {scale:.3})");
-    assert_close(what, actual, reference);
 }
 
 /// Checks a tensor against the statistics references.json keeps of an unstored intermediate.

@@ -238,7 +238,7 @@ fn cancel_is_true_once_and_false_for_unknown_or_ended_ids() {
     assert!(!w.cancel(b), "the second cancel of the same id is false");
     assert!(w.cancel(a), "running: cancelled");
     assert!(!w.cancel(a));
-    assert!(!w.cancel(9999), "never submitted");
+    assert!(!w.cancel(RequestId::new(9999)), "never submitted");
     let events = wait_all(&w, &[a, b]);
     assert_eq!(ended(&events).len(), 2, "one terminal event each");
     assert!(!w.cancel(a), "ended");

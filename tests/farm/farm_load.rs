@@ -29,7 +29,8 @@ fn main() {
             Some(i) if i + 1 < args.len() => {
                 let v = args.remove(i + 1);
                 args.remove(i);
-                v.parse().unwrap_or_else(|_| panic!("{name} {v}: not a number"))
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{name} {v}: not a number"))
             }
             _ => default,
         }
@@ -135,7 +136,10 @@ fn main() {
             kills += 1;
             last_kill = Instant::now();
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "load run did not finish in 10 min");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "load run did not finish in 10 min"
+        );
     }
     let wall = started.elapsed();
     // Late duplicates, if any.
@@ -162,11 +166,33 @@ fn main() {
     let gen_ms = (steps as u64 * step_ms) as f64;
     let per_job_slot_ms = wall.as_secs_f64() * 1000.0 * workers as f64 / requests as f64;
     let q = probe.queue().expect("queue");
-    println!("farm_load: {requests} requests, {players} players, {workers} workers x 1 slot, {steps} steps x {step_ms} ms");
-    println!("  kill every {kill_every} ms: {kills} workers SIGKILLed, {deliveries_over_1} redeliveries");
-    println!("  wall {:.2} s, throughput {:.1} jobs/s", wall.as_secs_f64(), requests as f64 / wall.as_secs_f64());
-    println!("  submit-to-done p50 {:.1} ms, p99 {:.1} ms", pct(0.5).as_secs_f64() * 1e3, pct(0.99).as_secs_f64() * 1e3);
-    println!("  broker overhead per job {:.2} ms (slot time per job {:.2} ms - generator {:.2} ms)", per_job_slot_ms - gen_ms, per_job_slot_ms, gen_ms);
-    println!("  quota refusals retried {refused}; failed {failed}; lost {lost}; duplicated {duplicated} (client), {wire_dups} (wire)");
-    println!("  stream after: {q:?}; objects {}", probe.objects().map(|o| o.len()).unwrap_or(0));
+    println!(
+        "farm_load: {requests} requests, {players} players, {workers} workers x 1 slot, {steps} steps x {step_ms} ms"
+    );
+    println!(
+        "  kill every {kill_every} ms: {kills} workers SIGKILLed, {deliveries_over_1} redeliveries"
+    );
+    println!(
+        "  wall {:.2} s, throughput {:.1} jobs/s",
+        wall.as_secs_f64(),
+        requests as f64 / wall.as_secs_f64()
+    );
+    println!(
+        "  submit-to-done p50 {:.1} ms, p99 {:.1} ms",
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "  broker overhead per job {:.2} ms (slot time per job {:.2} ms - generator {:.2} ms)",
+        per_job_slot_ms - gen_ms,
+        per_job_slot_ms,
+        gen_ms
+    );
+    println!(
+        "  quota refusals retried {refused}; failed {failed}; lost {lost}; duplicated {duplicated} (client), {wire_dups} (wire)"
+    );
+    println!(
+        "  stream after: {q:?}; objects {}",
+        probe.objects().map(|o| o.len()).unwrap_or(0)
+    );
 }

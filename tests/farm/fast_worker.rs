@@ -57,7 +57,11 @@ impl Generator for Fast {
             });
         }
         let red = (request.seed & 0xff) as u8;
-        Ok(image::RgbaImage::from_pixel(8, 8, image::Rgba([red, 7, 9, 255])))
+        Ok(image::RgbaImage::from_pixel(
+            8,
+            8,
+            image::Rgba([red, 7, 9, 255]),
+        ))
     }
 }
 

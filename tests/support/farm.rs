@@ -59,7 +59,14 @@ impl NatsServer {
 
     fn launch(&mut self) {
         let child = Command::new(nats_binary())
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(&self.store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -68,7 +75,11 @@ impl NatsServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not open port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not open port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

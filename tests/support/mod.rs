@@ -4,6 +4,8 @@
 //! `tests/fixtures/tiny-sd/` is a copy of the tiny random SD 1.x pipeline and the reference
 //! tensors diffusers computed for it (see its README.md); the tests need nothing outside the repo.
 
+pub mod parity;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 

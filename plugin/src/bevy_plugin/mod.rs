@@ -16,8 +16,8 @@
 //! The queue (priorities, quotas, cancels) lives on the plugin's worker thread; each job runs as
 //! one task on Bevy's `AsyncComputeTaskPool` ([`JobRunner::AsyncComputeTaskPool`], the default)
 //! or on the worker thread itself ([`JobRunner::DedicatedThread`]). Either way the tensor maths
-//! run in the plugin's own compute pool of [`DiffusionSettings::compute_threads`] threads (at a
-//! lowered OS priority with [`DiffusionSettings::background_priority`]), results come back
+//! run in the plugin's own compute pool of `DiffusionSettings::worker.compute_threads` threads (at a
+//! lowered OS priority with `DiffusionSettings::worker.background_priority`), results come back
 //! through channels, and a frame never waits for a model. The model loads in that pool too.
 //!
 //! A request cannot hurt the game: sizes and counts are checked in [`Diffusion::submit`] before

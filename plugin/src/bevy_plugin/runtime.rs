@@ -9,11 +9,11 @@ use bevy::asset::{AssetHandleProvider, AssetId, Handle};
 use bevy::ecs::resource::Resource;
 use bevy::image::Image;
 
+use super::backend::DiffusionBackend;
 use super::settings::{BoxedGenerator, DiffusionSettings, ModelSource};
 use crate::pipeline::model::{LoadOptions, StableDiffusion};
 use crate::request::{AssetKind, GenerationRequest};
 use crate::runtime::generator::SdGenerator;
-use super::backend::DiffusionBackend;
 use crate::runtime::worker::{GenerationWorker, RequestId, SubmitError};
 
 /// A request in flight: where its pixels go.
@@ -27,6 +27,7 @@ pub(crate) struct Pending {
     pub keep: Option<Handle<Image>>,
     /// The placeholder is in `Assets<Image>` (before that, a missing image is not a drop).
     pub placeholder: bool,
+    /// Texture or sprite: what the result is post-processed as.
     pub kind: AssetKind,
 }
 
@@ -83,7 +84,9 @@ impl DiffusionRuntime {
                         let e = std::sync::Mutex::new(Some(e));
                         let fail = move || -> crate::Result<BoxedGenerator> {
                             Err(e.lock().ok().and_then(|mut e| e.take()).unwrap_or(
-                                crate::DiffusionError::Farm { reason: "no farm client".into() },
+                                crate::DiffusionError::Farm {
+                                    reason: "no farm client".into(),
+                                },
                             ))
                         };
                         return DiffusionBackend::Local(GenerationWorker::spawn(

@@ -118,32 +118,19 @@ pub struct DiffusionSettings {
     /// [`ModelSource::Custom`] one), each with its `lora_scale`. Changing them means reloading
     /// the model; the cache keys change with them.
     pub loras: Vec<crate::loading::lora::LoraSpec>,
-    /// Threads for the tensor maths, private to the worker (default: all cores but one, at least
-    /// one, so the game's main thread keeps a core).
-    pub compute_threads: usize,
-    /// Run the worker and its compute threads at a lower OS priority than the game (nice 10 on
-    /// Linux; elsewhere a no-op), so a frame's threads win a contended core at once. Only the
-    /// plugin's own threads: rayon's global pool and Bevy's task pools keep their priority.
-    pub background_priority: bool,
+    /// The worker's queue limits, compute threads, priority, previews and cache, as the
+    /// bevy-free [`GenerationWorker`](crate::runtime::worker::GenerationWorker) takes them. The
+    /// plugin's defaults differ from [`WorkerConfig::default`] in two places:
+    /// `compute_threads: Some(all cores but one)` (the game's main thread keeps a core) and
+    /// `background_priority: true`. `job_spawner` is set by the plugin from [`Self::job_runner`]
+    /// unless you set one. `preview_every: None` turns previews off.
+    pub worker: WorkerConfig,
     /// Where jobs run: tasks on Bevy's `AsyncComputeTaskPool` (default) or the worker thread.
     /// The queue, priorities and quotas are the same either way.
     pub job_runner: JobRunner,
     /// Cancel a request once every strong handle of its image is dropped (nobody can see the
     /// result any more). Off: such requests run to their end (e.g. to fill a disk cache).
     pub cancel_unused: bool,
-    /// Requests waiting or running at once, over all players; more are rejected at once.
-    pub max_queued: usize,
-    /// Requests waiting or running at once for one player ([`crate::GenerationRequest::player`]).
-    pub max_per_player: usize,
-    /// Finished images kept in memory for cache hits (0 = none).
-    pub cache_memory_entries: usize,
-    /// A directory of cached PNGs that survives restarts (`None` = no disk cache).
-    pub cache_dir: Option<PathBuf>,
-    /// Write a preview into the request's image during denoising (a cheap linear decode of the
-    /// current estimate; sprite keying and pixel-art apply to the final image only).
-    pub previews: bool,
-    /// With previews on: one every this many steps (>= 1).
-    pub preview_every: usize,
     /// At most this many worker events are handled per frame (the rest wait for the next frame),
     /// bounding the main thread's work.
     pub max_events_per_frame: usize,
@@ -154,23 +141,19 @@ pub struct DiffusionSettings {
 
 impl Default for DiffusionSettings {
     fn default() -> Self {
-        let worker = WorkerConfig::default();
         Self {
             model: ModelSource::default(),
             device: ComputeDevice::default(),
             prefer_fp16_variant: false,
             decoder: None,
             loras: Vec::new(),
-            compute_threads: default_compute_threads(),
-            background_priority: true,
+            worker: WorkerConfig {
+                compute_threads: Some(default_compute_threads()),
+                background_priority: true,
+                ..WorkerConfig::default()
+            },
             cancel_unused: true,
             job_runner: JobRunner::default(),
-            max_queued: worker.max_queued,
-            max_per_player: worker.max_per_player,
-            cache_memory_entries: worker.cache_memory_entries,
-            cache_dir: None,
-            previews: true,
-            preview_every: 1,
             max_events_per_frame: 256,
             placeholder_size: (64, 64),
         }
@@ -178,21 +161,48 @@ impl Default for DiffusionSettings {
 }
 
 impl DiffusionSettings {
-    /// The worker configuration these settings describe.
+    /// The worker configuration these settings describe: [`Self::worker`] with its counts
+    /// clamped to at least 1 and, unless one is set, the job spawner [`Self::job_runner`] asks for.
     pub fn worker_config(&self) -> WorkerConfig {
-        WorkerConfig {
-            max_queued: self.max_queued,
-            max_per_player: self.max_per_player,
-            compute_threads: Some(self.compute_threads.max(1)),
-            background_priority: self.background_priority,
-            job_spawner: match self.job_runner {
-                JobRunner::AsyncComputeTaskPool => Some(async_compute_spawner()),
-                JobRunner::DedicatedThread => None,
-            },
-            preview_every: self.previews.then_some(self.preview_every.max(1)),
-            cache_memory_entries: self.cache_memory_entries,
-            cache_dir: self.cache_dir.clone(),
+        let mut worker = self.worker.clone();
+        worker.compute_threads = worker.compute_threads.map(|n| n.max(1));
+        worker.preview_every = worker.preview_every.map(|n| n.max(1));
+        if worker.job_spawner.is_none() && self.job_runner == JobRunner::AsyncComputeTaskPool {
+            worker.job_spawner = Some(async_compute_spawner());
         }
+        worker
+    }
+
+    /// These settings with `model`.
+    pub fn with_model(mut self, model: ModelSource) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// These settings with `n` compute threads (at least 1; `WorkerConfig::compute_threads`).
+    pub fn with_compute_threads(mut self, n: usize) -> Self {
+        self.worker.compute_threads = Some(n.max(1));
+        self
+    }
+
+    /// These settings with the queue limits: `max_queued` requests over all players,
+    /// `max_per_player` for one player ([`crate::GenerationRequest::player`]).
+    pub fn with_queue_limits(mut self, max_queued: usize, max_per_player: usize) -> Self {
+        self.worker.max_queued = max_queued;
+        self.worker.max_per_player = max_per_player;
+        self
+    }
+
+    /// These settings with a preview every `every` steps (`None`: no previews).
+    pub fn with_previews(mut self, every: Option<usize>) -> Self {
+        self.worker.preview_every = every;
+        self
+    }
+
+    /// These settings with an on-disk PNG cache in `dir` (survives restarts).
+    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.worker.cache_dir = Some(dir.into());
+        self
     }
 }
 
@@ -221,19 +231,21 @@ mod tests {
     fn defaults_keep_a_core_and_map_to_the_worker() {
         let s = DiffusionSettings::default();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(s.compute_threads, (cores - 1).max(1));
+        assert_eq!(s.worker.compute_threads, Some((cores - 1).max(1)));
         let w = s.worker_config();
-        assert_eq!(w.compute_threads, Some(s.compute_threads));
+        assert_eq!(w.compute_threads, s.worker.compute_threads);
         assert_eq!(w.preview_every, Some(1));
+        assert!(
+            w.job_spawner.is_some(),
+            "jobs go to the task pool by default"
+        );
         assert!(
             w.background_priority,
             "the priority setting reaches the worker"
         );
-        let w = DiffusionSettings {
-            previews: false,
-            ..s
-        }
-        .worker_config();
+        let w = s.clone().with_previews(None).worker_config();
         assert_eq!(w.preview_every, None);
+        let w = s.with_compute_threads(0).worker_config();
+        assert_eq!(w.compute_threads, Some(1), "at least one thread");
     }
 }

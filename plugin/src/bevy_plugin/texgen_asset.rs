@@ -50,7 +50,9 @@ pub enum TexgenLoadError {
     /// The file could not be read.
     #[error("reading {path}: {source}")]
     Io {
+        /// The asset path.
         path: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },

@@ -174,7 +174,7 @@ impl FarmClient {
         let player = request.player.clone();
         let class = PriorityClass::of(request.priority);
         let subject = topology::job_subject(class, player.as_deref(), &hash);
-        let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+        let id = RequestId::new(shared.next_id.fetch_add(1, Ordering::SeqCst));
         let submitted = Instant::now();
         let s = shared.clone();
         let h = hash.clone();
@@ -341,7 +341,13 @@ async fn follow(
 ) {
     let submitted_ms = schema::now_ms().saturating_sub(submitted.elapsed().as_millis() as u64);
     let Ok(farm) = shared.farm().await else {
-        return shared.finish(id, WorkerEvent::Failed { id, error: farm_error("not connected") });
+        return shared.finish(
+            id,
+            WorkerEvent::Failed {
+                id,
+                error: farm_error("not connected"),
+            },
+        );
     };
     if duplicate {
         // A duplicate of a job that may have ended already: its state says so.

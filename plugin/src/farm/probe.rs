@@ -44,9 +44,12 @@ impl FarmProbe {
             .build()
             .map_err(|e| err("tokio runtime", e))?;
         let farm = rt.block_on(async {
-            tokio::time::timeout(std::time::Duration::from_secs(10), topology::ensure(url, limits))
-                .await
-                .map_err(|e| err("connect", e))?
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                topology::ensure(url, limits),
+            )
+            .await
+            .map_err(|e| err("connect", e))?
         })?;
         Ok(Self { rt, farm })
     }
@@ -56,7 +59,12 @@ impl FarmProbe {
         let farm = self.farm.clone();
         self.rt.block_on(async move {
             let mut stream = farm.stream.clone();
-            let messages = stream.info().await.map_err(|e| err("stream info", e))?.state.messages;
+            let messages = stream
+                .info()
+                .await
+                .map_err(|e| err("stream info", e))?
+                .state
+                .messages;
             let mut q = QueueState {
                 messages,
                 ..Default::default()
@@ -75,7 +83,11 @@ impl FarmProbe {
     pub fn objects(&self) -> crate::Result<Vec<String>> {
         let farm = self.farm.clone();
         self.rt.block_on(async move {
-            let mut list = farm.results.list().await.map_err(|e| err("object list", e))?;
+            let mut list = farm
+                .results
+                .list()
+                .await
+                .map_err(|e| err("object list", e))?;
             let mut names = Vec::new();
             while let Some(info) = list.next().await {
                 let info = info.map_err(|e| err("object list", e))?;

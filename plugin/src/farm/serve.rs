@@ -207,7 +207,10 @@ impl<G: Generator + Sync> SlotCtx<G> {
             FarmEvent::Failed { .. } => "failed",
             _ => "cancelled",
         };
-        if !self.put_state(hash, state, delivery, Some(event.clone())).await {
+        if !self
+            .put_state(hash, state, delivery, Some(event.clone()))
+            .await
+        {
             return;
         }
         self.publish(hash, &event).await;

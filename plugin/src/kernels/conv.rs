@@ -25,7 +25,9 @@ pub use im2col::*;
 /// How one spatial axis is padded: `before` / `after` elements, zeros or wrapped around.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AxisPad {
+    /// Elements added before the first one.
     pub before: usize,
+    /// Elements added after the last one.
     pub after: usize,
     /// Pad with the elements from the other end of the axis (PyTorch `padding_mode="circular"`).
     pub circular: bool,
@@ -59,15 +61,25 @@ pub struct Conv2dKernel {
 /// The shape of one convolution call.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvGeom {
+    /// Images in the batch.
     pub batch: usize,
+    /// Input channels.
     pub cin: usize,
+    /// Input height (pixels of the feature map).
     pub h: usize,
+    /// Input width.
     pub w: usize,
+    /// Output channels.
     pub cout: usize,
+    /// Kernel height.
     pub kh: usize,
+    /// Kernel width.
     pub kw: usize,
+    /// Stride on both axes (1 or 2).
     pub stride: usize,
+    /// Padding of the height axis.
     pub pad_y: AxisPad,
+    /// Padding of the width axis.
     pub pad_x: AxisPad,
 }
 
@@ -139,7 +151,21 @@ impl Conv2dKernel {
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         profile::timed(OpKind::Conv, || {
-            self.forward_inner(x, pad_y, pad_x, extra_bias, residual)
+            self.forward_inner(x, pad_y, pad_x, extra_bias, residual, false)
+        })
+    }
+
+    /// [`Conv2dKernel::forward`] followed by a ReLU, fused into the same pass over the output
+    /// (TAESD's `conv -> ReLU` and `ReLU(conv(x) + x)`).
+    pub fn forward_relu(
+        &self,
+        x: &Tensor,
+        pad_y: AxisPad,
+        pad_x: AxisPad,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        profile::timed(OpKind::Conv, || {
+            self.forward_inner(x, pad_y, pad_x, None, residual, true)
         })
     }
 
@@ -150,6 +176,7 @@ impl Conv2dKernel {
         pad_x: AxisPad,
         extra_bias: Option<&Tensor>,
         residual: Option<&Tensor>,
+        relu: bool,
     ) -> Result<Tensor> {
         let (batch, cin, h, w) = x.dims4()?;
         let (cout, wcin, kh, kw) = self.weight.dims4()?;
@@ -195,7 +222,8 @@ impl Conv2dKernel {
             && extra_bias.is_none_or(on_cpu_f32)
             && residual.is_none_or(on_cpu_f32);
         if !cpu {
-            return self.forward_candle(x, pad_y, pad_x, extra_bias, residual);
+            let y = self.forward_candle(x, pad_y, pad_x, extra_bias, residual)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
         // Per (sample, channel) bias: the conv bias plus the extra one.
         let bias: Option<Vec<f32>> = match (&self.bias, extra_bias) {
@@ -219,7 +247,7 @@ impl Conv2dKernel {
         with_slice(x, |xs| {
             with_slice(&self.weight, |ws| {
                 with_opt_slice(residual, |rs| {
-                    conv2d_f32(&g, xs, ws, bias.as_deref(), rs, &mut out);
+                    conv2d_f32(&g, xs, ws, bias.as_deref(), rs, relu, &mut out);
                     Ok(())
                 })
             })

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `attention.rs` | blocked (flash) attention with an online softmax, parallel over heads and query blocks |
 //! | `conv.rs` | 2-D convolution: im2col tiles (zero or circular padding per axis, stride 1 or 2) into a `gemm` with bias, time embedding and residual fused into the output |
+//! | `winograd.rs` | 3x3 stride-1 convolution by Winograd F(2x2, 3x3): 2.25x fewer GEMM flops, transforms fused with padding, bias, residual and ReLU |
 //! | `linear.rs` | `Linear` as one GEMM over all rows, bias fused |
 //! | `group_norm.rs` | GroupNorm (+ optional SiLU) in two reads and one write, parallel over groups |
 //! | `elementwise.rs` | parallel nearest-2x upsampling and GEGLU for large tensors |
@@ -26,6 +27,7 @@ pub mod group_norm;
 pub mod linear;
 pub mod profile;
 pub mod simd;
+mod winograd;
 
 pub use conv::{AxisPad, Conv2dKernel};
 pub use group_norm::GroupNormKernel;
@@ -101,4 +103,15 @@ impl SendPtr {
     pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
+}
+
+/// True when every value of `t` is finite (one pass: the sum of |x| is finite iff each value
+/// is). Serves the LoRA merge check at load and the pipeline's per-step latent checks.
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    let sum = t
+        .abs()?
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(sum.is_finite())
 }

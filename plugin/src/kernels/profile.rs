@@ -105,8 +105,11 @@ pub fn timed<T>(kind: OpKind, f: impl FnOnce() -> T) -> T {
 /// One row of [`snapshot`]: total time and number of calls of one kind.
 #[derive(Debug, Clone, Copy)]
 pub struct OpTotal {
+    /// The op kind.
     pub kind: OpKind,
+    /// Wall time summed over the calls.
     pub time: Duration,
+    /// Number of calls.
     pub calls: u64,
 }
 

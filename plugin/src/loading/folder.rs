@@ -310,7 +310,7 @@ impl FolderReport {
 /// text-to-image/img2img and other pipelines are refused by name with
 /// [`DiffusionError::UnsupportedModel`] and nothing further is checked), each component's
 /// config.json (SDXL folders: text_encoder_2 too) (must be JSON) and weight file headers (see
-/// [`crate::loading::weights::read_header`]: invalid, truncated or overlapping byte ranges, size cap), a
+/// `loading/weights.rs` `read_header`: invalid, truncated or overlapping byte ranges, size cap), a
 /// sharded checkpoint's index (every shard present, every tensor where the index says), the
 /// tokenizer(s) (parsed), and scheduler/scheduler_config.json. Also checks that the UNet's
 /// `cross_attention_dim` equals the text encoder's `hidden_size` (SDXL: the sum of both). The semantic checks of each

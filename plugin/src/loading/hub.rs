@@ -35,12 +35,20 @@ pub enum HubError {
     FeatureDisabled(String),
     /// The repo lacks something a diffusers Stable Diffusion folder needs, or has only pickles.
     #[error("{repo}: {reason}")]
-    Unusable { repo: String, reason: String },
+    Unusable {
+        /// The repo id (`owner/name`).
+        repo: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// Listing or fetching failed (network, authentication, disk).
     #[error("{repo}: cannot fetch {file}: {reason}")]
     Fetch {
+        /// The repo id (`owner/name`).
         repo: String,
+        /// The file in the repo.
         file: String,
+        /// Why, in words.
         reason: String,
     },
 }

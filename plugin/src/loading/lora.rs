@@ -14,9 +14,9 @@
 //!
 //! [`check_lora`] matches a file against the model without touching the model's weights (what
 //! `texgen inspect --lora` prints); every key that matches nothing, every shape mismatch and every
-//! bad alpha is a [`DiffusionError`] naming the key. [`LoraSet::load`] refuses a file with any
-//! such problem, then hands each component's [`LoraDelta`]s to
-//! [`crate::loading::weights::CheckedWeights`], which adds them to a tensor as the model asks for
+//! bad alpha is a [`DiffusionError`] naming the key. [`LoraSet::load`](crate::loading::lora_merge::LoraSet::load) refuses a file with any
+//! such problem, then hands each component's `LoraDelta`s to
+//! `CheckedWeights` (`loading/model_loading_utils.rs`), which adds them to a tensor as the model asks for
 //! it (one tensor at a time: no second copy of the model in memory).
 //!
 //! Where LoRAs are named: [`crate::LoadOptions::loras`], `texgen generate|bake --lora

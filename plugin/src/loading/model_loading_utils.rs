@@ -105,12 +105,7 @@ impl CheckedBackend {
         // A LoRA whose product overflows (a huge scale) or holds NaN would otherwise surface
         // only as non-finite latents after the whole schedule: name it here.
         if let Some(deltas) = deltas {
-            let sum = merged
-                .abs()?
-                .sum_all()?
-                .to_dtype(DType::F32)?
-                .to_scalar::<f32>()?;
-            if !sum.is_finite() {
+            if !crate::kernels::all_finite(&merged)? {
                 let sources: Vec<&str> = deltas.iter().map(|d| d.source.as_str()).collect();
                 let path = sources
                     .first()
@@ -375,14 +370,16 @@ impl CheckedWeights {
     }
 
     /// [`Self::unused_tensors`] less known buffers that carry no weights (`position_ids`,
-    /// `num_batches_tracked`, `logit_scale`), as a [`DiffusionError::UnexpectedTensors`] naming
+    /// `num_batches_tracked`, `logit_scale`) and names under `allowed_prefixes` (parts not
+    /// built on purpose), as a [`DiffusionError::UnexpectedTensors`] naming
     /// the first three; `None` when every weight was used.
-    pub fn unexpected_tensors(&self) -> Option<DiffusionError> {
+    pub fn unexpected_tensors(&self, allowed_prefixes: &[&str]) -> Option<DiffusionError> {
         const BUFFERS: [&str; 3] = ["position_ids", "num_batches_tracked", "logit_scale"];
         let unexpected: Vec<String> = self
             .unused_tensors()
             .into_iter()
             .filter(|n| !BUFFERS.iter().any(|b| n.ends_with(b)))
+            .filter(|n| !allowed_prefixes.iter().any(|p| n.starts_with(p)))
             .collect();
         if unexpected.is_empty() {
             return None;

@@ -30,7 +30,7 @@ use crate::error::{DiffusionError, Result};
 /// candle-nn's var builder, re-exported for code that builds models from [`CheckedWeights`].
 pub use candle_nn::VarBuilder;
 
-/// The checking loader, in [`super::model_loading_utils`]; re-exported here where it was first.
+/// The checking loader (in `model_loading_utils.rs`), re-exported where it was first.
 pub use super::model_loading_utils::CheckedWeights;
 
 /// The largest safetensors header we read (the `safetensors` crate's own limit, 100 MB).

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+
+use crate::kernels::linear;
 use serde_json::Value;
 
 use super::transformer_2d::{merge_heads, scaled_dot_product_attention, split_heads};
@@ -147,11 +149,11 @@ impl ClipAttention {
     }
 
     fn forward(&self, x: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
-        let q = split_heads(&self.q_proj.forward(x)?, self.heads)?;
-        let k = split_heads(&self.k_proj.forward(x)?, self.heads)?;
-        let v = split_heads(&self.v_proj.forward(x)?, self.heads)?;
+        let q = split_heads(&linear::forward(&self.q_proj, x)?, self.heads)?;
+        let k = split_heads(&linear::forward(&self.k_proj, x)?, self.heads)?;
+        let v = split_heads(&linear::forward(&self.v_proj, x)?, self.heads)?;
         let out = scaled_dot_product_attention(&q, &k, &v, self.scale, Some(causal_mask))?;
-        self.out_proj.forward(&merge_heads(&out, self.heads)?)
+        linear::forward(&self.out_proj, &merge_heads(&out, self.heads)?)
     }
 }
 
@@ -186,8 +188,8 @@ impl ClipEncoderLayer {
             + x)?;
         let h = self
             .act
-            .apply(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?;
-        self.fc2.forward(&h)? + x
+            .apply(&linear::forward(&self.fc1, &self.layer_norm2.forward(&x)?)?)?;
+        linear::forward_residual(&self.fc2, &h, &x)
     }
 }
 

@@ -12,11 +12,15 @@ use crate::tiling::{TiledConv2d, Tiling};
 /// Configuration of one [`ResnetBlock2D`].
 #[derive(Debug, Clone, Copy)]
 pub struct ResnetBlock2DConfig {
+    /// Channels of the input feature map.
     pub in_channels: usize,
+    /// Channels of the output feature map (a 1x1 `conv_shortcut` when they differ).
     pub out_channels: usize,
     /// Width of the timestep embedding (`4 * block_out_channels[0]` in the UNet); `None` in the VAE.
     pub temb_channels: Option<usize>,
+    /// Groups of both GroupNorms.
     pub groups: usize,
+    /// `eps` of both GroupNorms.
     pub eps: f64,
     /// diffusers' `output_scale_factor` (1.0 in SD; the mid block of old configs may differ).
     pub output_scale_factor: f64,

@@ -25,7 +25,7 @@ const MAX_SCORES_PER_CHUNK: usize = 1 << 21;
 /// `[bh, n, dv]`.
 ///
 /// Memory stays bounded: f32 CPU tensors without a mask go through the blocked online-softmax
-/// kernel ([`crate::kernels::attention`]); otherwise, when `bh * n * m` exceeds 2^21 scores, the
+/// kernel (`kernels/attention.rs`); otherwise, when `bh * n * m` exceeds 2^21 scores, the
 /// work is split into chunks of heads (and, for a single huge head, of query rows), each a
 /// batched matmul.
 pub fn scaled_dot_product_attention(

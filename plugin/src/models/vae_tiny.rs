@@ -39,6 +39,12 @@ impl AutoencoderTinyBlock {
 
     /// `[b, c, h, w]` -> `[b, c, h, w]`; the convolutions honour `tiling`.
     pub fn forward(&self, x: &Tensor, tiling: Tiling) -> Result<Tensor> {
+        if self.act == TinyActivation::Relu {
+            // The same three convs with every ReLU (and the residual add) fused into the conv.
+            let h = self.convs[0].forward_relu(x, tiling, None)?;
+            let h = self.convs[1].forward_relu(&h, tiling, None)?;
+            return self.convs[2].forward_relu(&h, tiling, Some(x));
+        }
         let h = self.act.apply(&self.convs[0].forward(x, tiling)?)?;
         let h = self.act.apply(&self.convs[1].forward(&h, tiling)?)?;
         let h = self.convs[2].forward(&h, tiling)?;
@@ -64,7 +70,7 @@ impl Layer {
             Self::Block(b) => b.forward(x, tiling),
             Self::Upsample2x => {
                 let (_, _, h, w) = x.dims4()?;
-                x.upsample_nearest2d(2 * h, 2 * w)
+                crate::kernels::elementwise::upsample_nearest2d(x, 2 * h, 2 * w)
             }
         }
     }
@@ -79,11 +85,22 @@ fn run_layers(
     trace: &mut Option<&mut Intermediates>,
 ) -> Result<Tensor> {
     let mut h = x.clone();
-    for (i, layer) in layers.iter().enumerate() {
-        h = layer.forward(&h, tiling)?;
+    let mut i = 0;
+    while i < layers.len() {
+        // Untraced, a conv followed by a ReLU runs as one fused pass.
+        if trace.is_none()
+            && let (Layer::Conv(c), Some(Layer::Act(TinyActivation::Relu))) =
+                (&layers[i], layers.get(i + 1))
+        {
+            h = c.forward_relu(&h, tiling, None)?;
+            i += 2;
+            continue;
+        }
+        h = layers[i].forward(&h, tiling)?;
         if let Some(trace) = trace.as_deref_mut() {
             trace.insert(format!("{prefix}.layers.{i}"), h.clone());
         }
+        i += 1;
     }
     Ok(h)
 }

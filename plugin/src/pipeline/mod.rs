@@ -88,7 +88,7 @@ pub trait GenerationHooks {
         false
     }
     /// A cheap check the models poll between their blocks (UNet down/mid/up blocks, VAE blocks,
-    /// text-encoder layers) and the pipeline between its stages ([`crate::cancel`]), so a cancel
+    /// text-encoder layers) and the pipeline between its stages (`cancel.rs`), so a cancel
     /// lands within one block rather than one whole UNet call or VAE decode. `None` (the
     /// default): only [`GenerationHooks::should_cancel`] is polled, before every UNet call.
     fn cancel_check(&self) -> Option<crate::cancel::CancelCheck> {
@@ -285,12 +285,7 @@ fn check_finite(latents: &Tensor, steps: usize, scheduler: SchedulerKind) -> Res
 /// True when every value of `t` is finite (one pass: the sum of |x| is finite iff each is;
 /// latents and embeddings are small, so this costs nothing next to a UNet call).
 pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
-    let sum = t
-        .abs()?
-        .sum_all()?
-        .to_dtype(DType::F32)?
-        .to_scalar::<f32>()?;
-    Ok(sum.is_finite())
+    Ok(crate::kernels::all_finite(t)?)
 }
 
 /// Validates `request` against `model` and returns the output size `(width, height)` in pixels:

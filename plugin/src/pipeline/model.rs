@@ -148,6 +148,19 @@ pub fn build_component<T>(
     lora: HashMap<String, Vec<LoraDelta>>,
     construct: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
+    build_part_of_component(component, device, lora, &[], construct)
+}
+
+/// [`build_component`] for a model built from part of its files: tensors under
+/// `unused_prefixes` (e.g. a TAESD folder's `encoder.` when only its decoder is built) may go
+/// unused without [`DiffusionError::UnexpectedTensors`].
+pub fn build_part_of_component<T>(
+    component: &Component,
+    device: &Device,
+    lora: HashMap<String, Vec<LoraDelta>>,
+    unused_prefixes: &[&str],
+    construct: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
     let patched = lora.len();
     let started = std::time::Instant::now();
     let weights = CheckedWeights::open_with_lora(&component.weights, device, lora)?;
@@ -159,7 +172,7 @@ pub fn build_component<T>(
             reason: format!("patches `{weight}`, which this model's config does not use"),
         });
     }
-    if let Some(e) = weights.unexpected_tensors() {
+    if let Some(e) = weights.unexpected_tensors(unused_prefixes) {
         return Err(e);
     }
     if patched > 0 {

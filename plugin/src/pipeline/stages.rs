@@ -13,7 +13,9 @@ pub struct PromptEmbeds {
     /// SDXL: text_encoder_2's projected pooled embedding `[batch, projection_dim]`, same rows
     /// (the UNet's `text_embeds`); `None` for SD 1.x/2.x.
     pub pooled: Option<Tensor>,
+    /// The prompt was longer than the text encoder's 77 tokens and was cut.
     pub prompt_truncated: bool,
+    /// The negative prompt was cut the same way.
     pub negative_prompt_truncated: bool,
 }
 

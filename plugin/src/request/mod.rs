@@ -19,8 +19,11 @@ pub enum InitImage {
     Path(PathBuf),
     /// Row-major RGBA8 pixels, `width * height * 4` bytes.
     Rgba {
+        /// Width in pixels.
         width: u32,
+        /// Height in pixels.
         height: u32,
+        /// RGBA8 bytes, row-major, `width * height * 4` of them.
         pixels: Vec<u8>,
     },
 }

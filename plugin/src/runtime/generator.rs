@@ -54,6 +54,7 @@ impl<G: Generator + ?Sized> Generator for Box<G> {
 
 /// [`StableDiffusion`] plus a lazily fitted [`LatentPreviewer`].
 pub struct SdGenerator {
+    /// The loaded pipeline.
     pub model: StableDiffusion,
     previewer: OnceLock<Option<LatentPreviewer>>,
 }

@@ -2,7 +2,7 @@
 //! drives, the worker thread with its bounded queue, per-player quotas and cancel, and the
 //! in-memory + on-disk image cache.
 
-pub mod atomic_file;
+pub(crate) mod atomic_file;
 pub mod cache;
 pub mod generator;
 pub mod worker;

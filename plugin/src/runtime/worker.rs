@@ -5,7 +5,7 @@
 //!   queue and per-player quotas synchronously, answering at once: an id, or [`SubmitError`] with
 //!   the reason (never a silent drop, nothing allocated for a refused request).
 //! - [`GenerationWorker::cancel`] flags the request at once (true the first time only); the
-//!   running job sees the flag at its next model block ([`crate::cancel`]), a waiting one leaves
+//!   running job sees the flag at its next model block (`cancel.rs`), a waiting one leaves
 //!   the queue when the worker next drains its commands.
 //! - Every job ends in exactly one of [`WorkerEvent::Finished`], [`WorkerEvent::Failed`] or
 //!   [`WorkerEvent::Cancelled`]. A panic inside a job fails that job only; the worker keeps
@@ -36,8 +36,54 @@ pub use crate::runtime::generator::Generator;
 mod submit;
 pub use submit::*;
 
-/// Identifies one submitted request for its whole life.
-pub type RequestId = u64;
+/// Identifies one submitted request for its whole life: unique within one worker (one
+/// `DiffusionPlugin`), handed out by [`GenerationWorker::submit`] in increasing order from 0.
+/// Every message about the request carries it; `Display` prints the number (`request 7`), serde
+/// writes it as a plain number.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    /// The id with number `n` (ids from a worker are `0, 1, 2, ...` in submission order).
+    pub const fn new(n: u64) -> Self {
+        Self(n)
+    }
+
+    /// The number inside.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The id after this one.
+    pub(crate) fn next(self) -> Self {
+        Self(self.0.wrapping_add(1))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<RequestId> for u64 {
+    fn from(id: RequestId) -> Self {
+        id.0
+    }
+}
 
 /// Queue limits and threading of a [`GenerationWorker`].
 #[derive(Debug, Clone)]
@@ -109,36 +155,60 @@ impl Default for WorkerConfig {
 #[non_exhaustive]
 pub enum WorkerEvent {
     /// The model loaded (identity given).
-    ModelLoaded { identity: String },
+    ModelLoaded {
+        /// [`Generator::identity`] of the loaded model.
+        identity: String,
+    },
     /// The model failed to load (every queued job then fails too, naming this error).
-    ModelFailed { error: Arc<DiffusionError> },
+    ModelFailed {
+        /// Why it failed.
+        error: Arc<DiffusionError>,
+    },
     /// A job left the queue and started.
-    Started { id: RequestId },
+    Started {
+        /// The request.
+        id: RequestId,
+    },
     /// A denoising step finished (`step` is 1-based); `preview` when previews are on.
     Progress {
+        /// The request.
         id: RequestId,
+        /// Denoising steps done so far (1-based).
         step: usize,
+        /// Denoising steps in all.
         total: usize,
+        /// A preview of this step (RGBA8, the request's size), when previews are on.
         preview: Option<RgbaImage>,
     },
     /// The final image; `cached` when it came from the cache without running the model;
     /// `truncated` says which prompts were cut to 77 tokens (as the generator reported it
     /// through [`crate::pipeline::GenerationHooks::on_prompt_encoded`]; nothing on a cache hit).
     Finished {
+        /// The request.
         id: RequestId,
+        /// The finished RGBA8 image.
         image: RgbaImage,
+        /// The seed that ran.
         seed: u64,
+        /// Wall time from start to finish.
         elapsed: Duration,
+        /// Served from the cache (no model ran).
         cached: bool,
+        /// Which prompts were cut to the text encoder's 77 tokens.
         truncated: PromptTruncation,
     },
     /// The job failed; `error` is the typed cause (its Display is the message to show).
     Failed {
+        /// The request.
         id: RequestId,
+        /// Why it failed.
         error: Arc<DiffusionError>,
     },
     /// The job was cancelled (by id, by player, or because the worker is shutting down).
-    Cancelled { id: RequestId },
+    Cancelled {
+        /// The request.
+        id: RequestId,
+    },
 }
 
 /// A job between submission and its terminal event.
@@ -258,7 +328,7 @@ impl GenerationWorker {
             }
         }
         let id = occ.next_id;
-        occ.next_id += 1;
+        occ.next_id = id.next();
         if let Some(player) = &job.player {
             *occ.per_player.entry(player.clone()).or_default() += 1;
         }

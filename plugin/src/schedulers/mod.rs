@@ -42,16 +42,22 @@ use crate::noise::NoiseSource;
 /// accepted too when parsing (`EulerAncestral`: RON cannot write `euler-a` without `r#`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SchedulerKind {
+    /// diffusers `DDIMScheduler` (`schedulers/ddim.rs`): deterministic, eta 0.
     #[serde(rename = "ddim", alias = "Ddim")]
     Ddim,
+    /// diffusers `EulerDiscreteScheduler` (`schedulers/euler_discrete.rs`).
     #[serde(rename = "euler", alias = "Euler")]
     Euler,
+    /// diffusers `EulerAncestralDiscreteScheduler` (`schedulers/euler_ancestral_discrete.rs`): fresh noise each step.
     #[serde(rename = "euler-a", alias = "EulerAncestral")]
     EulerAncestral,
+    /// diffusers `DPMSolverMultistepScheduler`, DPM-Solver++ 2M (`schedulers/dpm_solver_multistep.rs`).
     #[serde(rename = "dpmpp-2m", alias = "DpmSolverMultistep")]
     DpmSolverMultistep,
+    /// DPM-Solver++ 2M with `use_karras_sigmas=True`.
     #[serde(rename = "dpmpp-2m-karras", alias = "DpmSolverMultistepKarras")]
     DpmSolverMultistepKarras,
+    /// diffusers `LCMScheduler` (`schedulers/lcm.rs`): latent-consistency models, 1-8 steps.
     #[serde(rename = "lcm", alias = "Lcm")]
     Lcm,
 }

@@ -220,7 +220,7 @@ pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
 
 /// `np.linspace(start, stop, n)` (endpoint included) in float64: `i * step + start`, the last
 /// entry exactly `stop`.
-pub fn np_linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
+pub(crate) fn np_linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
     if n <= 1 {
         return vec![start; n];
     }
@@ -232,7 +232,7 @@ pub fn np_linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
 
 /// `np.arange(start, stop, step)` for float64 arguments: `ceil((stop - start) / step)` values
 /// `start + i * delta` with `delta = (start + step) - start` (numpy's fill rule).
-pub fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+pub(crate) fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let len = ((stop - start) / step).ceil();
     if len.is_nan() || len <= 0.0 {
         return Vec::new();

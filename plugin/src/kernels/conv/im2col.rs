@@ -25,17 +25,40 @@ thread_local! {
     static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Whether 3x3 stride-1 convolutions take the Winograd F(2x2, 3x3) path (default: yes;
+/// `BEVY_DIFFUSION_WINOGRAD=off` keeps every convolution on im2col + GEMM, the A/B switch).
+pub fn winograd_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("BEVY_DIFFUSION_WINOGRAD").as_deref(),
+            Ok("off" | "0" | "false")
+        )
+    })
+}
+
 /// The convolution on slices: `x` `[b, cin, h, w]`, `wt` `[cout, cin*kh*kw]`, `bias`
-/// `[b, cout]` (optional), `residual` `[b, cout, oh, ow]` (optional), `out` `[b, cout, oh, ow]`.
+/// `[b, cout]` (optional), `residual` `[b, cout, oh, ow]` (optional), then a ReLU when `relu`;
+/// `out` `[b, cout, oh, ow]`. 3x3 stride-1 convolutions of at least 8 channels and 256 output
+/// pixels go through the Winograd kernel (`kernels::winograd`) (unless [`winograd_enabled`] is off).
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_f32(
     g: &ConvGeom,
     x: &[f32],
     wt: &[f32],
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
+    relu: bool,
     out: &mut [f32],
 ) {
     let (oh, ow) = g.out_hw().expect("geometry checked by the caller");
+    if winograd_enabled() && super::super::winograd::applies(g, oh, ow) {
+        assert_eq!(x.len(), g.batch * g.cin * g.h * g.w);
+        assert_eq!(wt.len(), g.cout * g.cin * 9);
+        assert_eq!(out.len(), g.batch * g.cout * oh * ow);
+        super::super::winograd::conv3x3(g, oh, ow, x, wt, bias, residual, relu, out);
+        return;
+    }
     let k = g.cin * g.kh * g.kw;
     let ohw = oh * ow;
     assert_eq!(x.len(), g.batch * g.cin * g.h * g.w);
@@ -128,8 +151,19 @@ pub fn conv2d_f32(
                 )
             }
         };
+        let relu_tile = || {
+            if relu {
+                for co in 0..g.cout {
+                    // SAFETY: as for the prefill above: this tile's own output columns.
+                    let d =
+                        unsafe { std::slice::from_raw_parts_mut(dst.0.add(dst_off + co * ohw), t) };
+                    d.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+            }
+        };
         if pointwise {
             gemm_call(x_img[row0 * ow..].as_ptr(), (g.h * g.w) as isize);
+            relu_tile();
             return;
         }
         COL.with(|col| {
@@ -151,6 +185,7 @@ pub fn conv2d_f32(
             );
             gemm_call(col.as_ptr(), t as isize);
         });
+        relu_tile();
     };
     if parallel_tiles {
         (0..total)

@@ -166,7 +166,7 @@ impl UNet2DConditionConfig {
         Self::from_json(&JsonConfig::read(path)?)
     }
 
-    /// Refuses counts that would build an absurd model ([`crate::config_bounds`]).
+    /// Refuses counts that would build an absurd model (`config_bounds.rs`).
     pub(super) fn check_bounds(&self, path: &Path) -> crate::Result<()> {
         use crate::config_bounds::*;
         check_bounds(

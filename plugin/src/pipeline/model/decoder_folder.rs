@@ -129,8 +129,12 @@ impl DecoderFolder {
                 ));
             }
         }
-        build_component(&self.component, device, HashMap::new(), |vb| {
-            AutoencoderTiny::new_decoder_only(vb, config)
-        })
+        super::build_part_of_component(
+            &self.component,
+            device,
+            HashMap::new(),
+            &["encoder."],
+            |vb| AutoencoderTiny::new_decoder_only(vb, config),
+        )
     }
 }

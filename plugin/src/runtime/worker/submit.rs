@@ -9,20 +9,31 @@ use super::*;
 pub enum SubmitError {
     /// The queue holds `limit` requests (waiting or running) already.
     #[error("queue full: {queued} requests waiting or running (limit {limit})")]
-    QueueFull { queued: usize, limit: usize },
+    QueueFull {
+        /// Requests waiting or running now.
+        queued: usize,
+        /// The limit that was reached.
+        limit: usize,
+    },
     /// The player has `limit` requests waiting or running already.
     #[error("player `{player}` has {queued} requests waiting or running (limit {limit})")]
     PlayerQuota {
+        /// The player (`GenerationRequest::player`).
         player: String,
+        /// Requests waiting or running now.
         queued: usize,
+        /// The limit that was reached.
         limit: usize,
     },
     /// A field of the request is out of range (sizes, counts, init image bytes); checked before
     /// anything is allocated for it.
     #[error("invalid request: `{field}` = {value}: {reason}")]
     InvalidRequest {
+        /// The config key or request field.
         field: &'static str,
+        /// The value found, as written.
         value: String,
+        /// Why, in words.
         reason: String,
     },
     /// The worker thread is gone.

@@ -146,7 +146,7 @@ pub struct Sidecar {
     pub name: String,
     /// [`content_hash`] of the request on the model: equal = the PNG is up to date.
     pub content_hash: String,
-    /// The model's identity ([`ModelFolder::identity`]).
+    /// The model's identity ([`ModelFolder::identity`](crate::loading::folder::ModelFolder::identity)).
     pub model_identity: String,
     /// The model folder it was baked with (informational).
     pub model_dir: PathBuf,

@@ -1,4 +1,4 @@
-//! Editor-time baking: a RON manifest of named [`GenerationRequest`]s becomes `NAME.png` files
+//! Editor-time baking: a RON manifest of named [`GenerationRequest`](crate::GenerationRequest)s becomes `NAME.png` files
 //! plus `NAME.texgen.json` sidecars, regenerating only what changed (`texgen bake`).
 //!
 //! ```ron
@@ -12,16 +12,16 @@
 //! )
 //! ```
 //!
-//! Each item is a [`GenerationRequest`] written in RON exactly as a single-request
+//! Each item is a [`GenerationRequest`](crate::GenerationRequest) written in RON exactly as a single-request
 //! `*.texgen.ron` file would be ([`parse_request_ron`](crate::request::ron::parse_request_ron)): every field optional (defaults of
-//! [`GenerationRequest::default`]), unknown fields refused, `Option` fields written bare or as
+//! [`GenerationRequest::default`](crate::GenerationRequest::default)), unknown fields refused, `Option` fields written bare or as
 //! `Some(...)` ([`ron_options`](crate::request::ron::ron_options) enables `implicit_some`), enum values in the CLI spelling (`xy`,
 //! `sprite`, `r#euler-a`) or the Rust one (`XY`, `Sprite`, `EulerAncestral`).
 //!
 //! How a bake runs ([`bake`]):
 //!
 //! 1. **Plan** ([`plan`]): the model folder is checked and hashed ([`ModelFolder::open`], no
-//!    weights are read), and each item's content hash ([`content_hash`]: the [`CacheKey`] of the
+//!    weights are read), and each item's content hash ([`content_hash`]: the [`CacheKey`](crate::runtime::cache::CacheKey) of the
 //!    model identity and the request's pixel fields) is compared with its sidecar's. An item is
 //!    up to date when the hashes match and the PNG on disk is the one the sidecar describes; an
 //!    item with a bad name or an invalid field is marked failed here, before any model work.
@@ -118,28 +118,49 @@ pub enum ItemOutcome {
 #[derive(Debug)]
 pub enum BakeEvent<'a> {
     /// The plan: every item and what will be done with it.
-    Planned { items: &'a [PlannedItem] },
+    Planned {
+        /// Every item of the manifest, in order.
+        items: &'a [PlannedItem],
+    },
     /// The model is about to be loaded (lazily, for the first item to generate).
-    LoadingModel { dir: &'a Path },
+    LoadingModel {
+        /// The model folder.
+        dir: &'a Path,
+    },
     /// The model is loaded.
-    ModelLoaded { dir: &'a Path, seconds: f64 },
+    ModelLoaded {
+        /// The model folder.
+        dir: &'a Path,
+        /// Load time in seconds.
+        seconds: f64,
+    },
     /// Item `index` starts generating.
     ItemStarted {
+        /// The item's position in the manifest (0-based).
         index: usize,
+        /// The item's name.
         name: &'a str,
+        /// Why, in words.
         reason: &'a str,
     },
     /// A denoising step of item `index` finished (`step` is 1-based).
     Step {
+        /// The item's position in the manifest (0-based).
         index: usize,
+        /// The item's name.
         name: &'a str,
+        /// Denoising steps done so far (1-based).
         step: usize,
+        /// Denoising steps in all.
         total: usize,
     },
     /// Item `index` is done, skipped or failed.
     ItemFinished {
+        /// The item's position in the manifest (0-based).
         index: usize,
+        /// The item's name.
         name: &'a str,
+        /// What happened to it.
         outcome: &'a ItemOutcome,
     },
 }
@@ -196,7 +217,9 @@ pub enum BakeError {
     /// The manifest cannot be read or the output folder cannot be created.
     #[error("{path}: {error}")]
     Io {
+        /// The file that could not be written or read.
         path: PathBuf,
+        /// The I/O error.
         error: std::io::Error,
     },
 }

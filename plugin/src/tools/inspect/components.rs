@@ -1,6 +1,6 @@
 //! One component of a folder inspected: its config class, weight files, parameter count, and a
 //! dry build of its model from the safetensors headers through the load's own checking backend
-//! ([`crate::loading::model_loading_utils::CheckedWeights::headers_only`]).
+//! (`CheckedWeights::headers_only` in `loading/model_loading_utils.rs`).
 
 use super::*;
 
@@ -107,7 +107,7 @@ pub(super) fn dry_build(
     }
     // As the load: weights the config leaves unused mean the config does not describe them.
     if problems.is_empty()
-        && let Some(e) = weights.unexpected_tensors()
+        && let Some(e) = weights.unexpected_tensors(&[])
     {
         problems.push(e);
     }

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Write a compact copy of a model folder, to measure what shipping it in the crate costs (issue 12 item 3).
+
+    python compact_weights.py --model ../assets/models/default --out /tmp/default-f16 [--int8]
+
+Copies the folder, rewriting every f32 tensor of each *.safetensors as f16 (the Rust loader already converts
+f16 to f32 at load), and prints each file's size raw and gzip-compressed (what a .crate holds). With --int8 it
+instead writes the weights quantized to 8 bits with one f16 scale per output channel (2-D+ tensors of >= 256
+values; the rest f16) and DEQUANTIZED back to f32, so that today's loader can run the quantized model and the
+pixel cost can be measured; the compressed size printed is that of the int8 + scales file it would ship.
+Needs only numpy and safetensors (no torch).
+"""
+import argparse
+import gzip
+import os
+import shutil
+
+import numpy as np
+from safetensors.numpy import load_file, save
+
+
+def int8_per_channel(v):
+    """(int8 values, f16 scales per output channel, dequantized f32) of f32 tensor v."""
+    flat = v.reshape(v.shape[0], -1)
+    scale = (np.abs(flat).max(axis=1) / 127.0).astype(np.float16)
+    scale[scale == 0] = 1.0
+    q = np.clip(np.round(flat / scale.astype(np.float32)[:, None]), -127, 127).astype(np.int8)
+    deq = (q.astype(np.float32) * scale.astype(np.float32)[:, None]).reshape(v.shape)
+    return q.reshape(v.shape), scale, deq
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--int8", action="store_true")
+    args = ap.parse_args()
+    if os.path.exists(args.out):
+        raise SystemExit(f"{args.out} exists")
+    shutil.copytree(args.model, args.out)
+    raw_total = gz_total = 0
+    for root, _, files in os.walk(args.out):
+        for name in files:
+            if not name.endswith(".safetensors"):
+                continue
+            path = os.path.join(root, name)
+            tensors = load_file(path)
+            shipped, loadable = {}, {}
+            for key, v in tensors.items():
+                if v.dtype != np.float32:
+                    shipped[key] = loadable[key] = v
+                elif args.int8 and v.ndim >= 2 and v.size >= 256:
+                    q, scale, deq = int8_per_channel(v)
+                    shipped[key], shipped[key + ".scale"], loadable[key] = q, scale, deq
+                else:
+                    shipped[key] = v.astype(np.float16)
+                    loadable[key] = shipped[key] if not args.int8 else shipped[key].astype(np.float32)
+            data = save(shipped)
+            with open(path, "wb") as f:
+                f.write(save(loadable))
+            gz = len(gzip.compress(data, 6))
+            raw_total, gz_total = raw_total + len(data), gz_total + gz
+            print(f"{os.path.relpath(path, args.out)}: {len(data)} bytes, {gz} gzip-compressed")
+    print(f"total: {raw_total} bytes, {gz_total} gzip-compressed")
+
+
+if __name__ == "__main__":
+    main()
