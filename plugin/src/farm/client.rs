@@ -140,15 +140,20 @@ impl FarmClient {
     /// Errors: [`DiffusionError::Farm`] when the broker cannot be reached.
     pub fn connect(settings: FarmSettings) -> crate::Result<Self> {
         let client = Self::spawn(settings)?;
-        let timeout = client.shared.settings.submit_timeout;
+        // `ensure` gives up on an unreachable broker after CONNECT_TIMEOUT; this bounds the
+        // stream and bucket set-up after it too.
+        let timeout = client.shared.settings.submit_timeout + topology::CONNECT_TIMEOUT;
         let s = client.shared.clone();
         client
-            .block_on(async move { tokio::time::timeout(timeout, s.farm()).await.map(|_| ()) })
+            .block_on(async move {
+                tokio::time::timeout(timeout, async { s.farm().await.map(|_| ()) }).await
+            })
             .map_err(|_| DiffusionError::Farm {
-                reason: format!("no broker at {} within {timeout:?}", s_url(&client)),
-            })?;
-        let s = client.shared.clone();
-        client.block_on(async move { s.farm().await.map(|_| ()) })?;
+                reason: format!(
+                    "the NATS server at {} did not set up the farm within {timeout:?}",
+                    s_url(&client)
+                ),
+            })??;
         Ok(client)
     }
 

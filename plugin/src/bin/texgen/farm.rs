@@ -1,12 +1,14 @@
-//! `texgen serve` (a farm worker) and `texgen generate --farm URL` (one request on the farm):
-//! feature `farm`, docs/farm.md.
+//! `texgen serve` (a farm worker), `texgen generate --farm URL` (one request on the farm) and
+//! `texgen bake --farm URL` (a manifest's items on the farm): feature `farm`, docs/farm.md.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-use bevy_diffusion::farm::{FarmClient, FarmSettings, ServeConfig};
+use bevy_diffusion::farm::{FarmClient, FarmLimits, FarmProbe, FarmSettings, ServeConfig};
 use bevy_diffusion::runtime::generator::SdGenerator;
 use bevy_diffusion::runtime::worker::WorkerEvent;
+use bevy_diffusion::tools::bake::farm::{FarmBakeOptions, inline_init_image};
 
 use super::*;
 
@@ -29,10 +31,12 @@ pub(crate) struct ServeArgs {
     preview_every: Option<usize>,
 }
 
-/// Loads the model, then serves until killed.
+/// Checks the broker, loads the model, then serves until killed.
 pub(crate) fn serve(args: ServeArgs) -> Result<()> {
+    // The broker first: an unreachable one is a quick error, not one after a long model load.
+    drop(FarmProbe::connect(&args.nats, FarmLimits::default())?);
     let dir = args.model.resolve(None)?;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let model = StableDiffusion::load(&dir, &args.model.load_options())?;
     eprintln!(
         "loaded {} in {:.2} s; serving {} slot(s) from {}",
@@ -52,28 +56,59 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `request` on the farm at `url` and writes the PNG to `out`.
-pub(crate) fn generate_on_farm(url: &str, mut request: GenerationRequest, out: &Path) -> Result<()> {
-    // A path means nothing on another machine: the pixels travel instead.
-    if let Some(InitImage::Path(p)) = &request.init_image {
-        let img = image::open(p)
-            .map_err(|e| anyhow::anyhow!("--init-image {}: {e}", p.display()))?
-            .to_rgba8();
-        request.init_image = Some(InitImage::Rgba {
-            width: img.width(),
-            height: img.height(),
-            pixels: img.into_raw(),
-        });
+/// `--farm-idle-timeout` in seconds, bounded.
+pub(crate) fn idle_timeout(seconds: u64) -> Result<Duration> {
+    if !(1..=86_400).contains(&seconds) {
+        bail!("--farm-idle-timeout {seconds}: must be in 1..=86400 seconds");
     }
+    Ok(Duration::from_secs(seconds))
+}
+
+/// Flags that only mean something to a local model; refused with `--farm` (the workers load
+/// the model).
+pub(crate) fn refuse_local_flags(model: &ModelArgs, loras: &[String]) -> Result<()> {
+    let set = [
+        ("--model", model.model.is_some()),
+        ("--decoder", model.decoder.is_some()),
+        ("--lora", !loras.is_empty()),
+    ];
+    if let Some((flag, _)) = set.iter().find(|(_, on)| *on) {
+        bail!(
+            "{flag} cannot be combined with --farm: the farm's workers load the model \
+             (`texgen serve --model ...`)"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `request` on the farm at `url` and writes the PNG to `out`. Gives up when the farm
+/// reports nothing on the job for `idle` (no worker running, say).
+pub(crate) fn generate_on_farm(
+    url: &str,
+    request: GenerationRequest,
+    out: &Path,
+    idle: Duration,
+) -> Result<()> {
+    // A path means nothing on another machine: the pixels travel instead.
+    let request = inline_init_image(&request, Path::new("."))?;
     let client = FarmClient::connect(FarmSettings::new(url))?;
-    let id = client.submit(request)?;
-    eprintln!("submitted to {url} as job {}", client.hash_of(id).unwrap_or_default());
+    let id = client
+        .submit(request)
+        .map_err(|e| anyhow::anyhow!("the farm at {url} refused the request: {e}"))?;
+    let hash = client.hash_of(id).unwrap_or_default();
+    eprintln!("submitted to {url} as job {hash}");
     loop {
-        let event = client
-            .events()
-            .recv()
-            .map_err(|_| anyhow::anyhow!("the farm client stopped"))?;
+        let event = match client.events().recv_timeout(idle) {
+            Ok(e) => e,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => bail!(
+                "the farm reported nothing on job {hash} for {} s (is a `texgen serve --nats \
+                 {url}` worker running?); the job stays queued",
+                idle.as_secs()
+            ),
+            Err(_) => bail!("the farm client stopped"),
+        };
         match event {
+            WorkerEvent::Started { .. } => eprintln!("running on the farm"),
             WorkerEvent::Progress { step, total, .. } => eprintln!("step {step}/{total}"),
             WorkerEvent::Finished {
                 image,
@@ -97,5 +132,14 @@ pub(crate) fn generate_on_farm(url: &str, mut request: GenerationRequest, out: &
             WorkerEvent::Cancelled { .. } => bail!("the request was cancelled on the farm"),
             _ => {}
         }
+    }
+}
+
+/// The farm half of `texgen bake --farm URL`: the same plan, files and sidecars as a local
+/// bake of the resolved model folder, the items run by the farm's workers.
+pub(crate) fn bake_options_for_farm(url: &str, idle: Duration) -> FarmBakeOptions {
+    FarmBakeOptions {
+        settings: FarmSettings::new(url),
+        idle_timeout: idle,
     }
 }

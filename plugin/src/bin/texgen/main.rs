@@ -134,6 +134,17 @@ struct BakeArgs {
     /// all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run the items on a generation farm (a NATS URL, e.g. nats://127.0.0.1:4222; feature
+    /// `farm`): planned with the model folder as a local bake (its workers must serve that
+    /// model), written to the same files and sidecars.
+    #[cfg(feature = "farm")]
+    #[arg(long, value_name = "URL")]
+    farm: Option<String>,
+    /// With --farm: give up on the items still open when the farm reports nothing for this many
+    /// seconds (no worker running, say).
+    #[cfg(feature = "farm")]
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    farm_idle_timeout: u64,
 }
 
 #[derive(Args)]
@@ -246,6 +257,11 @@ struct GenerateArgs {
     #[cfg(feature = "farm")]
     #[arg(long, value_name = "URL")]
     farm: Option<String>,
+    /// With --farm: give up when the farm reports nothing on the job for this many seconds (no
+    /// worker running, say).
+    #[cfg(feature = "farm")]
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    farm_idle_timeout: u64,
 }
 
 /// Exit code of a bad command line (clap's convention, kept for scripts).
