@@ -21,11 +21,20 @@ use bevy_diffusion::runtime::worker::WorkerEvent;
 use bevy_diffusion::{GenerationRequest, RequestId, SubmitError};
 use bevy_diffusion_tests::farm::{NatsServer, WorkerProcess};
 
+#[allow(dead_code)]
 fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--nats") {
         return fast_worker::worker_main(args.into_iter());
     }
+    let me = std::env::current_exe().expect("own path");
+    run_load(args, me.to_str().expect("utf-8 path"));
+}
+
+/// Runs the load with the flags above, the workers being `worker_bin` processes (this example
+/// re-run, or `farm_fast_worker`), prints the figures, and panics if a request was lost or
+/// ended twice.
+pub fn run_load(mut args: Vec<String>, worker_bin: &str) {
     let mut flag = |name: &str, default: u64| -> u64 {
         match args.iter().position(|a| a == name) {
             Some(i) if i + 1 < args.len() => {
@@ -57,8 +66,7 @@ fn main() {
     let client = FarmClient::connect(settings).expect("connect");
     let probe = FarmProbe::connect(&server.url(), limits.clone()).expect("probe");
     let feed = probe.watch_events().expect("feed");
-    let me = std::env::current_exe().expect("own path");
-    let me = me.to_str().expect("utf-8 path").to_string();
+    let me = worker_bin.to_string();
     let flags = |_: usize| {
         vec![
             "--step-ms".to_string(),
@@ -222,5 +230,10 @@ fn main() {
     println!(
         "  stream after: {q:?}; objects {}",
         probe.objects().map(|o| o.len()).unwrap_or(0)
+    );
+    assert_eq!(
+        (lost, duplicated, wire_dups),
+        (0, 0, 0),
+        "lost / duplicated requests"
     );
 }

@@ -15,6 +15,9 @@ use bevy_diffusion::{GenerationRequest, RequestId, SubmitError};
 use bevy_diffusion_tests::farm::{NatsServer, WorkerProcess};
 
 mod bake;
+#[allow(dead_code)]
+#[path = "farm_load.rs"]
+mod farm_load;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_farm_fast_worker");
 
@@ -524,4 +527,14 @@ fn interactive_jobs_run_before_batch_jobs() {
         Some(urgent_hash),
         "the interactive job started first"
     );
+}
+
+/// The load figures of docs/farm.md on the test build (not in the default run): flags as the
+/// `farm_load` example's, in `FARM_LOAD_ARGS`, e.g.
+/// `FARM_LOAD_ARGS="--workers 2 --requests 1000" cargo test ... --test farm -- --ignored farm_load --nocapture`.
+#[test]
+#[ignore = "a load run of minutes: docs/farm.md"]
+fn farm_load_figures() {
+    let args = std::env::var("FARM_LOAD_ARGS").unwrap_or_default();
+    farm_load::run_load(args.split_whitespace().map(String::from).collect(), WORKER);
 }
