@@ -43,8 +43,9 @@ impl FarmBakeOptions {
     }
 }
 
-/// `request` with an init image given by path (relative to `base_dir`) replaced by its pixels
-/// (`InitImage::Rgba`): a path means nothing on another machine.
+/// `request` with an init image or inpainting mask given by path (relative to `base_dir`)
+/// replaced by its RGBA8 pixels (`InitImage::Rgba`, read as the pipeline reads a path): a path
+/// means nothing on another machine.
 ///
 /// # Errors
 /// [`DiffusionError::Image`] naming the file when it cannot be read or decoded.
@@ -53,18 +54,20 @@ pub fn inline_init_image(
     base_dir: &Path,
 ) -> Result<GenerationRequest, DiffusionError> {
     let mut request = resolve_paths(request, base_dir);
-    if let Some(InitImage::Path(p)) = &request.init_image {
-        let img = image::open(p)
-            .map_err(|e| DiffusionError::Image {
-                path: p.clone(),
-                reason: e.to_string(),
-            })?
-            .to_rgba8();
-        request.init_image = Some(InitImage::Rgba {
-            width: img.width(),
-            height: img.height(),
-            pixels: img.into_raw(),
-        });
+    for slot in [&mut request.init_image, &mut request.mask] {
+        if let Some(InitImage::Path(p)) = slot {
+            let img = image::open(&*p)
+                .map_err(|e| DiffusionError::Image {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })?
+                .to_rgba8();
+            *slot = Some(InitImage::Rgba {
+                width: img.width(),
+                height: img.height(),
+                pixels: img.into_raw(),
+            });
+        }
     }
     Ok(request)
 }
