@@ -467,9 +467,9 @@ pub(crate) fn write_item(
     write_atomic(&entry.png, &png).map_err(|e| DiffusionError::io(&entry.png, e))?;
     write_atomic(&entry.sidecar, &sidecar_json)
         .map_err(|e| DiffusionError::io(&entry.sidecar, e))?;
-    if request.pbr {
+    if entry.item.request.pbr {
         // NAME_normal.png, NAME_height.png, NAME_roughness.png, NAME_ao.png beside NAME.png.
-        let maps = crate::pipeline::pbr::pbr_maps(&image, &Default::default())?;
+        let maps = crate::pipeline::pbr::pbr_maps(image, &Default::default())?;
         let dir = entry.png.parent().unwrap_or(Path::new("."));
         crate::pipeline::pbr::PbrImages::from(&maps).save(dir, &entry.item.name)?;
     }
