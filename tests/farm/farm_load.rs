@@ -1,11 +1,13 @@
 //! `cargo run --release -p bevy_diffusion_tests --example farm_load -- [--workers 3]
-//! [--requests 1000] [--players 100] [--steps 4] [--step-ms 2] [--kill-every-ms 0]`
+//! [--requests 1000] [--players 100] [--steps 4] [--step-ms 2] [--batch-every 4]
+//! [--kill-every-ms 0]`
 //!
 //! Load on the farm with a fast stand-in generator (so the broker, not a model, is measured):
 //! a local `nats-server -js`, `--workers` worker processes (this binary re-run in worker mode),
 //! one submitter that keeps every player at its quota (a refused request is retried when one
-//! of the player's requests ends). Prints throughput, p50/p99 submit-to-done, the broker's
-//! overhead per job, lost and duplicated requests; with `--kill-every-ms` a random worker is
+//! of the player's requests ends); every `--batch-every`-th request is a batch job (priority
+//! -1), the rest interactive. Prints throughput, p50/p95/p99 submit-to-done per class, the
+//! deepest queue seen, the broker's overhead per job, lost and duplicated requests; with `--kill-every-ms` a random worker is
 //! SIGKILLed (and a fresh one started) that often.
 
 #[path = "fast_worker.rs"]
@@ -19,11 +21,20 @@ use bevy_diffusion::runtime::worker::WorkerEvent;
 use bevy_diffusion::{GenerationRequest, RequestId, SubmitError};
 use bevy_diffusion_tests::farm::{NatsServer, WorkerProcess};
 
+#[allow(dead_code)]
 fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--nats") {
         return fast_worker::worker_main(args.into_iter());
     }
+    let me = std::env::current_exe().expect("own path");
+    run_load(args, me.to_str().expect("utf-8 path"));
+}
+
+/// Runs the load with the flags above, the workers being `worker_bin` processes (this example
+/// re-run, or `farm_fast_worker`), prints the figures, and panics if a request was lost or
+/// ended twice.
+pub fn run_load(mut args: Vec<String>, worker_bin: &str) {
     let mut flag = |name: &str, default: u64| -> u64 {
         match args.iter().position(|a| a == name) {
             Some(i) if i + 1 < args.len() => {
@@ -41,6 +52,7 @@ fn main() {
     let steps = flag("--steps", 4) as usize;
     let step_ms = flag("--step-ms", 2);
     let kill_every = flag("--kill-every-ms", 0);
+    let batch_every = flag("--batch-every", 4).max(1) as usize;
     let ack_wait_ms = 2000;
 
     let server = NatsServer::start();
@@ -54,8 +66,7 @@ fn main() {
     let client = FarmClient::connect(settings).expect("connect");
     let probe = FarmProbe::connect(&server.url(), limits.clone()).expect("probe");
     let feed = probe.watch_events().expect("feed");
-    let me = std::env::current_exe().expect("own path");
-    let me = me.to_str().expect("utf-8 path").to_string();
+    let me = worker_bin.to_string();
     let flags = |_: usize| {
         vec![
             "--step-ms".to_string(),
@@ -81,7 +92,9 @@ fn main() {
     }
     let mut submitted: HashMap<RequestId, (usize, Instant)> = HashMap::new();
     let mut terminal: HashMap<RequestId, usize> = HashMap::new();
-    let mut latencies = Vec::new();
+    // Submit-to-done, interactive and batch.
+    let mut latencies: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let (mut deepest, mut last_sample) = (0u64, Instant::now());
     let (mut refused, mut failed, mut kills) = (0usize, 0usize, 0usize);
     let started = Instant::now();
     let mut last_kill = Instant::now();
@@ -99,6 +112,11 @@ fn main() {
                     height: 64,
                     num_inference_steps: Some(steps),
                     player: Some(format!("player{p}")),
+                    priority: if i % batch_every == batch_every - 1 {
+                        -1
+                    } else {
+                        0
+                    },
                     ..Default::default()
                 };
                 match client.submit(r) {
@@ -124,9 +142,14 @@ fn main() {
             *terminal.entry(id).or_default() += 1;
             failed += usize::from(!ok);
             if let Some((i, at)) = submitted.get(&id) {
-                latencies.push(at.elapsed());
+                let batch = i % batch_every == batch_every - 1;
+                latencies[usize::from(batch)].push(at.elapsed());
                 blocked.remove(&(i % players));
             }
+        }
+        if last_sample.elapsed() >= Duration::from_millis(250) {
+            deepest = deepest.max(probe.queue().map(|q| q.messages).unwrap_or(0));
+            last_sample = Instant::now();
         }
         if kill_every > 0 && last_kill.elapsed() >= Duration::from_millis(kill_every) {
             let victim = kills % pool.len();
@@ -158,8 +181,16 @@ fn main() {
             deliveries_over_1 += usize::from(delivery > 1);
         }
     }
-    latencies.sort();
-    let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    for l in &mut latencies {
+        l.sort();
+    }
+    let pct = |class: usize, q: f64| {
+        let l = &latencies[class];
+        if l.is_empty() {
+            return f64::NAN;
+        }
+        l[((l.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
+    };
     let lost = requests - terminal.len();
     let duplicated = terminal.values().filter(|n| **n > 1).count();
     let wire_dups = wire_terminals.values().filter(|n| **n > 1).count();
@@ -177,11 +208,16 @@ fn main() {
         wall.as_secs_f64(),
         requests as f64 / wall.as_secs_f64()
     );
-    println!(
-        "  submit-to-done p50 {:.1} ms, p99 {:.1} ms",
-        pct(0.5).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3
-    );
+    for (class, name) in [(0, "interactive"), (1, "batch")] {
+        println!(
+            "  {name} ({} requests): submit-to-done p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+            latencies[class].len(),
+            pct(class, 0.5),
+            pct(class, 0.95),
+            pct(class, 0.99)
+        );
+    }
+    println!("  deepest queue seen (stream messages, sampled every 250 ms): {deepest}");
     println!(
         "  broker overhead per job {:.2} ms (slot time per job {:.2} ms - generator {:.2} ms)",
         per_job_slot_ms - gen_ms,
@@ -194,5 +230,10 @@ fn main() {
     println!(
         "  stream after: {q:?}; objects {}",
         probe.objects().map(|o| o.len()).unwrap_or(0)
+    );
+    assert_eq!(
+        (lost, duplicated, wire_dups),
+        (0, 0, 0),
+        "lost / duplicated requests"
     );
 }

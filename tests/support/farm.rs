@@ -89,12 +89,18 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// SIGKILLs the broker (no shutdown of any kind: what it had not written is gone) and
+    /// starts it again on the same port and store.
+    ///
+    /// nats-server 2.9 then brings back work-queue messages acknowledged shortly before the
+    /// kill (it writes removals lazily); the workers' sweep (`farm::serve`) deletes them.
+    pub fn kill9_restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
     /// Stops the broker (SIGTERM: it shuts down cleanly, flushing its stores) and starts it
     /// again on the same port and store.
-    ///
-    /// (After a SIGKILL instead, nats-server 2.9 was seen to keep one already-acknowledged
-    /// message in the work queue, with nothing pending on the consumers: nothing is lost, but
-    /// that message counts against its player's quota until the stream is purged.)
     pub fn restart(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")

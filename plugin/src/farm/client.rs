@@ -135,21 +135,30 @@ impl FarmClient {
         })
     }
 
-    /// [`FarmClient::spawn`], then waits until connected (at most `submit_timeout`).
+    /// [`FarmClient::spawn`], then waits until connected and set up (it takes the
+    /// `ModelLoaded` event off the channel).
     ///
-    /// Errors: [`DiffusionError::Farm`] when the broker cannot be reached.
+    /// Errors: [`DiffusionError::Farm`] when the broker cannot be reached (after
+    /// [`topology::CONNECT_TIMEOUT`]) or does not set up the farm's stream and buckets within
+    /// `submit_timeout` more.
     pub fn connect(settings: FarmSettings) -> crate::Result<Self> {
         let client = Self::spawn(settings)?;
-        let timeout = client.shared.settings.submit_timeout;
-        let s = client.shared.clone();
-        client
-            .block_on(async move { tokio::time::timeout(timeout, s.farm()).await.map(|_| ()) })
-            .map_err(|_| DiffusionError::Farm {
-                reason: format!("no broker at {} within {timeout:?}", s_url(&client)),
-            })?;
-        let s = client.shared.clone();
-        client.block_on(async move { s.farm().await.map(|_| ()) })?;
-        Ok(client)
+        let timeout = client.shared.settings.submit_timeout + topology::CONNECT_TIMEOUT;
+        match client.events.recv_timeout(timeout) {
+            Ok(WorkerEvent::ModelLoaded { .. }) => Ok(client),
+            Ok(WorkerEvent::ModelFailed { error }) => Err(DiffusionError::Farm {
+                reason: match error.as_ref() {
+                    DiffusionError::Farm { reason } => reason.clone(),
+                    other => other.to_string(),
+                },
+            }),
+            _ => Err(DiffusionError::Farm {
+                reason: format!(
+                    "the NATS server at {} did not set up the farm within {timeout:?}",
+                    s_url(&client)
+                ),
+            }),
+        }
     }
 
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {

@@ -5,7 +5,7 @@
 //! streams, subjects, buckets, schemas and limits.
 //!
 //! A layer beside [`crate::runtime`]: it imports runtime, pipeline and request, and only
-//! `bevy_plugin` and `bin/texgen` import it.
+//! `bevy_plugin`, `tools::bake::farm` (`texgen bake --farm`) and `bin/texgen` import it.
 //!
 //! - [`topology`]: names, limits, and creating the stream, consumers and buckets.
 //! - [`schema`]: the job message, the per-job events, the KV job state.

@@ -18,9 +18,11 @@ pub fn content_hash(model: &str, request: &GenerationRequest) -> String {
 /// A job on `texgen.jobs.<class>.<player>` (its `Nats-Msg-Id` header is `hash`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobMessage {
+    /// [`SCHEMA_VERSION`].
     pub v: u32,
     /// [`content_hash`] of the request.
     pub hash: String,
+    /// The request as submitted (an init image travels as pixels, not as a path).
     pub request: GenerationRequest,
     /// Milliseconds since the Unix epoch when the client published it.
     pub submitted_ms: u64,
@@ -32,33 +34,56 @@ pub struct JobMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FarmEvent {
     /// A worker took the job (`delivery` is 1-based: 2 and more are redeliveries).
-    Started { worker: String, delivery: u32 },
+    Started {
+        /// The worker's name (`texgen serve --name`).
+        worker: String,
+        /// 1-based delivery count of the job message.
+        delivery: u32,
+    },
     /// A denoising step finished (`step` 1-based); `preview_png` when the worker sends previews.
     Progress {
+        /// The worker's name.
         worker: String,
+        /// Denoising steps done (1-based).
         step: usize,
+        /// Denoising steps in all.
         total: usize,
+        /// A preview PNG (every `--preview-every` steps).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         preview_png: Option<Vec<u8>>,
     },
     /// The PNG is in the object store under the hash; `cached` when an existing object was
     /// reused without running the model.
     Finished {
+        /// The worker's name.
         worker: String,
+        /// The delivery that finished it.
         delivery: u32,
+        /// The PNG's width in pixels.
         width: u32,
+        /// The PNG's height in pixels.
         height: u32,
+        /// The seed of the noise stream.
         seed: u64,
+        /// True when an existing object was reused.
         cached: bool,
     },
     /// The job failed for good (`deliveries` runs were used up, or the request is invalid).
     Failed {
+        /// The worker's name.
         worker: String,
+        /// Runs used.
         deliveries: u32,
+        /// Why (the generator's last error, or the crashes).
         reason: String,
     },
     /// The job was cancelled (before it ran, or within one step of the cancel).
-    Cancelled { worker: String, step: usize },
+    Cancelled {
+        /// The worker's name.
+        worker: String,
+        /// Steps done when it stopped (0: it never ran).
+        step: usize,
+    },
 }
 
 impl FarmEvent {
@@ -75,10 +100,13 @@ impl FarmEvent {
 /// event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobState {
+    /// [`SCHEMA_VERSION`].
     pub v: u32,
     /// `running`, `retrying`, or the terminal event's type.
     pub state: String,
+    /// The worker that wrote it.
     pub worker: String,
+    /// The delivery it was written in (1-based).
     pub delivery: u32,
     /// Milliseconds since the Unix epoch.
     pub updated_ms: u64,

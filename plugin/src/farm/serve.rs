@@ -78,6 +78,7 @@ pub fn serve<G: Generator + Sync>(
         let interactive = farm.consumer(PriorityClass::Interactive).await?;
         let batch = farm.consumer(PriorityClass::Batch).await?;
         tracing::info!("texgen serve: {} slot(s) on {}", config.slots, config.url);
+        tokio::spawn(sweep_loop(farm.clone(), stop.clone()));
         let mut slots = Vec::new();
         for slot in 0..config.slots {
             let ctx = SlotCtx {
@@ -103,6 +104,61 @@ pub fn serve<G: Generator + Sync>(
 }
 
 type Pull = jetstream::consumer::Consumer<jetstream::consumer::pull::Config>;
+
+/// Runs [`sweep_acknowledged_leftovers`] now and then every `ack_wait / 3` (1..=10 s).
+async fn sweep_loop(farm: Farm, stop: Arc<AtomicBool>) {
+    let every = (farm.limits.ack_wait / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    while !stop.load(Ordering::SeqCst) {
+        let removed = sweep_acknowledged_leftovers(&farm).await;
+        if removed > 0 {
+            tracing::warn!("removed {removed} acknowledged job message(s) left in the work queue");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Deletes job messages that their consumer has already acknowledged but that are still in the
+/// work-queue stream, and returns how many (at most 64 per class and call).
+///
+/// nats-server 2.9 removes an acknowledged work-queue message in memory and writes the removal
+/// to its index file lazily, while the consumer's ack floor is stored at once: after a SIGKILL
+/// (or power loss) of the broker the message comes back in the stream, below the ack floor, so
+/// it is never delivered again but counts against its player's quota and the global bound for
+/// ever. A message at or below its consumer's ack floor has been acknowledged by definition
+/// (one consumer per subject in a work queue), so deleting it is always safe.
+pub async fn sweep_acknowledged_leftovers(farm: &Farm) -> usize {
+    let mut removed = 0;
+    for class in [PriorityClass::Interactive, PriorityClass::Batch] {
+        let Ok(mut consumer) = farm.consumer(class).await else {
+            continue;
+        };
+        let Ok(info) = consumer.info().await else {
+            continue;
+        };
+        let floor = info.ack_floor.stream_sequence;
+        let filter = format!("texgen.jobs.{}.>", class.as_str());
+        let mut seq = 1;
+        for _ in 0..64 {
+            let next = farm
+                .stream
+                .raw_message_builder()
+                .sequence(seq)
+                .next_by_subject(filter.clone())
+                .send()
+                .await;
+            match next {
+                Ok(m) if m.sequence <= floor => {
+                    if matches!(farm.stream.delete_message(m.sequence).await, Ok(true)) {
+                        removed += 1;
+                    }
+                    seq = m.sequence + 1;
+                }
+                _ => break,
+            }
+        }
+    }
+    removed
+}
 
 struct SlotCtx<G> {
     farm: Farm,

@@ -87,11 +87,17 @@ impl Default for FarmLimits {
 /// Handles on the farm's stream, consumers and buckets.
 #[derive(Clone)]
 pub struct Farm {
+    /// The core NATS connection (events, cancels).
     pub client: async_nats::Client,
+    /// JetStream on it.
     pub js: jetstream::Context,
+    /// The jobs stream [`JOBS_STREAM`].
     pub stream: stream::Stream,
+    /// The KV bucket [`STATE_BUCKET`].
     pub state: kv::Store,
+    /// The object store [`RESULTS_BUCKET`].
     pub results: object_store::ObjectStore,
+    /// The limits the broker holds (read from the stream).
     pub limits: FarmLimits,
 }
 
@@ -101,17 +107,38 @@ fn farm_err(what: &str, e: impl std::fmt::Display) -> DiffusionError {
     }
 }
 
-/// Connects to `url` and creates whatever of the layout is missing.
+/// How long [`ensure`] waits for the first connection to the broker.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to `url` (waiting at most [`CONNECT_TIMEOUT`] for the first connection; later
+/// disconnects are retried for ever) and creates whatever of the layout is missing.
 ///
-/// Errors: [`DiffusionError::Farm`] naming the step that failed (connect, stream, bucket).
+/// Errors: [`DiffusionError::Farm`] naming the step that failed (connect, stream, bucket); an
+/// unreachable broker is `cannot reach the NATS server at <url> within 5 s` (never a hang).
 pub async fn ensure(url: &str, limits: FarmLimits) -> crate::Result<Farm> {
     let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
+        .connection_timeout(CONNECT_TIMEOUT)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connect(url)
         .await
         .map_err(|e| farm_err(&format!("connecting to {url}"), e))?;
+    // With retry_on_initial_connect the client answers at once and connects in the
+    // background: wait (bounded) for the first connection, so that a wrong URL or a broker
+    // that is down is one clear error, not a JetStream request timing out later.
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    while client.connection_state() != async_nats::connection::State::Connected {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DiffusionError::Farm {
+                reason: format!(
+                    "cannot reach the NATS server at {url} within {} s (is `nats-server -js` \
+                     running there?)",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let js = jetstream::new(client.clone());
     let stream = js
         .get_or_create_stream(stream::Config {

@@ -91,6 +91,21 @@ pub(crate) fn bake(args: BakeArgs) -> Result<()> {
             status(&bar, line);
         }
     };
+    #[cfg(feature = "farm")]
+    let result = match &args.farm {
+        Some(url) => {
+            let farm = bake_options_for_farm(url, idle_timeout(args.farm_idle_timeout)?);
+            status(&bar, format!("baking on the farm at {url}"));
+            bevy_diffusion::tools::bake::farm::bake_on_farm(
+                &manifest,
+                &options,
+                &farm,
+                &mut on_event,
+            )
+        }
+        None => bevy_diffusion::tools::bake::bake(&manifest, &options, &mut on_event),
+    };
+    #[cfg(not(feature = "farm"))]
     let result = bevy_diffusion::tools::bake::bake(&manifest, &options, &mut on_event);
     bar.finish_and_clear();
     let report = result?;

@@ -78,6 +78,15 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     {
         bail!("--mask {}: no such file", p.display());
     }
+    #[cfg(feature = "farm")]
+    if let Some(url) = &args.farm {
+        refuse_local_flags(&args.model, &args.loras)?;
+        if args.noise.is_some() {
+            bail!("--noise cannot be combined with --farm (the workers draw the seed's noise)");
+        }
+        let idle = idle_timeout(args.farm_idle_timeout)?;
+        return generate_on_farm(url, request, &args.out, idle);
+    }
     let load = LoadOptions {
         loras: parse_loras(&args.loras)?,
         ..args.model.load_options()

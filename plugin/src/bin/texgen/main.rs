@@ -31,9 +31,13 @@ use clap::{Args, Parser, Subcommand};
 
 mod art;
 mod bake;
+#[cfg(feature = "farm")]
+mod farm;
 mod generate;
 mod inspect;
 use bake::*;
+#[cfg(feature = "farm")]
+use farm::*;
 use generate::*;
 use inspect::*;
 
@@ -63,6 +67,9 @@ enum Command {
     Pbr(art::PbrArgs),
     /// Upscale an image 4x with an x4 upscaler folder (--model), else with wrap-aware Lanczos3.
     Upscale(art::UpscaleArgs),
+    /// Serve jobs of a generation farm on NATS JetStream (feature `farm`; docs/farm.md).
+    #[cfg(feature = "farm")]
+    Serve(ServeArgs),
 }
 
 /// Where the model comes from.
@@ -149,6 +156,17 @@ struct BakeArgs {
     /// all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run the items on a generation farm (a NATS URL, e.g. nats://127.0.0.1:4222; feature
+    /// `farm`): planned with the model folder as a local bake (its workers must serve that
+    /// model), written to the same files and sidecars.
+    #[cfg(feature = "farm")]
+    #[arg(long, value_name = "URL")]
+    farm: Option<String>,
+    /// With --farm: give up on the items still open when the farm reports nothing for this many
+    /// seconds (no worker running, say).
+    #[cfg(feature = "farm")]
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    farm_idle_timeout: u64,
 }
 
 #[derive(Args)]
@@ -267,6 +285,16 @@ struct GenerateArgs {
     /// Where to write the PNG.
     #[arg(long)]
     out: PathBuf,
+    /// Run it on a generation farm instead (a NATS URL, e.g. nats://127.0.0.1:4222; feature
+    /// `farm`): the model flags are the workers' business then.
+    #[cfg(feature = "farm")]
+    #[arg(long, value_name = "URL")]
+    farm: Option<String>,
+    /// With --farm: give up when the farm reports nothing on the job for this many seconds (no
+    /// worker running, say).
+    #[cfg(feature = "farm")]
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    farm_idle_timeout: u64,
 }
 
 /// Exit code of a bad command line (clap's convention, kept for scripts).
@@ -354,5 +382,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => inspect_folder(args),
         Command::Pbr(args) => art::pbr(args),
         Command::Upscale(args) => art::upscale(args),
+        #[cfg(feature = "farm")]
+        Command::Serve(args) => serve(args),
     }
 }

@@ -34,6 +34,8 @@
 //! 3. **Report** ([`BakeReport`]): one [`ItemOutcome`] per item; a failed item never stops the
 //!    others.
 
+#[cfg(feature = "farm")]
+pub mod farm;
 mod manifest;
 mod plan;
 
@@ -246,17 +248,20 @@ impl GenerationHooks for BakeHooks<'_, '_> {
     }
 }
 
-/// Bakes `manifest` (see the module docs), reporting progress through `on_event`.
-///
-/// # Errors
-/// [`BakeError::Model`] when the model folder fails its checks (nothing is written) or fails to
-/// load when the first item needs it; [`BakeError::Io`] when `out_dir` cannot be created. Every
-/// per-item problem is an [`ItemOutcome::Failed`] in the report instead.
-pub fn bake(
+/// What planning found: every item, the model identity planned with, the load options.
+pub(crate) struct Prepared {
+    pub(crate) planned: Vec<PlannedItem>,
+    pub(crate) identity: String,
+    pub(crate) load: LoadOptions,
+}
+
+/// Checks and hashes the model folder, plans the items (sending [`BakeEvent::Planned`]) and
+/// creates `out_dir` when something is to be written.
+pub(crate) fn prepare(
     manifest: &BakeManifest,
     options: &BakeOptions,
     on_event: &mut (dyn FnMut(&BakeEvent<'_>) + Send),
-) -> Result<BakeReport, BakeError> {
+) -> Result<Prepared, BakeError> {
     let folder_options = FolderOptions {
         prefer_fp16_variant: options.load.prefer_fp16_variant,
         ..FolderOptions::default()
@@ -304,6 +309,29 @@ pub fn bake(
             error,
         })?;
     }
+    Ok(Prepared {
+        planned,
+        identity,
+        load,
+    })
+}
+
+/// Bakes `manifest` (see the module docs), reporting progress through `on_event`.
+///
+/// # Errors
+/// [`BakeError::Model`] when the model folder fails its checks (nothing is written) or fails to
+/// load when the first item needs it; [`BakeError::Io`] when `out_dir` cannot be created. Every
+/// per-item problem is an [`ItemOutcome::Failed`] in the report instead.
+pub fn bake(
+    manifest: &BakeManifest,
+    options: &BakeOptions,
+    on_event: &mut (dyn FnMut(&BakeEvent<'_>) + Send),
+) -> Result<BakeReport, BakeError> {
+    let Prepared {
+        planned,
+        identity,
+        load,
+    } = prepare(manifest, options, on_event)?;
 
     let mut report = BakeReport {
         items: Vec::with_capacity(planned.len()),
@@ -381,24 +409,53 @@ fn bake_one(
     let resolved = resolve_paths(request, &options.base_dir);
     let out = pipeline::generate(model, &resolved, hooks)?;
     let image = crate::pipeline::postprocess::finish(out.image, &resolved);
-    let png = encode_png(&image).map_err(|e| DiffusionError::Image {
-        path: entry.png.clone(),
-        reason: format!("cannot encode the PNG: {e}"),
-    })?;
     // The identity of the model actually loaded (equal to the planned one unless the folder
     // changed in between).
     let hash = content_hash(&model.identity, request, &options.base_dir)?;
-    let sidecar = Sidecar {
-        name: entry.item.name.clone(),
+    let truncated = crate::pipeline::PromptTruncation {
+        prompt: out.prompt_truncated,
+        negative_prompt: out.negative_prompt_truncated,
+    };
+    let written = Written {
         content_hash: hash,
         model_identity: model.identity.clone(),
         model_dir: model.dir.clone(),
         seed: out.seed,
+    };
+    write_item(entry, &image, written, started, truncated)
+}
+
+/// What a sidecar records besides the item and its pixels.
+pub(crate) struct Written {
+    pub(crate) content_hash: String,
+    pub(crate) model_identity: String,
+    pub(crate) model_dir: PathBuf,
+    pub(crate) seed: u64,
+}
+
+/// Writes `image` as the item's PNG, then its sidecar, both atomically.
+pub(crate) fn write_item(
+    entry: &PlannedItem,
+    image: &image::RgbaImage,
+    written: Written,
+    started: Instant,
+    truncated: crate::pipeline::PromptTruncation,
+) -> Result<ItemOutcome, DiffusionError> {
+    let png = encode_png(image).map_err(|e| DiffusionError::Image {
+        path: entry.png.clone(),
+        reason: format!("cannot encode the PNG: {e}"),
+    })?;
+    let sidecar = Sidecar {
+        name: entry.item.name.clone(),
+        content_hash: written.content_hash,
+        model_identity: written.model_identity,
+        model_dir: written.model_dir,
+        seed: written.seed,
         width: image.width(),
         height: image.height(),
         png_blake3: blake3::hash(&png).to_hex().to_string(),
         bevy_diffusion_version: env!("CARGO_PKG_VERSION").to_string(),
-        request: request.clone(),
+        request: entry.item.request.clone(),
     };
     let sidecar_json = serde_json::to_vec_pretty(&sidecar).map_err(|e| DiffusionError::Io {
         path: entry.sidecar.clone(),
@@ -410,9 +467,9 @@ fn bake_one(
     write_atomic(&entry.png, &png).map_err(|e| DiffusionError::io(&entry.png, e))?;
     write_atomic(&entry.sidecar, &sidecar_json)
         .map_err(|e| DiffusionError::io(&entry.sidecar, e))?;
-    if request.pbr {
+    if entry.item.request.pbr {
         // NAME_normal.png, NAME_height.png, NAME_roughness.png, NAME_ao.png beside NAME.png.
-        let maps = crate::pipeline::pbr::pbr_maps(&image, &Default::default())?;
+        let maps = crate::pipeline::pbr::pbr_maps(image, &Default::default())?;
         let dir = entry.png.parent().unwrap_or(Path::new("."));
         crate::pipeline::pbr::PbrImages::from(&maps).save(dir, &entry.item.name)?;
     }
@@ -421,10 +478,7 @@ fn bake_one(
         width: image.width(),
         height: image.height(),
         seconds: started.elapsed().as_secs_f64(),
-        truncated: crate::pipeline::PromptTruncation {
-            prompt: out.prompt_truncated,
-            negative_prompt: out.negative_prompt_truncated,
-        },
+        truncated,
     })
 }
 
