@@ -2,7 +2,6 @@
 //! anything is allocated (load and inspect), an unknown scheduler class names its stand-in, and
 //! an RGBA init image whose transparent pixels carry colour keeps its alpha through img2img.
 
-
 use bevy_diffusion::request::InitImage;
 use bevy_diffusion::schedulers::SchedulerConfig;
 use bevy_diffusion::tools::inspect::{InspectOptions, inspect};
