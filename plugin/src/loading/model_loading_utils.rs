@@ -220,7 +220,8 @@ pub struct CheckedWeights {
 
 impl CheckedWeights {
     /// Memory-maps `files` (whose headers [`read_header`] has validated) for loading onto
-    /// `device`.
+    /// `device`; a compiled-in file (`<embedded>/...`, [`crate::loading::model_files`]) is read
+    /// from its `&'static [u8]` instead (candle's `SliceSafetensors`).
     ///
     /// # Errors
     /// [`DiffusionError::BadSafetensors`] if candle's mmap (which re-runs the `safetensors`
