@@ -15,11 +15,13 @@
 //! | [`frame_stats`] | frame time p50/p99/max and FPS over the last second |
 //! | [`scripted`] | `--screenshot`: wait for start-up, run N frames, save a screenshot, exit |
 //! | [`ui`] | camera, side panel, progress rows, help line |
+//! | [`material_view`] | a lit 3D inset wearing a generated PBR material under a moving light (F4) |
 //! | [`cli`] | command-line flags |
 
 pub mod cli;
 pub mod frame_stats;
 pub mod input;
+pub mod material_view;
 pub mod profiles;
 pub mod scripted;
 pub mod ui;

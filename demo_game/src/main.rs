@@ -5,6 +5,7 @@ use bevy::window::WindowResolution;
 use bevy_diffusion::DiffusionPlugin;
 use clap::Parser;
 use demo_game::cli::Args;
+use demo_game::material_view::MaterialViewPlugin;
 use demo_game::scripted::ScriptedPlugin;
 use demo_game::ui::DemoUiPlugin;
 
@@ -35,6 +36,7 @@ fn main() -> AppExit {
         DemoUiPlugin {
             model_label: args.model_label(),
         },
+        MaterialViewPlugin,
     ));
     if let Some(run) = args.scripted_run() {
         app.add_plugins(ScriptedPlugin(run));

@@ -16,7 +16,7 @@ pub const MAX_ROWS: usize = 7;
 
 /// The help line.
 pub const HELP: &str = "Type a prompt ({theme} = the player's)  |  Enter: generate  |  Backspace: edit  \
-                        |  F1 floor  F2 wall  F3 item  |  Tab: next player  |  Esc: cancel";
+                        |  F1 floor  F2 wall  F3 item  |  F4 lit material  |  Tab: next player  |  Esc: cancel";
 
 const PANEL_BG: Color = Color::srgba(0.06, 0.07, 0.09, 0.92);
 const TEXT: Color = Color::srgb(0.88, 0.9, 0.92);

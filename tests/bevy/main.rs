@@ -10,6 +10,8 @@ mod farm;
 mod fixture_model;
 #[cfg(feature = "file_watcher")]
 mod hot_reload;
+#[cfg(feature = "pbr")]
+mod material;
 mod robustness;
 mod texgen_asset;
 

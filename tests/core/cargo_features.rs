@@ -19,6 +19,7 @@ fn bevy_features(manifest: &str, section: &str) -> BTreeSet<String> {
         .lines()
         .take_while(|l| !l.starts_with('['))
         .skip_while(|l| !l.starts_with("bevy = "))
+        .map(|l| l.split_once('#').map_or(l, |(code, _comment)| code))
         .collect::<Vec<_>>()
         .join("\n");
     let list = entry

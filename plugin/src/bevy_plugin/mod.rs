@@ -27,6 +27,8 @@
 
 mod backend;
 mod images;
+#[cfg(feature = "pbr")]
+mod material;
 mod messages;
 mod request_param;
 mod runtime;
@@ -39,6 +41,10 @@ use bevy::ecs::schedule::{IntoScheduleConfigs, SystemSet};
 
 pub use backend::DiffusionBackend;
 pub use images::{placeholder, sampler_for, to_bevy_image};
+#[cfg(feature = "pbr")]
+pub use material::{
+    DiffusionMaterialPlugin, DiffusionMaterials, PendingMaterials, SubmittedMaterial,
+};
 pub use messages::{
     DiffusionStatus, GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress,
     GenerationStarted, ModelLoadFailed, ModelReady,

@@ -212,12 +212,14 @@ fn loader(
         settings.decoder.clone(),
     );
     let loras = settings.loras.clone();
+    let upscaler = settings.upscaler.clone();
     move || {
         let load_folder = |dir: &Path| -> crate::Result<BoxedGenerator> {
             let options = LoadOptions {
                 device: device.to_candle()?,
                 prefer_fp16_variant: fp16,
                 decoder: decoder.clone(),
+                upscaler: upscaler.clone(),
                 loras: loras.clone(),
             };
             let model = StableDiffusion::load(dir, &options)?;

@@ -113,6 +113,10 @@ pub struct DiffusionSettings {
     /// images of an SD 1.x/2.x model instead of its own VAE (many times faster; previews then
     /// use it too). `None`: the model's own `vae/`. Ignored by [`ModelSource::Custom`].
     pub decoder: Option<PathBuf>,
+    /// An x4 upscaler folder (`StableDiffusionUpscalePipeline` layout) run for requests with
+    /// `upscale: Some(4)` ([`crate::LoadOptions::upscaler`]); without it every upscale is the
+    /// wrap-aware Lanczos fallback. Ignored by [`ModelSource::Custom`].
+    pub upscaler: Option<PathBuf>,
 
     /// LoRA files merged into the model at load (folder or embedded model; not a
     /// [`ModelSource::Custom`] one), each with its `lora_scale`. Changing them means reloading
@@ -146,6 +150,7 @@ impl Default for DiffusionSettings {
             device: ComputeDevice::default(),
             prefer_fp16_variant: false,
             decoder: None,
+            upscaler: None,
             loras: Vec::new(),
             worker: WorkerConfig {
                 compute_threads: Some(default_compute_threads()),

@@ -8,7 +8,7 @@
 //! (prompt: "mossy cobblestone", seed: 7, tiling: xy, num_inference_steps: 12)
 //! ```
 //!
-//! An img2img file names its init image relative to itself (`init_image: Path("rock.png")` is the
+//! An img2img (or inpainting) file names its init image (and mask) relative to itself (`init_image: Path("rock.png")` is the
 //! asset `rock.png` beside the prompt file, read through the same asset source). Absolute paths and
 //! paths that leave the asset folder (`../../x.png`) are refused: prompt files may come from mods.
 //!
@@ -59,12 +59,14 @@ pub enum TexgenLoadError {
     /// The file is not a valid request (names the line, column and field).
     #[error(transparent)]
     Parse(#[from] RonError),
-    /// The request's `init_image` (resolved beside the prompt file, in the same asset source)
-    /// is outside the asset folder, or could not be read or decoded.
-    #[error("{file}: init_image {init_image}: {reason}")]
+    /// The request's `init_image` or inpainting `mask` (resolved beside the prompt file, in the
+    /// same asset source) is outside the asset folder, or could not be read or decoded.
+    #[error("{file}: {field} {init_image}: {reason}")]
     InitImage {
         /// The prompt file.
         file: String,
+        /// `init_image` or `mask`.
+        field: &'static str,
         /// The init image as written in the file.
         init_image: String,
         /// Why it could not be used (missing file, not an image...).
@@ -105,10 +107,17 @@ impl AssetLoader for TexgenLoader {
         // works from any working folder, from embedded/processed sources, and reloads with the
         // file); its pixels travel with the request. A prompt file may come from a mod: absolute
         // paths and paths that climb out of the asset folder are refused, not read from disk.
-        if let Some(InitImage::Path(p)) = &request.init_image {
+        for (field, image) in [
+            ("init_image", &mut request.init_image),
+            ("mask", &mut request.mask),
+        ] {
+            let Some(InitImage::Path(p)) = &*image else {
+                continue;
+            };
             let asset = path.resolve_embed(&AssetPath::from_path(p));
             let fail = |reason: String| TexgenLoadError::InitImage {
                 file: path.to_string(),
+                field,
                 init_image: p.display().to_string(),
                 reason,
             };
@@ -125,7 +134,7 @@ impl AssetLoader for TexgenLoader {
             let rgba = image::load_from_memory(&bytes)
                 .map_err(|e| fail(format!("{asset}: {e}")))?
                 .to_rgba8();
-            request.init_image = Some(InitImage::Rgba {
+            *image = Some(InitImage::Rgba {
                 width: rgba.width(),
                 height: rgba.height(),
                 pixels: rgba.into_raw(),

@@ -47,9 +47,10 @@ pub const PICKLE_EXTENSIONS: [&str; 4] = ["bin", "ckpt", "pt", "pth"];
 
 /// The pipeline classes (model_index.json `_class_name`) we run: one CLIP text encoder (two for
 /// SDXL), a `UNet2DConditionModel`, an `AutoencoderKL`.
-pub const SUPPORTED_PIPELINES: [&str; 6] = [
+pub const SUPPORTED_PIPELINES: [&str; 7] = [
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
     "LatentConsistencyModelPipeline",
     "LatentConsistencyModelImg2ImgPipeline",
     "StableDiffusionXLPipeline",

@@ -329,7 +329,13 @@ impl AutoencoderKL {
     ///
     /// Errors: `x` not 4-D or with a channel count other than `in_channels`.
     pub fn encode(&self, x: &Tensor) -> Result<DiagonalGaussian> {
-        self.encode_traced(x, None)
+        self.encode_traced(x, Tiling::None, None)
+    }
+
+    /// [`AutoencoderKL::encode`] with the encoder's convolutions circular on the axes `tiling`
+    /// wraps (a seamless image keeps periodic latents; used by tiling-aware inpainting).
+    pub fn encode_tiled(&self, x: &Tensor, tiling: Tiling) -> Result<DiagonalGaussian> {
+        self.encode_traced(x, tiling, None)
     }
 
     /// [`AutoencoderKL::encode`], also returning intermediate activations by diffusers module
@@ -340,13 +346,14 @@ impl AutoencoderKL {
         x: &Tensor,
     ) -> Result<(DiagonalGaussian, Intermediates)> {
         let mut trace = Intermediates::new();
-        let dist = self.encode_traced(x, Some(&mut trace))?;
+        let dist = self.encode_traced(x, Tiling::None, Some(&mut trace))?;
         Ok((dist, trace))
     }
 
     fn encode_traced(
         &self,
         x: &Tensor,
+        tiling: Tiling,
         mut trace: Option<&mut Intermediates>,
     ) -> Result<DiagonalGaussian> {
         let (_, c, _, _) = x.dims4()?;
@@ -359,7 +366,7 @@ impl AutoencoderKL {
         }
         let h = self
             .encoder
-            .forward_traced(x, Tiling::None, trace.as_deref_mut())?;
+            .forward_traced(x, tiling, trace.as_deref_mut())?;
         let moments = match &self.quant_conv {
             Some(conv) => {
                 let m = conv.forward(&h)?;

@@ -298,17 +298,28 @@ impl AutoencoderTiny {
     ///
     /// Errors: no encoder loaded, `x` not 4-D or with a channel count other than `in_channels`.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
-        self.encode_traced(x, None)
+        self.encode_traced(x, Tiling::None, None)
+    }
+
+    /// [`AutoencoderTiny::encode`] with the encoder's convolutions circular on the axes `tiling`
+    /// wraps (tiling-aware inpainting).
+    pub fn encode_tiled(&self, x: &Tensor, tiling: Tiling) -> Result<Tensor> {
+        self.encode_traced(x, tiling, None)
     }
 
     /// [`AutoencoderTiny::encode`], also returning `encoder.layers.N` by Sequential index.
     pub fn encode_with_intermediates(&self, x: &Tensor) -> Result<(Tensor, Intermediates)> {
         let mut trace = Intermediates::new();
-        let out = self.encode_traced(x, Some(&mut trace))?;
+        let out = self.encode_traced(x, Tiling::None, Some(&mut trace))?;
         Ok((out, trace))
     }
 
-    fn encode_traced(&self, x: &Tensor, trace: Option<&mut Intermediates>) -> Result<Tensor> {
+    fn encode_traced(
+        &self,
+        x: &Tensor,
+        tiling: Tiling,
+        trace: Option<&mut Intermediates>,
+    ) -> Result<Tensor> {
         let Some(encoder) = &self.encoder else {
             candle_core::bail!("AutoencoderTiny: loaded as a decoder only, it cannot encode");
         };
@@ -320,7 +331,7 @@ impl AutoencoderTiny {
                 x.dims()
             );
         }
-        encoder.forward_traced(x, Tiling::None, trace)
+        encoder.forward_traced(x, tiling, trace)
     }
 
     /// diffusers `AutoencoderTiny.decode(z).sample`: `z` `[batch, latent_channels, h, w]`, already

@@ -35,6 +35,8 @@ pub struct UNet2DConditionModel {
     time_embedding: TimestepEmbedding,
     /// `add_time_proj` + `add_embedding` of a `text_time` UNet (SDXL).
     add_embedding: Option<TextTimeEmbedding>,
+    /// `class_embedding` of a UNet with `num_class_embeds` (the x4 upscaler's noise level).
+    class_embedding: Option<candle_nn::Embedding>,
     conv_in: TiledConv2d,
     down_blocks: Vec<DownBlock>,
     mid_block: Option<UNetMidBlock2DCrossAttn>,
@@ -84,6 +86,10 @@ impl UNet2DConditionModel {
                     temb,
                 )?,
             }),
+            None => None,
+        };
+        let class_embedding = match cfg.num_class_embeds {
+            Some(n) => Some(candle_nn::embedding(n, temb, vb.pp("class_embedding"))?),
             None => None,
         };
         let k_in = cfg.conv_in_kernel;
@@ -163,6 +169,7 @@ impl UNet2DConditionModel {
             time_proj,
             time_embedding,
             add_embedding,
+            class_embedding,
             conv_in,
             down_blocks,
             mid_block,
@@ -194,7 +201,50 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         tiling: Tiling,
     ) -> Result<Tensor> {
-        self.run(sample, timestep, encoder_hidden_states, None, tiling, None)
+        self.run(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            None,
+            None,
+            tiling,
+            None,
+        )
+    }
+
+    /// [`Self::forward`] with diffusers' `class_labels` (`[batch]` integer ids, u32/i64), for
+    /// UNets with `num_class_embeds` (the x4 upscaler passes its noise level): `emb =
+    /// time_embedding(time_proj(t)) + class_embedding.weight[class_labels]`.
+    ///
+    /// Errors (candle's): labels given to a UNet without a class embedding, or missing for one
+    /// with it.
+    pub fn forward_with_class_labels(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        class_labels: Option<&Tensor>,
+        tiling: Tiling,
+    ) -> Result<Tensor> {
+        let (hs, labels) = (encoder_hidden_states, class_labels);
+        self.run(sample, timestep, hs, None, labels, tiling, None)
+    }
+
+    /// [`Self::forward_with_class_labels`] that also returns the named [`Intermediates`]
+    /// (`class_embedding` `[batch, time_embed_dim]` follows `time_embedding` when labels are
+    /// given).
+    pub fn forward_with_class_labels_traced(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        class_labels: Option<&Tensor>,
+        tiling: Tiling,
+    ) -> Result<(Tensor, Intermediates)> {
+        let mut rec = Vec::new();
+        let (hs, labels) = (encoder_hidden_states, class_labels);
+        let out = self.run(sample, timestep, hs, None, labels, tiling, Some(&mut rec))?;
+        Ok((out, rec))
     }
 
     /// [`Self::forward`] with diffusers' `added_cond_kwargs`, which a `text_time` UNet (SDXL)
@@ -208,7 +258,15 @@ impl UNet2DConditionModel {
         added: Option<&AddedCondKwargs>,
         tiling: Tiling,
     ) -> Result<Tensor> {
-        self.run(sample, timestep, encoder_hidden_states, added, tiling, None)
+        self.run(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            added,
+            None,
+            tiling,
+            None,
+        )
     }
 
     /// [`Self::forward_added`] that also returns the named [`Intermediates`] (`add_time_proj`
@@ -228,6 +286,7 @@ impl UNet2DConditionModel {
             timestep,
             encoder_hidden_states,
             added,
+            None,
             tiling,
             Some(&mut rec),
         )?;
@@ -248,18 +307,21 @@ impl UNet2DConditionModel {
             timestep,
             encoder_hidden_states,
             None,
+            None,
             tiling,
             Some(&mut rec),
         )?;
         Ok((out, rec))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         sample: &Tensor,
         timestep: f64,
         context: &Tensor,
         added: Option<&AddedCondKwargs>,
+        class_labels: Option<&Tensor>,
         tiling: Tiling,
         mut rec: Option<&mut Intermediates>,
     ) -> Result<Tensor> {
@@ -283,6 +345,21 @@ impl UNet2DConditionModel {
         record("time_proj".into(), &t_emb);
         let mut emb = self.time_embedding.forward(&t_emb)?;
         record("time_embedding".into(), &emb);
+        match (&self.class_embedding, class_labels) {
+            (Some(table), Some(labels)) => {
+                let class_emb = table.forward(labels)?.to_dtype(emb.dtype())?;
+                record("class_embedding".into(), &class_emb);
+                emb = (emb + class_emb)?;
+            }
+            (None, None) => {}
+            (Some(_), None) => candle_core::bail!(
+                "class_labels should be provided when num_class_embeds > 0 (this UNet embeds a \
+                 class label, e.g. the upscaler's noise level)"
+            ),
+            (None, Some(_)) => {
+                candle_core::bail!("class_labels given to a UNet without num_class_embeds")
+            }
+        }
         if let Some(add) = &self.add_embedding {
             let Some(added) = added else {
                 candle_core::bail!(

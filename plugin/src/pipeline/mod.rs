@@ -12,14 +12,22 @@
 //! 5. [`denoise`]: the loop: UNet (twice batched for guidance), guidance, scheduler step, hooks
 //!    (progress, preview, cancel).
 //! 6. [`decode_latents`]: VAE decode and map to RGBA8 ([`crate::pipeline::postprocess`]).
+//! 7. [`upscale::upscale_output`]: `request.upscale` (the x4 upscaler model when loaded, else
+//!    wrap-aware Lanczos).
+//!
+//! Requests with a `mask` (or on a 9-channel inpainting UNet) run [`inpaint`] instead of stages
+//! 1-6.
 //!
 //! All randomness comes from the request's seed through [`crate::noise`], or from tensors the
 //! caller passes in [`ExplicitNoise`], so the same request gives the same bytes.
 
+pub mod inpaint;
 pub mod model;
+pub mod pbr;
 pub mod postprocess;
 pub mod preview;
 pub mod sdxl;
+pub mod upscale;
 
 use candle_core::{DType, Tensor};
 use image::RgbaImage;
@@ -174,13 +182,19 @@ pub fn generate_with_noise(
     // between two blocks, or a tensor op cut short) is the cancel, not a failure.
     let check = hooks.cancel_check();
     crate::cancel::with_cancel_check(check, || {
-        run_stages(model, request, explicit, noise, hooks).map_err(|e| {
-            if crate::cancel::is_cancelled() {
-                DiffusionError::Cancelled
-            } else {
-                e
-            }
-        })
+        run_stages(model, request, explicit, noise, hooks)
+            .and_then(|mut out| {
+                // 7. The optional upscale (`request.upscale`).
+                out.image = upscale::upscale_output(model, request, out.image, hooks)?;
+                Ok(out)
+            })
+            .map_err(|e| {
+                if crate::cancel::is_cancelled() {
+                    DiffusionError::Cancelled
+                } else {
+                    e
+                }
+            })
     })
 }
 
@@ -199,6 +213,9 @@ fn run_stages(
         }
         Ok(())
     };
+    if inpaint::is_inpaint(model, request) {
+        return inpaint::generate_inpaint(model, request, explicit, None, noise, hooks);
+    }
     // 1. Check inputs.
     let init_image = load_init_image(request)?;
     let (width, height) = check_inputs(model, request, init_image.as_ref())?;
@@ -271,7 +288,7 @@ fn run_stages(
 /// Refuses latents with NaN or infinite values (a diverging schedule, non-finite explicit noise,
 /// or a broken model) instead of writing a black image: [`DiffusionError::NonFiniteLatents`]
 /// naming the step count and the scheduler that ran.
-fn check_finite(latents: &Tensor, steps: usize, scheduler: SchedulerKind) -> Result<()> {
+pub(crate) fn check_finite(latents: &Tensor, steps: usize, scheduler: SchedulerKind) -> Result<()> {
     if all_finite(latents)? {
         return Ok(());
     }
@@ -326,26 +343,37 @@ pub fn check_inputs(
 
 /// Reads the init image of an img2img request (RGBA8), or `None` for text-to-image.
 fn load_init_image(request: &GenerationRequest) -> Result<Option<RgbaImage>> {
-    match &request.init_image {
-        None => Ok(None),
-        Some(InitImage::Path(path)) => {
+    request
+        .init_image
+        .as_ref()
+        .map(|i| load_image_of(i, "init_image"))
+        .transpose()
+}
+
+/// Reads an init image or mask (RGBA8): a file, or in-memory pixels of the right length.
+///
+/// Errors: [`DiffusionError::Image`] for an unreadable file, [`DiffusionError::InvalidRequest`]
+/// naming `field` for in-memory pixels whose length is not `width * height * 4`.
+pub(crate) fn load_image_of(init: &InitImage, field: &'static str) -> Result<RgbaImage> {
+    match init {
+        InitImage::Path(path) => {
             image::open(path)
-                .map(|i| Some(i.to_rgba8()))
+                .map(|i| i.to_rgba8())
                 .map_err(|e| DiffusionError::Image {
                     path: path.clone(),
                     reason: e.to_string(),
                 })
         }
-        Some(InitImage::Rgba {
+        InitImage::Rgba {
             width,
             height,
             pixels,
-        }) => RgbaImage::from_raw(*width, *height, pixels.clone())
-            .map(Some)
-            .ok_or_else(|| DiffusionError::InvalidRequest {
-                field: "init_image",
+        } => RgbaImage::from_raw(*width, *height, pixels.clone()).ok_or_else(|| {
+            DiffusionError::InvalidRequest {
+                field,
                 value: format!("{width}x{height} with {} bytes", pixels.len()),
                 reason: "RGBA8 pixels must have width * height * 4 bytes".into(),
-            }),
+            }
+        }),
     }
 }

@@ -36,6 +36,11 @@ pub struct LoadOptions {
     /// replaces the model's own VAE decoder: many times faster, slightly softer images. The
     /// model's VAE still encodes img2img init images. `None`: decode with the folder's `vae/`.
     pub decoder: Option<PathBuf>,
+    /// An x4 upscaler folder (diffusers `StableDiffusionUpscalePipeline` layout, see
+    /// [`crate::pipeline::upscale::Upscaler::load`]) that runs for requests with `upscale: 4`
+    /// (the other factors, and every factor without it, use the wrap-aware Lanczos fallback).
+    /// `None`: no diffusion upscaler.
+    pub upscaler: Option<PathBuf>,
 
     /// LoRA files merged into the UNet and text encoder(s) at load, each with its own
     /// `lora_scale`, in order (see [`crate::loading::lora`]). Default: none.
@@ -48,6 +53,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             prefer_fp16_variant: false,
             decoder: None,
+            upscaler: None,
             loras: Vec::new(),
         }
     }
@@ -69,6 +75,8 @@ pub struct StableDiffusion {
     /// The fast decoder of [`LoadOptions::decoder`]; when set, images are decoded with it
     /// (its own `scaling_factor`) instead of `vae`.
     pub decoder: Option<AutoencoderTiny>,
+    /// The x4 upscaler of [`LoadOptions::upscaler`], run for requests with `upscale: 4`.
+    pub upscaler: Option<crate::pipeline::upscale::Upscaler>,
     /// `scheduler/scheduler_config.json`, from which every scheduler kind is configured.
     pub scheduler_config: SchedulerConfig,
     /// Where the weights live.
@@ -310,7 +318,15 @@ impl StableDiffusion {
                 (Some(decoder.load(&vae_config, device)?), identity)
             }
         };
-        // LoRAs mix into the identity last: folder (+ decoder) + LoRAs.
+        let (upscaler, base_identity) = match &options.upscaler {
+            None => (None, base_identity),
+            Some(dir) => {
+                let upscaler = crate::pipeline::upscale::Upscaler::load(dir, options)?;
+                let identity = upscaler.model_identity(&base_identity);
+                (Some(upscaler), identity)
+            }
+        };
+        // LoRAs mix into the identity last: folder (+ decoder) (+ upscaler) + LoRAs.
         let identity = crate::loading::lora_merge::identity(&base_identity, &options.loras)?;
         let text_time = unet_config.addition_embed.map(|tt| {
             (
@@ -345,6 +361,7 @@ impl StableDiffusion {
             unet,
             vae,
             decoder,
+            upscaler,
             scheduler_config,
             device: device.clone(),
             text_encoder_config,

@@ -315,7 +315,8 @@ fn widest(b: &[([u8; 3], u64)]) -> (usize, u8) {
 }
 
 /// Applies the request's post-processing to a decoded image: sprite keying (for opaque model
-/// output), opaque alpha for textures, and the optional pixel-art pass.
+/// output), opaque alpha for textures, and the optional pixel-art pass. (`request.upscale` is
+/// applied earlier, by [`crate::pipeline::generate`]'s last stage.)
 pub fn finish(mut image: RgbaImage, request: &crate::request::GenerationRequest) -> RgbaImage {
     match request.kind {
         crate::request::AssetKind::Sprite => key_out_background(&mut image),

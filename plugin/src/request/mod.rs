@@ -156,6 +156,21 @@ pub struct GenerationRequest {
     pub init_image: Option<InitImage>,
     /// img2img strength in (0, 1]: the fraction of the schedule that runs (1 = ignore the image).
     pub strength: f64,
+    /// Inpainting: a mask of the init image's size, white (grey >= 128) = repaint, black = keep
+    /// (diffusers' `mask_image`; read as grey, not from alpha). Needs `init_image`. See
+    /// [`crate::pipeline::inpaint`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask: Option<InitImage>,
+    /// Upscale the finished image by this integer factor (1..=8) with wrap-aware Lanczos3
+    /// ([`crate::pipeline::upscale::lanczos_upscale`]; tiled axes wrap, so a seamless texture
+    /// stays seamless); `None` = no upscale. The output side must stay at most 8192 pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upscale: Option<u32>,
+    /// Also derive PBR maps (normal, height, roughness, AO) from the finished image
+    /// ([`crate::pipeline::pbr`]): `texgen bake` writes `NAME_normal.png` etc. beside `NAME.png`;
+    /// with the `pbr` feature, `bevy_plugin::DiffusionMaterials` puts them on a material.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pbr: bool,
     /// Texture or sprite (post-processing).
     pub kind: AssetKind,
     /// Optional pixel-art pass applied after decoding.
@@ -195,6 +210,9 @@ impl Default for GenerationRequest {
             tiling: Tiling::None,
             init_image: None,
             strength: 0.8,
+            mask: None,
+            upscale: None,
+            pbr: false,
             kind: AssetKind::Texture,
             pixel_art: None,
             player: None,
@@ -269,6 +287,30 @@ impl GenerationRequest {
                 "strength",
                 self.strength.to_string(),
                 "must be in (0, 1]".into(),
+            );
+        }
+        if self.mask.is_some() && self.init_image.is_none() {
+            return bad(
+                "mask",
+                "(given)".into(),
+                "inpainting needs an init_image of the mask's size".into(),
+            );
+        }
+        if let Some(f) = self.upscale
+            && !(1..=8).contains(&f)
+        {
+            return bad("upscale", f.to_string(), "must be 1..=8".into());
+        }
+        if let Some(f) = self.upscale
+            && (self.width.saturating_mul(f) > 8192 || self.height.saturating_mul(f) > 8192)
+        {
+            return bad(
+                "upscale",
+                f.to_string(),
+                format!(
+                    "{}x{} upscaled {f}x is over 8192 pixels a side",
+                    self.width, self.height
+                ),
             );
         }
         for (field, value) in [
@@ -348,6 +390,16 @@ impl GenerationRequest {
             tiling: Tiling::XY,
             kind: AssetKind::Texture,
             ..Default::default()
+        }
+    }
+
+    /// A seamless texture request for `prompt` that also asks for PBR maps (`pbr: true`): with
+    /// the `pbr` feature, `bevy_plugin::DiffusionMaterials::submit` turns it into a
+    /// `Handle<StandardMaterial>`; `texgen bake` writes the maps beside the PNG.
+    pub fn material(prompt: impl Into<String>) -> Self {
+        Self {
+            pbr: true,
+            ..Self::texture(prompt)
         }
     }
 

@@ -53,6 +53,9 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         tiling,
         init_image: args.init_image.map(InitImage::Path),
         strength: args.strength,
+        mask: args.mask.map(InitImage::Path),
+        upscale: args.upscale,
+        pbr: args.pbr,
         kind: parse_kind(&args.kind)?,
         pixel_art: args.pixel_art.as_deref().map(parse_pixel_art).transpose()?,
         original_size: args.original_size,
@@ -69,6 +72,11 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         && !p.is_file()
     {
         bail!("--init-image {}: no such file", p.display());
+    }
+    if let Some(InitImage::Path(p)) = &request.mask
+        && !p.is_file()
+    {
+        bail!("--mask {}: no such file", p.display());
     }
     let load = LoadOptions {
         loras: parse_loras(&args.loras)?,
@@ -101,6 +109,9 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     }
     let image = bevy_diffusion::pipeline::postprocess::finish(out.image, &request);
     write_png(&image, &args.out)?;
+    if request.pbr {
+        art::pbr_beside(&image, &args.out)?;
+    }
     eprintln!(
         "wrote {} ({}x{}, seed {}) in {:.2} s",
         args.out.display(),

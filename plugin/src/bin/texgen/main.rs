@@ -6,6 +6,8 @@
 //!   regenerating only what changed ([`bevy_diffusion::tools::bake`]).
 //! - `texgen inspect DIR` describes a model folder and lists every problem with it
 //!   ([`bevy_diffusion::tools::inspect`]).
+//! - `texgen pbr --in PNG --out-dir DIR` and `texgen upscale --in PNG [--model DIR] --out PNG`:
+//!   the game-art tools on finished textures (`art.rs`); `generate --mask` inpaints.
 //!
 //! With the `hf-hub` feature, `--model` also takes a Hugging Face repo id
 //! ([`bevy_diffusion::loading::hub`]). Errors end the process with a non-zero exit code and one line on
@@ -27,6 +29,7 @@ use bevy_diffusion::tools::inspect::{InspectOptions, inspect};
 use bevy_diffusion::{GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling};
 use clap::{Args, Parser, Subcommand};
 
+mod art;
 mod bake;
 mod generate;
 mod inspect;
@@ -55,6 +58,11 @@ enum Command {
     Bake(BakeArgs),
     /// Describe a model folder (family, components, scheduler, tokenizer) and list every problem.
     Inspect(InspectArgs),
+    /// PBR maps of a texture: NAME_normal.png (OpenGL, +Y up), NAME_height.png,
+    /// NAME_roughness.png, NAME_ao.png.
+    Pbr(art::PbrArgs),
+    /// Upscale an image 4x with an x4 upscaler folder (--model), else with wrap-aware Lanczos3.
+    Upscale(art::UpscaleArgs),
 }
 
 /// Where the model comes from.
@@ -75,13 +83,18 @@ struct ModelArgs {
     /// models (SDXS-style folders already ship it as their vae).
     #[arg(long, value_name = "DIR")]
     decoder: Option<PathBuf>,
+    /// An x4 upscaler folder (StableDiffusionUpscalePipeline layout) for `--upscale 4` (or a
+    /// manifest item's `upscale: 4`); without it upscaling is wrap-aware Lanczos3.
+    #[arg(long, value_name = "DIR")]
+    upscaler: Option<PathBuf>,
 }
 
 impl ModelArgs {
-    /// How to load: the `--decoder`, if any.
+    /// How to load: the `--decoder` and `--upscaler`, if any.
     fn load_options(&self) -> LoadOptions {
         LoadOptions {
             decoder: self.decoder.clone(),
+            upscaler: self.upscaler.clone(),
             ..LoadOptions::default()
         }
     }
@@ -218,6 +231,17 @@ struct GenerateArgs {
     /// img2img strength in (0, 1].
     #[arg(long, default_value_t = 0.8)]
     strength: f64,
+    /// Inpainting: a mask PNG of the init image's size, white = repaint, black = keep (needs
+    /// --init-image).
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// Upscale the result by this factor, 1..=8 (the --upscaler model for 4, else wrap-aware
+    /// Lanczos3 on tiled axes).
+    #[arg(long)]
+    upscale: Option<u32>,
+    /// Also write the PBR maps (OUT_normal.png, OUT_height.png, OUT_roughness.png, OUT_ao.png).
+    #[arg(long)]
+    pbr: bool,
     /// A safetensors file with a tensor `noise` [1, C, H/f, W/f] (f = the VAE factor) used instead of the seed's
     /// initial latents (img2img: the add_noise noise), and optionally `vae_sample_eps`.
     #[arg(long)]
@@ -320,5 +344,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(args),
         Command::Bake(args) => bake(args),
         Command::Inspect(args) => inspect_folder(args),
+        Command::Pbr(args) => art::pbr(args),
+        Command::Upscale(args) => art::upscale(args),
     }
 }

@@ -25,15 +25,12 @@ pub(super) fn refused_pipeline(class: &str) -> Option<(String, String)> {
             "FLUX",
             "the rectified-flow transformer and its CLIP + T5 text encoders are not implemented",
         )
-    } else if class.contains("Inpaint") {
-        (
-            "Stable Diffusion inpainting",
-            "inpainting (mask + masked-image UNet inputs) is not implemented",
-        )
     } else if class.contains("Upscale") {
         (
             "Stable Diffusion upscaler",
-            "upscaling pipelines are not implemented",
+            "an x4 upscaler folder (its unet takes 7 input channels: 4 latents + 3 low-res image \
+             channels, with a low_res_scheduler) is not a text-to-image model; use it to upscale \
+             (`texgen upscale --model DIR`, `pipeline::upscale::Upscaler::load`)",
         )
     } else if class.contains("Depth2Img") {
         (

@@ -89,6 +89,10 @@ pub struct UNet2DConditionConfig {
     pub time_embed_dim: usize,
     /// `addition_embed_type: "text_time"` (SDXL); `None` when the key is absent or null.
     pub addition_embed: Option<TextTimeConfig>,
+    /// `num_class_embeds` with `class_embed_type` null: an `nn.Embedding(num_class_embeds,
+    /// time_embed_dim)` whose row `class_labels[b]` is added to the time embedding (the x4
+    /// upscaler's noise level). `None` for text-to-image UNets.
+    pub num_class_embeds: Option<usize>,
 }
 
 /// The sizes of SDXL's added conditioning (`addition_embed_type: "text_time"`).
@@ -138,7 +142,6 @@ impl TextTimeConfig {
 pub(super) const MUST_BE_NULL: &[&str] = &[
     "time_cond_proj_dim",
     "class_embed_type",
-    "num_class_embeds",
     "encoder_hid_dim_type",
     "encoder_hid_dim",
     "timestep_post_act",
@@ -153,8 +156,9 @@ impl UNet2DConditionConfig {
     /// Errors: a missing/unreadable file is `DiffusionError::Io`; bad JSON, a wrongly typed or
     /// inconsistent field is `InvalidConfig`; a feature we do not implement set to a non-default
     /// value is `UnsupportedConfig` naming the field and value: `addition_embed_type` other than
-    /// `text_time` (SDXL's, see [`TextTimeConfig`]), `time_cond_proj_dim`, `class_embed_type`,
-    /// `num_class_embeds`, `encoder_hid_dim(_type)`,
+    /// `text_time` (SDXL's, see [`TextTimeConfig`]), `time_cond_proj_dim`, `class_embed_type`
+    /// (`num_class_embeds` alone is the upscaler's class embedding, bounded 1..=100000),
+    /// `encoder_hid_dim(_type)`,
     /// `timestep_post_act`, `time_embedding_act_fn`, `cross_attention_norm`,
     /// `reverse_transformer_layers_per_block`, `time_embedding_type` != positional,
     /// `attention_type` != default, `dual_cross_attention`, `class_embeddings_concat`,

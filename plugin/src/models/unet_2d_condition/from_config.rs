@@ -191,6 +191,16 @@ impl UNet2DConditionConfig {
             }
         }
         let time_embed_dim = j.get_or("time_embedding_dim", 4 * block_out_channels[0])?;
+        let num_class_embeds: Option<usize> = j.opt("num_class_embeds")?;
+        if let Some(n) = num_class_embeds
+            && !(1..=100_000).contains(&n)
+        {
+            return Err(DiffusionError::config(
+                path,
+                "num_class_embeds",
+                format!("{n} is out of range (1..=100000)"),
+            ));
+        }
 
         let cfg = Self {
             in_channels: j.get_or("in_channels", 4)?,
@@ -221,6 +231,7 @@ impl UNet2DConditionConfig {
             conv_out_kernel,
             time_embed_dim,
             addition_embed: TextTimeConfig::from_json(j)?,
+            num_class_embeds,
             block_out_channels,
         };
         cfg.check_bounds(path)?;

@@ -177,10 +177,12 @@ pub fn sidecar_path(out_dir: &Path, name: &str) -> PathBuf {
 /// `request` with a relative init-image path made relative to `base_dir` (the manifest's folder).
 pub fn resolve_paths(request: &GenerationRequest, base_dir: &Path) -> GenerationRequest {
     let mut resolved = request.clone();
-    if let Some(InitImage::Path(p)) = &mut resolved.init_image
-        && p.is_relative()
-    {
-        *p = base_dir.join(&*p);
+    for image in [&mut resolved.init_image, &mut resolved.mask] {
+        if let Some(InitImage::Path(p)) = image
+            && p.is_relative()
+        {
+            *p = base_dir.join(&*p);
+        }
     }
     resolved
 }
@@ -188,26 +190,40 @@ pub fn resolve_paths(request: &GenerationRequest, base_dir: &Path) -> Generation
 /// The content hash (hex) a sidecar records: the [`CacheKey`] of `model_identity` and the
 /// request's pixel fields, exactly. An img2img request naming its init image by path also hashes
 /// the image file's bytes (resolved against `base_dir`), so that editing the image rebakes the
-/// item although the request text did not change.
+/// item although the request text did not change; an inpainting mask named by path is hashed the
+/// same way after it.
 ///
 /// # Errors
-/// [`DiffusionError::Image`] if the init image file cannot be read.
+/// [`DiffusionError::Image`] if the init image or mask file cannot be read.
 pub fn content_hash(
     model_identity: &str,
     request: &GenerationRequest,
     base_dir: &Path,
 ) -> Result<String, DiffusionError> {
     let key = CacheKey::new(model_identity, request);
-    let Some(InitImage::Path(p)) = &resolve_paths(request, base_dir).init_image else {
-        return Ok(key.hex());
+    let resolved = resolve_paths(request, base_dir);
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).map_err(|e| DiffusionError::Image {
+            path: p.clone(),
+            reason: e.to_string(),
+        })
     };
-    let bytes = std::fs::read(p).map_err(|e| DiffusionError::Image {
-        path: p.clone(),
-        reason: e.to_string(),
-    })?;
-    let mut h = blake3::Hasher::new();
-    h.update(b"bevy_diffusion bake v1 init image\0");
-    h.update(&key.0);
-    h.update(blake3::hash(&bytes).as_bytes());
-    Ok(h.finalize().to_hex().to_string())
+    let mut hex = key.hex();
+    if let Some(InitImage::Path(p)) = &resolved.init_image {
+        let bytes = read(p)?;
+        let mut h = blake3::Hasher::new();
+        h.update(b"bevy_diffusion bake v1 init image\0");
+        h.update(&key.0);
+        h.update(blake3::hash(&bytes).as_bytes());
+        hex = h.finalize().to_hex().to_string();
+    }
+    if let Some(InitImage::Path(p)) = &resolved.mask {
+        let bytes = read(p)?;
+        let mut h = blake3::Hasher::new();
+        h.update(b"bevy_diffusion bake v1 mask\0");
+        h.update(hex.as_bytes());
+        h.update(blake3::hash(&bytes).as_bytes());
+        hex = h.finalize().to_hex().to_string();
+    }
+    Ok(hex)
 }

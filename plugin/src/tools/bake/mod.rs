@@ -278,6 +278,13 @@ pub fn bake(
         Some(dir) => DecoderFolder::open(dir, &folder_options)?.model_identity(&folder.identity),
         None => folder.identity.clone(),
     };
+    let base_identity = match &load.upscaler {
+        Some(dir) => {
+            use crate::pipeline::upscale::upscaler::{Upscaler, combined_identity};
+            combined_identity(&base_identity, &Upscaler::folder_identity(dir, &load)?)
+        }
+        None => base_identity,
+    };
     let identity = crate::loading::lora_merge::identity(&base_identity, &load.loras)?;
     let planned = plan(
         &manifest.items,
@@ -403,6 +410,12 @@ fn bake_one(
     write_atomic(&entry.png, &png).map_err(|e| DiffusionError::io(&entry.png, e))?;
     write_atomic(&entry.sidecar, &sidecar_json)
         .map_err(|e| DiffusionError::io(&entry.sidecar, e))?;
+    if request.pbr {
+        // NAME_normal.png, NAME_height.png, NAME_roughness.png, NAME_ao.png beside NAME.png.
+        let maps = crate::pipeline::pbr::pbr_maps(&image, &Default::default())?;
+        let dir = entry.png.parent().unwrap_or(Path::new("."));
+        crate::pipeline::pbr::PbrImages::from(&maps).save(dir, &entry.item.name)?;
+    }
     Ok(ItemOutcome::Baked {
         png: entry.png.clone(),
         width: image.width(),

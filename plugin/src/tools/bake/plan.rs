@@ -81,6 +81,14 @@ pub fn plan(
                 } else {
                     up_to_date(&entry.png, &entry.sidecar, &hash)
                 };
+                if entry.state == ItemState::UpToDate
+                    && item.request.pbr
+                    && crate::pipeline::pbr::map_paths(out_dir, name)
+                        .iter()
+                        .any(|p| !p.is_file())
+                {
+                    entry.state = ItemState::Needed("PBR map missing".into());
+                }
                 entry.content_hash = Some(hash);
             }
         }
