@@ -1,6 +1,6 @@
 //! Reading a model folder's files, on disk or compiled in.
 //!
-//! The loader ([`super::folder`], [`super::weights`], the config and tokenizer readers) asks this
+//! The loader ([`super::folder`], `weights.rs`, the config and tokenizer readers) asks this
 //! module, not `std::fs`, whether a file exists and what it holds. A path under
 //! [`EMBEDDED_DIR`] (`<embedded>/unet/config.json`) names a file of the default model compiled
 //! into the binary (the `bevy_diffusion_default_model` crate, feature `default_model`) and is
