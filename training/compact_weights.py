@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Write a compact copy of a model folder, to measure what shipping it in the crate costs (issue 12 item 3).
+"""Write a compact copy of a model folder: what the crate ships, and what shipping it costs (issue 12 item 3).
 
-    python compact_weights.py --model ../assets/models/default --out /tmp/default-f16 [--int8]
+    python compact_weights.py --model runs/default/export --out ../default_model/model      # the shipped f16 copy
+    python compact_weights.py --model runs/default/export --out /tmp/default-int8 --int8    # to measure 8-bit
 
 Copies the folder, rewriting every f32 tensor of each *.safetensors as f16 (the Rust loader already converts
 f16 to f32 at load), and prints each file's size raw and gzip-compressed (what a .crate holds). With --int8 it

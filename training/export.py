@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Export a trained run as a diffusers StableDiffusionPipeline folder (what the runtime loads).
 
-    python export.py --run runs/default --out ../assets/models/default [--force] [--embedded] [--no-ema] [--no-check]
+    python export.py --run runs/default --out runs/default/export [--force] [--embedded] [--no-ema] [--no-check]
 
 Writes model_index.json, unet/, vae/, text_encoder/ (config.json + f32 .safetensors), tokenizer/ (tokenizer.json,
 vocab.json, tokenizer_config.json, special_tokens_map.json; no merges.txt: tokenizer.json holds the merges and

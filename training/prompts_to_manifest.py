@@ -2,7 +2,7 @@
 """Turn prompts.txt into a `texgen bake` manifest, so the evaluation images come from our Rust pipeline.
 
     python prompts_to_manifest.py [--steps 12] [--guidance 4] > eval.ron
-    texgen bake eval.ron --out runs/default/eval_rust --model ../assets/models/default
+    texgen bake eval.ron --out runs/default/eval_rust   # the compiled-in model; --model DIR for another
     python evaluate.py --images runs/default/eval_rust --json runs/default/eval_rust.json
 
 Tiles are requested as seamless textures (tiling xy), sprites as sprites; each row's seed is used as is.

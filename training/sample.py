@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the evaluation images from an exported model folder with diffusers' StableDiffusionPipeline.
 
-    python sample.py --model ../assets/models/default --out gen/ [--prompts prompts.txt] [--steps 12]
+    python sample.py --model runs/default/export --out gen/ [--prompts prompts.txt] [--steps 12]
                      [--guidance 4] [--scheduler ddim|euler-a] [--tiling auto|none] [--limit N] [--every K]
 
 Writes <id>.png (RGBA) for each prompts.txt row, seeded with the row's seed. --tiling auto turns on circular

@@ -33,9 +33,8 @@ impl JsonConfig {
     /// Errors: [`DiffusionError::Io`] if it cannot be read; [`DiffusionError::InvalidConfig`]
     /// (field `(file)`) if it is over [`MAX_CONFIG_BYTES`], not JSON, or not an object.
     pub fn read(path: &Path) -> crate::Result<Self> {
-        let len = std::fs::metadata(path)
-            .map_err(|e| DiffusionError::io(path, e))?
-            .len();
+        let len =
+            crate::loading::model_files::len(path).map_err(|e| DiffusionError::io(path, e))?;
         if len > MAX_CONFIG_BYTES {
             return Err(DiffusionError::config(
                 path,
@@ -43,14 +42,15 @@ impl JsonConfig {
                 format!("file is {len} bytes, too large for a config"),
             ));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| DiffusionError::io(path, e))?;
+        let text = crate::loading::model_files::read_to_string(path)
+            .map_err(|e| DiffusionError::io(path, e))?;
         Self::parse_str(&text, path)
     }
 
     /// [`Self::read`] for a file the folder must have: [`DiffusionError::MissingFile`] naming
     /// `what` when it does not exist.
     pub fn read_required(path: &Path, what: &str) -> crate::Result<Self> {
-        if !path.is_file() {
+        if !crate::loading::model_files::is_file(path) {
             return Err(DiffusionError::MissingFile {
                 path: path.to_path_buf(),
                 what: what.to_string(),
@@ -61,7 +61,7 @@ impl JsonConfig {
 
     /// [`Self::read`] where a missing file means "nothing there": `Ok(None)`.
     pub fn read_optional(path: &Path) -> crate::Result<Option<Self>> {
-        match std::fs::metadata(path) {
+        match crate::loading::model_files::len(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             _ => Self::read(path).map(Some),
         }

@@ -2,8 +2,6 @@
 //! anything is allocated (load and inspect), an unknown scheduler class names its stand-in, and
 //! an RGBA init image whose transparent pixels carry colour keeps its alpha through img2img.
 
-use std::path::PathBuf;
-
 use bevy_diffusion::request::InitImage;
 use bevy_diffusion::schedulers::SchedulerConfig;
 use bevy_diffusion::tools::inspect::{InspectOptions, inspect};
@@ -64,7 +62,7 @@ fn an_unknown_scheduler_class_names_its_stand_in() {
 }
 
 fn embedded() -> StableDiffusion {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/models/default");
+    let dir = bevy_diffusion::loading::embedded::embedded_model_dir();
     StableDiffusion::load(&dir, &LoadOptions::default()).expect("the default model loads")
 }
 

@@ -1,19 +1,28 @@
-//! The shipped default model (`assets/models/default`): safetensors/json only, within the size
-//! budget, loads through the public loader, and on a handful of fixed prompts and seeds draws
-//! the colour the prompt names, sprites with transparent borders and opaque centres, and
+//! The shipped default model (the `bevy_diffusion_default_model` crate, compiled in): f16
+//! safetensors and json only, small enough for a crates.io package, loaded from memory with no
+//! file present, overridden by a folder on disk, and on a handful of fixed prompts and seeds
+//! draws the colour the prompt names, sprites with transparent borders and opaque centres, and
 //! seamless tiles. The full quality evaluation (>= 200 prompts, pattern classifier) lives in
 //! `training/` (see training/README.md); these are its cheap Rust-side checks.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use bevy_diffusion::loading::embedded::{self, EMBEDDED_DIR};
 use bevy_diffusion::{
     GenerationRequest, LoadOptions, StableDiffusion, pipeline, pipeline::postprocess,
 };
 use image::RgbaImage;
 
+/// The compiled-in model's folder, `<embedded>`: no such folder exists on disk.
 fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/models/default")
+    embedded::embedded_model_dir()
+}
+
+/// The companion crate's folder in this repository (what its .crate packages).
+fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../default_model")
 }
 
 fn model() -> &'static StableDiffusion {
@@ -24,8 +33,7 @@ fn model() -> &'static StableDiffusion {
     })
 }
 
-fn generate(request: GenerationRequest) -> RgbaImage {
-    let m = model();
+fn generate_with(m: &StableDiffusion, request: GenerationRequest) -> RgbaImage {
     let out = m
         .run_with_threads(None, || {
             pipeline::generate(m, &request, &mut pipeline::NoHooks)
@@ -34,7 +42,11 @@ fn generate(request: GenerationRequest) -> RgbaImage {
     postprocess::finish(out.image, &request)
 }
 
-fn files_under(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+fn generate(request: GenerationRequest) -> RgbaImage {
+    generate_with(model(), request)
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("readable") {
         let path = entry.expect("entry").path();
         if path.is_dir() {
@@ -45,21 +57,137 @@ fn files_under(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// An empty folder of its own under the system temp folder.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bd_embedded_{name}_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[test]
-fn the_shipped_model_is_safetensors_and_json_only_within_25_mb() {
-    let mut files = Vec::new();
-    files_under(&model_dir(), &mut files);
+fn the_compiled_in_files_are_the_model_folder_f16_safetensors_and_json_only() {
+    let folder = crate_dir().join("model");
+    let mut on_disk = Vec::new();
+    files_under(&folder, &mut on_disk);
+    let mut on_disk: Vec<String> = on_disk
+        .iter()
+        .map(|f| {
+            let rel = f.strip_prefix(&folder).unwrap();
+            rel.components()
+                .map(|c| c.as_os_str().to_str().unwrap())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect();
+    on_disk.sort();
+    let files = bevy_diffusion::loading::model_files::embedded_files();
+    let mut compiled: Vec<String> = files.iter().map(|(p, _)| p.to_string()).collect();
+    compiled.sort();
+    assert_eq!(
+        compiled, on_disk,
+        "default_model/src/lib.rs lists every file of model/"
+    );
     let mut total = 0;
-    for f in &files {
-        let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
-        assert!(
-            ext == "safetensors" || ext == "json",
-            "{} is neither safetensors nor json",
-            f.display()
+    for (rel, bytes) in files {
+        assert_eq!(
+            *bytes,
+            &std::fs::read(folder.join(rel)).unwrap()[..],
+            "{rel} as compiled in"
         );
-        total += std::fs::metadata(f).unwrap().len();
+        total += bytes.len();
+        if rel.ends_with(".safetensors") {
+            // The header (u64 length + JSON): every tensor stored as f16.
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+            for (name, t) in header.as_object().unwrap() {
+                if name != "__metadata__" {
+                    assert_eq!(t["dtype"], "F16", "{rel}: {name}");
+                }
+            }
+        } else {
+            assert!(
+                rel.ends_with(".json"),
+                "{rel} is neither safetensors nor json"
+            );
+        }
     }
-    assert!(total <= 25_000_000, "{total} bytes shipped");
+    assert!(total <= 12_000_000, "{total} bytes compiled in");
+}
+
+/// crates.io refuses a .crate (a gzip-compressed tar) over 10 MiB ("max upload size is:
+/// 10485760"). Estimate the companion crate's: every file it packages (Cargo.toml's `include`)
+/// deflated at cargo's level (best), plus a 512-byte tar header and up to 511 bytes of padding
+/// per file; `.ci/run` checks the real `cargo package` output.
+#[test]
+fn the_companion_crate_fits_a_crates_io_package() {
+    const LIMIT: u64 = 10 * 1024 * 1024;
+    let dir = crate_dir();
+    let mut files = vec![dir.join("Cargo.toml"), dir.join("README.md")];
+    files_under(&dir.join("src"), &mut files);
+    files_under(&dir.join("model"), &mut files);
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    for f in &files {
+        encoder.write_all(&std::fs::read(f).unwrap()).unwrap();
+    }
+    let compressed = encoder.finish().unwrap().len() as u64 + 1024 * files.len() as u64;
+    assert!(
+        compressed < LIMIT - 200_000,
+        "the companion crate would be ~{compressed} bytes compressed, over crates.io's {LIMIT} \
+         less a 200 kB margin"
+    );
+}
+
+#[test]
+fn with_no_model_folder_anywhere_the_compiled_in_model_loads_from_memory() {
+    // Nothing on the search path: the default is the compiled-in model, which no file backs.
+    let empty = temp_dir("empty");
+    let dir = embedded::resolve_default_model_dir(None, std::slice::from_ref(&empty));
+    assert_eq!(dir, model_dir());
+    assert_eq!(
+        embedded::resolve_default_model_dir(Some("".into()), std::slice::from_ref(&empty)),
+        model_dir()
+    );
+    assert!(!Path::new(EMBEDDED_DIR).exists() && !empty.join(EMBEDDED_DIR).exists());
+    assert!(std::fs::read_dir(&empty).unwrap().next().is_none());
+    let m = model();
+    assert_eq!(m.dir, dir);
+    let img = generate(request("red bricks", 1));
+    assert_eq!(img.dimensions(), (32, 32));
+    assert!(
+        img.pixels().any(|p| p.0 != img.get_pixel(0, 0).0),
+        "not a flat image"
+    );
+    let _ = std::fs::remove_dir_all(&empty);
+}
+
+#[test]
+fn a_model_folder_on_disk_overrides_the_compiled_in_model() {
+    let root = temp_dir("override");
+    let folder = root.join("assets").join("models").join("default");
+    let written = embedded::write_embedded_model(&folder).unwrap();
+    assert_eq!(
+        written.len(),
+        bevy_diffusion::loading::model_files::embedded_files().len()
+    );
+    let empty = temp_dir("override_empty");
+    let search = [empty.clone(), root.clone()];
+    assert_eq!(embedded::resolve_default_model_dir(None, &search), folder);
+    // The environment variable comes first.
+    assert_eq!(
+        embedded::resolve_default_model_dir(Some("elsewhere".into()), &search),
+        PathBuf::from("elsewhere")
+    );
+    // The folder is what loads (the same weights: the same pixels as from memory).
+    let from_disk = StableDiffusion::load(&folder, &LoadOptions::default()).expect("loads");
+    assert_eq!(from_disk.dir, folder);
+    let req = request("green grass", 2);
+    assert_eq!(
+        generate_with(&from_disk, req.clone()).into_raw(),
+        generate(req).into_raw()
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&empty);
 }
 
 /// Hue (degrees), saturation, value of an RGB pixel in [0, 1] (training/evaluate.py's `_hsv`).

@@ -357,8 +357,9 @@ fn identity(folder: &ModelFolder) -> Result<String> {
     hasher.update(b"bevy_diffusion model identity v1\0");
     let mut add_file = |relative: &str| -> Result<()> {
         let path = folder.dir.join(relative);
-        if path.is_file() {
-            let bytes = std::fs::read(&path).map_err(|e| DiffusionError::io(&path, e))?;
+        if crate::loading::model_files::is_file(&path) {
+            let bytes = crate::loading::model_files::read(&path)
+                .map_err(|e| DiffusionError::io(&path, e))?;
             hasher.update(relative.as_bytes());
             hasher.update(&(bytes.len() as u64).to_le_bytes());
             hasher.update(&bytes);

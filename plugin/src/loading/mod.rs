@@ -7,7 +7,8 @@
 //! | `folder.rs` | reads `model_index.json`, finds each component's config and weights, names the family |
 //! | `weights.rs` | safetensors headers read and checked without touching the data; a component's weight files |
 //! | `model_loading_utils.rs` | the one checking `VarBuilder` backend (missing / mis-shaped tensors name the file), for load and inspect |
-//! | `embedded.rs` | where the default model ships |
+//! | `embedded.rs` | where the default model ships: a folder on disk, else compiled in |
+//! | `model_files.rs` | a folder's files read from disk, or from memory for `<embedded>/...` |
 //! | `lora.rs` | LoRA files (kohya / PEFT) checked against a model ([`lora::check_lora`]) |
 //! | `lora_names.rs` | LoRA key → model weight name (kohya, PEFT, SDXL SGM names, PEFT alphas) |
 //! | `lora_merge.rs` | `W += scale·alpha/rank·up@down` while the model loads; identity with LoRAs |
@@ -19,5 +20,6 @@ pub mod hub;
 pub mod lora;
 pub(crate) mod lora_merge;
 pub mod lora_names;
+pub mod model_files;
 pub(crate) mod model_loading_utils;
 pub(crate) mod weights;

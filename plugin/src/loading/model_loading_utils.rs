@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::safetensors::MmapedSafetensors;
+use candle_core::safetensors::{MmapedSafetensors, SliceSafetensors};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
@@ -21,6 +21,22 @@ use crate::loading::lora_merge::{LoraDelta, merge};
 /// A zero of `shape` that takes no memory (a broadcast scalar).
 fn zeros(shape: &Shape, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
     Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
+}
+
+/// Where the tensor data comes from: a memory-mapped file (or shards), or the bytes of a
+/// compiled-in file (`<embedded>/...`, see [`crate::loading::model_files`]).
+enum TensorData {
+    Mapped(MmapedSafetensors),
+    Static(SliceSafetensors<'static>),
+}
+
+impl TensorData {
+    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Mapped(m) => m.load(name, dev),
+            Self::Static(s) => s.load(name, dev),
+        }
+    }
 }
 
 /// What the checked backend recorded while a model was being built.
@@ -37,7 +53,7 @@ struct LoadLog {
 struct CheckedBackend {
     /// The mapped data; `None` for a headers-only (dry) build, whose tensors are broadcast zeros
     /// of the expected shape and whose problems are recorded without stopping construction.
-    mmap: Option<MmapedSafetensors>,
+    mmap: Option<TensorData>,
     /// The file or index named by errors about absent tensors.
     path: PathBuf,
     /// name -> (file holding it, shape).
@@ -204,7 +220,8 @@ pub struct CheckedWeights {
 
 impl CheckedWeights {
     /// Memory-maps `files` (whose headers [`read_header`] has validated) for loading onto
-    /// `device`.
+    /// `device`; a compiled-in file (`<embedded>/...`, [`crate::loading::model_files`]) is read
+    /// from its `&'static [u8]` instead (candle's `SliceSafetensors`).
     ///
     /// # Errors
     /// [`DiffusionError::BadSafetensors`] if candle's mmap (which re-runs the `safetensors`
@@ -226,6 +243,19 @@ impl CheckedWeights {
         lora: HashMap<String, Vec<LoraDelta>>,
     ) -> Result<Self> {
         let paths: Vec<&Path> = files.shards.iter().map(|h| h.path.as_path()).collect();
+        if let [path] = paths[..]
+            && let Some(bytes) = crate::loading::model_files::embedded_file(path)
+        {
+            let bytes = bytes.ok_or_else(|| bad(path, "not a file of the compiled-in model"))?;
+            let data = SliceSafetensors::new(bytes)
+                .map_err(|e| bad(path, format!("cannot read the compiled-in file: {e}")))?;
+            return Ok(Self::with_data(
+                files,
+                device,
+                Some(TensorData::Static(data)),
+                lora,
+            ));
+        }
         // SAFETY: the mapping is read-only and only read while loading; as with every mmap-based
         // loader (candle, safetensors, diffusers), another process truncating or rewriting the
         // file during loading is undefined behaviour we cannot rule out.
@@ -238,7 +268,12 @@ impl CheckedWeights {
         }
         .map_err(|e| bad(&files.path, format!("cannot map the file(s): {e}")))?;
 
-        Ok(Self::with_data(files, device, Some(mmap), lora))
+        Ok(Self::with_data(
+            files,
+            device,
+            Some(TensorData::Mapped(mmap)),
+            lora,
+        ))
     }
 
     /// Weights answered from the headers alone (no data read; `texgen inspect`'s dry build):
@@ -253,7 +288,7 @@ impl CheckedWeights {
     fn with_data(
         files: &WeightFiles,
         device: &Device,
-        mmap: Option<MmapedSafetensors>,
+        mmap: Option<TensorData>,
         lora: HashMap<String, Vec<LoraDelta>>,
     ) -> Self {
         let mut index = HashMap::new();

@@ -89,11 +89,24 @@ pub(crate) fn bad(path: &Path, reason: impl Into<String>) -> DiffusionError {
 /// `truncated: tensor `x` ends at byte 123 of the data section but only 61 bytes follow the
 /// header`). Never panics on malformed input.
 pub fn read_header(path: &Path, max_file_bytes: u64) -> Result<SafetensorsHeader> {
-    let mut file = File::open(path).map_err(|e| DiffusionError::io(path, e))?;
-    let file_len = file
-        .metadata()
-        .map_err(|e| DiffusionError::io(path, e))?
-        .len();
+    // A compiled-in file (`<embedded>/...`, see `model_files`) is read from memory.
+    let (mut file, file_len): (Box<dyn Read>, u64) =
+        match crate::loading::model_files::embedded_file(path) {
+            Some(bytes) => {
+                let bytes = bytes.ok_or_else(|| {
+                    DiffusionError::io(path, std::io::Error::from(std::io::ErrorKind::NotFound))
+                })?;
+                (Box::new(bytes), bytes.len() as u64)
+            }
+            None => {
+                let file = File::open(path).map_err(|e| DiffusionError::io(path, e))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| DiffusionError::io(path, e))?
+                    .len();
+                (Box::new(file), len)
+            }
+        };
     if file_len > max_file_bytes {
         return Err(DiffusionError::FileTooLarge {
             path: path.to_path_buf(),

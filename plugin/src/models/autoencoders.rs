@@ -52,7 +52,7 @@ impl VaeConfig {
     /// Errors: [`DiffusionError::MissingFile`] when the file is absent, else those of the class's
     /// `from_file`.
     pub fn from_file(path: &Path) -> crate::Result<Self> {
-        if !path.is_file() {
+        if !crate::loading::model_files::is_file(path) {
             return Err(DiffusionError::MissingFile {
                 path: path.to_owned(),
                 what: "the VAE config (vae/config.json)".into(),

@@ -73,16 +73,14 @@ fn tok_err(path: &Path, reason: impl Into<String>) -> DiffusionError {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| DiffusionError::io(path, e))?
-        .len();
+    let len = crate::loading::model_files::len(path).map_err(|e| DiffusionError::io(path, e))?;
     if len > MAX_JSON_BYTES {
         return Err(tok_err(
             path,
             format!("file is {len} bytes, larger than any tokenizer file"),
         ));
     }
-    std::fs::read_to_string(path).map_err(|e| DiffusionError::io(path, e))
+    crate::loading::model_files::read_to_string(path).map_err(|e| DiffusionError::io(path, e))
 }
 
 /// A special-token value of a transformers config: `"<|endoftext|>"` or `{"content": ...}`.
@@ -98,7 +96,7 @@ fn token_value(value: &serde_json::Value) -> Option<String> {
 }
 
 fn read_special_tokens(path: &Path) -> Result<Option<SpecialTokens>> {
-    if !path.is_file() {
+    if !crate::loading::model_files::is_file(path) {
         return Ok(None);
     }
     let text = read_text(path)?;
@@ -221,13 +219,15 @@ impl PromptTokenizer {
 
         let json_path = dir.join("tokenizer.json");
         let (vocab_path, merges_path) = (dir.join("vocab.json"), dir.join("merges.txt"));
-        let (mut tokenizer, path) = if json_path.is_file() {
+        let (mut tokenizer, path) = if crate::loading::model_files::is_file(&json_path) {
             let text = read_text(&json_path)?;
             let tokenizer = text
                 .parse::<Tokenizer>()
                 .map_err(|e| tok_err(&json_path, e.to_string()))?;
             (tokenizer, json_path)
-        } else if vocab_path.is_file() && merges_path.is_file() {
+        } else if crate::loading::model_files::is_file(&vocab_path)
+            && crate::loading::model_files::is_file(&merges_path)
+        {
             tracing::debug!(
                 "{}: no tokenizer.json, building CLIP's tokenizer from vocab.json + merges.txt",
                 dir.display()

@@ -128,7 +128,7 @@ pub struct InspectReport {
     pub family: Option<ModelFamily>,
     /// The family name of a pipeline we recognise and refuse (`SD3`, `FLUX`, ...).
     pub refused: Option<String>,
-    /// Why this is the project's embedded model, if it is (`assets/models/default`, or the
+    /// Why this is the project's embedded model, if it is (the compiled-in `<embedded>`, or the
     /// [`crate::loading::embedded::EMBEDDED_MARKER`] in model_index.json).
     pub embedded: Option<String>,
     /// The model identity ([`crate::loading::folder::ModelFolder::identity`]) when the folder is valid.
@@ -211,6 +211,9 @@ fn read_json(path: &Path) -> Option<serde_json::Value> {
 
 /// Why `dir` is the project's embedded model, if it is.
 fn embedded_reason(dir: &Path) -> Option<String> {
+    if crate::loading::model_files::is_embedded(dir) {
+        return Some("compiled into the binary (bevy_diffusion_default_model)".into());
+    }
     let marked = read_json(&dir.join("model_index.json"))
         .and_then(|j| j.get(crate::loading::embedded::EMBEDDED_MARKER).cloned())
         .is_some_and(|v| v == serde_json::Value::Bool(true));
@@ -220,10 +223,7 @@ fn embedded_reason(dir: &Path) -> Option<String> {
             crate::loading::embedded::EMBEDDED_MARKER
         ));
     }
-    let bundled = crate::loading::embedded::bundled_model_dir()
-        .canonicalize()
-        .ok()?;
-    (dir.canonicalize().ok()? == bundled).then(|| "the repository's assets/models/default".into())
+    None
 }
 
 /// A name for a serialisable enum value as it is spelled in configs (`scaled_linear`), or Debug.
@@ -263,7 +263,7 @@ pub fn inspect(dir: &Path, options: &InspectOptions) -> InspectReport {
     };
     let static_ok = folder.is_ok();
     report.problems = folder.problems;
-    if report.refused.is_some() || !dir.is_dir() {
+    if report.refused.is_some() || !crate::loading::model_files::is_dir(dir) {
         return report;
     }
     // Files the static checks already complained about: not checked again below.
@@ -279,8 +279,8 @@ pub fn inspect(dir: &Path, options: &InspectOptions) -> InspectReport {
         .then(|| ClipTextConfig::from_file(&te_config_path))
         .and_then(|r| r.map_err(|e| report.problems.push(e)).ok());
 
-    let sdxl =
-        report.family.is_some_and(ModelFamily::is_sdxl) || dir.join("text_encoder_2").is_dir();
+    let sdxl = report.family.is_some_and(ModelFamily::is_sdxl)
+        || crate::loading::model_files::is_dir(&dir.join("text_encoder_2"));
     for &kind in ComponentKind::for_folder(sdxl) {
         let component = inspect_component(dir, kind, &folder_options, &flagged, &mut report);
         report.components.push(component);

@@ -75,8 +75,9 @@ enum Command {
 /// Where the model comes from.
 #[derive(Args)]
 struct ModelArgs {
-    /// Model folder in the diffusers layout (default: the embedded model in
-    /// assets/models/default). With the `hf-hub` feature also a Hugging Face repo id
+    /// Model folder in the diffusers layout (default: the default model: an
+    /// assets/models/default folder beside the executable or in the current folder, else the
+    /// one compiled in, `<embedded>`). With the `hf-hub` feature also a Hugging Face repo id
     /// (`owner/name[@revision]`), downloaded once into the Hub cache.
     #[arg(long)]
     model: Option<String>,

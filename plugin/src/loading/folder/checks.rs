@@ -12,7 +12,7 @@ pub(super) fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool
         problems: Vec::new(),
         folder: None,
     };
-    if !dir.is_dir() {
+    if !crate::loading::model_files::is_dir(dir) {
         report.problems.push(DiffusionError::ModelFolderMissing {
             path: dir.to_path_buf(),
         });
@@ -22,7 +22,7 @@ pub(super) fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool
 
     // model_index.json
     let index_path = dir.join("model_index.json");
-    let index = if index_path.is_file() {
+    let index = if crate::loading::model_files::is_file(&index_path) {
         match read_json(&index_path) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -91,7 +91,7 @@ pub(super) fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool
     for &kind in ComponentKind::for_folder(sdxl.is_some()) {
         if kind == ComponentKind::TextEncoder2
             && let Some(why) = &sdxl
-            && !dir.join(kind.dir_name()).is_dir()
+            && !crate::loading::model_files::is_dir(&dir.join(kind.dir_name()))
         {
             problems.push(DiffusionError::MissingFile {
                 path: dir.join(kind.dir_name()),
@@ -126,7 +126,7 @@ pub(super) fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool
         let comp_dir = dir.join(kind.dir_name());
         let config = comp_dir.join("config.json");
         let parsed = required_json(&config, &format!("the {kind} config"));
-        let weights = if comp_dir.is_dir() {
+        let weights = if crate::loading::model_files::is_dir(&comp_dir) {
             component_weights(&comp_dir, kind, options)
         } else {
             Err(vec![DiffusionError::MissingFile {
@@ -176,9 +176,9 @@ pub(super) fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool
             Err(e) => problems.push(e),
         }
     } else {
-        let has_json = tokenizer_dir.join("tokenizer.json").is_file();
-        let has_slow = tokenizer_dir.join("vocab.json").is_file()
-            && tokenizer_dir.join("merges.txt").is_file();
+        let has_json = crate::loading::model_files::is_file(&tokenizer_dir.join("tokenizer.json"));
+        let has_slow = crate::loading::model_files::is_file(&tokenizer_dir.join("vocab.json"))
+            && crate::loading::model_files::is_file(&tokenizer_dir.join("merges.txt"));
         if !has_json && !has_slow {
             problems.push(DiffusionError::MissingFile {
                 path: tokenizer_dir.join("tokenizer.json"),
@@ -190,7 +190,7 @@ pub(super) fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool
 
     let tokenizer_2_dir = dir.join("tokenizer_2");
     if sdxl.is_some() {
-        if !tokenizer_2_dir.is_dir() {
+        if !crate::loading::model_files::is_dir(&tokenizer_2_dir) {
             problems.push(DiffusionError::MissingFile {
                 path: tokenizer_2_dir.clone(),
                 what: "SDXL's second prompt tokenizer (tokenizer_2/ with tokenizer.json, or \

@@ -65,11 +65,11 @@ pub(super) fn sdxl_marks(
     if has_second_encoder {
         return Some("model_index.json lists a text_encoder_2".into());
     }
-    if dir.join("text_encoder_2").is_dir() {
+    if crate::loading::model_files::is_dir(&dir.join("text_encoder_2")) {
         return Some("the folder has a text_encoder_2/".into());
     }
     let unet_config = dir.join("unet").join("config.json");
-    if unet_config.is_file()
+    if crate::loading::model_files::is_file(&unet_config)
         && let Ok(cfg) = read_json(&unet_config)
         && cfg.get("addition_embed_type").and_then(|v| v.as_str()) == Some("text_time")
     {
@@ -120,7 +120,7 @@ pub(super) fn sharded(
     let mut shards: Vec<SafetensorsHeader> = Vec::new();
     for name in &shard_names {
         let path = dir.join(name);
-        if !path.is_file() {
+        if !crate::loading::model_files::is_file(&path) {
             problems.push(DiffusionError::MissingFile {
                 path,
                 what: format!("a weight shard listed in {}", index_path.display()),
@@ -197,7 +197,7 @@ pub fn component_weights(
     };
     for ((name, is_index), is_fp16) in order {
         let path = dir.join(name);
-        if !path.is_file() {
+        if !crate::loading::model_files::is_file(&path) {
             continue;
         }
         if is_fp16 && !options.prefer_fp16_variant {

@@ -172,14 +172,7 @@ fn hf_repo_works_offline_from_its_cache() {
     std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
     std::fs::write(repo_dir.join("refs/main"), "0123abcd").unwrap();
     let snapshot = repo_dir.join("snapshots/0123abcd");
-    let model = crate::loading::embedded::bundled_model_dir();
-    let mut files = Vec::new();
-    walk(&model, &model, &mut files).unwrap();
-    for f in &files {
-        let target = snapshot.join(f);
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(model.join(f), target).unwrap();
-    }
+    crate::loading::embedded::write_embedded_model(&snapshot).unwrap();
     let options = HubOptions {
         cache_dir: Some(cache.clone()),
         endpoint: Some("http://127.0.0.1:9".into()),
