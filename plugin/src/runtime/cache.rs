@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use image::RgbaImage;
 use lru::LruCache;
 
-use crate::request::GenerationRequest;
+use crate::request::{GenerationRequest, InitImage};
 use crate::runtime::atomic_file::{encode_png, write_atomic};
 
 /// A cache key: blake3 of the model identity and the request's canonical JSON.
@@ -28,6 +28,33 @@ impl CacheKey {
         // serde_json of a struct is deterministic (fields in declaration order).
         h.update(&serde_json::to_vec(&request.pixel_fields()).unwrap_or_default());
         Self(*h.finalize().as_bytes())
+    }
+
+    /// The key the worker caches a job under: [`CacheKey::new`], extended with the bytes of
+    /// the init image and mask files the request names by path, so that a file edited in place
+    /// (a player repaints a mask and saves it under the same name) is a miss, not the old image.
+    /// `None` (do not cache) when such a file cannot be read: the job then fails with the reason.
+    pub fn for_job(model_identity: &str, request: &GenerationRequest) -> Option<Self> {
+        let key = Self::new(model_identity, request);
+        let files = [("init_image", &request.init_image), ("mask", &request.mask)];
+        if !files
+            .iter()
+            .any(|(_, i)| matches!(i, Some(InitImage::Path(_))))
+        {
+            return Some(key);
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(b"bevy_diffusion cache v1 files\0");
+        h.update(&key.0);
+        for (field, image) in files {
+            if let Some(InitImage::Path(path)) = image {
+                let bytes = std::fs::read(path).ok()?;
+                h.update(field.as_bytes());
+                h.update(b"\0");
+                h.update(blake3::hash(&bytes).as_bytes());
+            }
+        }
+        Some(Self(*h.finalize().as_bytes()))
     }
 
     /// Lower-case hex, used as the file name on disk.
