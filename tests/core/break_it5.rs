@@ -95,3 +95,49 @@ fn an_edited_init_image_or_mask_file_is_not_served_from_the_cache() {
     let (third, cached) = run(&request);
     assert_eq!((third.get_pixel(0, 0).0, cached), ([30, 40, 0, 255], false));
 }
+
+#[test]
+fn an_absurd_memory_cache_size_allocates_nothing_up_front() {
+    // `cache_memory_entries` is a count from the game's settings: usize::MAX used to make
+    // `lru` preallocate a hash table of that capacity (a panic; 1 << 40 an abort).
+    use bevy_diffusion::runtime::cache::{CacheKey, ImageCache};
+    for entries in [usize::MAX, 1 << 40] {
+        let mut cache = ImageCache::new(entries, None);
+        let key = CacheKey::new("m", &GenerationRequest::default());
+        let image = RgbaImage::from_pixel(2, 2, Rgba([1, 2, 3, 4]));
+        cache.put(key, &image);
+        assert_eq!(cache.get(&key), Some(image));
+    }
+    let config = WorkerConfig {
+        cache_memory_entries: usize::MAX,
+        ..WorkerConfig::default()
+    };
+    let worker = GenerationWorker::spawn(config, || Ok(Echo));
+    let id = worker.submit(GenerationRequest::default()).unwrap();
+    assert_eq!(finished(&worker, id).1, false);
+    let id = worker.submit(GenerationRequest::default()).unwrap();
+    assert_eq!(finished(&worker, id).1, true, "the second is a hit");
+}
+
+#[test]
+fn a_small_memory_cache_evicts_the_least_recently_used() {
+    use bevy_diffusion::runtime::cache::{CacheKey, ImageCache};
+    let mut cache = ImageCache::new(2, None);
+    let key = |seed| {
+        CacheKey::new(
+            "m",
+            &GenerationRequest {
+                seed,
+                ..Default::default()
+            },
+        )
+    };
+    let image = |v| RgbaImage::from_pixel(1, 1, Rgba([v, 0, 0, 255]));
+    cache.put(key(1), &image(1));
+    cache.put(key(2), &image(2));
+    assert!(cache.get(&key(1)).is_some()); // 1 is now the most recent
+    cache.put(key(3), &image(3));
+    assert_eq!(cache.get(&key(2)), None, "2 was the least recently used");
+    assert_eq!(cache.get(&key(1)), Some(image(1)));
+    assert_eq!(cache.get(&key(3)), Some(image(3)));
+}

@@ -5,7 +5,6 @@
 //! (and removed), never an error. Disk writes are atomic: a temporary file in the same directory,
 //! then a rename, so a crash leaves either the old entry or the new one.
 
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use image::RgbaImage;
@@ -65,7 +64,10 @@ impl CacheKey {
 
 /// In-memory LRU (by entry count) plus an optional disk directory.
 pub struct ImageCache {
+    /// Unbounded as a map (so nothing is allocated up front for a huge `memory_entries`); `put`
+    /// evicts down to `memory_cap`.
     memory: LruCache<CacheKey, RgbaImage>,
+    memory_cap: usize,
     disk: Option<PathBuf>,
 }
 
@@ -73,10 +75,17 @@ impl ImageCache {
     /// A cache holding up to `memory_entries` images in memory (0 = none) and, if `disk` is set,
     /// every image as `<disk>/<hex>.png`.
     pub fn new(memory_entries: usize, disk: Option<PathBuf>) -> Self {
-        let cap = NonZeroUsize::new(memory_entries.max(1)).expect("max(1) is non-zero");
         Self {
-            memory: LruCache::new(cap),
+            memory: LruCache::unbounded(),
+            memory_cap: memory_entries.max(1),
             disk,
+        }
+    }
+
+    fn remember(&mut self, key: CacheKey, image: RgbaImage) {
+        self.memory.put(key, image);
+        while self.memory.len() > self.memory_cap {
+            self.memory.pop_lru();
         }
     }
 
@@ -93,7 +102,7 @@ impl ImageCache {
         match image::open(&path) {
             Ok(img) => {
                 let img = img.to_rgba8();
-                self.memory.put(*key, img.clone());
+                self.remember(*key, img.clone());
                 Some(img)
             }
             Err(e) => {
@@ -110,7 +119,7 @@ impl ImageCache {
     /// Stores `image` under `key` (memory, and disk atomically when configured). Disk failures are
     /// logged, not returned: a cache must never fail a generation.
     pub fn put(&mut self, key: CacheKey, image: &RgbaImage) {
-        self.memory.put(key, image.clone());
+        self.remember(key, image.clone());
         if let Some(path) = self.disk_path(&key)
             && let Err(e) = write_png_atomic(image, &path)
         {
