@@ -141,3 +141,43 @@ fn a_small_memory_cache_evicts_the_least_recently_used() {
     assert_eq!(cache.get(&key(1)), Some(image(1)));
     assert_eq!(cache.get(&key(3)), Some(image(3)));
 }
+
+#[test]
+fn an_in_memory_mask_of_the_wrong_length_is_refused_at_submit_like_an_init_image() {
+    let worker = GenerationWorker::spawn(WorkerConfig::default(), || Ok(Echo));
+    let good = InitImage::Rgba {
+        width: 2,
+        height: 2,
+        pixels: vec![0; 16],
+    };
+    for (bad, value) in [
+        (
+            InitImage::Rgba {
+                width: 2,
+                height: 2,
+                pixels: vec![0; 15],
+            },
+            "2x2 with 15 bytes",
+        ),
+        (
+            InitImage::Rgba {
+                width: u32::MAX,
+                height: u32::MAX,
+                pixels: Vec::new(),
+            },
+            "4294967295x4294967295",
+        ),
+    ] {
+        let request = GenerationRequest {
+            init_image: Some(good.clone()),
+            mask: Some(bad),
+            ..Default::default()
+        };
+        match worker.submit(request) {
+            Err(bevy_diffusion::SubmitError::InvalidRequest {
+                field, value: v, ..
+            }) => assert_eq!((field, v.as_str()), ("mask", value)),
+            other => panic!("expected an InvalidRequest naming mask, got {other:?}"),
+        }
+    }
+}
