@@ -1,5 +1,7 @@
 //! Break-it run 5 (issues 11 and 15), each case reproduced: the worker's result cache must not
-//! serve a stale image when an init image or inpainting mask named by path changes on disk.
+//! serve a stale image when an init image or inpainting mask named by path changes on disk, an
+//! absurd `cache_memory_entries` must not allocate up front, and an in-memory mask is checked at
+//! submit like an init image.
 
 use std::time::Duration;
 
