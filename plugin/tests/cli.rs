@@ -277,3 +277,70 @@ fn generate_with_a_taesd_decoder_and_a_wrong_decoder_folder() {
         "{line}"
     );
 }
+
+#[test]
+fn generate_names_the_stand_in_of_an_unknown_scheduler_class() {
+    let dir = Scratch::new("stand_in");
+    let model = dir.0.join("model");
+    let src = fixture_model();
+    for entry in walk(&src) {
+        let to = model.join(entry.strip_prefix(&src).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    let config = model.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("\"DDIMScheduler\"", "\"BogusScheduler\"");
+    assert!(text.contains("BogusScheduler"));
+    std::fs::write(&config, text).unwrap();
+    let out = dir.0.join("out.png");
+    let o = texgen(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.lines().any(|l| l.starts_with("warning: ")
+            && l.contains("BogusScheduler")
+            && l.contains("Ddim")),
+        "{err}"
+    );
+    // Naming a scheduler in the request: nothing to warn about.
+    let o = texgen(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--scheduler",
+        "euler",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("BogusScheduler"), "{}", stderr(&o));
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
