@@ -344,3 +344,41 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+#[test]
+fn upscale_with_the_model_keeps_a_sprites_transparency() {
+    let dir = Scratch::new("upscale_alpha");
+    // A 30x30 sprite (not a multiple of 4: the upscaler rounds it down to 28): a disc on a
+    // transparent background whose hidden colour is white.
+    let sprite = image::RgbaImage::from_fn(30, 30, |x, y| {
+        let (dx, dy) = (x as i32 - 15, y as i32 - 15);
+        if dx * dx + dy * dy < 100 {
+            image::Rgba([200, 50, 50, 255])
+        } else {
+            image::Rgba([255, 255, 255, 0])
+        }
+    });
+    let input = dir.0.join("sprite.png");
+    sprite.save(&input).unwrap();
+    let upscaler =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-sd-upscaler/model");
+    let out = dir.0.join("big.png");
+    let o = texgen(&[
+        "upscale",
+        "--model",
+        upscaler.to_str().unwrap(),
+        "--in",
+        input.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let big = image::open(&out).unwrap().to_rgba8();
+    assert_eq!(big.dimensions(), (112, 112));
+    // Corners transparent, centre opaque, as in the sprite.
+    assert_eq!(big.get_pixel(0, 0).0[3], 0);
+    assert_eq!(big.get_pixel(111, 111).0[3], 0);
+    assert_eq!(big.get_pixel(56, 56).0[3], 255);
+}
