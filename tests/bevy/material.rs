@@ -24,7 +24,8 @@ fn material_app() -> App {
         MinimalPlugins,
         AssetPlugin::default(),
         ImagePlugin::default(),
-        DiffusionPlugin::from_folder(tiny_sd_model()).configure(|s| s.compute_threads = 1),
+        DiffusionPlugin::from_folder(tiny_sd_model())
+            .configure(|s| s.worker.compute_threads = Some(1)),
         DiffusionMaterialPlugin::default(),
     ))
     .init_asset::<StandardMaterial>()
