@@ -277,3 +277,108 @@ fn generate_with_a_taesd_decoder_and_a_wrong_decoder_folder() {
         "{line}"
     );
 }
+
+#[test]
+fn generate_names_the_stand_in_of_an_unknown_scheduler_class() {
+    let dir = Scratch::new("stand_in");
+    let model = dir.0.join("model");
+    let src = fixture_model();
+    for entry in walk(&src) {
+        let to = model.join(entry.strip_prefix(&src).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    let config = model.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("\"DDIMScheduler\"", "\"BogusScheduler\"");
+    assert!(text.contains("BogusScheduler"));
+    std::fs::write(&config, text).unwrap();
+    let out = dir.0.join("out.png");
+    let o = texgen(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.lines().any(|l| l.starts_with("warning: ")
+            && l.contains("BogusScheduler")
+            && l.contains("Ddim")),
+        "{err}"
+    );
+    // Naming a scheduler in the request: nothing to warn about.
+    let o = texgen(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--scheduler",
+        "euler",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("BogusScheduler"), "{}", stderr(&o));
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn upscale_with_the_model_keeps_a_sprites_transparency() {
+    let dir = Scratch::new("upscale_alpha");
+    // A 30x30 sprite (not a multiple of 4: the upscaler rounds it down to 28): a disc on a
+    // transparent background whose hidden colour is white.
+    let sprite = image::RgbaImage::from_fn(30, 30, |x, y| {
+        let (dx, dy) = (x as i32 - 15, y as i32 - 15);
+        if dx * dx + dy * dy < 100 {
+            image::Rgba([200, 50, 50, 255])
+        } else {
+            image::Rgba([255, 255, 255, 0])
+        }
+    });
+    let input = dir.0.join("sprite.png");
+    sprite.save(&input).unwrap();
+    let upscaler =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-sd-upscaler/model");
+    let out = dir.0.join("big.png");
+    let o = texgen(&[
+        "upscale",
+        "--model",
+        upscaler.to_str().unwrap(),
+        "--in",
+        input.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let big = image::open(&out).unwrap().to_rgba8();
+    assert_eq!(big.dimensions(), (112, 112));
+    // Corners transparent, centre opaque, as in the sprite.
+    assert_eq!(big.get_pixel(0, 0).0[3], 0);
+    assert_eq!(big.get_pixel(111, 111).0[3], 0);
+    assert_eq!(big.get_pixel(56, 56).0[3], 255);
+}

@@ -24,7 +24,8 @@ fn material_app() -> App {
         MinimalPlugins,
         AssetPlugin::default(),
         ImagePlugin::default(),
-        DiffusionPlugin::from_folder(tiny_sd_model()).configure(|s| s.compute_threads = 1),
+        DiffusionPlugin::from_folder(tiny_sd_model())
+            .configure(|s| s.worker.compute_threads = Some(1)),
         DiffusionMaterialPlugin::default(),
     ))
     .init_asset::<StandardMaterial>()
@@ -123,4 +124,31 @@ fn a_failed_material_request_is_dropped_and_keeps_no_maps() {
     app.update();
     assert!(app.world().resource::<PendingMaterials>().is_empty());
     assert!(material(&app, &job.material).normal_map_texture.is_none());
+}
+
+#[test]
+fn dropping_every_handle_of_a_material_cancels_its_request() {
+    let mut app = material_app();
+    let request = GenerationRequest {
+        // tiny-sd's leading spacing with steps_offset 1 allows at most 999 steps.
+        num_inference_steps: Some(500),
+        width: 256,
+        height: 256,
+        ..GenerationRequest::material("bricks")
+    };
+    let job = submit_material(&mut app, request);
+    let id = job.id;
+    wait_for(&mut app, "the job to run", |app| {
+        !log(app).progress_of(id).is_empty()
+    });
+    drop(job);
+    wait_ended(&mut app, id);
+    assert_eq!(
+        log(&app).cancelled.iter().filter(|c| c.id == id).count(),
+        1,
+        "{:?}",
+        log(&app)
+    );
+    app.update();
+    assert!(app.world().resource::<PendingMaterials>().is_empty());
 }

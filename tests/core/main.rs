@@ -3,6 +3,7 @@
 mod bake;
 mod bake_art;
 mod break_it;
+mod break_it5;
 mod cargo_features;
 mod embedded_model;
 mod inpaint;

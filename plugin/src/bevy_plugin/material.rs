@@ -19,7 +19,7 @@
 //! `app.init_asset::<StandardMaterial>()` in a headless app).
 
 use bevy::app::{App, Plugin, PreUpdate};
-use bevy::asset::{Assets, Handle, RenderAssetUsages};
+use bevy::asset::{AssetId, Assets, Handle, RenderAssetUsages};
 use bevy::ecs::message::MessageReader;
 use bevy::ecs::prelude::{IntoScheduleConfigs, Res, ResMut, Resource};
 use bevy::ecs::system::SystemParam;
@@ -65,12 +65,18 @@ struct MapPixels {
     height: u32,
 }
 
-/// Materials waiting for their generation, then for their maps.
+/// Materials waiting for their generation, then for their maps. Held by id, not by a strong
+/// handle: a game that drops every handle of a material (and of its base colour) frees it, which
+/// frees its base colour image and so cancels the request, as for an image request.
 #[derive(Resource, Default)]
 pub struct PendingMaterials {
     options: PbrOptions,
-    waiting: Vec<(RequestId, Handle<StandardMaterial>)>,
-    computing: Vec<(RequestId, Handle<StandardMaterial>, Task<Option<MapPixels>>)>,
+    waiting: Vec<(RequestId, AssetId<StandardMaterial>)>,
+    computing: Vec<(
+        RequestId,
+        AssetId<StandardMaterial>,
+        Task<Option<MapPixels>>,
+    )>,
 }
 
 impl PendingMaterials {
@@ -121,7 +127,7 @@ impl DiffusionMaterials<'_, '_> {
             metallic: 1.0,
             ..Default::default()
         });
-        self.pending.waiting.push((job.id, material.clone()));
+        self.pending.waiting.push((job.id, material.id()));
         Ok(SubmittedMaterial {
             id: job.id,
             material,
@@ -217,7 +223,7 @@ fn finish_maps(
         let Some(maps) = result else { continue };
         let normal = images.add(linear_image(maps.normal, maps.width, maps.height));
         let orm = images.add(linear_image(maps.orm, maps.width, maps.height));
-        if let Some(mut m) = materials.get_mut(&material) {
+        if let Some(mut m) = materials.get_mut(material) {
             m.normal_map_texture = Some(normal);
             m.metallic_roughness_texture = Some(orm.clone());
             m.occlusion_texture = Some(orm);

@@ -5,13 +5,12 @@
 //! (and removed), never an error. Disk writes are atomic: a temporary file in the same directory,
 //! then a rename, so a crash leaves either the old entry or the new one.
 
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use image::RgbaImage;
 use lru::LruCache;
 
-use crate::request::GenerationRequest;
+use crate::request::{GenerationRequest, InitImage};
 use crate::runtime::atomic_file::{encode_png, write_atomic};
 
 /// A cache key: blake3 of the model identity and the request's canonical JSON.
@@ -30,6 +29,33 @@ impl CacheKey {
         Self(*h.finalize().as_bytes())
     }
 
+    /// The key the worker caches a job under: [`CacheKey::new`], extended with the bytes of
+    /// the init image and mask files the request names by path, so that a file edited in place
+    /// (a player repaints a mask and saves it under the same name) is a miss, not the old image.
+    /// `None` (do not cache) when such a file cannot be read: the job then fails with the reason.
+    pub fn for_job(model_identity: &str, request: &GenerationRequest) -> Option<Self> {
+        let key = Self::new(model_identity, request);
+        let files = [("init_image", &request.init_image), ("mask", &request.mask)];
+        if !files
+            .iter()
+            .any(|(_, i)| matches!(i, Some(InitImage::Path(_))))
+        {
+            return Some(key);
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(b"bevy_diffusion cache v1 files\0");
+        h.update(&key.0);
+        for (field, image) in files {
+            if let Some(InitImage::Path(path)) = image {
+                let bytes = std::fs::read(path).ok()?;
+                h.update(field.as_bytes());
+                h.update(b"\0");
+                h.update(blake3::hash(&bytes).as_bytes());
+            }
+        }
+        Some(Self(*h.finalize().as_bytes()))
+    }
+
     /// Lower-case hex, used as the file name on disk.
     pub fn hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
@@ -38,7 +64,10 @@ impl CacheKey {
 
 /// In-memory LRU (by entry count) plus an optional disk directory.
 pub struct ImageCache {
+    /// Unbounded as a map (so nothing is allocated up front for a huge `memory_entries`); `put`
+    /// evicts down to `memory_cap`.
     memory: LruCache<CacheKey, RgbaImage>,
+    memory_cap: usize,
     disk: Option<PathBuf>,
 }
 
@@ -46,10 +75,17 @@ impl ImageCache {
     /// A cache holding up to `memory_entries` images in memory (0 = none) and, if `disk` is set,
     /// every image as `<disk>/<hex>.png`.
     pub fn new(memory_entries: usize, disk: Option<PathBuf>) -> Self {
-        let cap = NonZeroUsize::new(memory_entries.max(1)).expect("max(1) is non-zero");
         Self {
-            memory: LruCache::new(cap),
+            memory: LruCache::unbounded(),
+            memory_cap: memory_entries.max(1),
             disk,
+        }
+    }
+
+    fn remember(&mut self, key: CacheKey, image: RgbaImage) {
+        self.memory.put(key, image);
+        while self.memory.len() > self.memory_cap {
+            self.memory.pop_lru();
         }
     }
 
@@ -66,7 +102,7 @@ impl ImageCache {
         match image::open(&path) {
             Ok(img) => {
                 let img = img.to_rgba8();
-                self.memory.put(*key, img.clone());
+                self.remember(*key, img.clone());
                 Some(img)
             }
             Err(e) => {
@@ -83,7 +119,7 @@ impl ImageCache {
     /// Stores `image` under `key` (memory, and disk atomically when configured). Disk failures are
     /// logged, not returned: a cache must never fail a generation.
     pub fn put(&mut self, key: CacheKey, image: &RgbaImage) {
-        self.memory.put(key, image.clone());
+        self.remember(key, image.clone());
         if let Some(path) = self.disk_path(&key)
             && let Err(e) = write_png_atomic(image, &path)
         {

@@ -225,7 +225,8 @@ impl WorkerThread {
         let _ = self.events.send(WorkerEvent::Started { id });
         let started = Instant::now();
         let key = (self.config.cache_memory_entries > 0 || self.config.cache_dir.is_some())
-            .then(|| CacheKey::new(&model.identity(), &job));
+            .then(|| CacheKey::for_job(&model.identity(), &job))
+            .flatten();
         if let Some(image) = key.as_ref().and_then(|k| self.cache.get(k)) {
             let event = WorkerEvent::Finished {
                 id,

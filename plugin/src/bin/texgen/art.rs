@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use bevy_diffusion::pipeline::pbr::{PbrImages, PbrOptions, pbr_maps};
-use bevy_diffusion::pipeline::upscale::{UpscaleNoise, UpscaleRequest, Upscaler, lanczos_upscale};
+use bevy_diffusion::pipeline::upscale::{
+    UpscaleNoise, UpscaleRequest, Upscaler, keep_alpha, lanczos_upscale,
+};
 use bevy_diffusion::pipeline::{DenoisingStep, GenerationHooks};
 use bevy_diffusion::{LoadOptions, SchedulerKind, Tiling};
 use clap::Args;
@@ -183,14 +185,17 @@ pub fn upscale(args: UpscaleArgs) -> Result<()> {
                 seed: args.seed,
                 tiling,
             };
-            bevy_diffusion::pipeline::upscale::upscale(
+            let mut big = bevy_diffusion::pipeline::upscale::upscale(
                 &up,
                 &low,
                 &request,
                 &UpscaleNoise::default(),
                 &mut StepPrinter,
             )?
-            .image
+            .image;
+            // As `generate --upscale 4`: a sprite keeps its (resampled) transparency.
+            keep_alpha(&low, &mut big, up.factor() as u32, tiling)?;
+            big
         }
     };
     bevy_diffusion::runtime::cache::write_png_atomic(&image, &args.out)

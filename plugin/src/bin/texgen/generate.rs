@@ -102,6 +102,13 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         model_dir.display(),
         started.elapsed().as_secs_f64()
     );
+    // The library logs this through `tracing`, which texgen does not print: say it here, once,
+    // when the request leaves the scheduler to the folder (an unknown class runs a stand-in).
+    if request.scheduler.is_none()
+        && let Some((note, unknown)) = model.scheduler_config.stand_in()
+    {
+        eprintln!("{}: {note}", if unknown { "warning" } else { "note" });
+    }
     let explicit = match &args.noise {
         Some(path) => read_noise_file(path)?,
         None => ExplicitNoise::default(),

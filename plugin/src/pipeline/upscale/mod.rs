@@ -293,15 +293,44 @@ pub fn upscale_output(
                 &mut CancelOnly(hooks),
             )?;
             let mut big = out.image;
-            if image.pixels().any(|p| p.0[3] != 255) {
-                // The upscaler draws RGB; keep the model's alpha (sprites), resampled.
-                let alpha = lanczos_upscale(&image, factor, request.tiling)?;
-                for (p, a) in big.pixels_mut().zip(alpha.pixels()) {
-                    p.0[3] = a.0[3];
-                }
-            }
+            keep_alpha(&image, &mut big, factor, request.tiling)?;
             Ok(big)
         }
         _ => lanczos_upscale(&image, factor, request.tiling),
     }
+}
+
+/// The diffusion upscaler draws RGB only: gives `big` (the `factor`x upscale of `low`, whose
+/// sides the upscaler first rounded down to a multiple of 4) `low`'s alpha, resampled with
+/// [`lanczos_upscale`] (wrapping on `tiling`'s axes), when `low` has any transparency
+/// (sprites); an opaque `low` leaves `big` as it is.
+///
+/// Errors: those of [`lanczos_upscale`]; [`DiffusionError::InvalidRequest`] (`upscale`) when
+/// `big`'s sides are not `factor` times whole numbers.
+pub fn keep_alpha(low: &RgbaImage, big: &mut RgbaImage, factor: u32, tiling: Tiling) -> Result<()> {
+    if low.pixels().all(|p| p.0[3] == 255) {
+        return Ok(());
+    }
+    let (bw, bh) = big.dimensions();
+    if factor == 0 || bw % factor != 0 || bh % factor != 0 {
+        return Err(DiffusionError::InvalidRequest {
+            field: "upscale",
+            value: format!("{factor}"),
+            reason: format!("{bw}x{bh} is not a whole multiple of the factor"),
+        });
+    }
+    let size = (bw / factor, bh / factor);
+    let resized;
+    let low = if low.dimensions() == size {
+        low
+    } else {
+        resized =
+            image::imageops::resize(low, size.0, size.1, image::imageops::FilterType::Lanczos3);
+        &resized
+    };
+    let alpha = lanczos_upscale(low, factor, tiling)?;
+    for (p, a) in big.pixels_mut().zip(alpha.pixels()) {
+        p.0[3] = a.0[3];
+    }
+    Ok(())
 }

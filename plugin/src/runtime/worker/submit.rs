@@ -57,7 +57,8 @@ impl SubmitError {
 /// The checks [`GenerationWorker::submit`] makes before accepting a request: the model-free
 /// fields ([`GenerationRequest::validate`] with factor 1: sizes at most 4096, steps in
 /// 1..=1000, guidance and strength in range, pixel-art counts), prompt lengths (at most 64 KiB
-/// each: the tokenizer only reads 77 tokens) and an in-memory init image's byte count.
+/// each: the tokenizer only reads 77 tokens) and the byte counts of an in-memory init image
+/// and mask.
 ///
 /// Errors: [`SubmitError::InvalidRequest`] naming the field and value.
 pub fn validate_submission(job: &GenerationRequest) -> Result<(), SubmitError> {
@@ -94,15 +95,18 @@ pub fn validate_submission(job: &GenerationRequest) -> Result<(), SubmitError> {
             });
         }
     }
-    if let Some(crate::request::InitImage::Rgba {
-        width,
-        height,
-        pixels,
-    }) = &job.init_image
-    {
+    for (field, image) in [("init_image", &job.init_image), ("mask", &job.mask)] {
+        let Some(crate::request::InitImage::Rgba {
+            width,
+            height,
+            pixels,
+        }) = image
+        else {
+            continue;
+        };
         if *width == 0 || *height == 0 || *width > 16384 || *height > 16384 {
             return Err(SubmitError::InvalidRequest {
-                field: "init_image",
+                field,
                 value: format!("{width}x{height}"),
                 reason: "must be 1..=16384 pixels on each side".into(),
             });
@@ -110,7 +114,7 @@ pub fn validate_submission(job: &GenerationRequest) -> Result<(), SubmitError> {
         let expected = (*width as u64) * (*height as u64) * 4;
         if pixels.len() as u64 != expected {
             return Err(SubmitError::InvalidRequest {
-                field: "init_image",
+                field,
                 value: format!("{width}x{height} with {} bytes", pixels.len()),
                 reason: format!("RGBA8 pixels must have width * height * 4 = {expected} bytes"),
             });
