@@ -86,18 +86,20 @@ impl AttentionBlock {
         let q = qkv.narrow(1, 0, c)?; // [b, c, n], already scaled
         let k = qkv.narrow(1, c, c)?;
         let v = qkv.narrow(1, 2 * c, c)?;
-        // scores[b, i, j] = q_i . k_j: [b, n, c] @ [b, c, n] (the transpose is a strided view).
+        // softmax(q^T k) v^T over the n = h*w positions, one head of c channels. The bounded
+        // (blocked online-softmax) attention keeps memory linear in n: the full [b, n, n] score
+        // matrix of diffusers' `Attention` would be 22 GB for a 1100² init image on a 4x VAE.
+        // Scores and softmax in f32 (diffusers' `upcast_softmax=True` for this block).
         let attn = profile::timed(OpKind::Attention, || {
-            let scores = q.transpose(1, 2)?.matmul(&k)?;
-            // diffusers upcasts the softmax of this block (`upcast_softmax=True`).
-            let probs = if scores.dtype() == DType::F32 || scores.dtype() == DType::F64 {
-                candle_nn::ops::softmax_last_dim(&scores)?
-            } else {
-                candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-                    .to_dtype(scores.dtype())?
-            };
-            // out^T [b, c, n] = v [b, c, n] @ probs^T [b, n, n]: already the feature-map layout.
-            v.matmul(&probs.transpose(1, 2)?)
+            let seq = |t: &Tensor| t.transpose(1, 2)?.contiguous(); // [b, n, c]
+            let out = crate::models::transformer_2d::scaled_dot_product_attention(
+                &seq(&q)?,
+                &seq(&k)?,
+                &seq(&v)?,
+                1.0, // q is already scaled by 1/sqrt(c)
+                None,
+            )?;
+            out.transpose(1, 2)?.contiguous() // [b, c, n]: the feature-map layout
         })?;
         let out = profile::timed(OpKind::Matmul, || {
             self.out_weight
