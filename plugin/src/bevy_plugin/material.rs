@@ -102,7 +102,7 @@ pub struct SubmittedMaterial {
     pub base_color: Handle<Image>,
 }
 
-/// Ask for a generated material from any system (see the [module docs](self)).
+/// Ask for a generated material from any system.
 #[derive(SystemParam)]
 pub struct DiffusionMaterials<'w, 's> {
     diffusion: Diffusion<'w, 's>,

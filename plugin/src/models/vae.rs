@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::autoencoder_kl::AutoencoderKLConfig;

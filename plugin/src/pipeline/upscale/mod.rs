@@ -258,7 +258,7 @@ impl GenerationHooks for CancelOnly<'_> {
 }
 
 /// The last stage of [`crate::pipeline::generate`]: `request.upscale` applied to the decoded
-/// image. Factor 4 with [`StableDiffusion::upscaler`] loaded runs the diffusion upscaler with the
+/// image. Factor 4 with `StableDiffusion::upscaler` loaded runs the diffusion upscaler with the
 /// request's prompt, negative prompt, seed, tiling and step count (noise level 20, guidance 9,
 /// the upscaler folder's scheduler: diffusers' defaults); any other factor, or no upscaler, uses
 /// [`lanczos_upscale`] (wrapping on tiled axes). `None` or 1 returns `image` unchanged.
