@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""A small CNN that recognises the pattern (14 tile classes) or object (12 sprite classes) of a 32x32 RGBA image.
+"""A small CNN that recognises the material (tile classes) or object (sprite classes) of an RGBA image.
 Trained on the procedural data (all colours, held-out combinations included: it judges shape, not colour) with
 blur/noise augmentation so that soft generated images are judged fairly. Used by evaluate.py.
 
-    python classifier.py --out runs/classifier [--n 16000] [--epochs 8] [--threads 1]
+    python classifier.py --out runs/classifier64                          # v2: 46 classes at 64 px (default)
+    python classifier.py --out runs/classifier --vocab v1 --size 32        # v1: 26 classes at 32 px (shipped model)
+        [--n 16000] [--epochs 8] [--threads 1]
 
-Writes classifier.safetensors (+ classifier.json: classes, accuracy on a fresh validation set).
+Writes classifier.safetensors (+ classifier.json: classes, input size, vocabulary, accuracy on a fresh
+validation set). Images of any size are resized (area) to the classifier's size.
 """
 import argparse
 import json
@@ -24,7 +27,7 @@ import dataset  # noqa: E402
 
 
 class Net(nn.Module):
-    def __init__(self, n_classes=len(dataset.CLASSES), w=24):
+    def __init__(self, n_classes, w=24):
         super().__init__()
 
         def block(i, o):
@@ -40,11 +43,11 @@ class Net(nn.Module):
         return self.head(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], 1))
 
 
-def to_input(u8):
-    """uint8 [N,H,W,4] (any H=W, resized to 32) -> float [N,4,32,32]; RGB premultiplied by alpha."""
+def to_input(u8, size=32):
+    """uint8 [N,H,W,4] (any H=W, resized to size) -> float [N,4,size,size]; RGB premultiplied by alpha."""
     x = torch.from_numpy(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float() / 255.0
-    if x.shape[-1] != 32:
-        x = nn.functional.interpolate(x, size=(32, 32), mode="area")
+    if x.shape[-1] != size:
+        x = nn.functional.interpolate(x, size=(size, size), mode="area")
     x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
     return x * 2 - 1
 
@@ -54,7 +57,7 @@ def augment(x, is_tile, g):
     out = x.clone()
     for i in range(n):
         if is_tile[i]:
-            dy, dx = torch.randint(0, 32, (2,), generator=g)
+            dy, dx = torch.randint(0, x.shape[-1], (2,), generator=g)
             out[i] = torch.roll(out[i], (int(dy), int(dx)), dims=(1, 2))
     flip = torch.rand(n, generator=g) < 0.5
     out[flip] = out[flip].flip(-1)
@@ -69,31 +72,36 @@ def augment(x, is_tile, g):
 
 
 class Classifier:
-    def __init__(self, net):
-        self.net = net.eval()
+    def __init__(self, net, classes, size):
+        self.net, self.classes, self.size = net.eval(), classes, size
 
     @classmethod
     def load(cls, path, threads=None):
+        """classifier.safetensors + the classifier.json beside it (a file without "size" is a v1 32 px one)."""
         from safetensors.torch import load_file
 
         if threads:
             torch.set_num_threads(threads)
-        net = Net()
+        with open(os.path.join(os.path.dirname(path), "classifier.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        net = Net(len(meta["classes"]))
         net.load_state_dict(load_file(path))
-        return cls(net)
+        return cls(net, meta["classes"], meta.get("size", 32))
 
     @torch.no_grad()
     def predict(self, u8, batch=256):
         out = []
         for i in range(0, len(u8), batch):
             dev = next(self.net.parameters()).device
-            out.append(self.net(to_input(u8[i:i + batch]).to(dev)).argmax(1).cpu())
+            out.append(self.net(to_input(u8[i:i + batch], self.size).to(dev)).argmax(1).cpu())
         return torch.cat(out).numpy()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(HERE, "runs", "classifier"))
+    ap.add_argument("--out", default=os.path.join(HERE, "runs", "classifier64"))
+    ap.add_argument("--vocab", choices=["v1", "v2"], default="v2")
+    ap.add_argument("--size", type=int, default=0, help="input pixels (default: 64 for v2, 32 for v1)")
     ap.add_argument("--n", type=int, default=16000)
     ap.add_argument("--n-val", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=8)
@@ -106,12 +114,15 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     dev = torch.device(a.device)
+    size = a.size or dataset.DEFAULT_SIZE[a.vocab]
+    classes = dataset.VOCABS[a.vocab].classes
     t0 = time.time()
-    tr = dataset.generate(a.n, a.seed, holdout=set())
-    va = dataset.generate(a.n_val, a.seed + 1, holdout=set())
-    print(f"data: {a.n} train / {a.n_val} val in {time.time() - t0:.0f} s", flush=True)
-    x_tr, y_tr = to_input(tr["images"]), torch.from_numpy(tr["labels"])
-    net = Net().to(dev)
+    tr = dataset.generate(a.n, a.seed, size, holdout=set(), vocab=a.vocab)
+    va = dataset.generate(a.n_val, a.seed + 1, size, holdout=set(), vocab=a.vocab)
+    print(f"data: {a.n} train / {a.n_val} val ({size} px, {len(classes)} classes) in {time.time() - t0:.0f} s",
+          flush=True)
+    x_tr, y_tr = to_input(tr["images"], size), torch.from_numpy(tr["labels"])
+    net = Net(len(classes)).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-4)
     steps = a.epochs * (a.n // a.batch)
     sch = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=steps)
@@ -131,7 +142,7 @@ def main():
             sch.step()
             step += 1
             tot += loss.item()
-        clf = Classifier(net)
+        clf = Classifier(net, classes, size)
         acc = float((clf.predict(va["images"]) == va["labels"]).mean())
         print(f"epoch {ep + 1}/{a.epochs} loss {tot / max(1, a.n // a.batch):.4f} val acc {acc:.4f} "
               f"({time.time() - t1:.0f} s)", flush=True)
@@ -140,8 +151,8 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, os.path.join(a.out, "classifier.safetensors"))
     with open(os.path.join(a.out, "classifier.json"), "w", encoding="utf-8") as f:
-        json.dump({"classes": dataset.CLASSES, "val_acc": acc, "n_train": a.n, "epochs": a.epochs, "seed": a.seed}, f,
-                  indent=1)
+        json.dump({"classes": classes, "size": size, "vocab": a.vocab, "val_acc": acc, "n_train": a.n,
+                   "epochs": a.epochs, "seed": a.seed}, f, indent=1)
     print(f"saved {a.out}/classifier.safetensors (val acc {acc:.4f})")
 
 

@@ -53,8 +53,19 @@ def _clip_parts(tok):
     ])
 
 
-def corpus():
-    """Caption-like lines: every caption word (weighted by a deterministic caption sample) plus EXTRA_WORDS."""
+# v2 adds words players type for its new classes and styles (v1's list above stays as it was: the shipped
+# tokenizer is learned from it).
+EXTRA_WORDS_V2 = """
+hexagon hex honeycomb sci-fi scifi futuristic spaceship panel panels tech carpet rug leaf leaves foliage bush
+rocky boulder cliff snowy mud muddy swamp bark trunk tree parquet floorboards gravel pebble pebbles
+helmet helm axe staff wand bomb apple book tome spellbook armor armour chestplate crown crystal crystals gem
+hammer painted hand-painted painterly pixelated 8-bit 16-bit 32-bit glowing enchanted rusty worn weathered
+""".split()
+
+
+def corpus(vocab="v1"):
+    """Caption-like lines: every caption word (weighted by a deterministic caption sample) plus EXTRA_WORDS
+    (and EXTRA_WORDS_V2 for the v2 vocabulary)."""
     import numpy as np
 
     import dataset
@@ -62,9 +73,9 @@ def corpus():
     lines = []
     rng = np.random.default_rng(20240)
     for _ in range(3000):
-        spec = dataset.sample_spec(rng)
-        lines.append(dataset.caption(spec, rng))
-    lines += dataset.all_words() + EXTRA_WORDS
+        spec = dataset.sample_spec(rng, vocab=vocab)
+        lines.append(dataset.caption(spec, rng, vocab))
+    lines += dataset.all_words(vocab) + EXTRA_WORDS + (EXTRA_WORDS_V2 if vocab != "v1" else [])
     return lines
 
 
@@ -111,11 +122,11 @@ def learn_merges(lines, max_new_tokens):
     return merges
 
 
-def write_tokenizer(out_dir, max_vocab=MAX_VOCAB):
+def write_tokenizer(out_dir, max_vocab=MAX_VOCAB, vocab="v1"):
     from tokenizers import AddedToken, Tokenizer, decoders, processors
     from tokenizers.models import BPE
 
-    merges = learn_merges(corpus(), max_vocab - 512 - 2)
+    merges = learn_merges(corpus(vocab), max_vocab - 512 - 2)
     base = list(bytes_to_unicode().values())
     vocab_list = base + [b + "</w>" for b in base]
     seen = set(vocab_list)

@@ -19,14 +19,15 @@ def main():
     ap.add_argument("--prompts", default=os.path.join(HERE, "prompts.txt"))
     ap.add_argument("--cols", type=int, default=8)
     ap.add_argument("--rows", type=int, default=6)
-    ap.add_argument("--scale", type=int, default=4)
+    ap.add_argument("--scale", type=int, default=0, help="upscale factor (default: 128 px cells, 4 for 32 px, 2 for 64)")
     a = ap.parse_args()
     rows = [line.rstrip("\n").split("\t") for line in open(a.prompts, encoding="utf-8") if line.strip() and not line.startswith("#")]
     rows = [r for r in rows if os.path.exists(os.path.join(a.images, r[0] + ".png"))]
     n = a.cols * a.rows
     step = max(1, len(rows) // n)
     picked = rows[::step][:n]
-    cell, label = 32 * a.scale, 14
+    size = Image.open(os.path.join(a.images, picked[0][0] + ".png")).size[0] if picked else 32
+    cell, label = size * (a.scale or max(1, 128 // size)), 14
     sheet = Image.new("RGBA", (a.cols * (cell + 8) + 8, a.rows * (cell + label + 8) + 8), (40, 42, 50, 255))
     draw = ImageDraw.Draw(sheet)
     for i, r in enumerate(picked):

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Score a folder of generated PNGs against the prompt list (prompts.txt).
 
-    python evaluate.py --images gen/ [--prompts prompts.txt] [--classifier runs/classifier/classifier.safetensors]
+    python evaluate.py --images gen/ [--prompts prompts.txt] [--classifier runs/classifier64/classifier.safetensors]
                        [--json report.json]
+    python evaluate.py --images gen32/ --prompts prompts_v1.txt      # the shipped 32x32 model's list
     python evaluate.py --selftest [--out DIR]   # scores the procedural ground truth (the metrics' ceiling)
 
 Images are <id>.png (id = first column of prompts.txt), any size (RGB is taken as alpha 255).
@@ -101,10 +102,10 @@ def score(rows, images, classifier=None):
         if img is None:
             continue
         e = {"id": r["id"], "prompt": r["prompt"], "split": r["split"], "kind": r["kind"],
-             "colour": r["colour"], "measured_colour": colour_class(img)}
+             "colour": r["colour"], "measured_colour": colour_class(img), "style": r.get("style")}
         e["colour_ok"] = e["measured_colour"] in ACCEPT[r["colour"]]
         if r["id"] in preds:
-            e["predicted_class"] = dataset.CLASSES[int(preds[r["id"]])]
+            e["predicted_class"] = classifier.classes[int(preds[r["id"]])]
             e["class_ok"] = e["predicted_class"] == r["cls"]
         if r["kind"] == "sprite":
             b, c = dataset.alpha_stats(img)
@@ -134,6 +135,14 @@ def score(rows, images, classifier=None):
                 d["seam_ratio_median"] = float(np.median([e["seam_ratio"] for e in sel]))
                 d["seam_rank_mean"] = float(np.mean([e["seam_rank"] for e in sel]))  # 0.5 = seamless
             summary[f"{split}/{kind}"] = d
+    if any(e["style"] for e in per):  # v2 prompts: the styles separately
+        for st in (None, "pixel", "painted"):
+            sel = [e for e in per if e["style"] == st]
+            if sel:
+                d = {"n": len(sel), "colour_acc": float(np.mean([e["colour_ok"] for e in sel]))}
+                if any("class_ok" in e for e in sel):
+                    d["class_acc"] = float(np.mean([e["class_ok"] for e in sel if "class_ok" in e]))
+                summary[f"style/{st or 'plain'}"] = d
     return per, summary
 
 
@@ -148,18 +157,27 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", help="folder of <id>.png")
     ap.add_argument("--prompts", default=os.path.join(HERE, "prompts.txt"))
-    ap.add_argument("--classifier", default=os.path.join(HERE, "runs", "classifier", "classifier.safetensors"))
+    ap.add_argument("--classifier", help="default: runs/classifier64/ for a v2 prompts file (9 columns), "
+                                         "runs/classifier/ for v1's (prompts_v1.txt)")
+    ap.add_argument("--size", type=int, default=0, help="--selftest image size (default 64 for v2 prompts, 32 for v1)")
     ap.add_argument("--json", help="write per-image results and the summary here")
     ap.add_argument("--selftest", action="store_true", help="score procedural ground truth for the prompt list")
     ap.add_argument("--out", help="with --selftest: also write the ground-truth PNGs here")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     rows = dataset.read_prompts(a.prompts)
+    v2 = bool(rows) and rows[0]["v2"]
+    size = a.size or (64 if v2 else 32)
+    if a.classifier is None:
+        a.classifier = os.path.join(HERE, "runs", "classifier64" if v2 else "classifier", "classifier.safetensors")
     images = {}
     if a.selftest:
         for r in rows:
             rng = np.random.default_rng([r["seed"], 7])
-            images[r["id"]] = dataset.render({"cls": r["cls"], "colour": r["colour"], "mods": r["mods"]}, rng)
+            spec = {"cls": r["cls"], "colour": r["colour"], "mods": r["mods"]}
+            if r["v2"]:
+                spec["style"] = r["style"]
+            images[r["id"]] = dataset.render(spec, rng, size)
             if a.out:
                 os.makedirs(a.out, exist_ok=True)
                 Image.fromarray(images[r["id"]], "RGBA").save(os.path.join(a.out, r["id"] + ".png"))

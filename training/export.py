@@ -12,7 +12,10 @@ shipped default model; diffusers ignores it). Then it checks that
   * only .json / .safetensors files were written (no pickles),
   * the folder is <= 25 MB,
   * every tensor name in the files matches the freshly built model (text_encoder names start with text_model.),
-  * (unless --no-check) StableDiffusionPipeline.from_pretrained(dir) reloads it and makes a 32x32 RGBA image.
+  * (unless --no-check) StableDiffusionPipeline.from_pretrained(dir) reloads it and makes an RGBA image of the
+    model's size (32x32 for v1, 64x64 for v2).
+bevy_diffusion.json (the runtime's recommended steps, guidance, scheduler and size) is written beside
+model_index.json.
 """
 import argparse
 import json
@@ -84,6 +87,12 @@ def write_folder(pipe, run, out, embedded=False):
     shutil.rmtree(os.path.join(out, "tokenizer"))
     shutil.copytree(os.path.join(run, "tokenizer"), os.path.join(out, "tokenizer"))
     os.remove(os.path.join(out, "tokenizer", "merges.txt"))
+    # The sampling settings the runtime should use for this model (plugin: request::RecommendedSettings).
+    size = pipe.vae.config.sample_size
+    with open(os.path.join(out, "bevy_diffusion.json"), "w", encoding="utf-8") as f:
+        json.dump({"num_inference_steps": recipe.DEFAULT_STEPS, "guidance_scale": recipe.DEFAULT_GUIDANCE,
+                   "scheduler": "ddim", "width": size, "height": size}, f, indent=2)
+        f.write("\n")
     if embedded:
         index = os.path.join(out, "model_index.json")
         with open(index, encoding="utf-8") as f:
@@ -124,16 +133,17 @@ def check_folder(out, pipe):
     return size, problems
 
 
-def reload_and_generate(out, prompt="a red potion", steps=4):
+def reload_and_generate(out, size, prompt="a red potion", steps=4):
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     img = pipe(prompt, num_inference_steps=steps, guidance_scale=recipe.DEFAULT_GUIDANCE, output_type="np",
+               height=size, width=size, generator=torch.Generator().manual_seed(0)).images[0]
+    assert img.shape == (size, size, 4), img.shape
+    pil = pipe(prompt, num_inference_steps=steps, height=size, width=size,
                generator=torch.Generator().manual_seed(0)).images[0]
-    assert img.shape == (recipe.IMAGE_SIZE, recipe.IMAGE_SIZE, 4), img.shape
-    pil = pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0)).images[0]
-    assert pil.mode == "RGBA" and pil.size == (recipe.IMAGE_SIZE, recipe.IMAGE_SIZE), (pil.mode, pil.size)
+    assert pil.mode == "RGBA" and pil.size == (size, size), (pil.mode, pil.size)
     return img, pil
 
 
@@ -173,7 +183,7 @@ def main():
     n = {k: recipe.n_params(getattr(pipe, k)) for k in ("unet", "vae", "text_encoder")}
     print("  params: " + ", ".join(f"{k} {v / 1e6:.3f} M" for k, v in n.items()))
     if not a.no_check:
-        img, _ = reload_and_generate(out)
+        img, _ = reload_and_generate(out, meta["vae"]["sample_size"])
         print(f"  reload check: StableDiffusionPipeline.from_pretrained -> {img.shape} RGBA image, "
               f"alpha mean {img[..., 3].mean():.3f}")
 

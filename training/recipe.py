@@ -43,6 +43,38 @@ TEXT_CONFIG = {
     "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 128, "layer_norm_eps": 1e-5,
 }
 
+# ----------------------------------------------------------------------------------------- named configs
+# `train.py --config NAME` fixes these in run.json when a run is created. "v1" reproduces the shipped 32x32 model.
+# The v2 candidates (issue 12: 64x64 RGBA at <= 0.3 s per image on one thread) were exported untrained and
+# timed with the Rust pipeline (training/README.md, "v2"); "v2" names the chosen one.
+def _vae(blocks, latent, size):
+    cfg = dict(VAE_CONFIG, block_out_channels=list(blocks), latent_channels=latent, sample_size=size)
+    cfg["down_block_types"] = ["DownEncoderBlock2D"] * len(blocks)
+    cfg["up_block_types"] = ["UpDecoderBlock2D"] * len(blocks)
+    return cfg
+
+
+def _unet(latent, sample):
+    return dict(UNET_CONFIG, in_channels=latent, out_channels=latent, sample_size=sample)
+
+
+CONFIGS = {
+    "v1": {"size": 32, "vocab": "v1", "vae": VAE_CONFIG, "unet": UNET_CONFIG},
+    # 8x VAE (4 blocks), 16 latent channels: the v1 UNet on 8x8 latents; 16x compression of the RGBA pixels
+    "v2-f8c16": {"size": 64, "vocab": "v2", "vae": _vae([32, 64, 64, 64], 16, 64), "unet": _unet(16, 8)},
+    # 8x VAE with wider low-resolution blocks and 32 latent channels (8x compression); UNet on 8x8 latents
+    "v2-f8c32": {"size": 64, "vocab": "v2", "vae": _vae([32, 64, 128, 128], 32, 64), "unet": _unet(32, 8)},
+    # v1's 4x VAE, the v1 UNet on 16x16 latents (4x compression, as v1)
+    "v2-f4": {"size": 64, "vocab": "v2", "vae": _vae([32, 64, 64], 16, 64), "unet": _unet(16, 16)},
+}
+CONFIGS["v2"] = CONFIGS["v2-f8c32"]
+DEFAULT_CONFIG = "v1"
+
+
+def vae_factor(vae_cfg):
+    return 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+
+
 # Training noise schedule (DDPM, epsilon) and the shipped sampler (DDIM, see README for why).
 TRAIN_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                    "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "clip_sample": False}
@@ -85,10 +117,11 @@ def set_circular(module, on):
             m.padding_mode = "circular" if on else "zeros"
 
 
-def encode_wrapped(vae, x, pad=8):
-    """Latent distribution of periodic images: wrap-pad by `pad` px, encode, crop the centre latents.
-    Returns (mean, std) of the 8x8 posterior."""
+def encode_wrapped(vae, x, pad=None):
+    """Latent distribution of periodic images: wrap-pad by `pad` px (default 2 latent cells: 8 px for v1's 4x
+    VAE, 16 px for an 8x VAE), encode, crop the centre latents. Returns (mean, std) of the posterior."""
     f = 2 ** (len(vae.config.block_out_channels) - 1)
+    pad = 2 * f if pad is None else pad
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="circular")
     d = vae.encode(xp).latent_dist
     c = pad // f

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Train the embedded default model: stage `vae` (AutoencoderKL, RGBA 32 px -> 16x8x8 latents), then stage
-`unet` (UNet2DConditionModel + CLIPTextModel jointly, on cached latents). Resumable.
+"""Train the embedded default model: stage `vae` (AutoencoderKL, RGBA 32 px -> 16x8x8 latents; with --config v2
+64 px -> 32x8x8), then stage `unet` (UNet2DConditionModel + CLIPTextModel jointly, on cached latents). Resumable.
 
     python train.py --run runs/default --stage all                  # both stages, default step counts
+    python train.py --run runs/v2 --config v2 --stage all           # the 64x64 model (vocabulary v2)
     python train.py --run runs/default --stage all --resume         # continue after a stop / --minutes limit
     python train.py --run runs/default --stage unet --resume --minutes 30 --unet-steps 40000
 
@@ -90,12 +91,17 @@ def setup_run(a):
     if os.path.exists(meta_path):
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
+        have = meta.get("config", "v1")
+        if a.config and a.config != have and recipe.CONFIGS.get(a.config) != recipe.CONFIGS.get(have):
+            sys.exit(f"{meta_path} was created with --config {have}, not {a.config}: use a new --run")
     else:
-        meta = {"vae": dict(recipe.VAE_CONFIG), "unet": dict(recipe.UNET_CONFIG), "text_encoder": dict(recipe.TEXT_CONFIG),
-                "data": {"n": a.n_train, "seed": a.data_seed, "size": recipe.IMAGE_SIZE}, "seed": a.seed}
+        name = a.config or recipe.DEFAULT_CONFIG
+        cfg = recipe.CONFIGS[name]
+        meta = {"config": name, "vae": dict(cfg["vae"]), "unet": dict(cfg["unet"]), "text_encoder": dict(recipe.TEXT_CONFIG),
+                "data": {"n": a.n_train, "seed": a.data_seed, "size": cfg["size"], "vocab": cfg["vocab"]}, "seed": a.seed}
     tok_dir = os.path.join(a.run, "tokenizer")
     if "tokenizer" not in meta or not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-        meta["tokenizer"] = clip_bpe.write_tokenizer(tok_dir)
+        meta["tokenizer"] = clip_bpe.write_tokenizer(tok_dir, vocab=meta["data"].get("vocab", "v1"))
     with open(meta_path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
     return meta
@@ -104,12 +110,15 @@ def setup_run(a):
 def load_data(a, meta):
     d = meta["data"]
     ddir = os.path.join(a.run, "data")
-    npz = os.path.join(ddir, f"train_s{d['seed']}_n{d['n']}_{d['size']}px.npz")
+    vocab = d.get("vocab", "v1")
+    tag = "" if vocab == "v1" else f"_{vocab}"
+    npz = os.path.join(ddir, f"train_s{d['seed']}_n{d['n']}_{d['size']}px{tag}.npz")
     if not os.path.exists(npz):
         os.makedirs(ddir, exist_ok=True)
         t = time.time()
-        print(f"generating {d['n']} procedural samples (seed {d['seed']}) ...", flush=True)
-        g = dataset.generate(d["n"], d["seed"], d["size"], log_every=10000)
+        print(f"generating {d['n']} procedural {d['size']}px samples (vocabulary {vocab}, seed {d['seed']}) ...",
+              flush=True)
+        g = dataset.generate(d["n"], d["seed"], d["size"], log_every=10000, vocab=vocab)
         ids = np.array(clip_bpe.encode(os.path.join(a.run, "tokenizer", "tokenizer.json"), g["captions"]), np.int32)
         np.savez(npz + ".tmp.npz", images=g["images"], labels=g["labels"], is_tile=g["is_tile"], ids=ids)
         os.replace(npz + ".tmp.npz", npz)
@@ -389,14 +398,23 @@ PREVIEW_PROMPTS = ["red bricks", "mossy grey cobblestone", "wooden planks", "gre
                    "a gold coin", "a gold key", "a red mushroom", "a red heart"]
 
 
+PREVIEW_PROMPTS_V2 = ["old red brick wall", "mossy grey cobblestone", "hexagon tiles", "blue sci-fi panels",
+                      "red carpet", "green leaves", "pixel art grey rock", "white snow", "brown mud", "tree bark",
+                      "dark wooden floor", "hand painted gravel", "a glowing blue crystal", "a silver helmet",
+                      "a silver axe", "a brown staff", "a black bomb", "a red apple", "a pixel art brown book",
+                      "a silver armor", "a golden crown", "a hand painted silver hammer", "a red potion",
+                      "a gold coin"]
+
+
 def preview_samples(a, meta, unet, te, step, dev):
     vae = recipe.build_vae(meta["vae"]).to(dev)
     vae.load_state_dict(torch.load(os.path.join(a.run, "vae.pt"), map_location=dev, weights_only=False)["model"])
     vae.eval()
     tok = os.path.join(a.run, "tokenizer", "tokenizer.json")
-    ids = torch.tensor(clip_bpe.encode(tok, PREVIEW_PROMPTS), dtype=torch.long)
+    prompts = PREVIEW_PROMPTS if meta["data"].get("vocab", "v1") == "v1" else PREVIEW_PROMPTS_V2
+    ids = torch.tensor(clip_bpe.encode(tok, prompts), dtype=torch.long)
     empty = torch.tensor(clip_bpe.encode(tok, [""]), dtype=torch.long)
-    circ = torch.tensor([not p.startswith("a ") for p in PREVIEW_PROMPTS])
+    circ = torch.tensor([not p.startswith("a ") for p in prompts])
     was = unet.training, te.training
     unet.eval()
     te.eval()
@@ -413,6 +431,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default=os.path.join(HERE, "runs", "default"))
     ap.add_argument("--stage", choices=["vae", "unet", "all"], default="all")
+    ap.add_argument("--config", choices=sorted(recipe.CONFIGS),
+                    help="model + data config, fixed in run.json when the run is created (default v1: the shipped "
+                         "32x32 model; v2: the 64x64 model of issue 12)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--threads", type=int, default=1,

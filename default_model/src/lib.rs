@@ -10,7 +10,7 @@
 //! The weights are safetensors with every float tensor stored as f16 (half the bytes of f32,
 //! so the `.crate` stays under crates.io's 10 MiB limit); bevy_diffusion converts them to f32
 //! at load. Measured against the f32 original on the 208 prompt x seed rows of
-//! `training/prompts.txt`: at most 2/255 difference on any RGBA channel, mean 0.027/255
+//! `training/prompts_v1.txt`: at most 2/255 difference on any RGBA channel, mean 0.027/255
 //! (see `docs/embedded_model.md`).
 #![no_std]
 #![forbid(unsafe_code)]
