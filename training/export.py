@@ -2,6 +2,7 @@
 """Export a trained run as a diffusers StableDiffusionPipeline folder (what the runtime loads).
 
     python export.py --run runs/default --out runs/default/export [--force] [--embedded] [--no-ema] [--no-check]
+    python export.py --untrained v2-f8c32 --out runs/untrained-f8c32    # random weights, to time an architecture
 
 Writes model_index.json, unet/, vae/, text_encoder/ (config.json + f32 .safetensors), tokenizer/ (tokenizer.json,
 vocab.json, tokenizer_config.json, special_tokens_map.json; no merges.txt: tokenizer.json holds the merges and
@@ -71,6 +72,27 @@ def build_pipeline(run, use_ema=True):
                                    scheduler=DDIMScheduler(**recipe.SHIPPED_SCHEDULER), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     return pipe, meta, ust["step"]
+
+
+def build_untrained(config, tok_dir):
+    """A pipeline of freshly initialised models of a named recipe config (for timing candidate architectures in
+    the runtime before training them: `--untrained v2-f8c32`). Writes the config's tokenizer into tok_dir."""
+    import clip_bpe
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    cfg = recipe.CONFIGS[config]
+    tok = clip_bpe.write_tokenizer(tok_dir, vocab=cfg["vocab"])
+    torch.manual_seed(0)
+    vae, unet = recipe.build_vae(cfg["vae"]), recipe.build_unet(cfg["unet"])
+    te = recipe.build_text_encoder(recipe.TEXT_CONFIG, tok)
+    for m in (vae, unet, te):
+        m.eval()
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
+                                   unet=unet, scheduler=DDIMScheduler(**recipe.SHIPPED_SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    meta = {"vae": dict(cfg["vae"]), "unet": dict(cfg["unet"])}
+    return pipe, meta, 0
 
 
 def write_folder(pipe, run, out, embedded=False):
@@ -156,12 +178,18 @@ def main():
     ap.add_argument("--no-check", action="store_true", help="skip the reload + generate check")
     ap.add_argument("--embedded", action="store_true", help="mark the folder as the shipped default model")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--untrained", metavar="CONFIG", choices=sorted(recipe.CONFIGS),
+                    help="export freshly initialised models of a recipe config instead of a run (timing candidates)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     out = os.path.abspath(a.out)
     if os.path.exists(out) and os.listdir(out) and not a.force:
         sys.exit(f"{out} is not empty: pass --force to replace it")
-    pipe, meta, step = build_pipeline(a.run, use_ema=not a.no_ema)
+    if a.untrained:
+        a.run = tempfile.mkdtemp(prefix="untrained-")
+        pipe, meta, step = build_untrained(a.untrained, os.path.join(a.run, "tokenizer"))
+    else:
+        pipe, meta, step = build_pipeline(a.run, use_ema=not a.no_ema)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)

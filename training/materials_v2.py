@@ -96,7 +96,7 @@ def t_rock(rng, n, c):
     facet = np.cos(ang)[idx] * dx + np.sin(ang)[idx] * dy  # a tilted plane per cell: faceted faces
     var = rng.uniform(0.8, 1.1, size=cells)[idx]
     rough = 0.1 * fnoise(rng, n, 6) + 0.07 * fnoise(rng, n, 16)
-    img = c[None, None] * (var * (0.82 + 1.6 * facet + rough))[..., None]
+    img = c[None, None] * (var * (0.85 + 1.0 * facet + rough))[..., None]
     crack = (f2 - f1) < 0.01
     return np.clip(np.where(crack[..., None], c * 0.3, img), 0, 1)
 

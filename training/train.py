@@ -154,6 +154,7 @@ def train_vae(a, meta, data, stopper):
         atomic_save({"step": step, "model": vae.state_dict(), "opt": opt.state_dict(), "done": done}, ckpt)
 
     t_ckpt, t_start, t_log, acc = time.time(), time.time(), time.time(), []
+    c_log = time.process_time()
     vae.train()
     while step < a.vae_steps:
         rng = step_rng(a.seed, "vae", step)
@@ -191,12 +192,14 @@ def train_vae(a, meta, data, stopper):
         acc.append((l1.item(), l2.item(), kl.item()))
         if step % a.log_every == 0 or step == a.vae_steps:
             dt = (time.time() - t_log) / len(acc)
+            ct = (time.process_time() - c_log) / len(acc)
             m = np.mean(acc, axis=0)
             print(f"vae {step}/{a.vae_steps} l1 {m[0]:.4f} mse {m[1]:.4f} kl {m[2]:.1f} "
-                  f"lr {opt.param_groups[0]['lr']:.2e} {dt:.3f} s/step eta {dt * (a.vae_steps - step) / 60:.1f} min",
-                  flush=True)
-            log(a.run, {"stage": "vae", "step": step, "l1": m[0], "mse": m[1], "kl": m[2], "s_per_step": dt})
-            t_log, acc = time.time(), []
+                  f"lr {opt.param_groups[0]['lr']:.2e} {dt:.3f} s/step ({ct:.3f} cpu-s) "
+                  f"eta {dt * (a.vae_steps - step) / 60:.1f} min", flush=True)
+            log(a.run, {"stage": "vae", "step": step, "l1": m[0], "mse": m[1], "kl": m[2], "s_per_step": dt,
+                        "cpu_s_per_step": ct})
+            t_log, acc, c_log = time.time(), [], time.process_time()
         out_of_time = a.minutes and time.time() - t_start > a.minutes * 60
         if stopper.stop or out_of_time or time.time() - t_ckpt > a.ckpt_minutes * 60:
             save()
@@ -334,6 +337,7 @@ def train_unet(a, meta, data, stopper):
                      "opt": opt.state_dict()}, ckpt)
 
     t_ckpt = t_start = t_log = t_sample = time.time()
+    c_log = time.process_time()
     acc = []
     unet.train()
     te.train()
@@ -373,14 +377,16 @@ def train_unet(a, meta, data, stopper):
         acc.append(loss.item())
         if step % a.log_every == 0 or step == a.unet_steps:
             dt = (time.time() - t_log) / len(acc)
+            ct = (time.process_time() - c_log) / len(acc)
             print(f"unet {step}/{a.unet_steps} loss {np.mean(acc):.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                  f"{dt:.3f} s/step eta {dt * (a.unet_steps - step) / 60:.1f} min", flush=True)
-            log(a.run, {"stage": "unet", "step": step, "loss": float(np.mean(acc)), "s_per_step": dt})
-            t_log, acc = time.time(), []
+                  f"{dt:.3f} s/step ({ct:.3f} cpu-s) eta {dt * (a.unet_steps - step) / 60:.1f} min", flush=True)
+            log(a.run, {"stage": "unet", "step": step, "loss": float(np.mean(acc)), "s_per_step": dt,
+                        "cpu_s_per_step": ct})
+            t_log, acc, c_log = time.time(), [], time.process_time()
         if a.sample_minutes and time.time() - t_sample > a.sample_minutes * 60:
             preview_samples(a, meta, ema_unet, ema_te, step, dev)
             t_sample = time.time()
-            t_log = time.time()
+            t_log, c_log = time.time(), time.process_time()
         out_of_time = a.minutes and time.time() - t_start > a.minutes * 60
         if stopper.stop or out_of_time or time.time() - t_ckpt > a.ckpt_minutes * 60:
             save()
@@ -389,7 +395,8 @@ def train_unet(a, meta, data, stopper):
                 print(f"unet: checkpoint at step {step}; continue with --resume")
                 return "stopped"
     save()
-    preview_samples(a, meta, ema_unet, ema_te, step, dev)
+    if a.sample_minutes:  # 0 = no previews at all
+        preview_samples(a, meta, ema_unet, ema_te, step, dev)
     print(f"unet: done at step {step}", flush=True)
 
 
