@@ -181,6 +181,23 @@ pub enum DiffusionError {
         reason: String,
     },
 
+    /// A folder of another pipeline than the one asked for, which we do run in its own role: an
+    /// x4 upscaler (`StableDiffusionUpscalePipeline`) where a text-to-image model is expected, or
+    /// a text-to-image folder where an upscaler is.
+    #[error("{path}: this is {what}, not {expected}; {instead}")]
+    WrongPipeline {
+        /// The folder's model_index.json.
+        path: PathBuf,
+        /// Its `_class_name` (e.g. "StableDiffusionUpscalePipeline").
+        class: String,
+        /// What the folder is, in words (naming `class`).
+        what: String,
+        /// What was expected, in words.
+        expected: String,
+        /// How to use the folder instead, in words.
+        instead: String,
+    },
+
     /// The tokenizer files could not be loaded or a prompt could not be tokenized.
     #[error("{path}: tokenizer error: {reason}")]
     Tokenizer {

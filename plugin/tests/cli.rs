@@ -382,3 +382,189 @@ fn upscale_with_the_model_keeps_a_sprites_transparency() {
     assert_eq!(big.get_pixel(111, 111).0[3], 0);
     assert_eq!(big.get_pixel(56, 56).0[3], 255);
 }
+
+#[test]
+fn pbr_refuses_a_name_that_leaves_the_out_dir() {
+    let dir = Scratch::new("pbr_name");
+    let input = dir.0.join("albedo.png");
+    image::RgbaImage::from_pixel(8, 8, image::Rgba([90, 140, 30, 255]))
+        .save(&input)
+        .unwrap();
+    let out_dir = dir.0.join("a").join("b");
+    for name in ["../../x", "/tmp/x", "sub/x", "..", "", "c:x", "sub\\x"] {
+        let o = texgen(&[
+            "pbr",
+            "--in",
+            input.to_str().unwrap(),
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+            "--name",
+            name,
+        ]);
+        let line = assert_one_error_line(&o);
+        assert!(
+            line.contains("--name") && line.contains(&format!("{name:?}")),
+            "{name}: {line}"
+        );
+    }
+    // Nothing was written anywhere under the scratch folder but the input.
+    assert_eq!(walk(&dir.0), vec![input.clone()]);
+    // A plain name still works.
+    let o = texgen(&[
+        "pbr",
+        "--in",
+        input.to_str().unwrap(),
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+        "--name",
+        "moss.v2",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out_dir.join("moss.v2_normal.png").is_file());
+}
+
+#[test]
+fn bake_refuses_item_names_that_leave_the_out_dir() {
+    // Bake's output names come from the manifest; the planner refuses these before any model
+    // work, so the PBR maps (NAME_normal.png, ...) cannot escape either.
+    let dir = Scratch::new("bake_name");
+    let manifest = dir.0.join("m.ron");
+    std::fs::write(
+        &manifest,
+        format!(
+            "(model: {:?}, items: {{ \"../x\": (prompt: \"p\", pbr: true, width: 16, height: 16, num_inference_steps: 1) }})",
+            fixture_model().display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = dir.0.join("out");
+    let o = texgen(&[
+        "bake",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_error_line(&o);
+    assert!(
+        stderr(&o).contains("invalid item name \"../x\""),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(walk(&dir.0), vec![manifest.clone()]);
+}
+
+/// A copy of the fixture model under `dir` whose scheduler `_class_name` is unknown.
+fn model_with_a_bogus_scheduler(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    let src = fixture_model();
+    for entry in walk(&src) {
+        let to = model.join(entry.strip_prefix(&src).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    let config = model.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("\"DDIMScheduler\"", "\"BogusScheduler\"");
+    assert!(text.contains("BogusScheduler"));
+    std::fs::write(&config, text).unwrap();
+    model
+}
+
+#[test]
+fn bake_names_the_stand_in_of_an_unknown_scheduler_class_once() {
+    let dir = Scratch::new("bake_stand_in");
+    let model = model_with_a_bogus_scheduler(&dir.0);
+    let manifest = dir.0.join("m.ron");
+    let write = |items: &str| {
+        std::fs::write(
+            &manifest,
+            format!(
+                "(model: {:?}, items: {{ {items} }})",
+                model.display().to_string()
+            ),
+        )
+        .unwrap()
+    };
+    let item = |name: &str, extra: &str| {
+        format!(
+            "\"{name}\": (prompt: \"{name}\", width: 16, height: 16, num_inference_steps: 1{extra}),"
+        )
+    };
+    write(&format!("{}{}", item("wall", ""), item("floor", "")));
+    let out = dir.0.join("out");
+    let args = [
+        "bake",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = texgen(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("warning: ") && l.contains("BogusScheduler"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "once per model, not per item: {err}");
+    assert!(warnings[0].contains("Ddim"), "names the stand-in: {err}");
+    // Items that name their scheduler: nothing to warn about.
+    write(&format!(
+        "{}{}",
+        item("wall", ", scheduler: euler"),
+        item("floor", ", scheduler: euler")
+    ));
+    let o = texgen(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("BogusScheduler"), "{}", stderr(&o));
+}
+
+#[test]
+fn generate_with_an_upscaler_folder_as_the_model_says_what_it_is_and_how_to_use_it() {
+    let dir = Scratch::new("upscaler_as_model");
+    let upscaler =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-sd-upscaler/model");
+    let out = dir.0.join("out.png");
+    let o = texgen(&[
+        "generate",
+        "--model",
+        upscaler.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let line = assert_one_error_line(&o);
+    assert!(
+        line.contains("StableDiffusionUpscalePipeline") && line.contains("x4 upscaler"),
+        "names what the folder is: {line}"
+    );
+    assert!(
+        line.contains("--upscaler")
+            && line.contains("LoadOptions::upscaler")
+            && line.contains("texgen upscale"),
+        "names what to use instead: {line}"
+    );
+    assert!(!line.contains("not supported"), "{line}");
+    assert!(!out.exists());
+    // The fixture folder above it (no model_index.json, but a references.safetensors): not "a
+    // single-file checkpoint to convert with StableDiffusionPipeline", but the pipeline inside.
+    let o = texgen(&[
+        "generate",
+        "--model",
+        upscaler.parent().unwrap().to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let line = assert_one_error_line(&o);
+    assert!(
+        line.contains("model has one")
+            && line.contains("StableDiffusionUpscalePipeline")
+            && line.contains("--upscaler"),
+        "{line}"
+    );
+    assert!(!line.contains("from_single_file"), "{line}");
+}

@@ -152,3 +152,30 @@ fn dropping_every_handle_of_a_material_cancels_its_request() {
     app.update();
     assert!(app.world().resource::<PendingMaterials>().is_empty());
 }
+
+#[test]
+fn a_sprite_material_keeps_its_base_colours_alpha() {
+    let mut app = material_app();
+    let sprite = submit_material(
+        &mut app,
+        GenerationRequest {
+            num_inference_steps: Some(1),
+            width: 16,
+            height: 16,
+            pbr: true,
+            ..GenerationRequest::sprite("gold coin")
+        },
+    );
+    // A sprite's transparency is kept (blended); a surface texture stays opaque.
+    assert_eq!(
+        material(&app, &sprite.material).alpha_mode,
+        bevy::material::AlphaMode::Blend
+    );
+    let texture = submit_material(&mut app, GenerationRequest::material("bricks"));
+    assert_eq!(
+        material(&app, &texture.material).alpha_mode,
+        bevy::material::AlphaMode::Opaque
+    );
+    drop(texture);
+    wait_ended(&mut app, sprite.id);
+}

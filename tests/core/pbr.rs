@@ -214,3 +214,91 @@ fn saves_the_four_maps_by_name() {
     assert_eq!((n.width(), n.height()), (8, 8));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A 32x32 sprite: a shaded disc (radius 9, opaque) on a transparent background whose hidden
+/// colour is `hidden(x, y)`.
+fn sprite(hidden: impl Fn(u32, u32) -> [u8; 3]) -> RgbaImage {
+    RgbaImage::from_fn(32, 32, |x, y| {
+        let (dx, dy) = (x as i32 - 16, y as i32 - 16);
+        if dx * dx + dy * dy <= 81 {
+            let v = (120 + 4 * dx + 3 * dy) as u8;
+            Rgba([v, v / 2, 40, 255])
+        } else {
+            let [r, g, b] = hidden(x, y);
+            Rgba([r, g, b, 0])
+        }
+    })
+}
+
+#[test]
+fn a_sprites_transparent_pixels_get_flat_maps_and_do_not_count_as_surface() {
+    let options = PbrOptions::default();
+    // Two sprites that differ only in the colour hidden under alpha 0: a busy checkerboard, and
+    // plain white (what a removed background often leaves).
+    let busy = sprite(|x, y| {
+        if (x / 2 + y / 2) % 2 == 0 {
+            [0, 0, 0]
+        } else {
+            [255; 3]
+        }
+    });
+    let white = sprite(|_, _| [255; 3]);
+    let maps = pbr_maps(&busy, &options).unwrap();
+    let images = PbrImages::from(&maps);
+    let flat_roughness = (options.roughness_base * 255.0).round() as u8;
+    for (x, y, p) in busy.enumerate_pixels() {
+        if p.0[3] != 0 {
+            continue;
+        }
+        let i = (y * 32 + x) as usize;
+        assert_eq!(maps.normals[i], [0.0, 0.0, 1.0], "({x}, {y})");
+        assert_eq!(
+            images.normal.get_pixel(x, y).0,
+            [128, 128, 255],
+            "({x}, {y})"
+        );
+        assert_eq!(maps.height.data[i], 0.0, "({x}, {y})");
+        assert_eq!(maps.ao.data[i], 1.0, "({x}, {y})");
+        assert_eq!(maps.roughness.data[i], options.roughness_base, "({x}, {y})");
+        assert_eq!(images.roughness.get_pixel(x, y).0, [flat_roughness]);
+    }
+    // The covered pixels' maps do not depend on the hidden colour.
+    let other = PbrImages::from(&pbr_maps(&white, &options).unwrap());
+    assert!(
+        images.normal == other.normal,
+        "normal map depends on the hidden colour"
+    );
+    assert!(
+        images.height == other.height,
+        "height map depends on the hidden colour"
+    );
+    assert!(images.roughness == other.roughness);
+    assert!(images.ao == other.ao);
+    // The disc is surface: raised above the background, with its own relief.
+    assert!(images.height.get_pixel(16, 16).0[0] > 0);
+    // Its top edge (row 7, below transparent row 6) steps down to the background at height 0:
+    // the normal leans away from the step, towards the top of the image (+Y, green > 128).
+    assert!(
+        images.normal.get_pixel(16, 7).0[1] > 128,
+        "{:?}",
+        images.normal.get_pixel(16, 7)
+    );
+    // The albedo keeps its alpha (the maps are computed from a borrowed image).
+    assert!(busy.get_pixel(0, 0).0[3] == 0 && busy.get_pixel(16, 16).0[3] == 255);
+}
+
+#[test]
+fn a_half_transparent_pixel_is_halfway_to_flat() {
+    // Uniform colour, alpha 128 everywhere: height and occlusion scale with the coverage.
+    let img = RgbaImage::from_pixel(8, 8, Rgba([200, 200, 200, 128]));
+    let maps = pbr_maps(&img, &PbrOptions::default()).unwrap();
+    let lum = 200.0 / 255.0 * (0.2126 + 0.7152 + 0.0722);
+    let w = 128.0 / 255.0;
+    for (i, &h) in maps.height.data.iter().enumerate() {
+        assert!((h - w * lum).abs() < 1e-4, "{i}: {h}");
+        assert!((maps.ao.data[i] - 1.0).abs() < 1e-5);
+        assert!((maps.roughness.data[i] - PbrOptions::default().roughness_base).abs() < 1e-5);
+        let n = maps.normals[i];
+        assert!(n[0].abs() < 1e-5 && n[1].abs() < 1e-5 && (n[2] - 1.0).abs() < 1e-5);
+    }
+}

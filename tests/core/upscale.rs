@@ -322,6 +322,15 @@ fn upscaler_and_text_to_image_folders_are_not_mixed_up() {
             && msg.contains("unet takes 7 input channels"),
         "{msg}"
     );
+    // Typed, naming the class, and saying how to use the folder instead.
+    assert!(
+        matches!(&e, DiffusionError::WrongPipeline { class, .. } if class == "StableDiffusionUpscalePipeline"),
+        "{e:?}"
+    );
+    assert!(
+        msg.contains("LoadOptions::upscaler") && msg.contains("--upscaler"),
+        "{msg}"
+    );
     // A text-to-image folder as an upscaler: refused, naming the unet's input channels.
     let e = Upscaler::load(&tiny_sd_model(), &LoadOptions::default())
         .err()
@@ -330,6 +339,10 @@ fn upscaler_and_text_to_image_folders_are_not_mixed_up() {
     assert!(
         msg.contains("StableDiffusionPipeline") && msg.contains("unet takes 4 input channels"),
         "{msg}"
+    );
+    assert!(
+        matches!(&e, DiffusionError::WrongPipeline { class, .. } if class == "StableDiffusionPipeline"),
+        "{e:?}"
     );
     // Noise level above max_noise_level.
     let req = UpscaleRequest {

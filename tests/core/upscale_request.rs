@@ -112,3 +112,94 @@ fn upscale_factors_are_bounded() {
     }
     assert!(request(Some(8)).validate(8).is_ok());
 }
+
+/// Counts the model work a generation did before it ended.
+#[derive(Default)]
+struct CountWork {
+    prompts_encoded: usize,
+    steps: usize,
+}
+
+impl bevy_diffusion::pipeline::GenerationHooks for CountWork {
+    fn on_step(&mut self, _step: &bevy_diffusion::pipeline::DenoisingStep) {
+        self.steps += 1;
+    }
+    fn on_prompt_encoded(&mut self, _truncated: bevy_diffusion::pipeline::PromptTruncation) {
+        self.prompts_encoded += 1;
+    }
+}
+
+/// An img2img request (size from the init image: `width`/`height` 0) of a `w x h` grey image.
+fn from_init_image(w: u32, h: u32, upscale: u32) -> GenerationRequest {
+    GenerationRequest {
+        init_image: Some(bevy_diffusion::request::InitImage::Rgba {
+            width: w,
+            height: h,
+            pixels: vec![128; (w * h * 4) as usize],
+        }),
+        strength: 0.5,
+        ..request(Some(upscale))
+    }
+}
+
+#[test]
+fn an_upscale_over_the_size_limit_is_refused_before_any_model_work() {
+    // The size comes from the init image (2064 px wide: 8256 px at 4x, over 8192), so
+    // `GenerationRequest::validate` cannot see it; the pipeline's up-front checks must.
+    let model = StableDiffusion::load(&tiny_sd_model(), &LoadOptions::default()).unwrap();
+    let req = from_init_image(2064, 64, 4);
+    assert!(
+        req.validate(8).is_ok(),
+        "the size is not known from the fields"
+    );
+    let mut work = CountWork::default();
+    let e = pipeline::generate(&model, &req, &mut work).unwrap_err();
+    match &e {
+        DiffusionError::InvalidRequest { field, value, .. } => {
+            assert_eq!((*field, value.as_str()), ("upscale", "4"), "{e}")
+        }
+        other => panic!("expected InvalidRequest, got {other}"),
+    }
+    assert!(e.to_string().contains("8256x256"), "{e}");
+    assert_eq!(
+        (work.prompts_encoded, work.steps),
+        (0, 0),
+        "refused before encoding or denoising: {e}"
+    );
+    // 2048 px at 4x is exactly 8192: allowed (checked without running it).
+    let fits = bevy_diffusion::pipeline::check_inputs(
+        &model,
+        &from_init_image(2048, 64, 4),
+        Some(&image::RgbaImage::new(2048, 64)),
+    );
+    assert_eq!(fits.unwrap(), (2048, 64));
+}
+
+#[test]
+fn an_image_too_large_for_the_x4_upscaler_is_refused_before_any_model_work() {
+    let options = LoadOptions {
+        upscaler: Some(upscaler_dir()),
+        ..LoadOptions::default()
+    };
+    let model = StableDiffusion::load(&tiny_sd_model(), &options).unwrap();
+    // 1040 px: 4160 px at 4x is under 8192, but the x4 upscaler takes at most 1024 a side.
+    let mut work = CountWork::default();
+    let e = pipeline::generate(&model, &from_init_image(1040, 64, 4), &mut work).unwrap_err();
+    match &e {
+        DiffusionError::InvalidRequest { field, value, .. } => {
+            assert_eq!((*field, value.as_str()), ("upscale", "4"), "{e}")
+        }
+        other => panic!("expected InvalidRequest, got {other}"),
+    }
+    assert!(e.to_string().contains("1040x64"), "{e}");
+    assert_eq!((work.prompts_encoded, work.steps), (0, 0), "{e}");
+    // Factor 2 does not run the upscaler (Lanczos): 1040 px is fine.
+    assert!(
+        bevy_diffusion::pipeline::check_inputs(
+            &model,
+            &from_init_image(1040, 64, 2),
+            Some(&image::RgbaImage::new(1040, 64)),
+        )
+        .is_ok()
+    );
+}

@@ -24,6 +24,7 @@ use bevy::ecs::message::MessageReader;
 use bevy::ecs::prelude::{IntoScheduleConfigs, Res, ResMut, Resource};
 use bevy::ecs::system::SystemParam;
 use bevy::image::Image;
+use bevy::material::AlphaMode;
 use bevy::pbr::StandardMaterial;
 use bevy::tasks::{AsyncComputeTaskPool, Task, futures::check_ready};
 use wgpu_types::{Extent3d, TextureDimension, TextureFormat};
@@ -117,14 +118,24 @@ impl DiffusionMaterials<'_, '_> {
     /// `metallic_roughness_texture` and `occlusion_texture` (one linear ORM texture: R occlusion,
     /// G roughness, B metallic) are set once the image is finished and its maps computed.
     /// Metallic is 0; `perceptual_roughness` 1 and `metallic` 1 multiply the texture's values.
+    /// A sprite request ([`AssetKind::Sprite`]) gets `AlphaMode::Blend`, so its transparent
+    /// background stays transparent (its maps are flat there, see [`crate::pipeline::pbr`]);
+    /// textures are `AlphaMode::Opaque`.
     ///
     /// Errors: the [`SubmitError`] of [`Diffusion::submit`].
     pub fn submit(&mut self, request: GenerationRequest) -> Result<SubmittedMaterial, SubmitError> {
+        // A sprite's transparent background must stay transparent on the mesh.
+        let alpha_mode = if request.kind == AssetKind::Sprite {
+            AlphaMode::Blend
+        } else {
+            AlphaMode::Opaque
+        };
         let job = self.diffusion.submit(request)?;
         let material = self.materials.add(StandardMaterial {
             base_color_texture: Some(job.handle.clone()),
             perceptual_roughness: 1.0,
             metallic: 1.0,
+            alpha_mode,
             ..Default::default()
         });
         self.pending.waiting.push((job.id, material.id()));

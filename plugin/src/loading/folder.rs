@@ -57,6 +57,11 @@ pub const SUPPORTED_PIPELINES: [&str; 7] = [
     "StableDiffusionXLImg2ImgPipeline",
 ];
 
+/// model_index.json `_class_name` of an x4 upscaler folder (diffusers'
+/// `StableDiffusionUpscalePipeline`): loaded as an upscaler (`LoadOptions::upscaler`), never
+/// as the text-to-image model.
+pub const UPSCALER_PIPELINE: &str = "StableDiffusionUpscalePipeline";
+
 /// Which Stable Diffusion generation a folder holds (for defaults and messages; the configs
 /// drive the actual computation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -307,6 +307,11 @@ pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
 
 /// Validates `request` against `model` and returns the output size `(width, height)` in pixels:
 /// the request's, else the init image's, else the UNet's native `sample_size * vae_scale`.
+/// The upscale of the last stage is checked against that size here too
+/// ([`upscale::check_upscale_size`]), before any model work.
+///
+/// Errors: [`DiffusionError::InvalidRequest`] naming the field (`width`, `height`, `upscale`,
+/// ...) and its value.
 pub fn check_inputs(
     model: &StableDiffusion,
     request: &GenerationRequest,
@@ -338,6 +343,8 @@ pub fn check_inputs(
             });
         }
     }
+    // The last stage's size, known now: an upscale that must fail fails before any model work.
+    upscale::check_upscale_size(model, request.upscale, (width, height))?;
     Ok((width, height))
 }
 

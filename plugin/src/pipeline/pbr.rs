@@ -26,10 +26,21 @@
 //! - **Ambient occlusion** (1 = unoccluded): `1 - ao_strength * max(0, blur(h) - h)`, clamped:
 //!   a point lower than its wrapped Gaussian neighbourhood ([`PbrOptions::ao_radius`]) is a
 //!   crevice and gets darker.
+//! - **Transparency** (sprites): with any pixel's alpha below 255, coverage `w = alpha / 255`
+//!   weights every filter (normalised convolutions over the covered pixels, so the hidden colour
+//!   of a transparent pixel never counts as surface), and each map is blended towards flat by
+//!   `1 - w`: a fully transparent pixel has height 0, normal (0, 0, 1) (RGB 128, 128, 255),
+//!   roughness [`PbrOptions::roughness_base`] and occlusion 1. The height is `w * h`, so a
+//!   sprite's silhouette is a step down to 0, which its normals show. Fully opaque images are
+//!   computed exactly as above.
 
 use image::{GrayImage, RgbImage, Rgba, RgbaImage};
 
 use crate::error::{DiffusionError, Result};
+
+mod alpha;
+mod images;
+pub use images::*;
 
 /// Strengths and radii of the PBR filters. All radii are in pixels of the input image; all
 /// heights are in luminance units (0 = black, 1 = white).
@@ -300,6 +311,9 @@ pub fn normals_from_height(height: &Field, strength: f32) -> Vec<[f32; 3]> {
 }
 
 /// Computes the four maps of `albedo` with `options` (see the module docs for the formulas).
+/// An albedo with any transparency (a sprite) is filtered over its covered pixels only, and its
+/// transparent pixels get flat maps (see the module docs' **Transparency**); the albedo itself
+/// is not changed (it keeps its alpha).
 ///
 /// Errors: [`DiffusionError::InvalidRequest`] for an empty image (`pbr.albedo`), one over
 /// 8192 pixels a side, or an option out of its range.
@@ -312,6 +326,9 @@ pub fn pbr_maps(albedo: &RgbaImage, options: &PbrOptions) -> Result<PbrMaps> {
             value: format!("{w}x{h}"),
             reason: "the image must be 1..=8192 pixels on each side".into(),
         });
+    }
+    if alpha::has_transparency(albedo) {
+        return Ok(alpha::pbr_maps_with_alpha(albedo, options));
     }
     let height = gaussian_blur_wrapped(&luminance(albedo), options.height_blur);
     let normals = normals_from_height(&height, options.normal_strength);
@@ -339,63 +356,4 @@ pub fn pbr_maps(albedo: &RgbaImage, options: &PbrOptions) -> Result<PbrMaps> {
         roughness,
         ao,
     })
-}
-
-/// The four maps as 8-bit images, named as `texgen pbr` writes them.
-#[derive(Debug, Clone)]
-pub struct PbrImages {
-    /// `NAME_normal.png`: RGB tangent-space normals, OpenGL (+Y up).
-    pub normal: RgbImage,
-    /// `NAME_height.png`: grey, 0 = low.
-    pub height: GrayImage,
-    /// `NAME_roughness.png`: grey, 255 = fully rough.
-    pub roughness: GrayImage,
-    /// `NAME_ao.png`: grey, 255 = unoccluded.
-    pub ao: GrayImage,
-}
-
-impl From<&PbrMaps> for PbrImages {
-    fn from(m: &PbrMaps) -> Self {
-        Self {
-            normal: m.normal_image(),
-            height: m.height.to_gray(),
-            roughness: m.roughness.to_gray(),
-            ao: m.ao.to_gray(),
-        }
-    }
-}
-
-/// The file-name suffixes of the four maps, in [`PbrImages::save`]'s order.
-pub const PBR_MAP_SUFFIXES: [&str; 4] = ["normal", "height", "roughness", "ao"];
-
-/// `dir/NAME_normal.png`, `NAME_height.png`, `NAME_roughness.png`, `NAME_ao.png`.
-pub fn map_paths(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
-    PBR_MAP_SUFFIXES
-        .iter()
-        .map(|suffix| dir.join(format!("{name}_{suffix}.png")))
-        .collect()
-}
-
-impl PbrImages {
-    /// Writes `NAME_normal.png`, `NAME_height.png`, `NAME_roughness.png` and `NAME_ao.png` into
-    /// `dir` (created if missing) and returns the paths in that order.
-    ///
-    /// Errors: [`DiffusionError::Io`] / [`DiffusionError::Image`] naming the file.
-    pub fn save(&self, dir: &std::path::Path, name: &str) -> Result<Vec<std::path::PathBuf>> {
-        std::fs::create_dir_all(dir).map_err(|e| DiffusionError::io(dir, e))?;
-        let paths = map_paths(dir, name);
-        let images: [image::DynamicImage; 4] = [
-            self.normal.clone().into(),
-            self.height.clone().into(),
-            self.roughness.clone().into(),
-            self.ao.clone().into(),
-        ];
-        for (path, img) in paths.iter().zip(images) {
-            img.save(path).map_err(|e| DiffusionError::Image {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        }
-        Ok(paths)
-    }
 }

@@ -198,6 +198,7 @@ fn problem_path(e: &DiffusionError) -> Option<&Path> {
         | E::InvalidConfig { path, .. }
         | E::UnsupportedConfig { path, .. }
         | E::UnsupportedModel { path, .. }
+        | E::WrongPipeline { path, .. }
         | E::Tokenizer { path, .. }
         | E::Image { path, .. }
         | E::Io { path, .. } => Some(path),
@@ -244,6 +245,7 @@ pub fn inspect(dir: &Path, options: &InspectOptions) -> InspectReport {
     let folder = folder::validate(dir, &folder_options);
     let refused = folder.problems.iter().find_map(|p| match p {
         DiffusionError::UnsupportedModel { family, .. } => Some(family.clone()),
+        DiffusionError::WrongPipeline { class, .. } => Some(class.clone()),
         _ => None,
     });
     let mut report = InspectReport {

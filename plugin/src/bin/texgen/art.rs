@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use bevy_diffusion::pipeline::pbr::{PbrImages, PbrOptions, pbr_maps};
+use bevy_diffusion::pipeline::pbr::{PbrImages, PbrOptions, check_map_name, pbr_maps};
 use bevy_diffusion::pipeline::upscale::{
     UpscaleNoise, UpscaleRequest, Upscaler, keep_alpha, lanczos_upscale,
 };
@@ -21,7 +21,7 @@ pub struct PbrArgs {
     /// Folder for NAME_normal.png, NAME_height.png, NAME_roughness.png, NAME_ao.png.
     #[arg(long)]
     out_dir: PathBuf,
-    /// NAME (default: the input's file stem).
+    /// NAME (default: the input's file stem): a plain file-name stem, no path separators or `..`.
     #[arg(long)]
     name: Option<String>,
     /// Bump depth: height in pixels of a black-to-white step.
@@ -43,9 +43,6 @@ pub struct PbrArgs {
 
 /// `texgen pbr --in PNG --out-dir DIR`.
 pub fn pbr(args: PbrArgs) -> Result<()> {
-    let albedo = image::open(&args.input)
-        .with_context(|| format!("--in {}", args.input.display()))?
-        .to_rgba8();
     let name = match &args.name {
         Some(n) => n.clone(),
         None => args
@@ -54,6 +51,15 @@ pub fn pbr(args: PbrArgs) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .context("--in has no file name")?,
     };
+    // Before any work: NAME must keep the maps inside --out-dir (no `../`, no absolute path).
+    check_map_name(&name).context(if args.name.is_some() {
+        "--name"
+    } else {
+        "--in (its file stem is the NAME)"
+    })?;
+    let albedo = image::open(&args.input)
+        .with_context(|| format!("--in {}", args.input.display()))?
+        .to_rgba8();
     let options = PbrOptions {
         normal_strength: args.normal_strength,
         height_blur: args.height_blur,

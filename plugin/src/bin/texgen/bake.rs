@@ -41,8 +41,12 @@ pub(crate) fn bake(args: BakeArgs) -> Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    // Whether an item to generate leaves the scheduler to the folder (then a stand-in is
+    // worth saying, once, when the model loads).
+    let mut folder_scheduler = false;
     let mut on_event = |event: &BakeEvent<'_>| match event {
         BakeEvent::Planned { items } => {
+            folder_scheduler = uses_folder_scheduler(items);
             let needed = items
                 .iter()
                 .filter(|i| matches!(i.state, ItemState::Needed(_)))
@@ -60,7 +64,10 @@ pub(crate) fn bake(args: BakeArgs) -> Result<()> {
         }
         BakeEvent::LoadingModel { dir } => bar.set_message(format!("loading {}", dir.display())),
         BakeEvent::ModelLoaded { dir, seconds } => {
-            status(&bar, format!("loaded {} in {seconds:.2} s", dir.display()))
+            status(&bar, format!("loaded {} in {seconds:.2} s", dir.display()));
+            if folder_scheduler && let Some(line) = scheduler_stand_in_line(dir) {
+                status(&bar, line);
+            }
         }
         BakeEvent::ItemStarted { name, reason, .. } => {
             bar.set_message(format!("{name} ({reason})"))
@@ -125,4 +132,25 @@ pub(crate) fn bake(args: BakeArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// True when an item of the plan that will be generated names no scheduler (it runs the
+/// folder's `scheduler_config.json` class, or that class's stand-in).
+pub(crate) fn uses_folder_scheduler(items: &[bevy_diffusion::tools::bake::PlannedItem]) -> bool {
+    items
+        .iter()
+        .any(|i| matches!(i.state, ItemState::Needed(_)) && i.item.request.scheduler.is_none())
+}
+
+/// `warning: ...` (an unknown `_class_name`) or `note: ...` (a known class we run a stand-in
+/// for) about the model folder `dir`'s scheduler, as `texgen generate` prints it; `None` when
+/// the class runs exactly or the config cannot be read (loading the model already read it).
+pub(crate) fn scheduler_stand_in_line(dir: &Path) -> Option<String> {
+    let path = dir.join("scheduler").join("scheduler_config.json");
+    let config = bevy_diffusion::schedulers::SchedulerConfig::from_file(&path).ok()?;
+    let (note, unknown) = config.stand_in()?;
+    Some(format!(
+        "{}: {note}",
+        if unknown { "warning" } else { "note" }
+    ))
 }

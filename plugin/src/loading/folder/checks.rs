@@ -43,16 +43,19 @@ pub(super) fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool
                         x == "safetensors" || PICKLE_EXTENSIONS.contains(&x.as_str())
                     })
             });
-        let what = if single_file {
+        let what = if let Some(hint) = nested_pipeline_hint(dir) {
+            format!("the diffusers pipeline index; {hint}")
+        } else if single_file {
             "the diffusers pipeline index; this looks like a single-file checkpoint: convert it with \
              diffusers' `StableDiffusionPipeline.from_single_file(...).save_pretrained(..., \
              safe_serialization=True)`"
+                .into()
         } else {
-            "the diffusers pipeline index (written by `save_pretrained`)"
+            "the diffusers pipeline index (written by `save_pretrained`)".into()
         };
         problems.push(DiffusionError::MissingFile {
             path: index_path.clone(),
-            what: what.into(),
+            what,
         });
         None
     };
@@ -74,6 +77,12 @@ pub(super) fn inspect(dir: &Path, options: &FolderOptions, check_tokenizer: bool
 
     // Families we refuse: stop here, nothing else matters.
     let sdxl = sdxl_marks(dir, class_name.as_deref(), index.as_ref());
+    if let Some(class) = &class_name
+        && let Some(e) = wrong_pipeline(&index_path, class)
+    {
+        problems.push(e);
+        return report;
+    }
     if let Some(class) = &class_name
         && let Some((family, reason)) = refused_pipeline(class)
     {

@@ -4,6 +4,55 @@
 
 use super::*;
 
+/// The error for a pipeline class we run, but not as a text-to-image model: the x4 upscaler
+/// ([`UPSCALER_PIPELINE`]), named with what to use instead. `None` for other classes.
+pub(super) fn wrong_pipeline(index_path: &Path, class: &str) -> Option<DiffusionError> {
+    (class == UPSCALER_PIPELINE).then(|| DiffusionError::WrongPipeline {
+        path: index_path.to_path_buf(),
+        class: class.to_string(),
+        what: format!(
+            "an x4 upscaler folder (`_class_name` = {class}: its unet takes 7 input channels, 4 \
+             latents + 3 low-res image channels, with a low_res_scheduler)"
+        ),
+        expected: "a text-to-image model".into(),
+        instead: "give it as the upscaler of a text-to-image model (`texgen generate --model \
+                  MODEL --upscaler DIR --upscale 4`, `LoadOptions::upscaler`), or upscale an \
+                  image with it (`texgen upscale --model DIR --in PNG --out PNG`)"
+            .into(),
+    })
+}
+
+/// For a folder without model_index.json: the first subfolder (in name order, among the first
+/// 256 entries) that has one, named with its `_class_name` (and, for an x4 upscaler, how it is
+/// used), e.g. a fixture or download folder holding the pipeline in `model/`.
+pub(super) fn nested_pipeline_hint(dir: &Path) -> Option<String> {
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .take(256)
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| crate::loading::model_files::is_file(&p.join("model_index.json")))
+        .collect();
+    subdirs.sort();
+    let sub = subdirs.into_iter().next()?;
+    let class = read_json(&sub.join("model_index.json"))
+        .ok()
+        .and_then(|j| j.get("_class_name")?.as_str().map(str::to_string));
+    let what = match class.as_deref() {
+        Some(UPSCALER_PIPELINE) => format!(
+            " (`_class_name` = {UPSCALER_PIPELINE}, an x4 upscaler: give it as the upscaler, \
+             `--upscaler {}` / `LoadOptions::upscaler`, or to `texgen upscale --model`)",
+            sub.display()
+        ),
+        Some(class) => format!(" (`_class_name` = {class})"),
+        None => String::new(),
+    };
+    Some(format!(
+        "{} has one{what}: is that the model folder?",
+        sub.display()
+    ))
+}
+
 /// The family name and reason for a pipeline class we refuse, `None` for supported ones.
 pub(super) fn refused_pipeline(class: &str) -> Option<(String, String)> {
     if SUPPORTED_PIPELINES.contains(&class) {
@@ -27,10 +76,9 @@ pub(super) fn refused_pipeline(class: &str) -> Option<(String, String)> {
         )
     } else if class.contains("Upscale") {
         (
-            "Stable Diffusion upscaler",
-            "an x4 upscaler folder (its unet takes 7 input channels: 4 latents + 3 low-res image \
-             channels, with a low_res_scheduler) is not a text-to-image model; use it to upscale \
-             (`texgen upscale --model DIR`, `pipeline::upscale::Upscaler::load`)",
+            class,
+            "only the x4 upscaler (StableDiffusionUpscalePipeline) is implemented, and it is \
+             loaded as an upscaler (`--upscaler DIR`, `LoadOptions::upscaler`), not as the model",
         )
     } else if class.contains("Depth2Img") {
         (

@@ -300,6 +300,57 @@ pub fn upscale_output(
     }
 }
 
+/// The largest side, in pixels, of an upscaled output ([`lanczos_upscale`]'s limit).
+pub const MAX_UPSCALED_SIDE: u32 = 8192;
+
+/// The size checks of [`upscale_output`] for a generation whose image is `width x height`
+/// pixels, made up front by [`crate::pipeline::check_inputs`] (the size is only known once the
+/// init image is read), so that an upscale that must fail is refused before any denoising or
+/// decoding. `factor` is `request.upscale`; `None` and 1 pass.
+///
+/// Errors: [`DiffusionError::InvalidRequest`] naming `upscale` and its factor when the output
+/// would be over [`MAX_UPSCALED_SIDE`] pixels a side, or when `model`'s x4 upscaler would run
+/// and the image is not 8..=1024 pixels a side (what [`upscale`] takes).
+pub fn check_upscale_size(
+    model: &crate::pipeline::model::StableDiffusion,
+    factor: Option<u32>,
+    (width, height): (u32, u32),
+) -> Result<()> {
+    let factor = match factor {
+        None | Some(1) => return Ok(()),
+        Some(f) => f,
+    };
+    let bad = |reason: String| DiffusionError::InvalidRequest {
+        field: "upscale",
+        value: factor.to_string(),
+        reason,
+    };
+    let (big_w, big_h) = (
+        u64::from(width) * u64::from(factor),
+        u64::from(height) * u64::from(factor),
+    );
+    if big_w > u64::from(MAX_UPSCALED_SIDE) || big_h > u64::from(MAX_UPSCALED_SIDE) {
+        return Err(bad(format!(
+            "the {width}x{height} image upscaled {factor}x would be {big_w}x{big_h}, over \
+             {MAX_UPSCALED_SIDE} pixels a side; set a smaller width/height (or init image) or factor"
+        )));
+    }
+    if let Some(up) = &model.upscaler
+        && factor as usize == up.factor()
+    {
+        let (w4, h4) = (width - width % 4, height - height % 4);
+        if !(8..=1024).contains(&w4) || !(8..=1024).contains(&h4) {
+            return Err(bad(format!(
+                "the x4 upscaler ({}) takes images of 8..=1024 pixels a side and this one is \
+                 {width}x{height}; set width/height to at most 1024, or upscale by another factor \
+                 (Lanczos)",
+                up.dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The diffusion upscaler draws RGB only: gives `big` (the `factor`x upscale of `low`, whose
 /// sides the upscaler first rounded down to a multiple of 4) `low`'s alpha, resampled with
 /// [`lanczos_upscale`] (wrapping on `tiling`'s axes), when `low` has any transparency

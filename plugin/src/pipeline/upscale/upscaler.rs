@@ -18,7 +18,7 @@ use crate::schedulers::SchedulerConfig;
 use crate::schedulers::schedule::{cumprod, torch_linspace_f32};
 
 /// model_index.json `_class_name` of an x4 upscaler folder.
-pub const UPSCALER_CLASS: &str = "StableDiffusionUpscalePipeline";
+pub const UPSCALER_CLASS: &str = crate::loading::folder::UPSCALER_PIPELINE;
 /// UNet input channels of the x4 upscaler: 4 latents + 3 low-res image channels.
 pub const UPSCALER_UNET_CHANNELS: usize = 7;
 /// The VAE scaling factor diffusers' upscale pipeline always uses.
@@ -78,16 +78,21 @@ fn not_an_upscaler(dir: &Path, class: &str) -> DiffusionError {
     let unet_channels = read_json(&dir.join("unet/config.json"))
         .ok()
         .and_then(|c| c.get("in_channels").and_then(Value::as_u64));
-    DiffusionError::UnsupportedModel {
+    DiffusionError::WrongPipeline {
         path: dir.join("model_index.json"),
-        family: class.to_string(),
-        reason: format!(
-            "this is not an x4 upscaler folder (model_index.json `_class_name` must be \
-             {UPSCALER_CLASS}; its unet takes {} input channels where an upscaler's takes \
-             {UPSCALER_UNET_CHANNELS}: 4 latents + 3 low-res image channels, and it needs a \
-             low_res_scheduler); load it as a text-to-image model instead",
+        class: class.to_string(),
+        what: format!(
+            "a {class} folder (its unet takes {} input channels)",
             unet_channels.map_or("?".to_string(), |c| c.to_string())
         ),
+        expected: format!(
+            "an x4 upscaler folder (model_index.json `_class_name` {UPSCALER_CLASS}: a unet \
+             taking {UPSCALER_UNET_CHANNELS} input channels, 4 latents + 3 low-res image \
+             channels, and a low_res_scheduler)"
+        ),
+        instead: "load it as the text-to-image model instead (`--model DIR`, \
+                  `StableDiffusion::load`)"
+            .into(),
     }
 }
 
@@ -230,7 +235,7 @@ impl Upscaler {
     /// Loads an x4 upscaler folder (diffusers' `StableDiffusionUpscalePipeline.save_pretrained`
     /// layout: text_encoder/, tokenizer/, unet/, vae/, scheduler/, low_res_scheduler/).
     ///
-    /// Errors: [`DiffusionError::UnsupportedModel`] when model_index.json names another pipeline
+    /// Errors: [`DiffusionError::WrongPipeline`] when model_index.json names another pipeline
     /// (a text-to-image folder: the message names its unet's input channels);
     /// [`DiffusionError::InvalidConfig`] naming `unet/config.json` `in_channels` (not 7) or
     /// `num_class_embeds` (missing: the noise-level embedding); the loading errors of
