@@ -144,6 +144,21 @@ impl JsonConfig {
         self.raw(key).map(|v| self.parse(key, v)).transpose()
     }
 
+    /// `key` as `T`, a present `null` included (`Option<T>` reads it as `None`); `default` when
+    /// absent.
+    ///
+    /// Errors: [`DiffusionError::InvalidConfig`] naming the file, `key`, serde's reason and the
+    /// value found, or `missing` when `key` is absent and there is no default.
+    pub fn field<T: DeserializeOwned>(&self, key: &str, default: Option<T>) -> crate::Result<T> {
+        match (self.map.get(key), default) {
+            (Some(v), _) => {
+                T::deserialize(v).map_err(|e| self.invalid(key, format!("{e} (found {v})")))
+            }
+            (None, Some(d)) => Ok(d),
+            (None, None) => Err(self.invalid(key, "missing")),
+        }
+    }
+
     /// An `InvalidConfig` error naming `key` and `reason`.
     pub fn invalid(&self, key: &str, reason: impl Into<String>) -> DiffusionError {
         DiffusionError::config(&self.path, key, reason)

@@ -1,41 +1,12 @@
 //! The `texgen` binary itself: exit codes, the one-line error, bake's summary and inspect's
 //! report (the logic is tested on the core in `tests/core/bake.rs`).
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn fixture_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-sd/model")
-}
-
-fn texgen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_texgen"))
-        .args(args)
-        .output()
-        .expect("run texgen")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A fresh scratch folder, removed when dropped.
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir()
-            .join("bevy_diffusion_cli")
-            .join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use support::{Scratch, fixture_model, stderr, texgen};
 
 /// The last line of stderr is the one error line, and it is the only one.
 fn assert_one_error_line(o: &Output) -> String {

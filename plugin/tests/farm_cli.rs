@@ -8,26 +8,13 @@
 #[path = "../../tests/support/farm.rs"]
 #[allow(dead_code)]
 mod nats;
+mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 use nats::NatsServer;
-
-fn fixture_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-sd/model")
-}
-
-fn texgen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_texgen"))
-        .args(args)
-        .output()
-        .expect("run texgen")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use support::{Scratch, fixture_model, stderr, texgen};
 
 /// The one `texgen: error:` line of a failed run (exit code 1).
 fn error_line(o: &Output) -> String {
@@ -39,26 +26,6 @@ fn error_line(o: &Output) -> String {
         .collect();
     assert_eq!(errors.len(), 1, "{err}");
     errors[0].to_string()
-}
-
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir()
-            .join("bevy_diffusion_farm_cli")
-            .join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_string()
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `texgen serve --nats url --model tiny-sd`, SIGKILLed on drop.

@@ -8,44 +8,24 @@ use std::sync::OnceLock;
 
 use bevy_diffusion::noise::{NoiseSource, SeededNoise};
 use bevy_diffusion::pipeline::inpaint::{self, generate_inpaint, load_mask};
-use bevy_diffusion::pipeline::{DenoisingStep, ExplicitNoise, GenerationHooks, NoHooks};
+use bevy_diffusion::pipeline::{ExplicitNoise, NoHooks};
 use bevy_diffusion::request::InitImage;
 use bevy_diffusion::{
     DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling,
 };
-use bevy_diffusion_tests::{assert_close, tiny_sd_model};
-use candle_core::{DType, Device, Tensor};
+use bevy_diffusion_tests::parity::{
+    ALL_STEP_TENSORS, StepRecorder, assert_steps_match, image_hwc, seam_ratio,
+};
+use bevy_diffusion_tests::{References, assert_close, tiny_sd_model};
+use candle_core::Device;
 
 pub fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny-sd-inpaint")
 }
 
-struct Refs {
-    tensors: std::collections::HashMap<String, Tensor>,
-    json: serde_json::Value,
-}
-impl Refs {
-    fn get(&self, name: &str) -> Tensor {
-        self.tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("reference `{name}`"))
-            .to_dtype(DType::F32)
-            .unwrap()
-    }
-}
-
-fn refs() -> &'static Refs {
-    static R: OnceLock<Refs> = OnceLock::new();
-    R.get_or_init(|| {
-        let dir = fixture_dir();
-        let tensors =
-            candle_core::safetensors::load(dir.join("references.safetensors"), &Device::Cpu)
-                .unwrap();
-        let json =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("references.json")).unwrap())
-                .unwrap();
-        Refs { tensors, json }
-    })
+fn refs() -> &'static References {
+    static R: OnceLock<References> = OnceLock::new();
+    R.get_or_init(|| References::load_from(&fixture_dir()))
 }
 
 fn model() -> &'static StableDiffusion {
@@ -69,25 +49,6 @@ fn tiny_sd() -> &'static StableDiffusion {
     M.get_or_init(|| StableDiffusion::load(&tiny_sd_model(), &LoadOptions::default()).unwrap())
 }
 
-#[derive(Default)]
-struct Recorder(Vec<DenoisingStep>);
-impl GenerationHooks for Recorder {
-    fn on_step(&mut self, s: &DenoisingStep) {
-        self.0.push(s.clone());
-    }
-}
-
-/// `[H, W, 3]` in [0, 1] of an RGBA8 image (to compare with the references' `image`).
-fn image_hwc(img: &image::RgbaImage) -> Tensor {
-    let (w, h) = img.dimensions();
-    let v: Vec<f32> = img
-        .pixels()
-        .flat_map(|p| [p.0[0], p.0[1], p.0[2]])
-        .map(|c| c as f32 / 255.0)
-        .collect();
-    Tensor::from_vec(v, (h as usize, w as usize, 3), &Device::Cpu).unwrap()
-}
-
 #[test]
 fn unet_t500_nine_channels() {
     let r = refs();
@@ -102,7 +63,7 @@ fn unet_t500_nine_channels() {
         .unwrap();
     for (name, t) in &rec {
         let key = format!("unet_t500/intermediate/{name}");
-        if r.tensors.contains_key(&key) {
+        if r.has(&key) {
             assert_close(&key, t, &r.get(&key));
         }
     }
@@ -130,7 +91,7 @@ fn request_for(case: &str) -> GenerationRequest {
 fn run_case(case: &str) {
     let r = refs();
     let req = request_for(case);
-    let has = |n: &str| r.tensors.contains_key(&format!("{case}/{n}"));
+    let has = |n: &str| r.has(&format!("{case}/{n}"));
     let explicit = ExplicitNoise {
         noise: Some(r.get(&format!("{case}/noise"))),
         vae_sample_eps: has("image_vae_eps").then(|| r.get(&format!("{case}/image_vae_eps"))),
@@ -163,7 +124,7 @@ fn run_case(case: &str) {
         &ml.narrow(0, 0, 1).unwrap(),
     );
 
-    let mut rec = Recorder::default();
+    let mut rec = StepRecorder::default();
     let eps = r.get(&format!("{case}/masked_image_vae_eps"));
     let out = generate_inpaint(
         model(),
@@ -181,20 +142,9 @@ fn run_case(case: &str) {
         .map(|v| v.as_f64().unwrap())
         .collect();
     assert_eq!(out.timesteps, unet_ts);
-    assert_eq!(rec.0.len(), unet_ts.len());
-    for (i, s) in rec.0.iter().enumerate() {
-        for (name, t) in [
-            ("latents_in", &s.latents_in),
-            ("unet_input", &s.unet_input),
-            ("unet_output", &s.unet_output),
-            ("noise_pred", &s.noise_pred),
-            ("pred_original_sample", &s.pred_original_sample),
-            ("latents_out", &s.latents_out),
-        ] {
-            let key = format!("{case}/step_{i:02}/{name}");
-            assert_close(&key, t, &r.get(&key));
-        }
-    }
+    assert_steps_match(case, &rec.steps, unet_ts.len(), &ALL_STEP_TENSORS, |n| {
+        r.get(n)
+    });
     assert_close(
         "final_latents",
         &out.final_latents,
@@ -291,7 +241,7 @@ fn four_channel_blend_follows_the_diffusers_formula() {
         noise: Some(noise.clone()),
         vae_sample_eps: Some(eps.clone()),
     };
-    let mut rec = Recorder::default();
+    let mut rec = StepRecorder::default();
     let out = generate_inpaint(
         model,
         &req,
@@ -331,10 +281,10 @@ fn four_channel_blend_follows_the_diffusers_formula() {
     };
     let sched = build();
     // strength 1: pure noise start, 4-channel UNet input.
-    assert_close("start", &rec.0[0].latents_in, &noise);
-    assert_eq!(rec.0[0].unet_input.dims(), &[2, 4, 8, 8]);
+    assert_close("start", &rec.steps[0].latents_in, &noise);
+    assert_eq!(rec.steps[0].unet_input.dims(), &[2, 4, 8, 8]);
     let mut x = noise.clone();
-    for (i, s) in rec.0.iter().enumerate() {
+    for (i, s) in rec.steps.iter().enumerate() {
         assert_close(&format!("step {i} latents_in"), &s.latents_in, &x);
         let mut dummy = SeededNoise::new(0);
         // DDIM (eta 0) is stateless: a fresh scheduler steps like the pipeline's.
@@ -472,37 +422,12 @@ fn four_channel_inpaint_keeps_the_outside() {
     assert!(vs_original <= trip_vs_original + 5.0);
 }
 
-fn seam_ratio(img: &image::RgbaImage, along_x: bool) -> f64 {
-    let (w, h) = img.dimensions();
-    let (n, m) = if along_x { (w, h) } else { (h, w) };
-    let px = |i: u32, j: u32| {
-        if along_x {
-            img.get_pixel(i, j)
-        } else {
-            img.get_pixel(j, i)
-        }
-    };
-    let diff = |a: u32, b: u32| -> f64 {
-        (0..m)
-            .map(|j| {
-                (0..3)
-                    .map(|c| (px(a, j).0[c] as f64 - px(b, j).0[c] as f64).abs())
-                    .sum::<f64>()
-            })
-            .sum::<f64>()
-            / (m as f64 * 3.0)
-    };
-    let seam = diff(n - 1, 0);
-    let interior = (0..n - 1).map(|i| diff(i, i + 1)).sum::<f64>() / (n - 1) as f64;
-    seam / interior
-}
-
 /// A seamless texture inpainted with tiling xy keeps its seam statistic (<= 1.1, as the
 /// text-to-image tiling test), for both the 4-channel and the 9-channel path.
 #[test]
 fn seamless_texture_stays_seamless_after_inpainting() {
     let texture = tiny_sd_texture(Tiling::XY);
-    let before = (seam_ratio(&texture, true) + seam_ratio(&texture, false)) / 2.0;
+    let before = (seam_ratio(&texture, true, 1) + seam_ratio(&texture, false, 1)) / 2.0;
     let mut after = Vec::new();
     // 4-channel: an interior mask (a legacy inpaint leaves a visible edge at the mask's border,
     // which must not sit on the seam being measured); 9-channel: a mask across the right and
@@ -527,7 +452,7 @@ fn seamless_texture_stays_seamless_after_inpainting() {
             ..Default::default()
         };
         let out = bevy_diffusion::pipeline::generate(model, &req, &mut NoHooks).unwrap();
-        after.push((seam_ratio(&out.image, true) + seam_ratio(&out.image, false)) / 2.0);
+        after.push((seam_ratio(&out.image, true, 1) + seam_ratio(&out.image, false, 1)) / 2.0);
     }
     let mean = after.iter().sum::<f64>() / after.len() as f64;
     eprintln!(
@@ -623,7 +548,7 @@ fn four_channel_inpaint_matches_diffusers() {
             vae_sample_eps: Some(get(&format!("{case}/image_vae_eps"))),
         };
         let eps = get(&format!("{case}/masked_image_vae_eps"));
-        let mut rec = Recorder::default();
+        let mut rec = StepRecorder::default();
         let out = generate_inpaint(
             tiny_sd(),
             &req,
@@ -633,18 +558,8 @@ fn four_channel_inpaint_matches_diffusers() {
             &mut rec,
         )
         .unwrap();
-        assert_eq!(rec.0.len(), steps);
-        for (i, s) in rec.0.iter().enumerate() {
-            for (name, t) in [
-                ("latents_in", &s.latents_in),
-                ("unet_input", &s.unet_input),
-                ("noise_pred", &s.noise_pred),
-                ("latents_out", &s.latents_out),
-            ] {
-                let key = format!("{case}/step_{i:02}/{name}");
-                assert_close(&key, t, &get(&key));
-            }
-        }
+        let stored = ["latents_in", "unet_input", "noise_pred", "latents_out"];
+        assert_steps_match(case, &rec.steps, steps, &stored, &get);
         assert_close(
             case,
             &out.final_latents,

@@ -7,44 +7,24 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use bevy_diffusion::noise::SeededNoise;
+use bevy_diffusion::pipeline::NoHooks;
 use bevy_diffusion::pipeline::upscale::{
     UpscaleNoise, UpscaleRequest, Upscaler, lanczos_upscale, upscale, upscale_with_noise,
 };
-use bevy_diffusion::pipeline::{DenoisingStep, GenerationHooks, NoHooks};
 use bevy_diffusion::{DiffusionError, LoadOptions, SchedulerKind, StableDiffusion, Tiling};
-use bevy_diffusion_tests::{assert_close, max_abs_diff, tiny_sd_model};
-use candle_core::{DType, Device, Tensor};
+use bevy_diffusion_tests::parity::{
+    ALL_STEP_TENSORS, StepRecorder, assert_steps_match, image_hwc, seam_ratio,
+};
+use bevy_diffusion_tests::{References, assert_close, max_abs_diff, tiny_sd_model};
+use candle_core::{Device, Tensor};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny-sd-upscaler")
 }
 
-struct Refs {
-    tensors: std::collections::HashMap<String, Tensor>,
-    json: serde_json::Value,
-}
-impl Refs {
-    fn get(&self, name: &str) -> Tensor {
-        self.tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("reference `{name}`"))
-            .to_dtype(DType::F32)
-            .unwrap()
-    }
-}
-
-fn refs() -> &'static Refs {
-    static R: OnceLock<Refs> = OnceLock::new();
-    R.get_or_init(|| {
-        let dir = fixture_dir();
-        let tensors =
-            candle_core::safetensors::load(dir.join("references.safetensors"), &Device::Cpu)
-                .unwrap();
-        let json =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("references.json")).unwrap())
-                .unwrap();
-        Refs { tensors, json }
-    })
+fn refs() -> &'static References {
+    static R: OnceLock<References> = OnceLock::new();
+    R.get_or_init(|| References::load_from(&fixture_dir()))
 }
 
 fn upscaler() -> &'static Upscaler {
@@ -53,14 +33,6 @@ fn upscaler() -> &'static Upscaler {
         Upscaler::load(&fixture_dir().join("model"), &LoadOptions::default())
             .expect("tiny-sd-upscaler loads")
     })
-}
-
-#[derive(Default)]
-struct Recorder(Vec<DenoisingStep>);
-impl GenerationHooks for Recorder {
-    fn on_step(&mut self, s: &DenoisingStep) {
-        self.0.push(s.clone());
-    }
 }
 
 #[test]
@@ -80,7 +52,7 @@ fn unet_t500_b2_with_class_labels() {
     let mut checked = 0;
     for (name, t) in &rec {
         let key = format!("unet_t500_b2/intermediate/{name}");
-        if r.tensors.contains_key(&key) {
+        if r.has(&key) {
             assert_close(&key, t, &r.get(&key));
             checked += 1;
         }
@@ -113,7 +85,7 @@ fn vae_decode_three_levels() {
         .unwrap();
     for (name, t) in &rec {
         let key = format!("vae_decode/intermediate/{name}");
-        if r.tensors.contains_key(&key) {
+        if r.has(&key) {
             assert_close(&key, t, &r.get(&key));
         }
     }
@@ -122,16 +94,6 @@ fn vae_decode_three_levels() {
         &out,
         &r.get("vae_decode/decoded_raw"),
     );
-}
-
-fn image_hwc(img: &image::RgbaImage) -> Tensor {
-    let (w, h) = img.dimensions();
-    let v: Vec<f32> = img
-        .pixels()
-        .flat_map(|p| [p.0[0], p.0[1], p.0[2]])
-        .map(|c| c as f32 / 255.0)
-        .collect();
-    Tensor::from_vec(v, (h as usize, w as usize, 3), &Device::Cpu).unwrap()
 }
 
 #[test]
@@ -155,7 +117,7 @@ fn pipe_upscale_ddim4() {
         low_res_noise: Some(r.get(&format!("{case}/low_res_noise"))),
         init_noise: Some(r.get(&format!("{case}/init_noise"))),
     };
-    let mut rec = Recorder::default();
+    let mut rec = StepRecorder::default();
     let out = upscale_with_noise(
         upscaler(),
         &low,
@@ -173,9 +135,9 @@ fn pipe_upscale_ddim4() {
         .map(|&t| t as f64)
         .collect();
     assert_eq!(out.timesteps, ts);
-    assert_eq!(rec.0.len(), 4);
+    assert_eq!(rec.steps.len(), 4);
     // The noised low-res image is channels 4..7 of every UNet input row.
-    let noised = rec.0[0]
+    let noised = rec.steps[0]
         .unet_input
         .narrow(1, 4, 3)
         .unwrap()
@@ -186,19 +148,7 @@ fn pipe_upscale_ddim4() {
         &noised,
         &r.get(&format!("{case}/noised_low_res_image")),
     );
-    for (i, s) in rec.0.iter().enumerate() {
-        for (name, t) in [
-            ("latents_in", &s.latents_in),
-            ("unet_input", &s.unet_input),
-            ("unet_output", &s.unet_output),
-            ("noise_pred", &s.noise_pred),
-            ("pred_original_sample", &s.pred_original_sample),
-            ("latents_out", &s.latents_out),
-        ] {
-            let key = format!("{case}/step_{i:02}/{name}");
-            assert_close(&key, t, &r.get(&key));
-        }
-    }
+    assert_steps_match(case, &rec.steps, 4, &ALL_STEP_TENSORS, |n| r.get(n));
     assert_close(
         "final_latents",
         &out.final_latents,
@@ -208,32 +158,6 @@ fn pipe_upscale_ddim4() {
     let (diff, _) = max_abs_diff(&image_hwc(&out.image), &r.get(&format!("{case}/image")));
     eprintln!("pipe_upscale_ddim4: image max |diff| = {diff:e}");
     assert!(diff <= 1.0 / 255.0 + 1e-6, "image differs by {diff}");
-}
-
-/// Mean absolute difference across the wrap-around seam over the interior neighbours' mean.
-fn seam_ratio(img: &image::RgbaImage, along_x: bool) -> f64 {
-    let (w, h) = img.dimensions();
-    let (n, m) = if along_x { (w, h) } else { (h, w) };
-    let px = |i: u32, j: u32| {
-        if along_x {
-            img.get_pixel(i, j)
-        } else {
-            img.get_pixel(j, i)
-        }
-    };
-    let diff = |a: u32, b: u32| -> f64 {
-        (0..m)
-            .map(|j| {
-                (0..3)
-                    .map(|c| (px(a, j).0[c] as f64 - px(b, j).0[c] as f64).abs())
-                    .sum::<f64>()
-            })
-            .sum::<f64>()
-            / (m as f64 * 3.0)
-    };
-    let seam = diff(n - 1, 0);
-    let interior = (0..n - 1).map(|i| diff(i, i + 1)).sum::<f64>() / (n - 1) as f64;
-    seam / interior
 }
 
 /// A seamless 16x16 texture (sines whose periods divide the size).
@@ -277,7 +201,7 @@ fn upscaled_seamless_texture_stays_seamless() {
             .unwrap()
             .image;
             assert_eq!(img.dimensions(), (64, 64));
-            out.extend([seam_ratio(&img, true), seam_ratio(&img, false)]);
+            out.extend([seam_ratio(&img, true, 1), seam_ratio(&img, false, 1)]);
         }
     }
     eprintln!(
@@ -290,9 +214,9 @@ fn upscaled_seamless_texture_stays_seamless() {
     // Lanczos fallback: wraps on tiled axes.
     let big = lanczos_upscale(&low, 4, Tiling::XY).unwrap();
     assert_eq!(big.dimensions(), (64, 64));
-    let r = (seam_ratio(&big, true) + seam_ratio(&big, false)) / 2.0;
+    let r = (seam_ratio(&big, true, 1) + seam_ratio(&big, false, 1)) / 2.0;
     let big_plain = lanczos_upscale(&low, 4, Tiling::None).unwrap();
-    let rp = (seam_ratio(&big_plain, true) + seam_ratio(&big_plain, false)) / 2.0;
+    let rp = (seam_ratio(&big_plain, true, 1) + seam_ratio(&big_plain, false, 1)) / 2.0;
     eprintln!("lanczos x4 seam / interior: tiling xy {r:.3}, none {rp:.3}");
     assert!(r <= 1.1, "{r}");
     assert!(rp > r);

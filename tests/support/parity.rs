@@ -104,6 +104,17 @@ pub fn replay_step_noise(
     ))
 }
 
+/// `[H, W, 3]` in [0, 1] of an RGBA8 image (alpha dropped), to compare with a fixture's `image`.
+pub fn image_hwc(img: &image::RgbaImage) -> Tensor {
+    let (w, h) = img.dimensions();
+    let v: Vec<f32> = img
+        .pixels()
+        .flat_map(|p| [p.0[0], p.0[1], p.0[2]])
+        .map(|c| c as f32 / 255.0)
+        .collect();
+    Tensor::from_vec(v, (h as usize, w as usize, 3), &candle_core::Device::Cpu).unwrap()
+}
+
 /// Our RGBA8 image against diffusers' HWC float image in [0, 1]: every RGB channel within 1/255.
 pub fn assert_image_within_1_255(case: &str, ours: &image::RgbaImage, reference: &Tensor) {
     let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();

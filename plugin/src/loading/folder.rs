@@ -33,7 +33,9 @@ use crate::error::{DiffusionError, Result};
 use crate::loading::weights::{SafetensorsHeader, WeightFiles, read_header};
 
 mod checks;
+mod identity;
 use checks::*;
+use identity::identity;
 
 mod pipeline_loading_utils;
 pub use pipeline_loading_utils::*;
@@ -354,54 +356,4 @@ pub(crate) fn vocab_mismatch(
             ),
         )
     })
-}
-
-/// The content hash described at [`ModelFolder::identity`].
-fn identity(folder: &ModelFolder) -> Result<String> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"bevy_diffusion model identity v1\0");
-    let mut add_file = |relative: &str| -> Result<()> {
-        let path = folder.dir.join(relative);
-        if crate::loading::model_files::is_file(&path) {
-            let bytes = crate::loading::model_files::read(&path)
-                .map_err(|e| DiffusionError::io(&path, e))?;
-            hasher.update(relative.as_bytes());
-            hasher.update(&(bytes.len() as u64).to_le_bytes());
-            hasher.update(&bytes);
-        }
-        Ok(())
-    };
-    for relative in [
-        "model_index.json",
-        "text_encoder/config.json",
-        "unet/config.json",
-        "vae/config.json",
-        "scheduler/scheduler_config.json",
-        "tokenizer/tokenizer.json",
-        "tokenizer/vocab.json",
-        "tokenizer/merges.txt",
-        "tokenizer/tokenizer_config.json",
-        "tokenizer/special_tokens_map.json",
-        "text_encoder_2/config.json",
-        "tokenizer_2/tokenizer.json",
-        "tokenizer_2/vocab.json",
-        "tokenizer_2/merges.txt",
-        "tokenizer_2/tokenizer_config.json",
-        "tokenizer_2/special_tokens_map.json",
-    ] {
-        add_file(relative)?;
-    }
-    for component in folder.components() {
-        for shard in &component.weights.shards {
-            let name = shard
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default();
-            hasher.update(format!("{}/{name}\0", component.kind).as_bytes());
-            hasher.update(&shard.file_len.to_le_bytes());
-            hasher.update(&shard.header_digest);
-        }
-    }
-    Ok(hasher.finalize().to_hex().to_string())
 }

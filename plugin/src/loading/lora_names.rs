@@ -346,7 +346,8 @@ impl PeftAlphas {
     }
 }
 
-fn invalid_lora(path: &Path, key: &str, reason: impl Into<String>) -> DiffusionError {
+/// [`DiffusionError::InvalidLora`] naming the LoRA file, the key and why.
+pub(crate) fn invalid_lora(path: &Path, key: &str, reason: impl Into<String>) -> DiffusionError {
     DiffusionError::InvalidLora {
         path: path.to_path_buf(),
         key: key.to_string(),

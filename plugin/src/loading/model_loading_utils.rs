@@ -5,202 +5,21 @@
 //! ([`CheckedWeights::open`], memory-mapped data, LoRA deltas merged on the way) and `texgen
 //! inspect`'s dry build ([`CheckedWeights::headers_only`]: zeros, every problem recorded).
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use candle_core::safetensors::{MmapedSafetensors, SliceSafetensors};
-use candle_core::{DType, Device, Shape, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
 
 use super::weights::{WeightFiles, bad};
 use crate::error::{DiffusionError, Result};
-use crate::loading::lora_merge::{LoraDelta, merge};
+use crate::loading::lora_merge::LoraDelta;
 
-/// A zero of `shape` that takes no memory (a broadcast scalar).
-fn zeros(shape: &Shape, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-    Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
-}
-
-/// Where the tensor data comes from: a memory-mapped file (or shards), or the bytes of a
-/// compiled-in file (`<embedded>/...`, see [`crate::loading::model_files`]).
-enum TensorData {
-    Mapped(MmapedSafetensors),
-    Static(SliceSafetensors<'static>),
-}
-
-impl TensorData {
-    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Mapped(m) => m.load(name, dev),
-            Self::Static(s) => s.load(name, dev),
-        }
-    }
-}
-
-/// What the checked backend recorded while a model was being built.
-#[derive(Default)]
-struct LoadLog {
-    /// Typed failures in the order they happened, with the tensor name.
-    failures: Vec<(String, DiffusionError)>,
-    /// Every tensor name a model asked for.
-    requested: HashSet<String>,
-}
-
-/// The one weights-checking backend, serving both the load ([`CheckedWeights::open`]) and
-/// `texgen inspect`'s dry build ([`CheckedWeights::headers_only`]).
-struct CheckedBackend {
-    /// The mapped data; `None` for a headers-only (dry) build, whose tensors are broadcast zeros
-    /// of the expected shape and whose problems are recorded without stopping construction.
-    mmap: Option<TensorData>,
-    /// The file or index named by errors about absent tensors.
-    path: PathBuf,
-    /// name -> (file holding it, shape).
-    index: HashMap<String, (PathBuf, Vec<usize>)>,
-    log: Arc<Mutex<LoadLog>>,
-    /// LoRA deltas added to a tensor as it is loaded (see [`crate::loading::lora_merge`]).
-    lora: HashMap<String, Vec<LoraDelta>>,
-}
-
-impl CheckedBackend {
-    fn record(&self, name: &str, error: DiffusionError) -> candle_core::Error {
-        let message = error.to_string();
-        if let Ok(mut log) = self.log.lock() {
-            log.failures.push((name.to_string(), error));
-        }
-        candle_core::Error::Msg(message)
-    }
-
-    /// A dry build records `error` and goes on with zeros of `shape`; a real load fails.
-    fn problem(
-        &self,
-        name: &str,
-        error: DiffusionError,
-        shape: &Shape,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        if self.mmap.is_some() {
-            return Err(self.record(name, error));
-        }
-        if let Ok(mut log) = self.log.lock() {
-            log.failures.push((name.to_string(), error));
-        }
-        zeros(shape, dtype, dev)
-    }
-
-    fn requested(&self, name: &str) {
-        if let Ok(mut log) = self.log.lock() {
-            log.requested.insert(name.to_string());
-        }
-    }
-
-    fn load(
-        &self,
-        name: &str,
-        file: &Path,
-        shape: &[usize],
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let Some(mmap) = &self.mmap else {
-            return zeros(&Shape::from_dims(shape), dtype, dev);
-        };
-        let deltas = self.lora.get(name);
-        let merged = mmap
-            .load(name, dev)
-            .and_then(|t| match deltas {
-                Some(deltas) => merge(&t, deltas),
-                None => Ok(t),
-            })
-            .map_err(|e| {
-                let reason = format!("tensor `{name}` cannot be loaded as {dtype:?}: {e}");
-                self.record(name, bad(file, reason))
-            })?;
-        // A LoRA whose product overflows (a huge scale) or holds NaN would otherwise surface
-        // only as non-finite latents after the whole schedule: name it here.
-        if let Some(deltas) = deltas
-            && !crate::kernels::all_finite(&merged)?
-        {
-            let sources: Vec<&str> = deltas.iter().map(|d| d.source.as_str()).collect();
-            let path = sources
-                .first()
-                .and_then(|s| s.split_once(": "))
-                .map_or_else(|| file.to_path_buf(), |(p, _)| PathBuf::from(p));
-            return Err(self.record(
-                name,
-                DiffusionError::InvalidLora {
-                    path,
-                    key: name.to_string(),
-                    reason: format!(
-                        "merging {} into `{name}` gives NaN/inf (a non-finite tensor, or a \
-                             scale too large)",
-                        sources.join(", ")
-                    ),
-                },
-            ));
-        }
-        if merged.dtype() == dtype {
-            Ok(merged)
-        } else {
-            merged.to_dtype(dtype)
-        }
-    }
-}
-
-/// The [`SimpleBackend`] handed to candle: a shared handle on the checked backend.
-struct SharedBackend(Arc<CheckedBackend>);
-
-impl SimpleBackend for SharedBackend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let b = &self.0;
-        b.requested(name);
-        let Some((file, shape)) = b.index.get(name) else {
-            let error = DiffusionError::MissingTensor {
-                path: b.path.clone(),
-                tensor: name.to_string(),
-                expected: s.dims().to_vec(),
-            };
-            return b.problem(name, error, &s, dtype, dev);
-        };
-        if shape.as_slice() != s.dims() {
-            let error = DiffusionError::ShapeMismatch {
-                path: file.clone(),
-                tensor: name.to_string(),
-                expected: s.dims().to_vec(),
-                found: shape.clone(),
-            };
-            return b.problem(name, error, &s, dtype, dev);
-        }
-        b.load(name, file, shape, dtype, dev)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let b = &self.0;
-        b.requested(name);
-        let Some((file, shape)) = b.index.get(name) else {
-            let error = DiffusionError::MissingTensor {
-                path: b.path.clone(),
-                tensor: name.to_string(),
-                expected: Vec::new(),
-            };
-            return Err(b.record(name, error));
-        };
-        b.load(name, file, shape, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.index.contains_key(name)
-    }
-}
+mod checked_backend;
+use checked_backend::{CheckedBackend, LoadLog, SharedBackend, TensorData};
 
 /// Memory-mapped, header-checked weights of one component, handing out checking
 /// [`VarBuilder`]s.

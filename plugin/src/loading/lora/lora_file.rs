@@ -23,13 +23,6 @@ pub(super) fn module_key(tensor: &str) -> String {
         .to_string()
 }
 
-pub(super) fn bad(path: &Path, reason: impl Into<String>) -> DiffusionError {
-    DiffusionError::BadSafetensors {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
 /// A torch `.pt`/`.ckpt` (zip, `PK\x03\x04`) or raw pickle (`\x80` + protocol 2-5) renamed to
 /// `.safetensors`.
 pub(super) fn looks_pickled(path: &Path) -> bool {

@@ -1,9 +1,6 @@
 //! `vae/config.json` for [`super::AutoencoderKL`] (diffusers `AutoencoderKL.__init__` arguments).
 
-use std::path::{Path, PathBuf};
-
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use std::path::Path;
 
 use crate::configuration_utils::JsonConfig;
 use crate::error::DiffusionError;
@@ -70,39 +67,38 @@ impl AutoencoderKLConfig {
     pub fn from_config(config: &JsonConfig) -> crate::Result<Self> {
         let map = config.map();
         let path = config.path.as_path();
-        let fields = Fields { map, path };
 
-        if let Some(class) = fields.get::<Option<String>>("_class_name", Some(None))?
+        if let Some(class) = config.field::<Option<String>>("_class_name", Some(None))?
             && class != "AutoencoderKL"
         {
-            return Err(fields.unsupported("_class_name", &map["_class_name"]));
+            return Err(config.unsupported("_class_name", &map["_class_name"]));
         }
         for key in ["shift_factor", "latents_mean", "latents_std"] {
             if let Some(v) = map.get(key)
                 && !v.is_null()
             {
-                return Err(fields.unsupported(key, v));
+                return Err(config.unsupported(key, v));
             }
         }
-        let act_fn: String = fields.get("act_fn", Some("silu".into()))?;
+        let act_fn: String = config.field("act_fn", Some("silu".into()))?;
         // diffusers' get_activation maps both names to nn.SiLU.
         if act_fn != "silu" && act_fn != "swish" {
-            return Err(fields.unsupported("act_fn", &map["act_fn"]));
+            return Err(config.unsupported("act_fn", &map["act_fn"]));
         }
 
-        let block_out_channels: Vec<usize> = fields.get("block_out_channels", Some(vec![64]))?;
+        let block_out_channels: Vec<usize> = config.field("block_out_channels", Some(vec![64]))?;
         if block_out_channels.is_empty() {
-            return Err(fields.invalid("block_out_channels", "must list at least one block"));
+            return Err(config.invalid("block_out_channels", "must list at least one block"));
         }
         if block_out_channels.len() > 16 {
-            return Err(fields.invalid("block_out_channels", "more than 16 blocks"));
+            return Err(config.invalid("block_out_channels", "more than 16 blocks"));
         }
         let n = block_out_channels.len();
         for (key, expected) in [
             ("down_block_types", DOWN_BLOCK),
             ("up_block_types", UP_BLOCK),
         ] {
-            let types: Vec<String> = fields.get(key, Some(vec![expected.to_owned()]))?;
+            let types: Vec<String> = config.field(key, Some(vec![expected.to_owned()]))?;
             if let Some(other) = types.iter().find(|t| t.as_str() != expected) {
                 return Err(DiffusionError::UnsupportedConfig {
                     path: path.to_owned(),
@@ -111,7 +107,7 @@ impl AutoencoderKLConfig {
                 });
             }
             if types.len() != n {
-                return Err(fields.invalid(
+                return Err(config.invalid(
                     key,
                     format!("has {} entries but block_out_channels has {n}", types.len()),
                 ));
@@ -119,17 +115,17 @@ impl AutoencoderKLConfig {
         }
 
         let cfg = Self {
-            in_channels: fields.get("in_channels", Some(3))?,
-            out_channels: fields.get("out_channels", Some(3))?,
-            latent_channels: fields.get("latent_channels", Some(4))?,
-            scaling_factor: fields.get("scaling_factor", Some(0.18215))?,
+            in_channels: config.field("in_channels", Some(3))?,
+            out_channels: config.field("out_channels", Some(3))?,
+            latent_channels: config.field("latent_channels", Some(4))?,
+            scaling_factor: config.field("scaling_factor", Some(0.18215))?,
             downscale_factor: 1 << (n - 1),
-            layers_per_block: fields.get("layers_per_block", Some(1))?,
-            norm_num_groups: fields.get("norm_num_groups", Some(32))?,
-            use_quant_conv: fields.get("use_quant_conv", Some(true))?,
-            use_post_quant_conv: fields.get("use_post_quant_conv", Some(true))?,
-            mid_block_add_attention: fields.get("mid_block_add_attention", Some(true))?,
-            force_upcast: fields.get("force_upcast", Some(true))?,
+            layers_per_block: config.field("layers_per_block", Some(1))?,
+            norm_num_groups: config.field("norm_num_groups", Some(32))?,
+            use_quant_conv: config.field("use_quant_conv", Some(true))?,
+            use_post_quant_conv: config.field("use_post_quant_conv", Some(true))?,
+            mid_block_add_attention: config.field("mid_block_add_attention", Some(true))?,
+            force_upcast: config.field("force_upcast", Some(true))?,
             block_out_channels,
         };
 
@@ -141,7 +137,7 @@ impl AutoencoderKLConfig {
             ("norm_num_groups", cfg.norm_num_groups),
         ] {
             if v == 0 {
-                return Err(fields.invalid(key, "must be at least 1"));
+                return Err(config.invalid(key, "must be at least 1"));
             }
         }
         {
@@ -172,7 +168,7 @@ impl AutoencoderKLConfig {
             .iter()
             .find(|&&c| c == 0 || !c.is_multiple_of(cfg.norm_num_groups))
         {
-            return Err(fields.invalid(
+            return Err(config.invalid(
                 "block_out_channels",
                 format!(
                     "{c} is not a positive multiple of norm_num_groups = {}",
@@ -181,42 +177,11 @@ impl AutoencoderKLConfig {
             ));
         }
         if !(cfg.scaling_factor.is_finite() && cfg.scaling_factor > 0.0) {
-            return Err(fields.invalid(
+            return Err(config.invalid(
                 "scaling_factor",
                 format!("{} is not a positive number", cfg.scaling_factor),
             ));
         }
         Ok(cfg)
-    }
-}
-
-/// Typed access to the fields of a config object, with errors that name the file and field.
-struct Fields<'a> {
-    map: &'a Map<String, Value>,
-    path: &'a Path,
-}
-
-impl Fields<'_> {
-    /// The field `key` as `T`; `default` when absent (an error when absent without default).
-    fn get<T: DeserializeOwned>(&self, key: &str, default: Option<T>) -> crate::Result<T> {
-        match (self.map.get(key), default) {
-            (Some(v), _) => {
-                T::deserialize(v).map_err(|e| self.invalid(key, format!("{e} (found {v})")))
-            }
-            (None, Some(d)) => Ok(d),
-            (None, None) => Err(self.invalid(key, "missing")),
-        }
-    }
-
-    fn invalid(&self, key: &str, reason: impl Into<String>) -> DiffusionError {
-        DiffusionError::config(self.path, key, reason)
-    }
-
-    fn unsupported(&self, key: &str, value: &Value) -> DiffusionError {
-        DiffusionError::UnsupportedConfig {
-            path: PathBuf::from(self.path),
-            field: key.into(),
-            value: value.to_string(),
-        }
     }
 }

@@ -38,11 +38,15 @@
 pub mod farm;
 mod manifest;
 mod plan;
+mod report;
+mod write;
 
 pub use manifest::*;
 pub use plan::*;
+pub use report::*;
+pub(crate) use write::{Written, write_item};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -52,8 +56,6 @@ use crate::loading::folder::{FolderOptions, ModelFolder};
 use crate::models::autoencoders::VaeConfig;
 use crate::pipeline::model::{DecoderFolder, LoadOptions, StableDiffusion};
 use crate::pipeline::{self, DenoisingStep, GenerationHooks};
-use crate::request::ron::RonError;
-use crate::runtime::atomic_file::{encode_png, remove_stale_temp_files, write_atomic};
 
 // ---------------------------------------------------------------- running
 
@@ -90,140 +92,6 @@ impl BakeOptions {
             threads: None,
         }
     }
-}
-
-/// How one item ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ItemOutcome {
-    /// Generated and written.
-    Baked {
-        /// The PNG written.
-        png: PathBuf,
-        /// Its size in pixels.
-        width: u32,
-        /// Its size in pixels.
-        height: u32,
-        /// Generation time (the model load not included).
-        seconds: f64,
-        /// Which of the item's prompts were longer than 77 tokens and were cut.
-        truncated: crate::pipeline::PromptTruncation,
-    },
-    /// Up to date; nothing done.
-    Skipped,
-    /// Not written, and why.
-    Failed(String),
-}
-
-/// Progress of a [`bake`], in order: `Planned`, then per item `ItemStarted`, `Step`s and
-/// `ItemFinished` (skipped and invalid items only get `ItemFinished`); `LoadingModel` and
-/// `ModelLoaded` before the first item that needs the model.
-#[derive(Debug)]
-pub enum BakeEvent<'a> {
-    /// The plan: every item and what will be done with it.
-    Planned {
-        /// Every item of the manifest, in order.
-        items: &'a [PlannedItem],
-    },
-    /// The model is about to be loaded (lazily, for the first item to generate).
-    LoadingModel {
-        /// The model folder.
-        dir: &'a Path,
-    },
-    /// The model is loaded.
-    ModelLoaded {
-        /// The model folder.
-        dir: &'a Path,
-        /// Load time in seconds.
-        seconds: f64,
-    },
-    /// Item `index` starts generating.
-    ItemStarted {
-        /// The item's position in the manifest (0-based).
-        index: usize,
-        /// The item's name.
-        name: &'a str,
-        /// Why, in words.
-        reason: &'a str,
-    },
-    /// A denoising step of item `index` finished (`step` is 1-based).
-    Step {
-        /// The item's position in the manifest (0-based).
-        index: usize,
-        /// The item's name.
-        name: &'a str,
-        /// Denoising steps done so far (1-based).
-        step: usize,
-        /// Denoising steps in all.
-        total: usize,
-    },
-    /// Item `index` is done, skipped or failed.
-    ItemFinished {
-        /// The item's position in the manifest (0-based).
-        index: usize,
-        /// The item's name.
-        name: &'a str,
-        /// What happened to it.
-        outcome: &'a ItemOutcome,
-    },
-}
-
-/// The result of a [`bake`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct BakeReport {
-    /// `(name, outcome)` in manifest order.
-    pub items: Vec<(String, ItemOutcome)>,
-    /// Whether the model was loaded (false when every item was skipped or invalid).
-    pub model_loaded: bool,
-    /// The identity of the model the bake planned with.
-    pub model_identity: String,
-    /// True when [`BakeOptions::cancel`] stopped the bake (the remaining items are absent).
-    pub cancelled: bool,
-}
-
-impl BakeReport {
-    fn count(&self, f: impl Fn(&ItemOutcome) -> bool) -> usize {
-        self.items.iter().filter(|(_, o)| f(o)).count()
-    }
-    /// Items generated and written.
-    pub fn baked(&self) -> usize {
-        self.count(|o| matches!(o, ItemOutcome::Baked { .. }))
-    }
-    /// Items up to date.
-    pub fn skipped(&self) -> usize {
-        self.count(|o| matches!(o, ItemOutcome::Skipped))
-    }
-    /// Items that failed.
-    pub fn failed(&self) -> usize {
-        self.count(|o| matches!(o, ItemOutcome::Failed(_)))
-    }
-    /// `baked N, skipped M, failed K`.
-    pub fn summary(&self) -> String {
-        format!(
-            "baked {}, skipped {}, failed {}",
-            self.baked(),
-            self.skipped(),
-            self.failed()
-        )
-    }
-}
-
-/// Why a bake could not run at all (a failing item is not one: see [`ItemOutcome::Failed`]).
-#[derive(Debug, thiserror::Error)]
-pub enum BakeError {
-    /// The manifest does not parse.
-    #[error(transparent)]
-    Manifest(#[from] RonError),
-    /// The model folder is broken or cannot be loaded.
-    #[error(transparent)]
-    Model(#[from] DiffusionError),
-    /// The manifest cannot be read or the output folder cannot be created.
-    #[error("{path}: {error}")]
-    Io {
-        /// The file that could not be written or read.
-        path: PathBuf,
-        /// The I/O error.
-        error: std::io::Error,
-    },
 }
 
 /// Forwards denoising steps as [`BakeEvent::Step`] and polls the cancel flag.
@@ -423,63 +291,6 @@ fn bake_one(
         seed: out.seed,
     };
     write_item(entry, &image, written, started, truncated)
-}
-
-/// What a sidecar records besides the item and its pixels.
-pub(crate) struct Written {
-    pub(crate) content_hash: String,
-    pub(crate) model_identity: String,
-    pub(crate) model_dir: PathBuf,
-    pub(crate) seed: u64,
-}
-
-/// Writes `image` as the item's PNG, then its sidecar, both atomically.
-pub(crate) fn write_item(
-    entry: &PlannedItem,
-    image: &image::RgbaImage,
-    written: Written,
-    started: Instant,
-    truncated: crate::pipeline::PromptTruncation,
-) -> Result<ItemOutcome, DiffusionError> {
-    let png = encode_png(image).map_err(|e| DiffusionError::Image {
-        path: entry.png.clone(),
-        reason: format!("cannot encode the PNG: {e}"),
-    })?;
-    let sidecar = Sidecar {
-        name: entry.item.name.clone(),
-        content_hash: written.content_hash,
-        model_identity: written.model_identity,
-        model_dir: written.model_dir,
-        seed: written.seed,
-        width: image.width(),
-        height: image.height(),
-        png_blake3: blake3::hash(&png).to_hex().to_string(),
-        bevy_diffusion_version: env!("CARGO_PKG_VERSION").to_string(),
-        request: entry.item.request.clone(),
-    };
-    let sidecar_json = serde_json::to_vec_pretty(&sidecar).map_err(|e| DiffusionError::Io {
-        path: entry.sidecar.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    remove_stale_temp_files(&entry.png);
-    remove_stale_temp_files(&entry.sidecar);
-    // PNG first: a sidecar never describes a PNG that is not there yet.
-    write_atomic(&entry.png, &png).map_err(|e| DiffusionError::io(&entry.png, e))?;
-    write_atomic(&entry.sidecar, &sidecar_json)
-        .map_err(|e| DiffusionError::io(&entry.sidecar, e))?;
-    if entry.item.request.pbr {
-        // NAME_normal.png, NAME_height.png, NAME_roughness.png, NAME_ao.png beside NAME.png.
-        let maps = crate::pipeline::pbr::pbr_maps(image, &Default::default())?;
-        let dir = entry.png.parent().unwrap_or(Path::new("."));
-        crate::pipeline::pbr::PbrImages::from(&maps).save(dir, &entry.item.name)?;
-    }
-    Ok(ItemOutcome::Baked {
-        png: entry.png.clone(),
-        width: image.width(),
-        height: image.height(),
-        seconds: started.elapsed().as_secs_f64(),
-        truncated,
-    })
 }
 
 #[cfg(test)]

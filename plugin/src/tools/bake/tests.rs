@@ -1,8 +1,11 @@
+use std::path::Path;
+
 use super::*;
 use crate::Tiling;
 use crate::request::AssetKind;
 use crate::request::ron::{parse_request_ron, request_to_ron};
 use crate::request::{GenerationRequest, InitImage};
+use crate::runtime::atomic_file::{remove_stale_temp_files, write_atomic};
 use crate::runtime::cache::CacheKey;
 use crate::schedulers::SchedulerKind;
 
