@@ -162,7 +162,7 @@ fn conv2d_matches_candle_on_larger_maps() -> Result<()> {
 }
 
 /// 3x3 stride-1 convolutions with >= 8 channels and >= 256 output pixels take the Winograd
-/// F(2x2, 3x3) path: random odd and even sizes, batch > 1, non-contiguous input, zero / circular
+/// F(4x4, 3x3) path: random odd and even sizes, batch > 1, non-contiguous input, zero / circular
 /// / asymmetric padding, bias, per-sample bias, residual and the fused ReLU, against candle.
 #[test]
 fn winograd_conv3x3_matches_candle() -> Result<()> {
@@ -219,9 +219,10 @@ fn winograd_conv3x3_matches_candle() -> Result<()> {
     Ok(())
 }
 
-/// The F(4x4, 3x3) kernel's own edges: rows longer than one job (> 128 output columns), more
-/// input channels than fit one job's L2 budget at 32 tiles, output channels not a multiple of
-/// the 6-row microkernel, sizes not a multiple of 4.
+/// The F(4x4, 3x3) kernel's own edges: rows longer than one job (> 128 output columns), jobs
+/// spanning several tile rows, more input channels than fit one job's L2 budget at 32 tiles,
+/// transformed weights over 8 MiB (64-tile jobs), output channels not a multiple of the 6-row
+/// microkernel, sizes not a multiple of 4.
 #[test]
 fn winograd_conv3x3_matches_candle_on_wide_maps() -> Result<()> {
     let mut rng = Lcg(29);
@@ -229,6 +230,7 @@ fn winograd_conv3x3_matches_candle_on_wide_maps() -> Result<()> {
         (1, 80, 13, 9, 150, false),
         (2, 9, 64, 23, 133, true),
         (1, 16, 8, 6, 7, true),
+        (1, 80, 800, 13, 37, true),
     ] {
         let x = rng.tensor(&[batch, cin, h, w])?;
         let wt = rng.tensor(&[cout, cin, 3, 3])?;

@@ -17,7 +17,7 @@ use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
 use super::profile::{self, OpKind};
-use super::winograd4::applies as winograd4_applies;
+use super::winograd::applies as winograd_applies;
 use super::{SendPtr, on_cpu_f32, with_opt_slice, with_slice};
 
 mod im2col;
@@ -242,8 +242,7 @@ impl Conv2dKernel {
             && self.bias.as_ref().is_none_or(on_cpu_f32)
             && extra_bias.is_none_or(on_cpu_f32)
             && residual.is_none_or(on_cpu_f32);
-        let fused_up =
-            up == 1 || (winograd_mode() == WinogradMode::F4 && winograd4_applies(&g, oh, ow));
+        let fused_up = up == 1 || (winograd_enabled() && winograd_applies(&g, oh, ow));
         if !cpu || !fused_up {
             let x = if up == 1 {
                 x.clone()
@@ -274,7 +273,7 @@ impl Conv2dKernel {
                 Some(v)
             }
         };
-        let mut out = vec![0f32; batch * cout * oh * ow];
+        let mut out = super::zeroed(batch * cout * oh * ow);
         with_slice(x, |xs| {
             with_slice(&self.weight, |ws| {
                 with_opt_slice(residual, |rs| {
@@ -282,7 +281,7 @@ impl Conv2dKernel {
                         conv2d_f32(&g, xs, ws, bias.as_deref(), rs, relu, &mut out);
                     } else {
                         let b = bias.as_deref();
-                        super::winograd4::conv3x3(&g, up, oh, ow, xs, ws, b, rs, relu, &mut out);
+                        super::winograd::conv3x3(&g, up, oh, ow, xs, ws, b, rs, relu, &mut out);
                     }
                     Ok(())
                 })

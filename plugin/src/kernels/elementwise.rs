@@ -21,7 +21,7 @@ fn upsample_inner(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
     if !on_cpu_f32(x) || oh != 2 * h || ow != 2 * w {
         return x.upsample_nearest2d(oh, ow);
     }
-    let mut out = vec![0f32; b * c * oh * ow];
+    let mut out = super::zeroed(b * c * oh * ow);
     with_slice(x, |xs| {
         out.par_chunks_mut(oh * ow)
             .zip(xs.par_chunks(h * w))

@@ -87,7 +87,7 @@ impl GroupNormKernel {
         let spatial: usize = dims[2..].iter().product();
         let cpg = self.channels / self.groups;
         let group_len = cpg * spatial;
-        let mut out = vec![0f32; b * self.channels * spatial];
+        let mut out = super::zeroed(b * self.channels * spatial);
         if out.is_empty() {
             return Tensor::from_vec(out, dims, &Device::Cpu);
         }

@@ -10,8 +10,7 @@
 //! |---|---|
 //! | `attention.rs` | blocked (flash) attention with an online softmax, parallel over heads and query blocks |
 //! | `conv.rs` | 2-D convolution: im2col tiles (zero or circular padding per axis, stride 1 or 2) into a `gemm` with bias, time embedding and residual fused into the output |
-//! | `winograd4.rs` | 3x3 stride-1 convolution by Winograd F(4x4, 3x3) (the default): 4x fewer products, an AVX2 6x16 microkernel, transforms fused with padding, nearest 2x upsampling, bias, residual and ReLU |
-//! | `winograd.rs` | the same by Winograd F(2x2, 3x3) (`BEVY_DIFFUSION_WINOGRAD=f2`): 2.25x fewer GEMM flops |
+//! | `winograd.rs` (+ `winograd/`) | 3x3 stride-1 convolution by Winograd F(4x4, 3x3) (the default; `BEVY_DIFFUSION_WINOGRAD=off` for im2col): 4x fewer products, an AVX2 6x16 microkernel, transforms fused with padding, nearest 2x upsampling, bias, residual and ReLU |
 //! | `linear.rs` | `Linear` as one GEMM over all rows, bias fused |
 //! | `group_norm.rs` | GroupNorm (+ optional SiLU) in two reads and one write, parallel over groups |
 //! | `elementwise.rs` | parallel nearest-2x upsampling and GEGLU for large tensors |
@@ -29,7 +28,6 @@ pub mod linear;
 pub mod profile;
 pub mod simd;
 mod winograd;
-mod winograd4;
 
 pub use conv::{AxisPad, Conv2dKernel};
 pub use group_norm::GroupNormKernel;
@@ -90,6 +88,50 @@ pub(crate) fn with_opt_slice<R>(
     match t {
         Some(t) => with_slice(t, |s| f(Some(s))),
         None => f(None),
+    }
+}
+
+/// A zeroed `Vec<f32>` of `n` floats for a kernel's output tensor. On Linux, a buffer of 8 MiB
+/// or more is advised to use transparent huge pages before its first touch
+/// (`madvise(MADV_HUGEPAGE)` on its 2 MiB-aligned interior; a no-op where the system does not
+/// allow them on request): a 512²x64 map (67 MB) then takes ~32 page faults instead of ~16 000,
+/// and the kernels' reads and writes across 64 channel planes 1 MB apart stay within the TLB.
+/// `BEVY_DIFFUSION_HUGE_PAGES=off` turns the advice off (the A/B switch of the bench).
+pub(crate) fn zeroed(n: usize) -> Vec<f32> {
+    let v = vec![0f32; n];
+    #[cfg(target_os = "linux")]
+    {
+        static ON: OnceLock<bool> = OnceLock::new();
+        let on = *ON.get_or_init(|| {
+            !matches!(
+                std::env::var("BEVY_DIFFUSION_HUGE_PAGES").as_deref(),
+                Ok("off" | "0" | "false")
+            )
+        });
+        if on {
+            advise_huge_pages(&v);
+        }
+    }
+    v
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(v: &[f32]) {
+    const HUGE: usize = 2 << 20;
+    let (addr, bytes) = (v.as_ptr() as usize, std::mem::size_of_val(v));
+    if bytes < 4 * HUGE {
+        return;
+    }
+    let start = addr.next_multiple_of(HUGE);
+    let end = (addr + bytes) / HUGE * HUGE;
+    if end > start {
+        // SAFETY: [start, end) is a range of whole pages inside `v`'s allocation; the advice
+        // changes neither the contents nor the validity of that memory (the kernel only picks
+        // the page size of later faults), and a refusal (THP off) is harmless, so the result
+        // is ignored.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
     }
 }
 

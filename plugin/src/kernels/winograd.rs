@@ -1,94 +1,69 @@
-//! 3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, "Fast
-//! Algorithms for Convolutional Neural Networks", 2015): each 2x2 output tile costs 16 products
-//! per input/output channel pair instead of 36, so the GEMM work of a 3x3 convolution drops
-//! 2.25x. The transforms use only additions and halvings, so the result stays within a few ulp
-//! of the direct convolution (the kernel tests compare it with candle's `conv2d`).
+//! 3x3 stride-1 convolution by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, "Fast
+//! Algorithms for Convolutional Neural Networks", 2015): each 4x4 output tile costs 36 products
+//! per input/output channel pair instead of 144, 4x fewer than the direct convolution.
 //!
-//! For one image and a band of tile rows:
-//! 1. the input rows the band reads are gathered once, padded (zeros or circular, per axis, as
-//!    [`AxisPad`] says) and split into even / odd columns, so every later pass is a contiguous,
-//!    vectorisable loop;
-//! 2. the input transform `V = Bᵀ d B` writes `V[ξ][cin][tiles]` for the 16 positions `ξ`;
-//! 3. 16 GEMMs `M[ξ] = U[ξ] · V[ξ]` with `U = G g Gᵀ` (`[cout][cin][16]`, transformed once per
-//!    call: at most 16 x cout x cin floats, a few ms for 512 channels);
-//! 4. the output transform `Y = Aᵀ M A` writes the NCHW output with the bias, per-sample bias,
-//!    residual and an optional ReLU fused in.
+//! Work is split into jobs of [`tiles_per_job`] consecutive tiles of one image (row-major over
+//! the tile grid), so that a job's transformed input (`36 x cin x tiles` floats) stays in the L2
+//! cache where it can:
+//! 1. the 6 padded input rows of the tile row are gathered per channel by the im2col row gather
+//!    ([`gather_row`]: zeros or circular per axis, and optionally read through a nearest 2x
+//!    upsampling, so `Upsample2D -> conv` never materialises the upsampled map) and split by
+//!    column modulo 4, so that every later pass is a contiguous, vectorisable loop over tiles;
+//! 2. the input transform `V = Bᵀ d B` writes `V[ξ][cin][tiles]` for the 36 positions `ξ`;
+//! 3. per block of [`MR`] output channels, 36 small GEMMs `M[ξ] = U[ξ] · V[ξ]` (`U = G g Gᵀ`,
+//!    packed `[ξ][cout block][cin][MR]` once per call) by the register-blocked microkernel of
+//!    `winograd/micro.rs`;
+//! 4. the output transform `Y = Aᵀ M A` of those channels writes the NCHW output with the bias,
+//!    per-sample bias, residual and optional ReLU fused in.
+//!
+//! The transforms are in `winograd/transforms.rs`.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::conv::ConvGeom;
-use super::{SendPtr, simd};
+use super::SendPtr;
+use super::conv::{ConvGeom, axis_map, gather_row};
 
-/// Floats of one band's transformed input (and of its GEMM output): 2 MiB each.
-const BAND_BUDGET: usize = 1 << 19;
-/// Below this many output pixels per image the direct im2col path is used.
-const MIN_PIXELS: usize = 256;
+mod micro;
+mod transforms;
 
-/// Whether [`conv3x3`] handles this geometry: 3x3, stride 1, enough channels and pixels that the
-/// transforms pay off.
-pub(crate) fn applies(g: &ConvGeom, oh: usize, ow: usize) -> bool {
-    g.kh == 3
-        && g.kw == 3
-        && g.stride == 1
-        && g.cin >= 8
-        && g.cout >= 8
-        && oh * ow >= MIN_PIXELS
-        && oh >= 2
-        && ow >= 2
-}
+use micro::{MR, NR, micro};
+use transforms::{finish_row, input_transform, output_transform, split4, transform_weights};
 
-/// `U = G g Gᵀ` for every (cout, cin): `[cout][cin][16]`, position `ξ = 4 * row + col`.
-fn transform_weights(wt: &[f32], cout: usize, cin: usize) -> Vec<f32> {
-    let mut u = vec![0f32; cout * cin * 16];
-    u.par_chunks_mut(cin * 16)
-        .zip(wt.par_chunks(cin * 9))
-        .for_each(|(u, w)| {
-            for ci in 0..cin {
-                let g = &w[ci * 9..ci * 9 + 9];
-                // G g: 4 rows of 3.
-                let mut gg = [[0f32; 3]; 4];
-                for c in 0..3 {
-                    let (a, b, d) = (g[c], g[3 + c], g[6 + c]);
-                    gg[0][c] = a;
-                    gg[1][c] = 0.5 * (a + b + d);
-                    gg[2][c] = 0.5 * (a - b + d);
-                    gg[3][c] = d;
-                }
-                let o = &mut u[ci * 16..ci * 16 + 16];
-                for (r, row) in gg.iter().enumerate() {
-                    let (a, b, d) = (row[0], row[1], row[2]);
-                    o[4 * r] = a;
-                    o[4 * r + 1] = 0.5 * (a + b + d);
-                    o[4 * r + 2] = 0.5 * (a - b + d);
-                    o[4 * r + 3] = d;
-                }
-            }
-        });
-    u
-}
+/// Tiles per job when their transformed input (`36 x cin x tiles` floats) fits in ~320 KB (L2).
+const MAX_TILES: usize = 32;
 
-/// Input index read at padded position `p` of an axis of length `n` padded `before` / `after`
-/// (`None` = zero).
-fn src_index(p: usize, n: usize, before: usize, after: usize, circular: bool) -> Option<usize> {
-    let i = p as isize - before as isize;
-    if (0..n as isize).contains(&i) {
-        Some(i as usize)
-    } else if circular && p < n + before + after {
-        Some(i.rem_euclid(n as isize) as usize)
+/// Tiles per job: [`MAX_TILES`] when their transformed input fits in L2; else 16, or 64 when the
+/// transformed weights (`36 x cin x cout` floats) exceed 8 MiB: every job streams all of them
+/// from memory (38 MB at 512 channels), so more tiles per job mean fewer passes.
+fn tiles_per_job(cin: usize, cout: usize) -> usize {
+    if 36 * cin * MAX_TILES * 4 <= 320 << 10 {
+        MAX_TILES
+    } else if 36 * cin * cout * 4 > 8 << 20 {
+        4 * NR
     } else {
-        None
+        NR
     }
 }
 
-/// Per-thread scratch: padded split input, transformed input, GEMM output.
+/// Whether [`conv3x3`] handles this geometry: 3x3, stride 1, at least 8 input channels and 256
+/// output pixels (any number of output channels: TAESD's last conv has 3).
+pub(crate) fn applies(g: &ConvGeom, oh: usize, ow: usize) -> bool {
+    g.kh == 3 && g.kw == 3 && g.stride == 1 && g.cin >= 8 && g.cout >= 1 && oh * ow >= 256
+}
+
+/// Per-thread scratch: one channel's gathered rows (split and row-transformed), the transformed
+/// input, the GEMM output and the output transform's rows.
 #[derive(Default)]
 struct Scratch {
     pad: Vec<f32>,
     rows: Vec<f32>,
     v: Vec<f32>,
     m: Vec<f32>,
+    out_row: Vec<f32>,
+    line: Vec<f32>,
+    t: Vec<f32>,
 }
 
 thread_local! {
@@ -101,11 +76,14 @@ fn grow(v: &mut Vec<f32>, n: usize) {
     }
 }
 
-/// The convolution on slices (same contract as [`super::conv::conv2d_f32`], `relu` applied last).
-/// The caller checked [`applies`].
+/// The convolution on slices: `x` `[b, cin, h / up, w / up]` read as its nearest `up`x
+/// upsampling `[b, cin, h, w]` (`up` 1 or 2; `g.h`, `g.w` are the upsampled sizes), `wt`
+/// `[cout, cin, 3, 3]`, `bias` `[b, cout]`, `residual` `[b, cout, oh, ow]`, ReLU last when
+/// `relu`; `out` `[b, cout, oh, ow]`. The caller checked [`applies`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv3x3(
     g: &ConvGeom,
+    up: usize,
     oh: usize,
     ow: usize,
     x: &[f32],
@@ -116,262 +94,127 @@ pub(crate) fn conv3x3(
     out: &mut [f32],
 ) {
     let (cin, cout) = (g.cin, g.cout);
+    let (sh, sw) = (g.h / up, g.w / up);
+    assert_eq!(x.len(), g.batch * cin * sh * sw);
+    assert_eq!(out.len(), g.batch * cout * oh * ow);
     let u = transform_weights(wt, cout, cin);
-    let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+    let (th, tw) = (oh.div_ceil(4), ow.div_ceil(4));
+    // Jobs: runs of consecutive tiles (row-major over the tile grid of one image), at least one
+    // per thread.
+    let tiles = th * tw;
     let threads = rayon::current_num_threads().max(1);
-    let per_row = 16 * cin.max(cout) * tw;
-    let max_rows = (BAND_BUDGET / per_row).clamp(1, th);
-    let want = (4 * threads).div_ceil(g.batch);
-    let band_rows = th.div_ceil(want).clamp(1, max_rows);
-    let bands = th.div_ceil(band_rows);
-    let total = g.batch * bands;
-    // Column map of the padded, even/odd-split row: `ew = tw + 1` entries each.
-    let ew = tw + 1;
-    let xsrc: Vec<Option<usize>> = (0..2 * ew)
-        .map(|q| src_index(q, g.w, g.pad_x.before, g.pad_x.after, g.pad_x.circular))
-        .collect();
+    let per_job = tiles_per_job(cin, cout).min((g.batch * tiles).div_ceil(threads).max(NR));
+    let jobs = tiles.div_ceil(per_job);
+    let per_job = tiles.div_ceil(jobs);
+    let total = g.batch * jobs;
+    // Stored row / column read at each padded position (4 per tile plus the 2-row / column
+    // overlap; -1 = zero), through the upsampling when `up` is 2.
+    let stored = |m: Vec<isize>| -> Vec<isize> {
+        m.into_iter()
+            .map(|i| if i < 0 { -1 } else { i / up as isize })
+            .collect()
+    };
+    let ymap = stored(axis_map(g.h, 4 * (th + 1), 1, 1, g.pad_y));
+    let xmap = stored(axis_map(g.w, 4 * (tw + 1), 1, 1, g.pad_x));
     let out_ptr = SendPtr(out.as_mut_ptr());
     let ohw = oh * ow;
-    let run = |job: usize, par: gemm::Parallelism| {
-        let (bi, band) = (job / bands, job % bands);
-        let ty0 = band * band_rows;
-        let nty = band_rows.min(th - ty0);
-        let t = nty * tw;
-        let prow = 2 * nty + 2;
-        let x_img = &x[bi * cin * g.h * g.w..(bi + 1) * cin * g.h * g.w];
+    let job = |j: usize| {
+        let bi = j / jobs;
+        let t0 = (j % jobs) * per_job;
+        let nt = per_job.min(tiles - t0);
+        let np = nt.div_ceil(NR) * NR;
+        // The job's pieces of tile rows: (ty, first tx, tiles, offset in the job).
+        let segs: Vec<(usize, usize, usize, usize)> = {
+            let mut v = Vec::new();
+            let mut t = t0;
+            while t < t0 + nt {
+                let (ty, tx0) = (t / tw, t % tw);
+                let n = (tw - tx0).min(t0 + nt - t);
+                v.push((ty, tx0, n, t - t0));
+                t += n;
+            }
+            v
+        };
+        let nmax = segs.iter().map(|s| s.2).max().unwrap_or(0);
+        let x_img = &x[bi * cin * sh * sw..(bi + 1) * cin * sh * sw];
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             let s = &mut *s;
-            grow(&mut s.pad, cin * prow * 2 * ew);
-            grow(&mut s.rows, 8 * ew);
-            grow(&mut s.v, 16 * cin * t);
-            grow(&mut s.m, 16 * cout * t);
-            // 1. padded rows, even columns then odd columns.
-            for ci in 0..cin {
-                let plane = &x_img[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-                for r in 0..prow {
-                    let dst = &mut s.pad[(ci * prow + r) * 2 * ew..(ci * prow + r + 1) * 2 * ew];
-                    let sy = src_index(
-                        2 * ty0 + r,
-                        g.h,
-                        g.pad_y.before,
-                        g.pad_y.after,
-                        g.pad_y.circular,
-                    );
-                    let Some(sy) = sy else {
-                        dst.fill(0.0);
-                        continue;
-                    };
-                    let src = &plane[sy * g.w..(sy + 1) * g.w];
-                    let (even, odd) = dst.split_at_mut(ew);
-                    for xi in 0..ew {
-                        even[xi] = xsrc[2 * xi].map_or(0.0, |i| src[i]);
-                        odd[xi] = xsrc[2 * xi + 1].map_or(0.0, |i| src[i]);
+            grow(&mut s.pad, 24 * (nmax + 1));
+            grow(&mut s.rows, 24 * (nmax + 1));
+            grow(&mut s.line, 4 * (nmax + 1));
+            grow(&mut s.v, 36 * cin * np);
+            grow(&mut s.m, 36 * MR * np);
+            grow(&mut s.out_row, 16 * nmax);
+            grow(&mut s.t, 24 * nmax);
+            // 1 + 2: per piece and channel, the 6 padded input rows (columns split modulo 4,
+            // in L1), then V[ξ][ci][off + tx]; the padding tiles [nt, np) are zero.
+            for &(ty, tx0, n, off) in &segs {
+                let n1 = n + 1;
+                let ys = &ymap[4 * ty..4 * ty + 6];
+                // Columns [lo, hi) of the piece read the stored row directly (no padding).
+                let q0 = 4 * tx0;
+                let direct = |q: usize| {
+                    let p = (q0 + q) as isize - g.pad_x.before as isize;
+                    (0..g.w as isize).contains(&p)
+                };
+                let w4 = 4 * n1;
+                let lo = (0..w4).find(|&q| direct(q)).unwrap_or(w4);
+                let hi = (lo..w4).find(|&q| !direct(q)).unwrap_or(w4);
+                let first = (q0 + lo).saturating_sub(g.pad_x.before);
+                let xs = &xmap[q0..q0 + w4];
+                let pad = if off + n == nt { np - nt } else { 0 };
+                for ci in 0..cin {
+                    let plane = &x_img[ci * sh * sw..(ci + 1) * sh * sw];
+                    for (r, &sy) in ys.iter().enumerate() {
+                        let dst = &mut s.pad[r * w4..(r + 1) * w4];
+                        if sy < 0 {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[sy as usize * sw..(sy as usize + 1) * sw];
+                        let line = &mut s.line[..w4];
+                        gather_row(src, xs, (lo, hi), first, 1, up, line);
+                        split4(line, n1, dst);
+                    }
+                    let at = ci * np + off;
+                    input_transform(&s.pad, n, pad, &mut s.rows, &mut s.v, at, cin * np);
+                }
+            }
+            // 3 + 4. per block of output channels: the 36 GEMMs, then the output transform.
+            for cb in 0..cout.div_ceil(MR) {
+                let mr = MR.min(cout - cb * MR);
+                for xi in 0..36 {
+                    let ub = &u[xi * cout * cin + cb * MR * cin..][..cin * mr];
+                    let vb = &s.v[xi * cin * np..(xi + 1) * cin * np];
+                    let mb = &mut s.m[xi * MR * np..(xi * MR + mr) * np];
+                    for tb in (0..np).step_by(NR) {
+                        micro(mr, cin, ub, &vb[tb..], np, &mut mb[tb..], np);
                     }
                 }
-            }
-            // 2. V[ξ][ci][r * tw + tx].
-            let plane_v = cin * t;
-            for ci in 0..cin {
-                for r in 0..nty {
-                    let rows =
-                        &s.pad[(ci * prow + 2 * r) * 2 * ew..(ci * prow + 2 * r + 4) * 2 * ew];
-                    let off = ci * t + r * tw;
-                    input_transform(rows, ew, tw, &mut s.rows, &mut s.v, off, plane_v);
-                }
-            }
-            // 3. M[ξ] = U[ξ] V[ξ]: [cout, cin] x [cin, t].
-            for xi in 0..16 {
-                // SAFETY: U[ξ] is read with column stride 16 and row stride 16 * cin inside `u`;
-                // V[ξ] / M[ξ] are [cin, t] / [cout, t] row-major blocks inside the scratch.
-                unsafe {
-                    gemm::gemm(
-                        cout,
-                        t,
-                        cin,
-                        s.m.as_mut_ptr().add(xi * cout * t),
-                        1,
-                        t as isize,
-                        false,
-                        u.as_ptr().add(xi),
-                        16,
-                        (16 * cin) as isize,
-                        s.v.as_ptr().add(xi * cin * t),
-                        1,
-                        t as isize,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        par,
-                    )
-                }
-            }
-            // 4. Y = Aᵀ M A into the output rows of this band.
-            let y0 = 2 * ty0;
-            let ny = (2 * nty).min(oh - y0);
-            for co in 0..cout {
-                let bv = bias.map_or(0.0, |b| b[bi * cout + co]);
-                let base = bi * cout * ohw + co * ohw + y0 * ow;
-                // SAFETY: output rows [y0, y0 + ny) of (bi, co) belong to this band only.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(base), ny * ow) };
-                let res = residual.map(|r| &r[base..base + ny * ow]);
-                for r in 0..nty {
-                    let rows_here = (ny - 2 * r).min(2);
-                    output_transform(
-                        &s.m,
-                        co * t + r * tw,
-                        cout * t,
-                        tw,
-                        ow,
-                        rows_here,
-                        bv,
-                        res.map(|x| &x[2 * r * ow..(2 * r + rows_here) * ow]),
-                        relu,
-                        &mut dst[2 * r * ow..(2 * r + rows_here) * ow],
-                    );
+                for r in 0..mr {
+                    let co = cb * MR + r;
+                    let bv = bias.map_or(0.0, |b| b[bi * cout + co]);
+                    for &(ty, tx0, n, off) in &segs {
+                        let (ms, stride) = (r * np + off, MR * np);
+                        output_transform(&s.m, ms, stride, n, &mut s.t, &mut s.out_row);
+                        let (x0, rows) = (4 * tx0, (oh - 4 * ty).min(4));
+                        let len = (4 * n).min(ow - x0);
+                        for a in 0..rows {
+                            let base = bi * cout * ohw + co * ohw + (4 * ty + a) * ow + x0;
+                            // SAFETY: row 4 ty + a, columns [x0, x0 + len) of channel (bi, co)
+                            // belong to this job's tiles only.
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(out_ptr.get().add(base), len)
+                            };
+                            let res = residual.map(|rs| &rs[base..base + len]);
+                            let row = &s.out_row[a * 4 * n..a * 4 * n + len];
+                            finish_row(dst, row, bv, res, relu);
+                        }
+                    }
                 }
             }
         });
     };
-    if total >= threads && threads > 1 {
-        (0..total)
-            .into_par_iter()
-            .for_each(|job| run(job, gemm::Parallelism::None));
-    } else {
-        let par = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        (0..total).for_each(|job| run(job, par));
-    }
-}
-
-/// `Bᵀ d B` for one tile row: `rows` = 4 padded rows, each `ew` even then `ew` odd columns;
-/// writes `v[ξ * plane + off + tx]` for `tx < tw`; `buf` is scratch of `8 * ew` floats.
-fn input_transform(
-    rows: &[f32],
-    ew: usize,
-    tw: usize,
-    buf: &mut [f32],
-    v: &mut [f32],
-    off: usize,
-    plane: usize,
-) {
-    input_transform_simd(rows, ew, tw, buf, v, off, plane);
-}
-
-simd::multiversion! {
-    pub fn input_transform_simd(rows: &[f32], ew: usize, tw: usize, buf: &mut [f32], v: &mut [f32], off: usize, plane: usize) {
-        let row = |i: usize| &rows[i * 2 * ew..(i + 1) * 2 * ew];
-        let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
-        // Bᵀ on the rows: s0 = d0 - d2, s1 = d1 + d2, s2 = d2 - d1, s3 = d1 - d3.
-        let n = 2 * ew;
-        let buf = &mut buf[..4 * n];
-        {
-            let (s0, rest) = buf.split_at_mut(n);
-            let (s1, rest) = rest.split_at_mut(n);
-            let (s2, s3) = rest.split_at_mut(n);
-            for i in 0..n {
-                s0[i] = d0[i] - d2[i];
-                s1[i] = d1[i] + d2[i];
-                s2[i] = d2[i] - d1[i];
-                s3[i] = d1[i] - d3[i];
-            }
-        }
-        for k in 0..4 {
-            let sk = &buf[k * n..(k + 1) * n];
-            let (e, o) = sk.split_at(ew);
-            let base = (4 * k) * plane + off;
-            let (v0, rest) = v[base..].split_at_mut(plane);
-            let (v1, rest) = rest.split_at_mut(plane);
-            let (v2, rest) = rest.split_at_mut(plane);
-            let v3 = &mut rest[..tw];
-            for tx in 0..tw {
-                let (c0, c1, c2, c3) = (e[tx], o[tx], e[tx + 1], o[tx + 1]);
-                v0[tx] = c0 - c2;
-                v1[tx] = c1 + c2;
-                v2[tx] = c2 - c1;
-                v3[tx] = c1 - c3;
-            }
-        }
-    }
-}
-
-/// `Aᵀ M A` for one tile row of one output channel: `m[ξ * plane + off + tx]` -> `rows` (1 or 2)
-/// output rows of width `ow`, plus `bias`, plus `res` (same shape as `dst`), then ReLU if `relu`.
-#[allow(clippy::too_many_arguments)]
-fn output_transform(
-    m: &[f32],
-    off: usize,
-    plane: usize,
-    tw: usize,
-    ow: usize,
-    rows: usize,
-    bias: f32,
-    res: Option<&[f32]>,
-    relu: bool,
-    dst: &mut [f32],
-) {
-    output_transform_simd(m, off, plane, tw, ow, rows, bias, res, relu, dst);
-}
-
-simd::multiversion! {
-    pub fn output_transform_simd(
-        m: &[f32],
-        off: usize,
-        plane: usize,
-        tw: usize,
-        ow: usize,
-        rows: usize,
-        bias: f32,
-        res: Option<&[f32]>,
-        relu: bool,
-        dst: &mut [f32]
-    ) {
-        let at = |xi: usize| &m[xi * plane + off..xi * plane + off + tw];
-        let mm: [&[f32]; 16] = std::array::from_fn(at);
-        let (r0, r1) = dst.split_at_mut(ow);
-        let even_w = ow / 2;
-        for tx in 0..tw {
-            // Aᵀ on the rows: a0 = m0 + m1 + m2, a1 = m1 - m2 - m3 (per column j).
-            let mut a0 = [0f32; 4];
-            let mut a1 = [0f32; 4];
-            for j in 0..4 {
-                let (p0, p1, p2, p3) = (mm[j][tx], mm[4 + j][tx], mm[8 + j][tx], mm[12 + j][tx]);
-                a0[j] = p0 + p1 + p2;
-                a1[j] = p1 - p2 - p3;
-            }
-            let y00 = a0[0] + a0[1] + a0[2] + bias;
-            let y01 = a0[1] - a0[2] - a0[3] + bias;
-            let y10 = a1[0] + a1[1] + a1[2] + bias;
-            let y11 = a1[1] - a1[2] - a1[3] + bias;
-            if tx < even_w {
-                r0[2 * tx] = y00;
-                r0[2 * tx + 1] = y01;
-                if rows > 1 {
-                    r1[2 * tx] = y10;
-                    r1[2 * tx + 1] = y11;
-                }
-            } else {
-                r0[2 * tx] = y00;
-                if rows > 1 {
-                    r1[2 * tx] = y10;
-                }
-            }
-        }
-        if let Some(res) = res {
-            for (d, r) in dst.iter_mut().zip(res) {
-                *d += r;
-            }
-        }
-        if relu {
-            for d in dst.iter_mut() {
-                *d = d.max(0.0);
-            }
-        }
-    }
+    (0..total).into_par_iter().for_each(job);
 }

@@ -4,7 +4,7 @@
 use super::*;
 
 /// For each kernel tap `t` and output position `o`: the input index read (`-1` = zero padding).
-pub(super) fn axis_map(n: usize, out: usize, k: usize, stride: usize, p: AxisPad) -> Vec<isize> {
+pub(crate) fn axis_map(n: usize, out: usize, k: usize, stride: usize, p: AxisPad) -> Vec<isize> {
     let mut m = Vec::with_capacity(k * out);
     for t in 0..k {
         for o in 0..out {
@@ -25,15 +25,13 @@ thread_local! {
     static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Which Winograd kernel 3x3 stride-1 convolutions take: `BEVY_DIFFUSION_WINOGRAD=off` keeps
-/// every convolution on im2col + GEMM, `=f2` selects F(2x2, 3x3), anything else (the default)
-/// F(4x4, 3x3) (the A/B switch of the bench).
+/// Which path 3x3 stride-1 convolutions take: `BEVY_DIFFUSION_WINOGRAD=off` keeps every
+/// convolution on im2col + GEMM, anything else (the default) Winograd F(4x4, 3x3) (the A/B switch
+/// of the bench).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WinogradMode {
     /// im2col + GEMM only.
     Off,
-    /// F(2x2, 3x3): 2.25x fewer products.
-    F2,
     /// F(4x4, 3x3): 4x fewer products.
     F4,
 }
@@ -44,22 +42,65 @@ pub fn winograd_mode() -> WinogradMode {
     *MODE.get_or_init(
         || match std::env::var("BEVY_DIFFUSION_WINOGRAD").as_deref() {
             Ok("off" | "0" | "false") => WinogradMode::Off,
-            Ok("f2" | "2") => WinogradMode::F2,
             _ => WinogradMode::F4,
         },
     )
 }
 
-/// Whether 3x3 stride-1 convolutions take a Winograd path (see [`winograd_mode`]).
+/// Whether 3x3 stride-1 convolutions take the Winograd path (see [`winograd_mode`]).
 pub fn winograd_enabled() -> bool {
     winograd_mode() != WinogradMode::Off
+}
+
+/// One padded input row: `dst[q] = src[map[q]]` (zero where `map[q] < 0`) outside `direct`
+/// = `[lo, hi)`, and inside it the unpadded read `src[(first + (q - lo) * stride) / up]` (a
+/// memcpy at stride 1 without upsampling). `map` covers `dst`; `first` is the input column of
+/// `lo` (in the upsampled row when `up` is 2). Serves the im2col tiles and the Winograd
+/// kernel's input rows.
+pub(crate) fn gather_row(
+    src: &[f32],
+    map: &[isize],
+    (lo, hi): (usize, usize),
+    first: usize,
+    stride: usize,
+    up: usize,
+    dst: &mut [f32],
+) {
+    let n = dst.len();
+    for q in (0..lo).chain(hi.max(lo)..n) {
+        let i = map[q];
+        dst[q] = if i < 0 { 0.0 } else { src[i as usize] };
+    }
+    if hi > lo {
+        let d = &mut dst[lo..hi];
+        if stride == 1 && up == 1 {
+            d.copy_from_slice(&src[first..first + d.len()]);
+        } else if stride == 1 && up == 2 {
+            // Each stored value twice: an odd first column, the pairs, an odd last column.
+            let len = d.len();
+            let j = first % 2;
+            d[0] = src[first / 2];
+            let pairs = (len - j) / 2;
+            let s0 = (first + j) / 2;
+            let body = d[j..j + 2 * pairs].chunks_exact_mut(2);
+            for (pair, &v) in body.zip(&src[s0..s0 + pairs]) {
+                pair[0] = v;
+                pair[1] = v;
+            }
+            d[len - 1] = src[(first + len - 1) / 2];
+        } else {
+            for (j, v) in d.iter_mut().enumerate() {
+                *v = src[(first + j * stride) / up];
+            }
+        }
+    }
 }
 
 /// The convolution on slices: `x` `[b, cin, h, w]`, `wt` `[cout, cin*kh*kw]`, `bias`
 /// `[b, cout]` (optional), `residual` `[b, cout, oh, ow]` (optional), then a ReLU when `relu`;
 /// `out` `[b, cout, oh, ow]`. 3x3 stride-1 convolutions of at least 8 input channels and 256
-/// output pixels go through a Winograd kernel (`kernels::winograd4` / `kernels::winograd`, as
-/// [`winograd_mode`] says).
+/// output pixels go through the Winograd F(4x4, 3x3) kernel (`kernels::winograd`) unless
+/// [`winograd_mode`] is off.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_f32(
     g: &ConvGeom,
@@ -71,20 +112,10 @@ pub fn conv2d_f32(
     out: &mut [f32],
 ) {
     let (oh, ow) = g.out_hw().expect("geometry checked by the caller");
-    match winograd_mode() {
-        WinogradMode::F4 if super::super::winograd4::applies(g, oh, ow) => {
-            assert_eq!(wt.len(), g.cout * g.cin * 9);
-            super::super::winograd4::conv3x3(g, 1, oh, ow, x, wt, bias, residual, relu, out);
-            return;
-        }
-        WinogradMode::F2 if super::super::winograd::applies(g, oh, ow) => {
-            assert_eq!(x.len(), g.batch * g.cin * g.h * g.w);
-            assert_eq!(wt.len(), g.cout * g.cin * 9);
-            assert_eq!(out.len(), g.batch * g.cout * oh * ow);
-            super::super::winograd::conv3x3(g, oh, ow, x, wt, bias, residual, relu, out);
-            return;
-        }
-        _ => {}
+    if winograd_enabled() && super::super::winograd::applies(g, oh, ow) {
+        assert_eq!(wt.len(), g.cout * g.cin * 9);
+        super::super::winograd::conv3x3(g, 1, oh, ow, x, wt, bias, residual, relu, out);
+        return;
     }
     let k = g.cin * g.kh * g.kw;
     let ohw = oh * ow;
@@ -261,20 +292,8 @@ pub(super) fn fill_col(
                         continue;
                     }
                     let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    for ox in (0..lo).chain(hi..ow) {
-                        let ix = xm[ox];
-                        d[ox] = if ix < 0 { 0.0 } else { src[ix as usize] };
-                    }
-                    if hi > lo {
-                        let first = (lo * s + kx) - g.pad_x.before;
-                        if s == 1 {
-                            d[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
-                        } else {
-                            for (j, v) in d[lo..hi].iter_mut().enumerate() {
-                                *v = src[first + j * s];
-                            }
-                        }
-                    }
+                    let first = (lo * s + kx).saturating_sub(g.pad_x.before);
+                    gather_row(src, xm, (lo, hi), first, s, 1, d);
                 }
             }
         }
