@@ -302,3 +302,22 @@ fn a_half_transparent_pixel_is_halfway_to_flat() {
         assert!(n[0].abs() < 1e-5 && n[1].abs() < 1e-5 && (n[2] - 1.0).abs() < 1e-5);
     }
 }
+
+/// Map names: only what could leave the output folder is refused. A name with dots inside it
+/// (`wall..v2`, which bake accepts as an item name) must keep working, or a `pbr: true` bake
+/// item would fail after its generation on every run.
+#[test]
+fn map_names_with_inner_dots_are_accepted_and_escapes_refused() {
+    use bevy_diffusion::pipeline::pbr::check_map_name;
+    for ok in ["wall..v2", "v1..2", "stone.wall", "a", ".hidden"] {
+        assert!(check_map_name(ok).is_ok(), "{ok} was refused");
+    }
+    for bad in ["", ".", "..", "../x", "a/b", "a\\b", "/abs", "c:x", "a\0b"] {
+        match check_map_name(bad) {
+            Err(DiffusionError::InvalidRequest { field, .. }) => {
+                assert_eq!(field, "name", "{bad:?}")
+            }
+            other => panic!("{bad:?}: expected InvalidRequest, got {other:?}"),
+        }
+    }
+}

@@ -26,8 +26,9 @@ thread_local! {
 }
 
 /// Which path 3x3 stride-1 convolutions take: `BEVY_DIFFUSION_WINOGRAD=off` keeps every
-/// convolution on im2col + GEMM, anything else (the default) Winograd F(4x4, 3x3) (the A/B switch
-/// of the bench).
+/// convolution on im2col + GEMM, unset or `f4` (the default) Winograd F(4x4, 3x3) (the A/B switch
+/// of the bench); any other value (e.g. `f2`, whose F(2x2) kernel was removed) warns once and
+/// runs F(4x4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WinogradMode {
     /// im2col + GEMM only.
@@ -42,7 +43,14 @@ pub fn winograd_mode() -> WinogradMode {
     *MODE.get_or_init(
         || match std::env::var("BEVY_DIFFUSION_WINOGRAD").as_deref() {
             Ok("off" | "0" | "false") => WinogradMode::Off,
-            _ => WinogradMode::F4,
+            Ok("" | "on" | "1" | "true" | "f4") | Err(_) => WinogradMode::F4,
+            Ok(other) => {
+                // `f2` selected the F(2x2, 3x3) kernel until it was removed (session 6).
+                tracing::warn!(
+                    "BEVY_DIFFUSION_WINOGRAD={other:?} is not a known value (off | f4); using F(4x4, 3x3)"
+                );
+                WinogradMode::F4
+            }
         },
     )
 }

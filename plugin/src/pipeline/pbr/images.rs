@@ -34,8 +34,9 @@ impl From<&PbrMaps> for PbrImages {
 pub const PBR_MAP_SUFFIXES: [&str; 4] = ["normal", "height", "roughness", "ao"];
 
 /// Checks that `name` (the NAME of `NAME_normal.png`, ...) is a plain file-name stem, so the
-/// maps land inside their folder: not empty, no path separator (`/`, `\`), no `..`, not an
-/// absolute path or a drive (`:`), no NUL.
+/// maps land inside their folder: not empty, no path separator (`/`, `\`), not `.` or `..`, not
+/// an absolute path or a drive (`:`), no NUL. Dots inside a name (`wall..v2`, the same names bake
+/// accepts for its items) are fine: without a separator they cannot leave the folder.
 ///
 /// Errors: [`DiffusionError::InvalidRequest`] naming `name` and the value.
 pub fn check_map_name(name: &str) -> Result<()> {
@@ -45,8 +46,8 @@ pub fn check_map_name(name: &str) -> Result<()> {
         Some(
             "a name must not contain a path separator (`/` or `\\`): the maps go in the output folder",
         )
-    } else if name.contains("..") {
-        Some("a name must not contain `..`: the maps go in the output folder")
+    } else if name == "." || name == ".." {
+        Some("a name must not be `.` or `..`: the maps go in the output folder")
     } else if name.contains(':') || std::path::Path::new(name).has_root() {
         Some("a name must not be an absolute path or name a drive (`:`)")
     } else if name.contains('\0') {
