@@ -11,22 +11,10 @@ mod nats;
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use nats::NatsServer;
-use support::{Scratch, fixture_model, stderr, texgen};
-
-/// The one `texgen: error:` line of a failed run (exit code 1).
-fn error_line(o: &Output) -> String {
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
-    let err = stderr(o);
-    let errors: Vec<&str> = err
-        .lines()
-        .filter(|l| l.starts_with("texgen: error: "))
-        .collect();
-    assert_eq!(errors.len(), 1, "{err}");
-    errors[0].to_string()
-}
+use support::{Scratch, error_line, fixture_model, stderr, texgen};
 
 /// `texgen serve --nats url --model tiny-sd`, SIGKILLed on drop.
 struct Serve(Child);

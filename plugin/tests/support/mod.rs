@@ -22,6 +22,19 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The one `texgen: error:` line of a failed run: asserts exit code 1 and exactly one such line
+/// on stderr.
+pub fn error_line(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
+    let err = stderr(o);
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("texgen: error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    errors[0].to_string()
+}
+
 /// A fresh scratch folder `<tmp>/bevy_diffusion_<test crate>/<name>-<pid>`, removed when dropped.
 pub struct Scratch(pub PathBuf);
 
