@@ -223,7 +223,7 @@ fn winograd_conv3x3_matches_candle() -> Result<()> {
 /// spanning several tile rows, more input channels than fit one job's L2 budget at 32 tiles,
 /// transformed weights over 8 MiB (jobs of up to 64 tiles spanning tile rows: 152 tiles, 64-tile
 /// jobs on 1-2 threads), output channels not a multiple of the 6-row
-/// microkernel, sizes not a multiple of 4.
+/// microkernel, sizes not a multiple of 4, and >= 640 input channels (the batched path).
 #[test]
 fn winograd_conv3x3_matches_candle_on_wide_maps() -> Result<()> {
     let mut rng = Lcg(29);
@@ -232,6 +232,9 @@ fn winograd_conv3x3_matches_candle_on_wide_maps() -> Result<()> {
         (2, 9, 64, 23, 133, true),
         (1, 16, 8, 6, 7, true),
         (1, 80, 800, 13, 150, true),
+        // >= 640 input channels: the whole-batch GEMM path (winograd/batched.rs).
+        (2, 640, 22, 17, 19, true),
+        (1, 700, 9, 18, 16, false),
     ] {
         let x = rng.tensor(&[batch, cin, h, w])?;
         let wt = rng.tensor(&[cout, cin, 3, 3])?;
