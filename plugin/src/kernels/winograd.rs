@@ -12,7 +12,7 @@
 //! 2. the input transform `V = Bᵀ d B` writes `V[ξ][cin][tiles]` for the 36 positions `ξ`;
 //! 3. per block of [`MR`] output channels, 36 small GEMMs `M[ξ] = U[ξ] · V[ξ]` (`U = G g Gᵀ`,
 //!    packed `[ξ][cout block][cin][MR]` once per call) by the register-blocked microkernel of
-//!    `winograd/micro.rs`;
+//!    `kernels/micro.rs`;
 //! 4. the output transform `Y = Aᵀ M A` of those channels writes the NCHW output with the bias,
 //!    per-sample bias, residual and optional ReLU fused in.
 //!
@@ -26,10 +26,9 @@ use super::SendPtr;
 use super::conv::{ConvGeom, axis_map, gather_row};
 
 mod batched;
-mod micro;
 mod transforms;
 
-use micro::{MR, NR, micro};
+use super::micro::{MR, NR, micro};
 use transforms::{finish_row, input_transform, output_transform, split4, transform_weights};
 
 /// Tiles per job when their transformed input (`36 x cin x tiles` floats) fits in ~320 KB (L2).

@@ -6,8 +6,8 @@
 
 use rayon::prelude::*;
 
+use super::super::micro::MR;
 use super::super::{SendPtr, simd};
-use super::micro::MR;
 
 /// `U = G g Gᵀ` for every (cout, cin), packed `[ξ][cout block][cin][mr]` (`ξ = 6 * row + col`,
 /// blocks of [`MR`] output channels, the last one shorter).
