@@ -387,6 +387,42 @@ fn multi_head_attention_reads_heads_in_place() -> Result<()> {
     Ok(())
 }
 
+/// The GEGLU projection fused per task (`linear::forward_geglu`) against candle's linear, split
+/// and exact erf GELU: many rows (blocks of rows, a ragged last one), few rows (stripes of the
+/// inner columns, a ragged last one), a 3-d non-contiguous input, with and without bias, and
+/// the refusal of an odd projection width.
+#[test]
+fn fused_geglu_matches_linear_then_geglu() -> Result<()> {
+    use bevy_diffusion::testing::kernels::linear;
+    let mut rng = Lcg(41);
+    for &(rows, in_dim, inner) in &[(1100, 24, 40), (37, 16, 50), (3, 5, 7)] {
+        let w = rng.tensor(&[2 * inner, in_dim])?;
+        let bias = rng.tensor(&[2 * inner])?;
+        let x = rng.tensor(&[rows, in_dim])?;
+        for l in [
+            candle_nn::Linear::new(w.clone(), Some(bias)),
+            candle_nn::Linear::new(w.clone(), None),
+        ] {
+            let h = candle_core::Module::forward(&l, &x)?;
+            let want = (h.narrow(1, 0, inner)? * h.narrow(1, inner, inner)?.gelu_erf()?)?;
+            let got = linear::forward_geglu(&l, &x)?;
+            assert_eq!(got.dims(), [rows, inner]);
+            let e = rel_err(&got, &want)?;
+            assert!(e < 1e-5, "{rows}x{in_dim} -> {inner}: {e}");
+        }
+    }
+    // [2, 550, 24] read through a transpose: 1100 rows in two images.
+    let l = candle_nn::Linear::new(rng.tensor(&[64, 24])?, Some(rng.tensor(&[64])?));
+    let x = rng.tensor(&[550, 2, 24])?.transpose(0, 1)?;
+    let h = candle_core::Module::forward(&l, &x.contiguous()?)?;
+    let want = (h.narrow(2, 0, 32)? * h.narrow(2, 32, 32)?.gelu_erf()?)?;
+    assert!(rel_err(&linear::forward_geglu(&l, &x)?, &want)? < 1e-5);
+    let odd = candle_nn::Linear::new(rng.tensor(&[7, 24])?, None);
+    let err = linear::forward_geglu(&odd, &rng.tensor(&[4, 24])?).unwrap_err();
+    assert!(err.to_string().contains("[7, 24] projection"), "{err}");
+    Ok(())
+}
+
 #[test]
 fn linear_kernel_matches_candle_linear() -> Result<()> {
     let mut rng = Lcg(17);

@@ -112,35 +112,69 @@ pub fn forward_geglu(linear: &Linear, x: &Tensor) -> Result<Tensor> {
             return Tensor::from_vec(out, shape, &Device::Cpu);
         }
         let threads = rayon::current_num_threads().max(1);
-        // Blocks of 256-1024 rows, ~2 per thread: each block's GEMM packs the whole weight
-        // again, so fewer, larger blocks win (measured at SD 1.5's three levels).
-        let block = (rows / (2 * threads)).clamp(256, 1024);
+        // Tasks: blocks of rows x stripes of the inner columns. Each task's GEMM packs its
+        // operands again: row blocks repeat the weight's packing, stripes repeat `x`'s. Blocks
+        // of 256-1024 rows, ~2 per thread (measured at SD 1.5's three levels, batch 2: fewer,
+        // larger blocks won); where that leaves fewer blocks than threads (256 rows at the
+        // 16x16 level, batch 1, with a [10240, 1280] weight) the columns are split as well.
+        let block = (rows / (2 * threads)).clamp(256, 1024).min(rows);
+        let row_blocks = rows.div_ceil(block);
+        let stripe = inner
+            .div_ceil(threads.div_ceil(row_blocks))
+            .next_multiple_of(16)
+            .min(inner);
+        let stripes = inner.div_ceil(stripe);
+        let out_ptr = super::SendPtr(out.as_mut_ptr());
         with_slice(x, |xs| {
             with_slice(w, |ws| {
                 with_opt_slice(b, |bs| {
-                    out.par_chunks_mut(block * inner).enumerate().for_each_init(
+                    (0..row_blocks * stripes).into_par_iter().for_each_init(
                         Vec::new,
-                        |h: &mut Vec<f32>, (i, o)| {
-                            let n = o.len() / inner;
-                            h.resize(n * width, 0.0);
+                        |h: &mut Vec<f32>, task| {
+                            let (rb, sj) = (task / stripes, task % stripes);
+                            let (r0, c0) = (rb * block, sj * stripe);
+                            let (n, cw) = (block.min(rows - r0), stripe.min(inner - c0));
+                            // h [n, 2 cw]: the stripe's hidden columns, then its gate columns.
+                            h.resize(n * 2 * cw, 0.0);
                             if let Some(bs) = bs {
-                                h.chunks_mut(width).for_each(|r| r.copy_from_slice(bs));
+                                for r in h.chunks_mut(2 * cw) {
+                                    r[..cw].copy_from_slice(&bs[c0..c0 + cw]);
+                                    r[cw..].copy_from_slice(&bs[inner + c0..inner + c0 + cw]);
+                                }
                             }
                             let g = Gemm {
                                 rows: n,
                                 in_dim,
-                                out_dim: width,
-                                x: xs[i * block * in_dim..].as_ptr(),
+                                out_dim: cw,
+                                x: xs[r0 * in_dim..].as_ptr(),
                                 x_rs: in_dim as isize,
                                 x_cs: 1,
-                                dst_rs: width as isize,
+                                dst_rs: 2 * cw as isize,
                                 dst_cs: 1,
                             };
-                            // SAFETY: rows [i block, i block + n) of x ([rows, in]) into h
-                            // ([n, width]); the weight is [width, in].
-                            unsafe { g.run_with(ws, h.as_mut_ptr(), bs.is_some(), false) };
-                            for (orow, hrow) in o.chunks_mut(inner).zip(h.chunks(width)) {
-                                simd::geglu(orow, &hrow[..inner], &hrow[inner..]);
+                            for (half, w0) in [(0, c0), (cw, inner + c0)] {
+                                // SAFETY: rows [r0, r0 + n) of x ([rows, in]) times weight rows
+                                // [w0, w0 + cw) ([width, in]) into columns [half, half + cw) of
+                                // h ([n, 2 cw]).
+                                unsafe {
+                                    g.run_with(
+                                        &ws[w0 * in_dim..(w0 + cw) * in_dim],
+                                        h.as_mut_ptr().add(half),
+                                        bs.is_some(),
+                                        false,
+                                    )
+                                };
+                            }
+                            for (r, hrow) in h.chunks(2 * cw).enumerate() {
+                                // SAFETY: row r0 + r, columns [c0, c0 + cw) of out ([rows,
+                                // inner]) belong to this task only.
+                                let orow = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        out_ptr.get().add((r0 + r) * inner + c0),
+                                        cw,
+                                    )
+                                };
+                                simd::geglu(orow, &hrow[..cw], &hrow[cw..]);
                             }
                         },
                     );
