@@ -48,17 +48,21 @@ fn tiles_per_job(cin: usize, cout: usize) -> usize {
 }
 
 /// Whether [`conv3x3`] handles this geometry: 3x3, stride 1, at least 8 input channels and 256
-/// output pixels (any number of output channels: TAESD's last conv has 3), and at least 1024
-/// output pixels when `cin x cout` >= 512 x 512: on a 16x16 map the transformed weights (4x the
-/// weights, 471 MB at 2560 -> 1280) are used by too few tiles, and im2col + GEMM was 2.4x
-/// faster at 2560 -> 1280 and 2.8x at 1280 -> 1280 (SD 1.5's 16x16 level, batch 2).
+/// output pixels (any number of output channels: TAESD's last conv has 3), and at least 2048
+/// output pixels over the batch (128 tiles) when `cin x cout` >= 512 x 512: with fewer tiles the
+/// transformed weights (4x the weights, 471 MB at 2560 -> 1280) serve too little work, and
+/// im2col + GEMM was faster (SD 1.5's 16x16 level at batch 2: 2.4x at 2560 -> 1280, 2.8x at
+/// 1280 -> 1280; its 32x32 level at batch 1: 1.3x at 1280 -> 640, 1.4x at 640 -> 640), while
+/// from 128 tiles on the Winograd paths won (32x32 at batch 2: 1.2-1.3x at 1280 / 1920 -> 640).
 pub(crate) fn applies(g: &ConvGeom, oh: usize, ow: usize) -> bool {
-    let min_pixels = if g.cin * g.cout >= 512 * 512 {
-        1024
-    } else {
-        256
-    };
-    g.kh == 3 && g.kw == 3 && g.stride == 1 && g.cin >= 8 && g.cout >= 1 && oh * ow >= min_pixels
+    let large = g.cin * g.cout >= 512 * 512;
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == 1
+        && g.cin >= 8
+        && g.cout >= 1
+        && oh * ow >= 256
+        && (!large || g.batch * oh * ow >= 2048)
 }
 
 /// The stored row / column read at each padded position of a `th x tw` tile grid (4 per tile
