@@ -49,8 +49,8 @@ if [ -z "$PARSE_ONLY" ]; then
     mkdir -p "$OUT"
     export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS"
     echo "speed_sitting: logs in $OUT; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-    (cd "$ROOT" && cargo build --release -p bevy_diffusion --example bench 2>&1 | tail -1)
-    BENCH=(cargo run --release -q -p bevy_diffusion --example bench --)
+    (cd "$ROOT" && cargo build --release -p bevy_diffusion --no-default-features --features default_model --example bench 2>&1 | tail -1)
+    BENCH=(cargo run --release -q -p bevy_diffusion --no-default-features --features default_model --example bench --)
     for r in $(seq 1 "$ROUNDS"); do
         echo "round $r/$ROUNDS: anchor ($(date -u +%H:%M:%S))"
         if [ "$QUICK" = 1 ]; then

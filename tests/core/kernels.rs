@@ -223,7 +223,7 @@ fn winograd_conv3x3_matches_candle() -> Result<()> {
 /// spanning several tile rows, more input channels than fit one job's L2 budget at 32 tiles,
 /// transformed weights over 8 MiB (jobs of up to 64 tiles spanning tile rows: 152 tiles, 64-tile
 /// jobs on 1-2 threads), output channels not a multiple of the 6-row
-/// microkernel, sizes not a multiple of 4.
+/// microkernel, sizes not a multiple of 4, and >= 640 input channels (the batched path).
 #[test]
 fn winograd_conv3x3_matches_candle_on_wide_maps() -> Result<()> {
     let mut rng = Lcg(29);
@@ -232,6 +232,9 @@ fn winograd_conv3x3_matches_candle_on_wide_maps() -> Result<()> {
         (2, 9, 64, 23, 133, true),
         (1, 16, 8, 6, 7, true),
         (1, 80, 800, 13, 150, true),
+        // >= 640 input channels: the whole-batch GEMM path (winograd/batched.rs).
+        (2, 640, 22, 17, 19, true),
+        (1, 700, 9, 18, 16, false),
     ] {
         let x = rng.tensor(&[batch, cin, h, w])?;
         let wt = rng.tensor(&[cout, cin, 3, 3])?;
@@ -241,8 +244,11 @@ fn winograd_conv3x3_matches_candle_on_wide_maps() -> Result<()> {
         let got = conv.forward(&x, p, p, None, None)?;
         let want = conv_reference(&x, &wt, Some(&b), 1, p, p, None, None)?;
         let e = rel_err(&got, &want)?;
+        // F(4x4)'s rounding grows with the number of summed products: at 640 input channels
+        // both Winograd paths land just above 1e-5 (measured 1.5e-5 job-wise, 1.3e-5 batched).
+        let tol = if cin >= 640 { 3e-5 } else { 1e-5 };
         assert!(
-            e < 1e-5,
+            e < tol,
             "b{batch} c{cin}->{cout} {h}x{w} circular {circular}: {e}"
         );
     }
@@ -378,6 +384,42 @@ fn multi_head_attention_reads_heads_in_place() -> Result<()> {
     let got = attention_heads(&q, &k, &v, heads, 0.25)?.expect("f32 CPU");
     let e = rel_err(&got, &want)?;
     assert!(e < 1e-5, "{e}");
+    Ok(())
+}
+
+/// The GEGLU projection fused per task (`linear::forward_geglu`) against candle's linear, split
+/// and exact erf GELU: many rows (blocks of rows, a ragged last one), few rows (stripes of the
+/// inner columns, a ragged last one), a 3-d non-contiguous input, with and without bias, and
+/// the refusal of an odd projection width.
+#[test]
+fn fused_geglu_matches_linear_then_geglu() -> Result<()> {
+    use bevy_diffusion::testing::kernels::linear;
+    let mut rng = Lcg(41);
+    for &(rows, in_dim, inner) in &[(1100, 24, 40), (37, 16, 50), (3, 5, 7)] {
+        let w = rng.tensor(&[2 * inner, in_dim])?;
+        let bias = rng.tensor(&[2 * inner])?;
+        let x = rng.tensor(&[rows, in_dim])?;
+        for l in [
+            candle_nn::Linear::new(w.clone(), Some(bias)),
+            candle_nn::Linear::new(w.clone(), None),
+        ] {
+            let h = candle_core::Module::forward(&l, &x)?;
+            let want = (h.narrow(1, 0, inner)? * h.narrow(1, inner, inner)?.gelu_erf()?)?;
+            let got = linear::forward_geglu(&l, &x)?;
+            assert_eq!(got.dims(), [rows, inner]);
+            let e = rel_err(&got, &want)?;
+            assert!(e < 1e-5, "{rows}x{in_dim} -> {inner}: {e}");
+        }
+    }
+    // [2, 550, 24] read through a transpose: 1100 rows in two images.
+    let l = candle_nn::Linear::new(rng.tensor(&[64, 24])?, Some(rng.tensor(&[64])?));
+    let x = rng.tensor(&[550, 2, 24])?.transpose(0, 1)?;
+    let h = candle_core::Module::forward(&l, &x.contiguous()?)?;
+    let want = (h.narrow(2, 0, 32)? * h.narrow(2, 32, 32)?.gelu_erf()?)?;
+    assert!(rel_err(&linear::forward_geglu(&l, &x)?, &want)? < 1e-5);
+    let odd = candle_nn::Linear::new(rng.tensor(&[7, 24])?, None);
+    let err = linear::forward_geglu(&odd, &rng.tensor(&[4, 24])?).unwrap_err();
+    assert!(err.to_string().contains("[7, 24] projection"), "{err}");
     Ok(())
 }
 

@@ -25,6 +25,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod group_norm;
 pub mod linear;
+mod micro;
 pub mod profile;
 pub mod simd;
 mod winograd;

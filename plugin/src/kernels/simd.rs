@@ -12,7 +12,12 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // t = ROUND + n for the integer n nearest x log2(e): floats in [2^23, 2^24) are spaced 1
+    // apart, so t's bits are ROUND's bits + n (|n| <= 128), read without a float -> int cast
+    // (whose saturation keeps it from vectorising).
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let ni = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // e^r on [-ln2/2, ln2/2], degree-6 Taylor/minimax (Cephes expf coefficients).
     let p = 1.987_569_1e-4_f32;
@@ -22,7 +27,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let p = p * r * r + r + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
+    let bits = (ni.wrapping_add(127) as u32) << 23;
     p * f32::from_bits(bits)
 }
 

@@ -12,7 +12,7 @@
 //! 2. the input transform `V = Bᵀ d B` writes `V[ξ][cin][tiles]` for the 36 positions `ξ`;
 //! 3. per block of [`MR`] output channels, 36 small GEMMs `M[ξ] = U[ξ] · V[ξ]` (`U = G g Gᵀ`,
 //!    packed `[ξ][cout block][cin][MR]` once per call) by the register-blocked microkernel of
-//!    `winograd/micro.rs`;
+//!    `kernels/micro.rs`;
 //! 4. the output transform `Y = Aᵀ M A` of those channels writes the NCHW output with the bias,
 //!    per-sample bias, residual and optional ReLU fused in.
 //!
@@ -25,10 +25,10 @@ use rayon::prelude::*;
 use super::SendPtr;
 use super::conv::{ConvGeom, axis_map, gather_row};
 
-mod micro;
+mod batched;
 mod transforms;
 
-use micro::{MR, NR, micro};
+use super::micro::{MR, NR, micro};
 use transforms::{finish_row, input_transform, output_transform, split4, transform_weights};
 
 /// Tiles per job when their transformed input (`36 x cin x tiles` floats) fits in ~320 KB (L2).
@@ -48,9 +48,35 @@ fn tiles_per_job(cin: usize, cout: usize) -> usize {
 }
 
 /// Whether [`conv3x3`] handles this geometry: 3x3, stride 1, at least 8 input channels and 256
-/// output pixels (any number of output channels: TAESD's last conv has 3).
+/// output pixels (any number of output channels: TAESD's last conv has 3), and at least 2048
+/// output pixels over the batch (128 tiles) when `cin x cout` >= 512 x 512: with fewer tiles the
+/// transformed weights (4x the weights, 471 MB at 2560 -> 1280) serve too little work, and
+/// im2col + GEMM was faster (SD 1.5's 16x16 level at batch 2: 2.4x at 2560 -> 1280, 2.8x at
+/// 1280 -> 1280; its 32x32 level at batch 1: 1.3x at 1280 -> 640, 1.4x at 640 -> 640), while
+/// from 128 tiles on the Winograd paths won (32x32 at batch 2: 1.2-1.3x at 1280 / 1920 -> 640).
 pub(crate) fn applies(g: &ConvGeom, oh: usize, ow: usize) -> bool {
-    g.kh == 3 && g.kw == 3 && g.stride == 1 && g.cin >= 8 && g.cout >= 1 && oh * ow >= 256
+    let large = g.cin * g.cout >= 512 * 512;
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == 1
+        && g.cin >= 8
+        && g.cout >= 1
+        && oh * ow >= 256
+        && (!large || g.batch * oh * ow >= 2048)
+}
+
+/// The stored row / column read at each padded position of a `th x tw` tile grid (4 per tile
+/// plus the 2-row / column overlap; -1 = zero), through the upsampling when `up` is 2.
+fn padded_maps(g: &ConvGeom, up: usize, th: usize, tw: usize) -> (Vec<isize>, Vec<isize>) {
+    let stored = |m: Vec<isize>| -> Vec<isize> {
+        m.into_iter()
+            .map(|i| if i < 0 { -1 } else { i / up as isize })
+            .collect()
+    };
+    (
+        stored(axis_map(g.h, 4 * (th + 1), 1, 1, g.pad_y)),
+        stored(axis_map(g.w, 4 * (tw + 1), 1, 1, g.pad_x)),
+    )
 }
 
 /// Per-thread scratch: one channel's gathered rows (split and row-transformed), the transformed
@@ -97,8 +123,14 @@ pub(crate) fn conv3x3(
     let (sh, sw) = (g.h / up, g.w / up);
     assert_eq!(x.len(), g.batch * cin * sh * sw);
     assert_eq!(out.len(), g.batch * cout * oh * ow);
-    let u = transform_weights(wt, cout, cin);
     let (th, tw) = (oh.div_ceil(4), ow.div_ceil(4));
+    let (ymap, xmap) = padded_maps(g, up, th, tw);
+    if batched::applies(cin, cout) {
+        let maps = (ymap.as_slice(), xmap.as_slice());
+        let pass = batched::PASS_BYTES;
+        return batched::conv3x3(g, up, oh, ow, maps, x, wt, bias, residual, relu, out, pass);
+    }
+    let u = transform_weights(wt, cout, cin);
     // Jobs: runs of consecutive tiles (row-major over the tile grid of one image), at least one
     // per thread.
     let tiles = th * tw;
@@ -107,15 +139,6 @@ pub(crate) fn conv3x3(
     let jobs = tiles.div_ceil(per_job);
     let per_job = tiles.div_ceil(jobs);
     let total = g.batch * jobs;
-    // Stored row / column read at each padded position (4 per tile plus the 2-row / column
-    // overlap; -1 = zero), through the upsampling when `up` is 2.
-    let stored = |m: Vec<isize>| -> Vec<isize> {
-        m.into_iter()
-            .map(|i| if i < 0 { -1 } else { i / up as isize })
-            .collect()
-    };
-    let ymap = stored(axis_map(g.h, 4 * (th + 1), 1, 1, g.pad_y));
-    let xmap = stored(axis_map(g.w, 4 * (tw + 1), 1, 1, g.pad_x));
     let out_ptr = SendPtr(out.as_mut_ptr());
     let ohw = oh * ow;
     let job = |j: usize| {
@@ -150,33 +173,11 @@ pub(crate) fn conv3x3(
             // 1 + 2: per piece and channel, the 6 padded input rows (columns split modulo 4,
             // in L1), then V[ξ][ci][off + tx]; the padding tiles [nt, np) are zero.
             for &(ty, tx0, n, off) in &segs {
-                let n1 = n + 1;
-                let ys = &ymap[4 * ty..4 * ty + 6];
-                // Columns [lo, hi) of the piece read the stored row directly (no padding).
-                let q0 = 4 * tx0;
-                let direct = |q: usize| {
-                    let p = (q0 + q) as isize - g.pad_x.before as isize;
-                    (0..g.w as isize).contains(&p)
-                };
-                let w4 = 4 * n1;
-                let lo = (0..w4).find(|&q| direct(q)).unwrap_or(w4);
-                let hi = (lo..w4).find(|&q| !direct(q)).unwrap_or(w4);
-                let first = (q0 + lo).saturating_sub(g.pad_x.before);
-                let xs = &xmap[q0..q0 + w4];
+                let piece = Piece::new(g, &ymap, &xmap, ty, tx0, n);
                 let pad = if off + n == nt { np - nt } else { 0 };
                 for ci in 0..cin {
                     let plane = &x_img[ci * sh * sw..(ci + 1) * sh * sw];
-                    for (r, &sy) in ys.iter().enumerate() {
-                        let dst = &mut s.pad[r * w4..(r + 1) * w4];
-                        if sy < 0 {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[sy as usize * sw..(sy as usize + 1) * sw];
-                        let line = &mut s.line[..w4];
-                        gather_row(src, xs, (lo, hi), first, 1, up, line);
-                        split4(line, n1, dst);
-                    }
+                    piece.gather(plane, sw, up, &mut s.line, &mut s.pad);
                     let at = ci * np + off;
                     input_transform(&s.pad, n, pad, &mut s.rows, &mut s.v, at, cin * np);
                 }
@@ -217,4 +218,65 @@ pub(crate) fn conv3x3(
         });
     };
     (0..total).into_par_iter().for_each(job);
+}
+
+/// The padded input rows of one piece of a tile row: tiles `tx0..tx0 + n` of tile row `ty`.
+struct Piece<'a> {
+    /// Stored rows read by the 6 padded rows (-1 = zero).
+    ys: &'a [isize],
+    /// Stored columns read by the `4 (n + 1)` padded columns (-1 = zero).
+    xs: &'a [isize],
+    /// Columns `[lo, hi)` read the stored row directly, starting at column `first`.
+    lo: usize,
+    hi: usize,
+    first: usize,
+    /// Tiles in the piece.
+    n: usize,
+}
+
+impl<'a> Piece<'a> {
+    fn new(
+        g: &ConvGeom,
+        ymap: &'a [isize],
+        xmap: &'a [isize],
+        ty: usize,
+        tx0: usize,
+        n: usize,
+    ) -> Self {
+        let w4 = 4 * (n + 1);
+        let q0 = 4 * tx0;
+        let direct = |q: usize| {
+            let p = (q0 + q) as isize - g.pad_x.before as isize;
+            (0..g.w as isize).contains(&p)
+        };
+        let lo = (0..w4).find(|&q| direct(q)).unwrap_or(w4);
+        let hi = (lo..w4).find(|&q| !direct(q)).unwrap_or(w4);
+        let first = (q0 + lo).saturating_sub(g.pad_x.before);
+        Piece {
+            ys: &ymap[4 * ty..4 * ty + 6],
+            xs: &xmap[q0..q0 + w4],
+            lo,
+            hi,
+            first,
+            n,
+        }
+    }
+
+    /// The piece's 6 padded rows of one channel's stored plane (`sw` columns), each split by
+    /// column modulo 4, into `pad` (`24 (n + 1)` floats); `line` is scratch of `4 (n + 1)`.
+    fn gather(&self, plane: &[f32], sw: usize, up: usize, line: &mut [f32], pad: &mut [f32]) {
+        let n1 = self.n + 1;
+        let w4 = 4 * n1;
+        for (r, &sy) in self.ys.iter().enumerate() {
+            let dst = &mut pad[r * w4..(r + 1) * w4];
+            if sy < 0 {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &plane[sy as usize * sw..(sy as usize + 1) * sw];
+            let line = &mut line[..w4];
+            gather_row(src, self.xs, (self.lo, self.hi), self.first, 1, up, line);
+            split4(line, n1, dst);
+        }
+    }
 }

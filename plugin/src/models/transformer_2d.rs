@@ -9,7 +9,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use crate::kernels::profile::{self, OpKind};
-use crate::kernels::{GroupNormKernel, elementwise, linear};
+use crate::kernels::{GroupNormKernel, linear};
 
 /// Upper bound on the number of attention scores materialised at once (2^21 f32 = 8 MiB).
 /// Larger problems are computed in chunks of heads, then of query rows; the result is identical.
@@ -231,8 +231,7 @@ impl FeedForward {
 impl FeedForward {
     /// `ff(x) + residual`, the add done inside `net.2`: `[b, n, dim]` -> `[b, n, dim]`.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let h = linear::forward(&self.proj, x)?;
-        let h = elementwise::geglu(&h)?;
+        let h = linear::forward_geglu(&self.proj, x)?;
         linear::forward_residual(&self.out, &h, residual)
     }
 }
@@ -240,8 +239,7 @@ impl FeedForward {
 impl Module for FeedForward {
     /// `[b, n, dim]` -> `[b, n, dim]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = linear::forward(&self.proj, x)?;
-        let h = elementwise::geglu(&h)?;
+        let h = linear::forward_geglu(&self.proj, x)?;
         linear::forward(&self.out, &h)
     }
 }

@@ -6,17 +6,35 @@
 
 use rayon::prelude::*;
 
+use super::super::micro::MR;
 use super::super::{SendPtr, simd};
-use super::micro::MR;
 
 /// `U = G g Gᵀ` for every (cout, cin), packed `[ξ][cout block][cin][mr]` (`ξ = 6 * row + col`,
 /// blocks of [`MR`] output channels, the last one shorter).
 pub(super) fn transform_weights(wt: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    transform_weights_at(wt, cout, cin, |xi, co, ci| {
+        let (cb, r) = (co / MR, co % MR);
+        let mr = MR.min(cout - cb * MR);
+        xi * cout * cin + cb * MR * cin + ci * mr + r
+    })
+}
+
+/// `U = G g Gᵀ` as 36 row-major `[cout, cin]` matrices: `[ξ][cout][cin]`.
+pub(super) fn transform_weights_plain(wt: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    transform_weights_at(wt, cout, cin, |xi, co, ci| (xi * cout + co) * cin + ci)
+}
+
+/// `U = G g Gᵀ` for every (cout, cin), element `(ξ, co, ci)` stored at `at(ξ, co, ci)` (a
+/// permutation of `0..36 cout cin`).
+fn transform_weights_at(
+    wt: &[f32],
+    cout: usize,
+    cin: usize,
+    at: impl Fn(usize, usize, usize) -> usize + Sync,
+) -> Vec<f32> {
     let mut u = vec![0f32; 36 * cout * cin];
     let ptr = SendPtr(u.as_mut_ptr());
     (0..cout).into_par_iter().for_each(|co| {
-        let (cb, r) = (co / MR, co % MR);
-        let mr = MR.min(cout - cb * MR);
         for ci in 0..cin {
             let g = &wt[(co * cin + ci) * 9..(co * cin + ci) * 9 + 9];
             // G g: 6 rows of 3.
@@ -34,10 +52,11 @@ pub(super) fn transform_weights(wt: &[f32], cout: usize, cin: usize) -> Vec<f32>
             for i in 0..6 {
                 let row = col(gg[0][i], gg[1][i], gg[2][i]);
                 for (j, &val) in row.iter().enumerate() {
-                    let xi = 6 * i + j;
-                    let at = xi * cout * cin + cb * MR * cin + ci * mr + r;
-                    // SAFETY: each (ξ, co, ci) slot is written by the task of `co` only.
-                    unsafe { *ptr.get().add(at) = val };
+                    let slot = at(6 * i + j, co, ci);
+                    debug_assert!(slot < 36 * cout * cin);
+                    // SAFETY: `at` is a permutation of the 36 cout cin slots, and each
+                    // (ξ, co, ci) slot is written by the task of `co` only.
+                    unsafe { *ptr.get().add(slot) = val };
                 }
             }
         }
