@@ -45,7 +45,7 @@ fn micro_into<const ADD: bool>(
     m: &mut [f32],
     ms: usize,
 ) {
-    assert!(mr <= MR && u.len() >= k * mr && m.len() >= (mr - 1) * ms + NR);
+    assert!((1..=MR).contains(&mr) && u.len() >= k * mr && m.len() >= (mr - 1) * ms + NR);
     assert!(k == 0 || v.len() >= (k - 1) * vs + NR);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {

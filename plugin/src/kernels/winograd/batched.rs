@@ -105,6 +105,9 @@ pub(super) fn conv3x3(
     let u = transform_weights_plain(wt, cout, cin);
     // Tile rows of the whole batch: row r is tile row r % th of image r / th.
     let all_rows = g.batch * th;
+    if all_rows == 0 || cout == 0 {
+        return;
+    }
     let row_bytes = 36 * (cin + cout) * tw * 4;
     let per_pass = (pass_bytes / row_bytes.max(1)).clamp(1, all_rows);
     let first_pass = per_pass * tw;
@@ -329,8 +332,9 @@ mod tests {
             let (th, tw) = (oh.div_ceil(4), ow.div_ceil(4));
             let (ymap, xmap) = padded_maps(&g, up, th, tw);
             let row_bytes = 36 * (cin + cout) * tw * 4;
-            // One pass, one tile row per pass, three rows per pass (the last one ragged).
-            for pass in [usize::MAX / 2, 1, 3 * row_bytes] {
+            // One pass; one tile row per pass; four rows per pass (with 3 tile rows per image
+            // the first pass spans two images, and with 6 rows in all the last one is short).
+            for pass in [usize::MAX / 2, 1, 4 * row_bytes] {
                 let mut got = vec![f32::NAN; want.len()];
                 super::conv3x3(
                     &g,

@@ -53,7 +53,7 @@ fn transform_weights_at(
                 let row = col(gg[0][i], gg[1][i], gg[2][i]);
                 for (j, &val) in row.iter().enumerate() {
                     let slot = at(6 * i + j, co, ci);
-                    debug_assert!(slot < 36 * cout * cin);
+                    assert!(slot < 36 * cout * cin);
                     // SAFETY: `at` is a permutation of the 36 cout cin slots, and each
                     // (ξ, co, ci) slot is written by the task of `co` only.
                     unsafe { *ptr.get().add(slot) = val };
