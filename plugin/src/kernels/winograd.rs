@@ -79,6 +79,61 @@ fn padded_maps(g: &ConvGeom, up: usize, th: usize, tw: usize) -> (Vec<isize>, Ve
     )
 }
 
+/// What is fused into an output row: the (per-sample) bias, a residual `[b, cout, oh, ow]`, a
+/// final ReLU.
+#[derive(Clone, Copy)]
+struct Fused<'a> {
+    bias: f32,
+    residual: Option<&'a [f32]>,
+    relu: bool,
+}
+
+/// Writes tiles `tx0..tx0 + n` of tile row `ty` of one output channel (`plane`: its offset in
+/// `out`, `[b, cout, oh, ow]`) from the output transform's 4 rows of `4 n` columns, clipped to
+/// the map, with `fused` applied.
+///
+/// # Safety
+/// Those rows and columns of the plane lie inside `out` and no one else touches them meanwhile.
+unsafe fn write_tiles(
+    out: SendPtr,
+    plane: usize,
+    (oh, ow): (usize, usize),
+    (ty, tx0, n): (usize, usize, usize),
+    out_row: &[f32],
+    fused: Fused,
+) {
+    let x0 = 4 * tx0;
+    let len = (4 * n).min(ow - x0);
+    for a in 0..(oh - 4 * ty).min(4) {
+        let base = plane + (4 * ty + a) * ow + x0;
+        // SAFETY: the caller's contract.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(base), len) };
+        let res = fused.residual.map(|rs| &rs[base..base + len]);
+        finish_row(
+            dst,
+            &out_row[a * 4 * n..][..len],
+            fused.bias,
+            res,
+            fused.relu,
+        );
+    }
+}
+
+/// Runs `f` on this thread's scratch with its row buffers grown for pieces of up to `n` tiles
+/// (the transformed input and GEMM output are the caller's to size).
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let s = &mut *s;
+        grow(&mut s.pad, 24 * (n + 1));
+        grow(&mut s.rows, 24 * (n + 1));
+        grow(&mut s.line, 4 * (n + 1));
+        grow(&mut s.out_row, 16 * n);
+        grow(&mut s.t, 24 * n);
+        f(s)
+    })
+}
+
 /// Per-thread scratch: one channel's gathered rows (split and row-transformed), the transformed
 /// input, the GEMM output and the output transform's rows.
 #[derive(Default)]
@@ -160,16 +215,9 @@ pub(crate) fn conv3x3(
         };
         let nmax = segs.iter().map(|s| s.2).max().unwrap_or(0);
         let x_img = &x[bi * cin * sh * sw..(bi + 1) * cin * sh * sw];
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            let s = &mut *s;
-            grow(&mut s.pad, 24 * (nmax + 1));
-            grow(&mut s.rows, 24 * (nmax + 1));
-            grow(&mut s.line, 4 * (nmax + 1));
+        with_scratch(nmax, |s| {
             grow(&mut s.v, 36 * cin * np);
             grow(&mut s.m, 36 * MR * np);
-            grow(&mut s.out_row, 16 * nmax);
-            grow(&mut s.t, 24 * nmax);
             // 1 + 2: per piece and channel, the 6 padded input rows (columns split modulo 4,
             // in L1), then V[ξ][ci][off + tx]; the padding tiles [nt, np) are zero.
             for &(ty, tx0, n, off) in &segs {
@@ -199,19 +247,16 @@ pub(crate) fn conv3x3(
                     for &(ty, tx0, n, off) in &segs {
                         let (ms, stride) = (r * np + off, MR * np);
                         output_transform(&s.m, ms, stride, n, &mut s.t, &mut s.out_row);
-                        let (x0, rows) = (4 * tx0, (oh - 4 * ty).min(4));
-                        let len = (4 * n).min(ow - x0);
-                        for a in 0..rows {
-                            let base = bi * cout * ohw + co * ohw + (4 * ty + a) * ow + x0;
-                            // SAFETY: row 4 ty + a, columns [x0, x0 + len) of channel (bi, co)
-                            // belong to this job's tiles only.
-                            let dst = unsafe {
-                                std::slice::from_raw_parts_mut(out_ptr.get().add(base), len)
-                            };
-                            let res = residual.map(|rs| &rs[base..base + len]);
-                            let row = &s.out_row[a * 4 * n..a * 4 * n + len];
-                            finish_row(dst, row, bv, res, relu);
-                        }
+                        let plane = (bi * cout + co) * ohw;
+                        let fused = Fused {
+                            bias: bv,
+                            residual,
+                            relu,
+                        };
+                        // SAFETY: these tiles of channel (bi, co) belong to this job only.
+                        unsafe {
+                            write_tiles(out_ptr, plane, (oh, ow), (ty, tx0, n), &s.out_row, fused)
+                        };
                     }
                 }
             }

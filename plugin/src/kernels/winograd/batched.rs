@@ -20,8 +20,8 @@ use rayon::prelude::*;
 
 use super::super::SendPtr;
 use super::super::conv::ConvGeom;
-use super::Piece;
-use super::transforms::{finish_row, input_transform, output_transform, transform_weights_plain};
+use super::transforms::{input_transform, output_transform, transform_weights_plain};
+use super::{Fused, Piece, with_scratch, write_tiles};
 
 /// Upper bound on one pass's `V` + `M` buffers (bytes).
 pub(super) const PASS_BYTES: usize = 128 << 20;
@@ -56,27 +56,6 @@ pub(super) fn applies(cin: usize, cout: usize) -> bool {
         PathChoice::Jobs => false,
         PathChoice::Batched => true,
         PathChoice::Auto => cin >= 640 && cout >= 16,
-    }
-}
-
-/// Per-task scratch of steps 1 and 3, for `tw` tiles per row.
-struct Rows {
-    line: Vec<f32>,
-    pad: Vec<f32>,
-    rows: Vec<f32>,
-    t: Vec<f32>,
-    out_row: Vec<f32>,
-}
-
-impl Rows {
-    fn new(tw: usize) -> Self {
-        Rows {
-            line: vec![0.0; 4 * (tw + 1)],
-            pad: vec![0.0; 24 * (tw + 1)],
-            rows: vec![0.0; 24 * (tw + 1)],
-            t: vec![0.0; 24 * tw],
-            out_row: vec![0.0; 16 * tw],
-        }
     }
 }
 
@@ -119,9 +98,8 @@ pub(super) fn conv3x3(
         let nt = (r1 - r0) * tw;
         let (v, m) = (&mut v[..36 * cin * nt], &mut m[..36 * cout * nt]);
         // 1. V[ci][ξ][t], t = (r - r0) tw + tx.
-        v.par_chunks_mut(36 * nt).enumerate().for_each_init(
-            || Rows::new(tw),
-            |s, (ci, vc)| {
+        v.par_chunks_mut(36 * nt).enumerate().for_each(|(ci, vc)| {
+            with_scratch(tw, |s| {
                 for r in r0..r1 {
                     let (bi, ty) = (r / th, r % th);
                     let plane = &x[(bi * cin + ci) * sh * sw..][..sh * sw];
@@ -129,8 +107,8 @@ pub(super) fn conv3x3(
                     piece.gather(plane, sw, up, &mut s.line, &mut s.pad);
                     input_transform(&s.pad, tw, 0, &mut s.rows, vc, (r - r0) * tw, nt);
                 }
-            },
-        );
+            })
+        });
         // 2. M[co][ξ][t] = Σ_ci U[ξ][co][ci] V[ci][ξ][t].
         let m_ptr = SendPtr(m.as_mut_ptr());
         let (u, v) = (&u, &*v);
@@ -164,26 +142,25 @@ pub(super) fn conv3x3(
             }
         });
         // 3. The output transform per output channel.
-        m.par_chunks(36 * nt).enumerate().for_each_init(
-            || Rows::new(tw),
-            |s, (co, mc)| {
+        m.par_chunks(36 * nt).enumerate().for_each(|(co, mc)| {
+            with_scratch(tw, |s| {
                 for r in r0..r1 {
                     let (bi, ty) = (r / th, r % th);
                     output_transform(mc, (r - r0) * tw, nt, tw, &mut s.t, &mut s.out_row);
-                    let bv = bias.map_or(0.0, |b| b[bi * cout + co]);
-                    let len = (4 * tw).min(ow);
-                    for a in 0..(oh - 4 * ty).min(4) {
-                        let base = (bi * cout + co) * ohw + (4 * ty + a) * ow;
-                        // SAFETY: row 4 ty + a of channel (bi, co) is written by the task of
-                        // `co` only, and lies inside `out` ([b, cout, oh, ow]).
-                        let dst =
-                            unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(base), len) };
-                        let res = residual.map(|rs| &rs[base..base + len]);
-                        finish_row(dst, &s.out_row[a * 4 * tw..][..len], bv, res, relu);
-                    }
+                    let bias = bias.map_or(0.0, |b| b[bi * cout + co]);
+                    let fused = Fused {
+                        bias,
+                        residual,
+                        relu,
+                    };
+                    let plane = (bi * cout + co) * ohw;
+                    // SAFETY: channel (bi, co) is written by the task of `co` only.
+                    unsafe {
+                        write_tiles(out_ptr, plane, (oh, ow), (ty, 0, tw), &s.out_row, fused)
+                    };
                 }
-            },
-        );
+            })
+        });
     }
 }
 
