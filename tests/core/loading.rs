@@ -798,6 +798,62 @@ fn checked_backend_loads_converts_and_reports_typed_errors() {
     );
 }
 
+/// Weights are read tensor by tensor from the file (no memory map): bf16 and f32 files give
+/// exact values, and a file that changed after its header was validated is refused with a
+/// typed error naming it, or (cut short after opening) fails the build with one, never a crash.
+#[test]
+fn checked_backend_reads_each_dtype_and_refuses_a_changed_file() {
+    for dtype in [DType::F32, DType::BF16] {
+        let dir = scratch(&format!("read-{dtype:?}"));
+        let files = toy_weights(&dir, dtype);
+        let weights = CheckedWeights::open(&files, &Device::Cpu).unwrap();
+        let (w, b) = weights.build(|vb| toy_linear(&vb.pp("lin"), 3, 4)).unwrap();
+        assert_eq!(w.dtype(), DType::F32);
+        assert_eq!(
+            w.to_vec2::<f32>().unwrap(),
+            vec![
+                vec![0., 1., 2.],
+                vec![3., 4., 5.],
+                vec![6., 7., 8.],
+                vec![9., 10., 11.]
+            ]
+        );
+        assert_eq!(b.to_vec1::<f32>().unwrap(), vec![1., 2., 3., 4.]);
+    }
+
+    let dir = scratch("changed");
+    let files = toy_weights(&dir, DType::F32);
+    let len = std::fs::metadata(&files.path).unwrap().len();
+    // Grown since its header was read: refused at open.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files.path)
+        .unwrap();
+    f.set_len(len + 4).unwrap();
+    let e = CheckedWeights::open(&files, &Device::Cpu).err().unwrap();
+    match &e {
+        DiffusionError::BadSafetensors { path, reason } => {
+            assert_eq!(path, &files.path);
+            assert!(reason.contains("changed"), "{reason}");
+        }
+        other => panic!("expected BadSafetensors, got {other:?}"),
+    }
+    // Opened, then cut short: the tensor's read fails with a typed error naming the file.
+    f.set_len(len).unwrap();
+    let weights = CheckedWeights::open(&files, &Device::Cpu).unwrap();
+    f.set_len(len - 8).unwrap();
+    let e = weights
+        .build(|vb| toy_linear(&vb.pp("lin"), 3, 4))
+        .unwrap_err();
+    match &e {
+        DiffusionError::BadSafetensors { path, reason } => {
+            assert_eq!(path, &files.path);
+            assert!(reason.contains("lin."), "{reason}");
+        }
+        other => panic!("expected BadSafetensors, got {other:?}"),
+    }
+}
+
 #[test]
 fn checked_backend_reads_sharded_checkpoints() {
     let scratch = scratch("sharded");

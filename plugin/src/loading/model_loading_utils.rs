@@ -2,14 +2,14 @@
 //! (`load_state_dict` + the missing / mismatched key checks of `load_model_dict_into_meta`):
 //! [`CheckedWeights`] hands models a [`VarBuilder`] whose every lookup is checked against the
 //! safetensors headers ([`super::weights::read_header`]). It serves the real load
-//! ([`CheckedWeights::open`], memory-mapped data, LoRA deltas merged on the way) and `texgen
-//! inspect`'s dry build ([`CheckedWeights::headers_only`]: zeros, every problem recorded).
+//! ([`CheckedWeights::open`], each tensor read from its file into its own buffer, LoRA deltas
+//! merged on the way) and `texgen inspect`'s dry build ([`CheckedWeights::headers_only`]: zeros, every problem recorded).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use candle_core::safetensors::{MmapedSafetensors, SliceSafetensors};
+use candle_core::safetensors::SliceSafetensors;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
@@ -19,9 +19,11 @@ use crate::error::{DiffusionError, Result};
 use crate::loading::lora_merge::LoraDelta;
 
 mod checked_backend;
+mod tensor_read;
 use checked_backend::{CheckedBackend, LoadLog, SharedBackend, TensorData};
+use tensor_read::TensorLocation;
 
-/// Memory-mapped, header-checked weights of one component, handing out checking
+/// Header-checked weights of one component, handing out checking
 /// [`VarBuilder`]s.
 ///
 /// Every tensor a model requests through [`CheckedWeights::var_builder`] is checked against the
@@ -29,8 +31,10 @@ use checked_backend::{CheckedBackend, LoadLog, SharedBackend, TensorData};
 /// [`WeightFiles::path`], the full dotted name and the shape the model expected); wrong shape →
 /// [`DiffusionError::ShapeMismatch`] (naming the file holding it, the name, the expected and the
 /// stored shape). Tensors are converted to the requested dtype (f32 for the var builders made
-/// here), whatever they are stored as (f16, bf16, f32, ...). The tensor data is copied out of the
-/// mapping while loading, so the mapping can be dropped once the model is built.
+/// here), whatever they are stored as (f16, bf16, f32, ...). Each tensor is read from its file with
+/// a positional read straight into the buffer that becomes the tensor (no memory map), so the
+/// peak resident memory of a load is the weights plus one tensor (see
+/// `model_loading_utils/tensor_read.rs`).
 pub struct CheckedWeights {
     backend: Arc<CheckedBackend>,
     files: WeightFiles,
@@ -38,13 +42,14 @@ pub struct CheckedWeights {
 }
 
 impl CheckedWeights {
-    /// Memory-maps `files` (whose headers [`read_header`] has validated) for loading onto
-    /// `device`; a compiled-in file (`<embedded>/...`, [`crate::loading::model_files`]) is read
-    /// from its `&'static [u8]` instead (candle's `SliceSafetensors`).
+    /// Opens `files` (whose headers [`read_header`] has validated) for loading onto `device`;
+    /// a compiled-in file (`<embedded>/...`, [`crate::loading::model_files`]) is read from its
+    /// `&'static [u8]` instead (candle's `SliceSafetensors`).
     ///
     /// # Errors
-    /// [`DiffusionError::BadSafetensors`] if candle's mmap (which re-runs the `safetensors`
-    /// crate's header checks) refuses a file, e.g. because it changed since it was validated.
+    /// [`DiffusionError::Io`] if a file cannot be opened; [`DiffusionError::BadSafetensors`] if
+    /// a file's size is no longer the one its header was validated against (it changed since),
+    /// or the compiled-in bytes cannot be read.
     pub fn open(files: &WeightFiles, device: &Device) -> Result<Self> {
         Self::open_with_lora(files, device, HashMap::new())
     }
@@ -75,22 +80,29 @@ impl CheckedWeights {
                 lora,
             ));
         }
-        // SAFETY: the mapping is read-only and only read while loading; as with every mmap-based
-        // loader (candle, safetensors, diffusers), another process truncating or rewriting the
-        // file during loading is undefined behaviour we cannot rule out.
-        let mmap = unsafe {
-            if paths.len() == 1 {
-                MmapedSafetensors::new(paths[0])
-            } else {
-                MmapedSafetensors::multi(&paths)
+        let mut open = HashMap::new();
+        for header in &files.shards {
+            let path = header.path.as_path();
+            let file = std::fs::File::open(path).map_err(|e| DiffusionError::io(path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| DiffusionError::io(path, e))?
+                .len();
+            if len != header.file_len {
+                return Err(bad(
+                    path,
+                    format!(
+                        "the file changed since its header was read ({} bytes then, {len} now)",
+                        header.file_len
+                    ),
+                ));
             }
+            open.insert(path.to_path_buf(), Mutex::new(file));
         }
-        .map_err(|e| bad(&files.path, format!("cannot map the file(s): {e}")))?;
-
         Ok(Self::with_data(
             files,
             device,
-            Some(TensorData::Mapped(mmap)),
+            Some(TensorData::Files(open)),
             lora,
         ))
     }
@@ -107,17 +119,26 @@ impl CheckedWeights {
     fn with_data(
         files: &WeightFiles,
         device: &Device,
-        mmap: Option<TensorData>,
+        data: Option<TensorData>,
         lora: HashMap<String, Vec<LoraDelta>>,
     ) -> Self {
+        // Later shards override earlier ones, as `WeightFiles::tensor` reads them.
         let mut index = HashMap::new();
         for header in &files.shards {
+            let data_start = 8 + header.header_len;
             for (name, meta) in &header.tensors {
-                index.insert(name.clone(), (header.path.clone(), meta.shape.clone()));
+                let (start, end) = meta.data_offsets;
+                let at = TensorLocation {
+                    dtype: meta.dtype.clone(),
+                    shape: meta.shape.clone(),
+                    offset: data_start + start as u64,
+                    bytes: end - start,
+                };
+                index.insert(name.clone(), (header.path.clone(), at));
             }
         }
         let backend = CheckedBackend {
-            mmap,
+            data,
             path: files.path.clone(),
             index,
             log: Arc::new(Mutex::new(LoadLog::default())),

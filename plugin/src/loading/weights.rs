@@ -7,11 +7,11 @@
 //!    disagrees with its byte range, byte ranges that overlap, leave gaps, or run past the end of
 //!    the file (a truncated download) all become [`DiffusionError::BadSafetensors`] naming the
 //!    file and the reason. The same rules as the `safetensors` crate's
-//!    `SafeTensors::read_metadata` (which candle's mmap runs again when the file is opened), but
-//!    with messages that name the offending tensor and byte counts.
-//! 2. [`CheckedWeights`] memory-maps validated files with candle's
-//!    [`MmapedSafetensors`] and hands out a
-//!    [`VarBuilder`] whose backend checks every tensor a model asks for against the header: an
+//!    `SafeTensors::read_metadata`, but with messages that name the offending tensor and byte
+//!    counts.
+//! 2. [`CheckedWeights`] opens validated files (reading each tensor, when a model asks for it,
+//!    straight into its own buffer: no memory map, so a load's peak resident memory is the
+//!    weights plus one tensor) and hands out a [`VarBuilder`] whose backend checks every tensor a model asks for against the header: an
 //!    absent name becomes [`DiffusionError::MissingTensor`], a wrong shape
 //!    [`DiffusionError::ShapeMismatch`] (both naming the file, the full dotted tensor name and the
 //!    shapes). candle's errors are strings, so the typed error is recorded on the side and
@@ -292,7 +292,7 @@ impl WeightFiles {
     pub fn tensor(&self, name: &str) -> Option<(&Path, &TensorMeta)> {
         self.shards
             .iter()
-            .rev() // like candle's MmapedSafetensors::multi: the last file holding a name wins
+            .rev() // the last file holding a name wins (as in candle's MmapedSafetensors::multi)
             .find_map(|h| h.tensors.get(name).map(|m| (h.path.as_path(), m)))
     }
 

@@ -71,7 +71,8 @@ pub fn check_lora(spec: &LoraSpec, targets: &LoraTargets) -> Result<LoraReport> 
         }
         e => e,
     })?;
-    // SAFETY: read-only mapping, read only while loading (as in `CheckedWeights::open`).
+    // SAFETY: read-only mapping of a small LoRA file, read only while loading; another process
+    // rewriting the file meanwhile is undefined behaviour we cannot rule out (as with any mmap).
     let mmap = unsafe { MmapedSafetensors::new(path) }
         .map_err(|e| bad(path, format!("cannot map the file: {e}")))?;
     let peft = PeftAlphas::from_metadata(header.metadata.get("lora_adapter_metadata"), path)?;

@@ -1,13 +1,15 @@
 //! The checking [`SimpleBackend`] behind [`super::CheckedWeights`]: every tensor a model asks
 //! for is looked up in the safetensors headers (absent or mis-shaped: a typed error, recorded;
-//! a dry build goes on with broadcast zeros), then read from the mapped or compiled-in data with
-//! its LoRA deltas merged and converted to the requested dtype.
+//! a dry build goes on with broadcast zeros), then read from its file (positional reads, no
+//! mapping: [`super::tensor_read`]) or the compiled-in data, with its LoRA deltas merged, and
+//! converted to the requested dtype.
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::safetensors::{MmapedSafetensors, SliceSafetensors};
+use candle_core::safetensors::SliceSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
@@ -15,22 +17,34 @@ use crate::error::DiffusionError;
 use crate::loading::lora_merge::{LoraDelta, merge};
 use crate::loading::weights::bad;
 
+use super::tensor_read::{TensorLocation, read_tensor};
+
 /// A zero of `shape` that takes no memory (a broadcast scalar).
 fn zeros(shape: &Shape, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
     Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
 }
 
-/// Where the tensor data comes from: a memory-mapped file (or shards), or the bytes of a
-/// compiled-in file (`<embedded>/...`, see [`crate::loading::model_files`]).
+/// Where the tensor data comes from: the open file(s) (one per shard, by path), read tensor by
+/// tensor, or the bytes of a compiled-in file (`<embedded>/...`, see
+/// [`crate::loading::model_files`]).
 pub(super) enum TensorData {
-    Mapped(MmapedSafetensors),
+    Files(HashMap<PathBuf, Mutex<File>>),
     Static(SliceSafetensors<'static>),
 }
 
 impl TensorData {
-    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+    fn load(
+        &self,
+        name: &str,
+        file: &Path,
+        at: &TensorLocation,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         match self {
-            Self::Mapped(m) => m.load(name, dev),
+            Self::Files(files) => match files.get(file) {
+                Some(f) => read_tensor(f, at, dev),
+                None => candle_core::bail!("{} is not open", file.display()),
+            },
             Self::Static(s) => s.load(name, dev),
         }
     }
@@ -49,13 +63,13 @@ pub(super) struct LoadLog {
 /// ([`CheckedWeights::open`](super::CheckedWeights::open)) and `texgen inspect`'s dry build
 /// ([`CheckedWeights::headers_only`](super::CheckedWeights::headers_only)).
 pub(super) struct CheckedBackend {
-    /// The mapped data; `None` for a headers-only (dry) build, whose tensors are broadcast zeros
+    /// The tensor data; `None` for a headers-only (dry) build, whose tensors are broadcast zeros
     /// of the expected shape and whose problems are recorded without stopping construction.
-    pub(super) mmap: Option<TensorData>,
+    pub(super) data: Option<TensorData>,
     /// The file or index named by errors about absent tensors.
     pub(super) path: PathBuf,
-    /// name -> (file holding it, shape).
-    pub(super) index: HashMap<String, (PathBuf, Vec<usize>)>,
+    /// name -> (file holding it, where in that file: dtype, shape, byte range).
+    pub(super) index: HashMap<String, (PathBuf, TensorLocation)>,
     pub(super) log: Arc<Mutex<LoadLog>>,
     /// LoRA deltas added to a tensor as it is loaded (see [`crate::loading::lora_merge`]).
     pub(super) lora: HashMap<String, Vec<LoraDelta>>,
@@ -79,7 +93,7 @@ impl CheckedBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        if self.mmap.is_some() {
+        if self.data.is_some() {
             return Err(self.record(name, error));
         }
         if let Ok(mut log) = self.log.lock() {
@@ -98,16 +112,16 @@ impl CheckedBackend {
         &self,
         name: &str,
         file: &Path,
-        shape: &[usize],
+        at: &TensorLocation,
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let Some(mmap) = &self.mmap else {
-            return zeros(&Shape::from_dims(shape), dtype, dev);
+        let Some(data) = &self.data else {
+            return zeros(&Shape::from_dims(&at.shape), dtype, dev);
         };
         let deltas = self.lora.get(name);
-        let merged = mmap
-            .load(name, dev)
+        let merged = data
+            .load(name, file, at, dev)
             .and_then(|t| match deltas {
                 Some(deltas) => merge(&t, deltas),
                 None => Ok(t),
@@ -161,7 +175,7 @@ impl SimpleBackend for SharedBackend {
     ) -> candle_core::Result<Tensor> {
         let b = &self.0;
         b.requested(name);
-        let Some((file, shape)) = b.index.get(name) else {
+        let Some((file, at)) = b.index.get(name) else {
             let error = DiffusionError::MissingTensor {
                 path: b.path.clone(),
                 tensor: name.to_string(),
@@ -169,22 +183,22 @@ impl SimpleBackend for SharedBackend {
             };
             return b.problem(name, error, &s, dtype, dev);
         };
-        if shape.as_slice() != s.dims() {
+        if at.shape.as_slice() != s.dims() {
             let error = DiffusionError::ShapeMismatch {
                 path: file.clone(),
                 tensor: name.to_string(),
                 expected: s.dims().to_vec(),
-                found: shape.clone(),
+                found: at.shape.clone(),
             };
             return b.problem(name, error, &s, dtype, dev);
         }
-        b.load(name, file, shape, dtype, dev)
+        b.load(name, file, at, dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let b = &self.0;
         b.requested(name);
-        let Some((file, shape)) = b.index.get(name) else {
+        let Some((file, at)) = b.index.get(name) else {
             let error = DiffusionError::MissingTensor {
                 path: b.path.clone(),
                 tensor: name.to_string(),
@@ -192,7 +206,7 @@ impl SimpleBackend for SharedBackend {
             };
             return Err(b.record(name, error));
         };
-        b.load(name, file, shape, dtype, dev)
+        b.load(name, file, at, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
