@@ -49,6 +49,8 @@ fn transform_weights_at(
                 ]
             };
             let gg: [[f32; 6]; 3] = std::array::from_fn(|c| col(g[c], g[3 + c], g[6 + c]));
+            // `i` picks the same column of all three rows of `gg`: an index, not one iterator.
+            #[allow(clippy::needless_range_loop)]
             for i in 0..6 {
                 let row = col(gg[0][i], gg[1][i], gg[2][i]);
                 for (j, &val) in row.iter().enumerate() {
