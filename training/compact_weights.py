@@ -2,13 +2,16 @@
 """Write a compact copy of a model folder: what the crate ships, and what shipping it costs (issue 12 item 3).
 
     python compact_weights.py --model runs/default/export --out ../default_model/model      # the shipped f16 copy
-    python compact_weights.py --model runs/default/export --out /tmp/default-int8 --int8    # to measure 8-bit
+    python compact_weights.py --model runs/v2/export --out ../default_model/model --int8    # 8-bit weights
+    python compact_weights.py --model runs/v2/export --out /tmp/v2-deq --int8 --dequantized # the same, as f32
 
-Copies the folder, rewriting every f32 tensor of each *.safetensors as f16 (the Rust loader already converts
-f16 to f32 at load), and prints each file's size raw and gzip-compressed (what a .crate holds). With --int8 it
-instead writes the weights quantized to 8 bits with one f16 scale per output channel (2-D+ tensors of >= 256
-values; the rest f16) and DEQUANTIZED back to f32, so that today's loader can run the quantized model and the
-pixel cost can be measured; the compressed size printed is that of the int8 + scales file it would ship.
+Copies the folder, rewriting every float tensor of each *.safetensors as f16 (the Rust loader converts f16 to
+f32 at load), and prints each file's size raw and gzip-compressed (what a .crate holds). With --int8, weights
+of 2+ dimensions and >= 256 values are instead quantized to 8 bits per output channel, in compressed-tensors'
+int8 channel-wise layout, which the Rust loader dequantizes at load: `name` as I8 (same shape) plus
+`name_scale`, f16, one value per output channel (shape [out]); w[c] = q[c] * scale[c]. Everything else stays
+f16. --dequantized writes the int8 model's values back as f32 (what the Rust loader computes), for tools that
+cannot read I8 (diffusers). Input tensors may be f32 or f16 (f16 is upcast before quantizing).
 Needs only numpy and safetensors (no torch).
 """
 import argparse
@@ -34,8 +37,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--int8", action="store_true")
+    ap.add_argument("--int8", action="store_true", help="8-bit weights with per-output-channel f16 scales")
+    ap.add_argument("--dequantized", action="store_true", help="with --int8: write the dequantized f32 values")
     args = ap.parse_args()
+    if args.dequantized and not args.int8:
+        raise SystemExit("--dequantized needs --int8")
     if os.path.exists(args.out):
         raise SystemExit(f"{args.out} exists")
     shutil.copytree(args.model, args.out)
@@ -48,17 +54,17 @@ def main():
             tensors = load_file(path)
             shipped, loadable = {}, {}
             for key, v in tensors.items():
-                if v.dtype != np.float32:
+                if v.dtype not in (np.float32, np.float16):
                     shipped[key] = loadable[key] = v
                 elif args.int8 and v.ndim >= 2 and v.size >= 256:
-                    q, scale, deq = int8_per_channel(v)
-                    shipped[key], shipped[key + ".scale"], loadable[key] = q, scale, deq
+                    q, scale, deq = int8_per_channel(v.astype(np.float32))
+                    shipped[key], shipped[key + "_scale"], loadable[key] = q, scale, deq
                 else:
                     shipped[key] = v.astype(np.float16)
-                    loadable[key] = shipped[key] if not args.int8 else shipped[key].astype(np.float32)
+                    loadable[key] = shipped[key].astype(np.float32)
             data = save(shipped)
             with open(path, "wb") as f:
-                f.write(save(loadable))
+                f.write(save(loadable) if args.dequantized else data)
             gz = len(gzip.compress(data, 6))
             raw_total, gz_total = raw_total + len(data), gz_total + gz
             print(f"{os.path.relpath(path, args.out)}: {len(data)} bytes, {gz} gzip-compressed")

@@ -7,6 +7,7 @@ mod break_it5;
 mod cargo_features;
 mod embedded_model;
 mod inpaint;
+mod int8_weights;
 mod kernels;
 mod loading;
 mod lora;

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use candle_core::safetensors::SliceSafetensors;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
@@ -44,12 +43,12 @@ pub struct CheckedWeights {
 impl CheckedWeights {
     /// Opens `files` (whose headers [`read_header`] has validated) for loading onto `device`;
     /// a compiled-in file (`<embedded>/...`, [`crate::loading::model_files`]) is read from its
-    /// `&'static [u8]` instead (candle's `SliceSafetensors`).
+    /// `&'static [u8]` instead.
     ///
     /// # Errors
     /// [`DiffusionError::Io`] if a file cannot be opened; [`DiffusionError::BadSafetensors`] if
     /// a file's size is no longer the one its header was validated against (it changed since),
-    /// or the compiled-in bytes cannot be read.
+    /// or a path names no compiled-in file.
     pub fn open(files: &WeightFiles, device: &Device) -> Result<Self> {
         Self::open_with_lora(files, device, HashMap::new())
     }
@@ -71,12 +70,10 @@ impl CheckedWeights {
             && let Some(bytes) = crate::loading::model_files::embedded_file(path)
         {
             let bytes = bytes.ok_or_else(|| bad(path, "not a file of the compiled-in model"))?;
-            let data = SliceSafetensors::new(bytes)
-                .map_err(|e| bad(path, format!("cannot read the compiled-in file: {e}")))?;
             return Ok(Self::with_data(
                 files,
                 device,
-                Some(TensorData::Static(data)),
+                Some(TensorData::Static(bytes)),
                 lora,
             ));
         }

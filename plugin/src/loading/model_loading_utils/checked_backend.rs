@@ -9,7 +9,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::safetensors::SliceSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
@@ -17,7 +16,7 @@ use crate::error::DiffusionError;
 use crate::loading::lora_merge::{LoraDelta, merge};
 use crate::loading::weights::bad;
 
-use super::tensor_read::{TensorLocation, read_tensor};
+use super::tensor_read::{Source, TensorLocation, dequantize_int8, read_tensor};
 
 /// A zero of `shape` that takes no memory (a broadcast scalar).
 fn zeros(shape: &Shape, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
@@ -29,23 +28,17 @@ fn zeros(shape: &Shape, dtype: DType, dev: &Device) -> candle_core::Result<Tenso
 /// [`crate::loading::model_files`]).
 pub(super) enum TensorData {
     Files(HashMap<PathBuf, Mutex<File>>),
-    Static(SliceSafetensors<'static>),
+    Static(&'static [u8]),
 }
 
 impl TensorData {
-    fn load(
-        &self,
-        name: &str,
-        file: &Path,
-        at: &TensorLocation,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
+    fn source(&self, file: &Path) -> candle_core::Result<Source<'_>> {
         match self {
             Self::Files(files) => match files.get(file) {
-                Some(f) => read_tensor(f, at, dev),
+                Some(f) => Ok(Source::File(f)),
                 None => candle_core::bail!("{} is not open", file.display()),
             },
-            Self::Static(s) => s.load(name, dev),
+            Self::Static(bytes) => Ok(Source::Bytes(bytes)),
         }
     }
 }
@@ -108,6 +101,31 @@ impl CheckedBackend {
         }
     }
 
+    /// The `{name}_scale` sibling of an `I8` weight (see [`super::tensor_read`]), marked as
+    /// requested; `None` for any other dtype.
+    fn int8_scale(
+        &self,
+        name: &str,
+        file: &Path,
+        at: &TensorLocation,
+    ) -> Result<Option<&(PathBuf, TensorLocation)>, DiffusionError> {
+        if at.dtype != "I8" {
+            return Ok(None);
+        }
+        let scale_name = format!("{name}_scale");
+        self.requested(&scale_name);
+        match self.index.get(&scale_name) {
+            Some(entry) => Ok(Some(entry)),
+            None => Err(bad(
+                file,
+                format!(
+                    "tensor `{name}` is stored as I8 but `{scale_name}`, its per-output-channel \
+                     scale, is absent"
+                ),
+            )),
+        }
+    }
+
     fn load(
         &self,
         name: &str,
@@ -116,12 +134,21 @@ impl CheckedBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
+        let scale = match self.int8_scale(name, file, at) {
+            Ok(scale) => scale,
+            Err(e) => return self.problem(name, e, &Shape::from_dims(&at.shape), dtype, dev),
+        };
         let Some(data) = &self.data else {
             return zeros(&Shape::from_dims(&at.shape), dtype, dev);
         };
         let deltas = self.lora.get(name);
-        let merged = data
-            .load(name, file, at, dev)
+        let raw = match scale {
+            Some((scale_file, scale_at)) => data
+                .source(file)
+                .and_then(|src| dequantize_int8(src, at, data.source(scale_file)?, scale_at, dev)),
+            None => data.source(file).and_then(|src| read_tensor(src, at, dev)),
+        };
+        let merged = raw
             .and_then(|t| match deltas {
                 Some(deltas) => merge(&t, deltas),
                 None => Ok(t),
