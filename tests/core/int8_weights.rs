@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use bevy_diffusion::pipeline::{self, NoHooks};
 use bevy_diffusion::testing::weights;
+use bevy_diffusion::tools::inspect::{InspectOptions, inspect};
 use bevy_diffusion::{
     DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion,
 };
@@ -139,6 +140,15 @@ fn int8_weights_load_as_their_dequantized_values() {
         size("int8"),
         size("deq")
     );
+
+    // `texgen inspect`: no problems, the same parameter counts (the scales are not parameters).
+    let report = |dir: &Path| inspect(dir, &InspectOptions::default());
+    let (q, d) = (report(&root.join("int8")), report(&root.join("deq")));
+    assert!(q.problems.is_empty(), "{:?}", q.problems);
+    for (qc, dc) in q.components.iter().zip(&d.components) {
+        assert_eq!(qc.parameters, dc.parameters, "{:?}", qc.kind);
+        assert!(qc.dtypes.contains_key("I8"), "{:?}", qc.dtypes);
+    }
 
     let (a, b) = (image(&root.join("int8")), image(&root.join("deq")));
     assert_eq!(a.dimensions(), (64, 64));

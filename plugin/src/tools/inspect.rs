@@ -18,8 +18,8 @@
 //! 5. Optionally ([`InspectOptions::full_load`]) a real [`crate::StableDiffusion::load`].
 //!
 //! Along the way it gathers what `texgen inspect` prints: the family, each component's
-//! parameter count (sum of the header's tensor element counts) and dtypes, the scheduler's class
-//! and settings, the tokenizer's pad token.
+//! parameter count (sum of the header's tensor element counts, less the `_scale` of 8-bit
+//! weights) and dtypes, the scheduler's class and settings, the tokenizer's pad token.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -79,9 +79,9 @@ pub struct ComponentReport {
     pub bytes: u64,
     /// Number of tensors.
     pub tensors: usize,
-    /// Sum of the tensors' element counts.
+    /// Sum of the tensors' element counts (an 8-bit weight's `_scale` sibling not counted).
     pub parameters: u64,
-    /// Parameters per stored dtype (`F32`, `F16`, `BF16`, ...).
+    /// Parameters per stored dtype (`F32`, `F16`, `BF16`, `I8`, ...).
     pub dtypes: BTreeMap<String, u64>,
     /// The `fp16` variant file is the one used.
     pub fp16_variant: bool,

@@ -42,7 +42,14 @@ pub(super) fn inspect_component(
     out.tensors = weights.tensor_count();
     out.fp16_variant = weights.fp16_variant;
     for shard in &weights.shards {
-        for meta in shard.tensors.values() {
+        for (name, meta) in &shard.tensors {
+            // The per-channel scale of an 8-bit weight is part of its encoding, not parameters.
+            let is_int8_scale = name
+                .strip_suffix("_scale")
+                .is_some_and(|weight| shard.tensors.get(weight).is_some_and(|w| w.dtype == "I8"));
+            if is_int8_scale {
+                continue;
+            }
             let n: u64 = meta.shape.iter().map(|&d| d as u64).product();
             out.parameters += n;
             *out.dtypes.entry(meta.dtype.clone()).or_default() += n;
