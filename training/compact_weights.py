@@ -57,6 +57,8 @@ def main():
                 if v.dtype not in (np.float32, np.float16):
                     shipped[key] = loadable[key] = v
                 elif args.int8 and v.ndim >= 2 and v.size >= 256:
+                    if key + "_scale" in tensors:
+                        raise SystemExit(f"{path}: `{key}_scale` exists, so `{key}` cannot get its int8 scale")
                     q, scale, deq = int8_per_channel(v.astype(np.float32))
                     shipped[key], shipped[key + "_scale"], loadable[key] = q, scale, deq
                 else:

@@ -390,6 +390,32 @@ fn pbr_refuses_a_name_that_leaves_the_out_dir() {
 }
 
 #[test]
+fn generate_pbr_refuses_an_out_name_before_generating() {
+    let dir = Scratch::new("generate_pbr_name");
+    let model = fixture_model();
+    for (out, reason) in [("c:x.png", "name a drive"), ("..png", "must not be `.`")] {
+        let out = dir.0.join(out);
+        let o = texgen(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "moss",
+            "--steps",
+            "1",
+            "--pbr",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let line = assert_one_error_line(&o);
+        assert!(line.contains("--pbr") && line.contains(reason), "{line}");
+        // Refused before the model ran: no step was printed and nothing was written.
+        assert!(!stderr(&o).contains("step 1"), "{}", stderr(&o));
+        assert!(walk(&dir.0).is_empty(), "{:?}", walk(&dir.0));
+    }
+}
+
+#[test]
 fn bake_refuses_item_names_that_leave_the_out_dir() {
     // Bake's output names come from the manifest; the planner refuses these before any model
     // work, so the PBR maps (NAME_normal.png, ...) cannot escape either.

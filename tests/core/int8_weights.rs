@@ -178,4 +178,11 @@ fn an_int8_weight_without_its_scale_is_a_typed_error_naming_it() {
         }
         other => panic!("expected BadSafetensors, got {other:?}"),
     }
+    // `texgen inspect`'s dry build finds the same problem without reading any weights.
+    let report = inspect(&root.join("int8"), &InspectOptions::default());
+    let found: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        found.iter().any(|p| p.contains("conv_in.weight_scale")),
+        "{found:?}"
+    );
 }

@@ -848,7 +848,10 @@ fn checked_backend_reads_each_dtype_and_refuses_a_changed_file() {
     match &e {
         DiffusionError::BadSafetensors { path, reason } => {
             assert_eq!(path, &files.path);
-            assert!(reason.contains("lin."), "{reason}");
+            assert!(
+                reason.contains("lin.") && reason.contains("shorter than its header"),
+                "{reason}"
+            );
         }
         other => panic!("expected BadSafetensors, got {other:?}"),
     }

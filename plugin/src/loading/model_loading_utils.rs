@@ -3,7 +3,8 @@
 //! [`CheckedWeights`] hands models a [`VarBuilder`] whose every lookup is checked against the
 //! safetensors headers ([`super::weights::read_header`]). It serves the real load
 //! ([`CheckedWeights::open`], each tensor read from its file into its own buffer, LoRA deltas
-//! merged on the way) and `texgen inspect`'s dry build ([`CheckedWeights::headers_only`]: zeros, every problem recorded).
+//! merged on the way) and `texgen inspect`'s dry build ([`CheckedWeights::headers_only`]: zeros,
+//! every problem recorded).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -11,11 +11,12 @@
 //!    counts.
 //! 2. [`CheckedWeights`] opens validated files (reading each tensor, when a model asks for it,
 //!    straight into its own buffer: no memory map, so a load's peak resident memory is the
-//!    weights plus one tensor) and hands out a [`VarBuilder`] whose backend checks every tensor a model asks for against the header: an
-//!    absent name becomes [`DiffusionError::MissingTensor`], a wrong shape
-//!    [`DiffusionError::ShapeMismatch`] (both naming the file, the full dotted tensor name and the
-//!    shapes). candle's errors are strings, so the typed error is recorded on the side and
-//!    [`CheckedWeights::build`] returns it when model construction fails.
+//!    weights plus one tensor) and hands out a [`VarBuilder`] whose backend checks every tensor a
+//!    model asks for against the header: an absent name becomes
+//!    [`DiffusionError::MissingTensor`], a wrong shape [`DiffusionError::ShapeMismatch`] (both
+//!    naming the file, the full dotted tensor name and the shapes). candle's errors are strings,
+//!    so the typed error is recorded on the side and [`CheckedWeights::build`] returns it when
+//!    model construction fails.
 //!
 //! Pickled checkpoints (`.bin`, `.ckpt`, `.pt`, `.pth`) are never opened here: see
 //! [`crate::loading::folder`], which refuses them with [`DiffusionError::PickleWeights`].

@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::generate::StepPrinter;
 use anyhow::{Context, Result, bail};
 use bevy_diffusion::pipeline::pbr::{PbrImages, PbrOptions, check_map_name, pbr_maps};
 use bevy_diffusion::pipeline::upscale::{
     UpscaleNoise, UpscaleRequest, Upscaler, keep_alpha, lanczos_upscale,
 };
-use bevy_diffusion::pipeline::{DenoisingStep, GenerationHooks};
 use bevy_diffusion::{LoadOptions, SchedulerKind, Tiling};
 use clap::Args;
 
@@ -84,8 +84,9 @@ pub fn pbr(args: PbrArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes the four PBR maps of `image` beside `out` (`out`'s stem as NAME).
-pub fn pbr_beside(image: &image::RgbaImage, out: &Path) -> Result<()> {
+/// The folder and NAME the PBR maps of `--out` go to (`out`'s folder and stem), refused as
+/// `pbr --name` would refuse it ([`check_map_name`]), so a bad `--out` fails before generating.
+pub fn pbr_target(out: &Path) -> Result<(PathBuf, String)> {
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -94,6 +95,13 @@ pub fn pbr_beside(image: &image::RgbaImage, out: &Path) -> Result<()> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .context("--out has no file name")?;
+    check_map_name(&name).with_context(|| format!("--pbr with --out {}", out.display()))?;
+    Ok((dir, name))
+}
+
+/// Writes the four PBR maps of `image` beside `out` (`out`'s stem as NAME).
+pub fn pbr_beside(image: &image::RgbaImage, out: &Path) -> Result<()> {
+    let (dir, name) = pbr_target(out)?;
     let maps = pbr_maps(image, &PbrOptions::default())?;
     for p in PbrImages::from(&maps).save(&dir, &name)? {
         eprintln!("wrote {}", p.display());
@@ -135,18 +143,6 @@ pub struct UpscaleArgs {
     /// Where to write the PNG.
     #[arg(long)]
     out: PathBuf,
-}
-
-struct StepPrinter;
-impl GenerationHooks for StepPrinter {
-    fn on_step(&mut self, step: &DenoisingStep) {
-        eprintln!(
-            "step {}/{} (t = {})",
-            step.step + 1,
-            step.total,
-            step.timestep
-        );
-    }
 }
 
 /// `texgen upscale --in PNG [--model DIR] [--tiling xy] --out PNG`.

@@ -68,6 +68,9 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     };
     // Fail fast on what does not need the model (the size's multiple is checked after loading).
     request.validate(1)?;
+    if request.pbr {
+        art::pbr_target(&args.out)?;
+    }
     if let Some(InitImage::Path(p)) = &request.init_image
         && !p.is_file()
     {

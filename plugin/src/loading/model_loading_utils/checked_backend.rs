@@ -16,7 +16,9 @@ use crate::error::DiffusionError;
 use crate::loading::lora_merge::{LoraDelta, merge};
 use crate::loading::weights::bad;
 
-use super::tensor_read::{Source, TensorLocation, dequantize_int8, read_tensor};
+use super::tensor_read::{
+    Source, TensorLocation, check_int8_scale, check_location, dequantize_int8, read_tensor,
+};
 
 /// A zero of `shape` that takes no memory (a broadcast scalar).
 fn zeros(shape: &Shape, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
@@ -101,29 +103,37 @@ impl CheckedBackend {
         }
     }
 
-    /// The `{name}_scale` sibling of an `I8` weight (see [`super::tensor_read`]), marked as
-    /// requested; `None` for any other dtype.
-    fn int8_scale(
+    /// Header-only checks of a tensor before its data is read (the same for the load and the
+    /// dry build): its dtype is one we read, and an `I8` weight has a usable `{name}_scale`
+    /// sibling (see [`super::tensor_read`]), which is returned and marked as requested.
+    fn check_stored(
         &self,
         name: &str,
         file: &Path,
         at: &TensorLocation,
     ) -> Result<Option<&(PathBuf, TensorLocation)>, DiffusionError> {
+        check_location(at).map_err(|e| bad(file, format!("tensor `{name}`: {e}")))?;
         if at.dtype != "I8" {
             return Ok(None);
         }
         let scale_name = format!("{name}_scale");
         self.requested(&scale_name);
-        match self.index.get(&scale_name) {
-            Some(entry) => Ok(Some(entry)),
-            None => Err(bad(
+        let Some(entry) = self.index.get(&scale_name) else {
+            return Err(bad(
                 file,
                 format!(
                     "tensor `{name}` is stored as I8 but `{scale_name}`, its per-output-channel \
                      scale, is absent"
                 ),
-            )),
-        }
+            ));
+        };
+        check_int8_scale(at, &entry.1).map_err(|e| {
+            bad(
+                &entry.0,
+                format!("`{scale_name}`, the scale of I8 `{name}`: {e}"),
+            )
+        })?;
+        Ok(Some(entry))
     }
 
     fn load(
@@ -134,7 +144,7 @@ impl CheckedBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let scale = match self.int8_scale(name, file, at) {
+        let scale = match self.check_stored(name, file, at) {
             Ok(scale) => scale,
             Err(e) => return self.problem(name, e, &Shape::from_dims(&at.shape), dtype, dev),
         };

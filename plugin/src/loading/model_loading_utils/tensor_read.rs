@@ -46,61 +46,100 @@ pub(crate) enum Source<'a> {
 
 impl Source<'_> {
     fn read_exact_at(self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let short = || {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file is shorter than its header says (changed while loading?)",
+            )
+        };
         match self {
             Source::File(file) => {
                 let mut file = file
                     .lock()
                     .map_err(|_| std::io::Error::other("the weights file's lock is poisoned"))?;
                 file.seek(SeekFrom::Start(offset))?;
-                file.read_exact(buf)
+                file.read_exact(buf).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => short(),
+                    _ => e,
+                })
             }
             Source::Bytes(bytes) => {
                 let range = usize::try_from(offset)
                     .ok()
                     .and_then(|start| bytes.get(start..start.checked_add(buf.len())?));
-                let Some(src) = range else {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the tensor runs past the end of the compiled-in file",
-                    ));
-                };
-                buf.copy_from_slice(src);
+                buf.copy_from_slice(range.ok_or_else(short)?);
                 Ok(())
             }
         }
     }
 }
 
-/// Bytes per element of the stored dtypes we read.
-fn element_size(dtype: &str) -> Option<usize> {
-    Some(match dtype {
-        "F64" | "I64" => 8,
-        "F32" | "U32" => 4,
-        "F16" | "BF16" => 2,
-        "U8" | "I8" => 1,
-        _ => return None,
-    })
-}
+/// The stored dtypes we read: `(header spelling, bytes per element)`. Every dtype candle 0.11's
+/// safetensors loader converts, except the placeholder micro-float formats (F4, F6, F8_E8M0),
+/// which hold no values candle can compute with.
+const DTYPES: [(&str, usize); 12] = [
+    ("F64", 8),
+    ("I64", 8),
+    ("F32", 4),
+    ("I32", 4),
+    ("U32", 4),
+    ("F16", 2),
+    ("BF16", 2),
+    ("I16", 2),
+    ("U16", 2),
+    ("F8_E4M3", 1),
+    ("U8", 1),
+    ("I8", 1),
+];
 
-/// Element count of `at`, checked against its byte length and dtype.
-fn elements(at: &TensorLocation) -> candle_core::Result<usize> {
-    let Some(size) = element_size(&at.dtype) else {
-        candle_core::bail!(
-            "stored dtype {} is not supported (only F32, F16, BF16, F64, U8, U32, I64, and I8 \
-             with a `_scale` sibling)",
+/// Checks `at`'s dtype and byte count from the header alone; returns its element count.
+///
+/// # Errors
+/// A dtype outside [`DTYPES`], or a byte length that does not hold its shape (the header
+/// checks make that impossible for a validated file).
+pub(crate) fn check_location(at: &TensorLocation) -> Result<usize, String> {
+    let Some(&(_, size)) = DTYPES.iter().find(|(d, _)| *d == at.dtype) else {
+        return Err(format!(
+            "stored dtype {} is not supported (F64, F32, F16, BF16, F8_E4M3, I64, I32, I16, \
+             U32, U16, U8, and I8 with a `_scale` sibling)",
             at.dtype
-        )
+        ));
     };
     let n = at.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     match n {
         Some(n) if n.checked_mul(size) == Some(at.bytes) => Ok(n),
-        _ => candle_core::bail!(
+        _ => Err(format!(
             "{} bytes do not hold shape {:?} of {}",
-            at.bytes,
-            at.shape,
-            at.dtype
-        ),
+            at.bytes, at.shape, at.dtype
+        )),
     }
+}
+
+/// Checks, from the headers alone, that `scale` can dequantize the I8 weight `q`: `q` has a
+/// first (output-channel) dimension `out`; `scale` is F16, BF16 or F32 of shape `[out]` or
+/// `[out, 1, ...]`.
+///
+/// # Errors
+/// What is wrong, naming the shapes or the dtype.
+pub(crate) fn check_int8_scale(q: &TensorLocation, scale: &TensorLocation) -> Result<(), String> {
+    let Some(&out) = q.shape.first() else {
+        return Err("an I8 weight needs at least one dimension (its output channels)".into());
+    };
+    if !matches!(scale.dtype.as_str(), "F16" | "BF16" | "F32") {
+        return Err(format!(
+            "its dtype is {}, not F16, BF16 or F32",
+            scale.dtype
+        ));
+    }
+    let per_channel = scale.shape.first() == Some(&out) && scale.shape[1..].iter().all(|&d| d == 1);
+    if !per_channel {
+        return Err(format!(
+            "its shape is {:?}, not [{out}] or [{out}, 1, ...] (one value per output channel of \
+             the weight's {:?})",
+            scale.shape, q.shape
+        ));
+    }
+    check_location(scale).map(|_| ())
 }
 
 /// Reads the `n` little-endian elements of `T` at `at`.
@@ -120,54 +159,66 @@ fn read_elements<T: bytemuck::Pod>(
     Ok(v)
 }
 
+/// Reads the `n` 16-bit elements at `at`, each converted by `from_bits`.
+fn read_u16_as<T>(
+    src: Source<'_>,
+    at: &TensorLocation,
+    n: usize,
+    from_bits: impl Fn(u16) -> T,
+) -> std::io::Result<Vec<T>> {
+    Ok(read_elements::<u16>(src, at, n)?
+        .into_iter()
+        .map(from_bits)
+        .collect())
+}
+
 fn tensor<T: WithDType>(v: Vec<T>, shape: &[usize], dev: &Device) -> candle_core::Result<Tensor> {
     Tensor::from_vec(v, shape, dev)
 }
 
-/// Reads the tensor at `at` from `src` as a tensor of its stored dtype on `dev`.
-///
-/// Supported stored dtypes: `F32`, `F16`, `BF16`, `F64`, `U8`, `U32`, `I64` (candle's CPU
-/// dtypes that weights use); any other, including `I8` (which needs its scale:
-/// [`dequantize_int8`]), is an error naming it.
+/// Reads the tensor at `at` from `src` as a tensor of its stored dtype on `dev` (`U16`, which
+/// candle lacks, widened to `U32` as candle's own loader does).
 ///
 /// # Errors
-/// The I/O error of a failed seek or a short read (a file changed since its header was
-/// checked), or an unsupported dtype; as candle errors, which the caller wraps into
-/// [`crate::DiffusionError::BadSafetensors`] naming the file and tensor.
+/// A dtype outside [`DTYPES`] or `I8` (which needs its scale: [`dequantize_int8`]), the I/O
+/// error of a failed seek or a short read (a file changed since its header was checked); as
+/// candle errors, which the caller wraps into [`crate::DiffusionError::BadSafetensors`] naming
+/// the file and tensor.
 pub(crate) fn read_tensor(
     src: Source<'_>,
     at: &TensorLocation,
     dev: &Device,
 ) -> candle_core::Result<Tensor> {
-    let n = elements(at)?;
+    let n = check_location(at).map_err(candle_core::Error::Msg)?;
     let shape = at.shape.as_slice();
     match at.dtype.as_str() {
-        "F32" => tensor(read_elements::<f32>(src, at, n)?, shape, dev),
-        "F16" => {
-            let bits = read_elements::<u16>(src, at, n)?;
-            let v = bits.into_iter().map(half::f16::from_bits).collect();
-            tensor(v, shape, dev)
-        }
-        "BF16" => {
-            let bits = read_elements::<u16>(src, at, n)?;
-            let v = bits.into_iter().map(half::bf16::from_bits).collect();
-            tensor(v, shape, dev)
-        }
         "F64" => tensor(read_elements::<f64>(src, at, n)?, shape, dev),
-        "U8" => tensor(read_elements::<u8>(src, at, n)?, shape, dev),
-        "U32" => tensor(read_elements::<u32>(src, at, n)?, shape, dev),
         "I64" => tensor(read_elements::<i64>(src, at, n)?, shape, dev),
-        other => candle_core::bail!("stored dtype {other} cannot be read on its own"),
+        "F32" => tensor(read_elements::<f32>(src, at, n)?, shape, dev),
+        "I32" => tensor(read_elements::<i32>(src, at, n)?, shape, dev),
+        "U32" => tensor(read_elements::<u32>(src, at, n)?, shape, dev),
+        "F16" => tensor(read_u16_as(src, at, n, half::f16::from_bits)?, shape, dev),
+        "BF16" => tensor(read_u16_as(src, at, n, half::bf16::from_bits)?, shape, dev),
+        "I16" => tensor(read_elements::<i16>(src, at, n)?, shape, dev),
+        "U16" => tensor(read_u16_as(src, at, n, u32::from)?, shape, dev),
+        "U8" => tensor(read_elements::<u8>(src, at, n)?, shape, dev),
+        "F8_E4M3" => {
+            let bytes = read_elements::<u8>(src, at, n)?;
+            Tensor::from_raw_buffer(&bytes, DType::F8E4M3, shape, dev)
+        }
+        _ => candle_core::bail!(
+            "stored as {}: an 8-bit weight needs its `_scale` sibling to be read",
+            at.dtype
+        ),
     }
 }
 
 /// Dequantizes the channel-wise int8 weight `q` (`I8`, shape `[out, ...]`) with its `scale`
-/// (`F16`, `BF16` or `F32`, `out` values) to an f32 tensor of `q`'s shape on `dev`:
+/// (checked by [`check_int8_scale`]) to an f32 tensor of `q`'s shape on `dev`:
 /// `w[c, ...] = q[c, ...] * scale[c]` (compressed-tensors' int8 channel-wise layout).
 ///
 /// # Errors
-/// `q` not `I8` or of rank 0, a scale of another dtype or element count, a short read, or a
-/// non-finite scale; as candle errors naming the counts.
+/// What [`check_int8_scale`] refuses, a short read, or a non-finite scale; as candle errors.
 pub(crate) fn dequantize_int8(
     q_src: Source<'_>,
     q: &TensorLocation,
@@ -178,28 +229,13 @@ pub(crate) fn dequantize_int8(
     if q.dtype != "I8" {
         candle_core::bail!("a quantized weight must be I8, not {}", q.dtype);
     }
-    let Some(&out) = q.shape.first() else {
-        candle_core::bail!("an I8 weight needs at least one dimension (its output channels)")
-    };
-    let n = elements(q)?;
-    let m = elements(scale)?;
-    if m != out {
-        candle_core::bail!(
-            "its scale has {m} values (shape {:?}) but the weight has {out} output channels",
-            scale.shape
-        );
-    }
+    check_int8_scale(q, scale).map_err(|e| candle_core::Error::Msg(format!("its scale: {e}")))?;
+    let n = check_location(q).map_err(candle_core::Error::Msg)?;
+    let out = q.shape[0];
     let scales: Vec<f32> = match scale.dtype.as_str() {
-        "F32" => read_elements::<f32>(scale_src, scale, m)?,
-        "F16" => read_elements::<u16>(scale_src, scale, m)?
-            .into_iter()
-            .map(|b| half::f16::from_bits(b).to_f32())
-            .collect(),
-        "BF16" => read_elements::<u16>(scale_src, scale, m)?
-            .into_iter()
-            .map(|b| half::bf16::from_bits(b).to_f32())
-            .collect(),
-        other => candle_core::bail!("its scale must be F16, BF16 or F32, not {other}"),
+        "F16" => read_u16_as(scale_src, scale, out, |b| half::f16::from_bits(b).to_f32())?,
+        "BF16" => read_u16_as(scale_src, scale, out, |b| half::bf16::from_bits(b).to_f32())?,
+        _ => read_elements::<f32>(scale_src, scale, out)?,
     };
     if let Some(bad) = scales.iter().find(|s| !s.is_finite()) {
         candle_core::bail!("its scale holds a non-finite value ({bad})");
@@ -211,9 +247,7 @@ pub(crate) fn dequantize_int8(
             w.extend(row.iter().map(|&v| f32::from(v) * s));
         }
     }
-    let t = tensor(w, &q.shape, dev)?;
-    debug_assert_eq!(t.dtype(), DType::F32);
-    Ok(t)
+    tensor(w, &q.shape, dev)
 }
 
 #[cfg(test)]
@@ -282,6 +316,8 @@ mod tests {
                 ("c", "BF16", vec![1, 2], bf16s),
                 ("d", "I64", vec![2], i64s),
                 ("e", "F8_E5M2", vec![1], vec![0]),
+                ("f", "U16", vec![2], vec![1, 0, 255, 255]),
+                ("g", "I32", vec![1], (-5i32).to_le_bytes().to_vec()),
             ],
         );
         let file = Mutex::new(File::open(&path)?);
@@ -309,12 +345,18 @@ mod tests {
         );
         let e = read_tensor(file, &at[4], &dev).map(|_| ()).unwrap_err();
         assert!(e.to_string().contains("F8_E5M2"), "{e}");
+        // U16 widened to U32 (candle has no U16), I32 as is.
+        assert_eq!(
+            read_tensor(file, &at[5], &dev)?.to_vec1::<u32>()?,
+            vec![1, 65535]
+        );
+        assert_eq!(read_tensor(file, &at[6], &dev)?.to_vec1::<i32>()?, vec![-5]);
         // A file cut short after its header was read: an I/O error, not a crash.
         let len = std::fs::metadata(&path)?.len();
         let cut = std::fs::OpenOptions::new().write(true).open(&path)?;
         cut.set_len(len - 3)?;
-        let e = read_tensor(file, &at[3], &dev).map(|_| ()).unwrap_err();
-        assert!(e.to_string().to_lowercase().contains("fill"), "{e}");
+        let e = read_tensor(file, &at[6], &dev).map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains("shorter than its header"), "{e}");
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
@@ -350,7 +392,11 @@ mod tests {
         // Wrong scale count, a non-finite scale, and I8 read without its scale: errors.
         let one = at("F16", vec![1], 6, 2);
         let e = dequantize_int8(src, &weight, src, &one, &Device::Cpu).unwrap_err();
-        assert!(e.to_string().contains("1 values"), "{e}");
+        assert!(e.to_string().contains("not [2] or [2, 1, ...]"), "{e}");
+        // [1, 2] holds 2 values but is not per output channel.
+        let row = at("F16", vec![1, 2], 6, 4);
+        let e = dequantize_int8(src, &weight, src, &row, &Device::Cpu).unwrap_err();
+        assert!(e.to_string().contains("[1, 2]"), "{e}");
         let inf = at("F16", vec![2], 8, 4);
         let e = dequantize_int8(src, &weight, src, &inf, &Device::Cpu).unwrap_err();
         assert!(e.to_string().contains("non-finite"), "{e}");
@@ -359,7 +405,7 @@ mod tests {
         // Past the end of the bytes: an error, not a panic.
         let past = at("I8", vec![2, 3], 8, 6);
         let e = dequantize_int8(src, &past, src, &scale, &Device::Cpu).unwrap_err();
-        assert!(e.to_string().contains("past the end"), "{e}");
+        assert!(e.to_string().contains("shorter than its header"), "{e}");
         Ok(())
     }
 }

@@ -46,7 +46,7 @@ pub(super) fn inspect_component(
             // The per-channel scale of an 8-bit weight is part of its encoding, not parameters.
             let is_int8_scale = name
                 .strip_suffix("_scale")
-                .is_some_and(|weight| shard.tensors.get(weight).is_some_and(|w| w.dtype == "I8"));
+                .is_some_and(|weight| weights.tensor(weight).is_some_and(|(_, w)| w.dtype == "I8"));
             if is_int8_scale {
                 continue;
             }
