@@ -3,7 +3,11 @@
 //! run time. Accuracy: `exp` within ~2 ulp (relative 2.5e-7) on [-87, 88]; `erf` within 1.5e-7
 //! absolute (Abramowitz & Stegun 7.1.26 is not enough, so a rational Cephes-style fit is used).
 
-/// `e^x` for finite `x`; clamps to [-87.3, 88.7] (so the result is a normal f32 or its limits).
+/// `e^x` for finite `x`; clamps to [-87.3, 88.7]. Below -87.3 the result is e^-87.3 (a normal
+/// f32, ~1.2e-38, where the true value is denormal or 0); above 88.38 (where the rounded power
+/// of two reaches 2^128) it is +inf, a little before f32's own overflow at 88.72. Every caller
+/// (softmax on `x - max <= 0`, SiLU's and GELU's `e^-|x|`-style terms) only meets the top end
+/// where +inf gives the right limit (SiLU of x < -88.38 is -0.0 instead of ~-1e-36).
 #[inline(always)]
 #[allow(clippy::excessive_precision)]
 pub fn exp(x: f32) -> f32 {
