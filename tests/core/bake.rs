@@ -622,3 +622,24 @@ fn download_fetches_only_what_the_folder_needs_and_the_result_loads() {
     let original = ModelFolder::open(&tiny_sd_model(), &FolderOptions::default()).unwrap();
     assert_eq!(report.identity, Some(original.identity), "the same model");
 }
+
+#[test]
+fn download_of_an_upscaler_repo_says_how_to_use_it_before_fetching_weights() {
+    let dir = scratch("hub_upscaler");
+    let repo = LocalRepo {
+        root: bevy_diffusion_tests::fixture_dir("tiny-sd-upscaler").join("model"),
+        id: "tests/tiny-sd-upscaler".into(),
+        cache: dir.join("cache"),
+    };
+    let mut fetched = Vec::new();
+    let e = hub::download(&repo, false, &mut |f| fetched.push(f.to_string())).unwrap_err();
+    let message = e.to_string();
+    assert!(
+        message.contains("tests/tiny-sd-upscaler")
+            && message.contains("x4 upscaler")
+            && message.contains("--upscaler DIR")
+            && message.contains("texgen upscale"),
+        "{message}"
+    );
+    assert_eq!(fetched, vec!["model_index.json".to_string()]);
+}

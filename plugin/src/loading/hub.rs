@@ -17,7 +17,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::loading::folder::{ComponentKind, PICKLE_EXTENSIONS, SUPPORTED_PIPELINES};
+use crate::loading::folder::{
+    ComponentKind, PICKLE_EXTENSIONS, SUPPORTED_PIPELINES, UPSCALER_PIPELINE,
+};
 
 mod snapshot_download;
 pub use snapshot_download::*;

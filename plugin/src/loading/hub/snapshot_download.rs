@@ -19,7 +19,8 @@ pub trait RepoSource {
 /// returns the local folder holding them. `on_file` is called before each fetch.
 ///
 /// Before any weights are fetched, `model_index.json` is read and a pipeline class we cannot
-/// run (SDXL, SD3, FLUX, ...) is refused.
+/// run as a text-to-image model (SD3, FLUX, ...) is refused; the x4 upscaler's refusal says how
+/// to use it instead.
 ///
 /// # Errors
 /// [`HubError`] from the plan or the source, or [`HubError::Unusable`] when the pipeline class
@@ -67,6 +68,15 @@ pub fn download(
                 .and_then(|j| j.class_name().map(String::from));
             match class {
                 Some(c) if SUPPORTED_PIPELINES.contains(&c.as_str()) => {}
+                Some(c) if c == UPSCALER_PIPELINE => {
+                    return Err(unusable(format!(
+                        "model_index.json names {c}, an x4 upscaler, not a text-to-image \
+                         model: give its folder as the upscaler of a text-to-image model \
+                         (`texgen generate --model MODEL --upscaler DIR --upscale 4`, \
+                         `LoadOptions::upscaler`) or upscale an image with it (`texgen upscale \
+                         --model DIR --in PNG --out PNG`)"
+                    )));
+                }
                 Some(c) => {
                     return Err(unusable(format!(
                         "model_index.json names {c}; only {} are supported",
