@@ -8,3 +8,5 @@ pub mod generator;
 pub mod worker;
 mod worker_task;
 mod worker_thread;
+#[cfg(feature = "farm")]
+pub(crate) use worker_thread::panic_message;

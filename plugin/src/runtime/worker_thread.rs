@@ -367,6 +367,8 @@ fn build_pool(threads: usize, background: bool) -> Option<rayon::ThreadPool> {
         .ok()
 }
 
+/// The text of a caught panic: its `&str` or `String` payload, else "unknown panic" (the
+/// worker's and the farm's failure messages).
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         s.to_string()

@@ -91,11 +91,7 @@ impl<G: Generator + Sync> SlotCtx<G> {
             Ok(Ok(Err(e))) => Outcome::Error(e.to_string()),
             Ok(Err(panic)) => Outcome::Error(format!(
                 "generation panicked: {}",
-                panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default()
+                crate::runtime::panic_message(&panic)
             )),
             Err(e) => Outcome::Error(format!("generation task: {e}")),
         }
