@@ -3,10 +3,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use support::{Scratch, error_line, fixture_model, stderr, texgen};
+use support::{
+    Scratch, error_line, fixture_model, model_with_a_bogus_scheduler, stderr, texgen, walk,
+};
 
 /// The last line of stderr is the one error line, and it is the only one.
 fn assert_one_error_line(o: &Output) -> String {
@@ -298,19 +300,6 @@ fn generate_names_the_stand_in_of_an_unknown_scheduler_class() {
 }
 
 /// Every file under `dir`, recursively.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
-}
-
 #[test]
 fn upscale_with_the_model_keeps_a_sprites_transparency() {
     let dir = Scratch::new("upscale_alpha");
@@ -443,23 +432,6 @@ fn bake_refuses_item_names_that_leave_the_out_dir() {
         stderr(&o)
     );
     assert_eq!(walk(&dir.0), vec![manifest.clone()]);
-}
-
-/// A copy of the fixture model under `dir` whose scheduler `_class_name` is unknown.
-fn model_with_a_bogus_scheduler(dir: &Path) -> PathBuf {
-    let model = dir.join("model");
-    let src = fixture_model();
-    for entry in walk(&src) {
-        let to = model.join(entry.strip_prefix(&src).unwrap());
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(&entry, &to).unwrap();
-    }
-    let config = model.join("scheduler/scheduler_config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace("\"DDIMScheduler\"", "\"BogusScheduler\"");
-    assert!(text.contains("BogusScheduler"));
-    std::fs::write(&config, text).unwrap();
-    model
 }
 
 #[test]

@@ -10,11 +10,13 @@
 mod nats;
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nats::NatsServer;
-use support::{Scratch, error_line, fixture_model, stderr, texgen};
+use support::{Scratch, error_line, fixture_model, model_with_a_bogus_scheduler, stderr, texgen};
 
 /// `texgen serve --nats url --model tiny-sd`, SIGKILLed on drop.
 struct Serve(Child);
@@ -209,4 +211,49 @@ fn generate_and_bake_on_the_farm_write_what_a_local_run_writes() {
     let err = stderr(&again);
     assert!(err.contains("baked 0, skipped 2, failed 1"), "{err}");
     assert!(!err.contains("loaded "), "nothing to load: {err}");
+}
+
+#[test]
+fn serve_names_the_scheduler_stand_in_of_its_model() {
+    let server = NatsServer::start();
+    let dir = Scratch::new("serve_stand_in");
+    let model = model_with_a_bogus_scheduler(&dir.0);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_texgen"))
+        .args(["serve", "--nats", &server.url(), "--model"])
+        .arg(&model)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start texgen serve");
+    let err = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    let found = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let hit = line.starts_with("warning: ") && line.contains("BogusScheduler");
+                seen.push(line);
+                if hit {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no stand-in warning: {seen:?}");
+    let last = seen.last().map(String::as_str).unwrap_or_default();
+    assert!(
+        last.contains("Ddim") && last.contains("jobs that name no scheduler"),
+        "{seen:?}"
+    );
 }

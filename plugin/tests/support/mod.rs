@@ -35,6 +35,38 @@ pub fn error_line(o: &Output) -> String {
     errors[0].to_string()
 }
 
+/// Every file under `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// A copy of the fixture model under `dir` whose scheduler `_class_name` is unknown
+/// (`BogusScheduler`: the DDIM stand-in runs, with a warning).
+pub fn model_with_a_bogus_scheduler(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    let src = fixture_model();
+    for entry in walk(&src) {
+        let to = model.join(entry.strip_prefix(&src).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    let config = model.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("\"DDIMScheduler\"", "\"BogusScheduler\"");
+    assert!(text.contains("BogusScheduler"));
+    std::fs::write(&config, text).unwrap();
+    model
+}
+
 /// A fresh scratch folder `<tmp>/bevy_diffusion_<test crate>/<name>-<pid>`, removed when dropped.
 pub struct Scratch(pub PathBuf);
 

@@ -45,6 +45,11 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         args.slots,
         args.nats
     );
+    // A farm bake's client never loads the model: the worker says what jobs that name no
+    // scheduler will run, as `texgen bake` does locally.
+    if let Some(line) = scheduler_stand_in_line(&dir) {
+        eprintln!("{line} (jobs that name no scheduler)");
+    }
     let mut config = ServeConfig::new(args.nats);
     config.slots = args.slots;
     config.preview_every = args.preview_every;
