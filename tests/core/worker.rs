@@ -321,7 +321,33 @@ fn absurd_sizes_and_counts_are_refused_at_submit_without_taking_a_slot() {
             "refused at once"
         );
     }
+    // Size 0 takes the in-memory init image's 2048x16: upscaled 8x that is 16384 wide.
+    let from_init = GenerationRequest {
+        width: 0,
+        height: 0,
+        upscale: Some(8),
+        strength: 0.5,
+        init_image: Some(bevy_diffusion::request::InitImage::Rgba {
+            width: 2048,
+            height: 16,
+            pixels: vec![0; 2048 * 16 * 4],
+        }),
+        ..Default::default()
+    };
+    let e = w.submit(from_init.clone()).unwrap_err();
+    assert!(
+        matches!(&e, SubmitError::InvalidRequest { field: "upscale", reason, .. }
+            if reason.contains("2048x16")),
+        "{e}"
+    );
     assert_eq!(w.occupancy(), 0, "no slot taken");
+    // The same image upscaled 4x (8192 wide) is accepted.
+    let ok = GenerationRequest {
+        upscale: Some(4),
+        ..from_init
+    };
+    let id = w.submit(ok).expect("8192 a side is allowed");
+    w.cancel(id);
 }
 
 #[test]

@@ -57,8 +57,8 @@ impl SubmitError {
 /// The checks [`GenerationWorker::submit`] makes before accepting a request: the model-free
 /// fields ([`GenerationRequest::validate`] with factor 1: sizes at most 4096, steps in
 /// 1..=1000, guidance and strength in range, pixel-art counts), prompt lengths (at most 64 KiB
-/// each: the tokenizer only reads 77 tokens) and the byte counts of an in-memory init image
-/// and mask.
+/// each: the tokenizer only reads 77 tokens), the byte counts of an in-memory init image
+/// and mask, and the upscaled size of a request whose size comes from its in-memory init image.
 ///
 /// Errors: [`SubmitError::InvalidRequest`] naming the field and value.
 pub fn validate_submission(job: &GenerationRequest) -> Result<(), SubmitError> {
@@ -117,6 +117,24 @@ pub fn validate_submission(job: &GenerationRequest) -> Result<(), SubmitError> {
                 field,
                 value: format!("{width}x{height} with {} bytes", pixels.len()),
                 reason: format!("RGBA8 pixels must have width * height * 4 = {expected} bytes"),
+            });
+        }
+    }
+    // A size of 0 takes the in-memory init image's: its upscaled size is known now too
+    // (`validate` checked the request's own sizes).
+    if let (Some(f), Some(crate::request::InitImage::Rgba { width, height, .. })) =
+        (job.upscale, &job.init_image)
+    {
+        let w = if job.width == 0 { *width } else { job.width };
+        let h = if job.height == 0 { *height } else { job.height };
+        if w.saturating_mul(f) > 8192 || h.saturating_mul(f) > 8192 {
+            return Err(SubmitError::InvalidRequest {
+                field: "upscale",
+                value: f.to_string(),
+                reason: format!(
+                    "{w}x{h} (the size the init_image gives) upscaled {f}x is over 8192 pixels \
+                     a side"
+                ),
             });
         }
     }
