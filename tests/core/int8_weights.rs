@@ -3,7 +3,7 @@
 //! The tiny-sd pipeline is quantized here, written once as I8 + scales and once as the f32
 //! values `q * scale` that dequantization must give; both folders must generate the same image.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bevy_diffusion::pipeline::{self, NoHooks};
 use bevy_diffusion::testing::weights;
@@ -15,24 +15,13 @@ use bevy_diffusion_tests::tiny_sd_model;
 use candle_core::{DType, Device};
 use safetensors::tensor::{Dtype, TensorView};
 
+use crate::loading::{copy_dir, scratch};
+
 const COMPONENTS: [&str; 3] = [
     "unet/diffusion_pytorch_model.safetensors",
     "vae/diffusion_pytorch_model.safetensors",
     "text_encoder/model.safetensors",
 ];
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -91,16 +80,6 @@ fn quantize(root: &Path, skip_scale: Option<&str>) -> usize {
     quantized
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir()
-        .join("bevy_diffusion_int8")
-        .join(format!("{name}-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-    dir
-}
-
 fn image(dir: &Path) -> image::RgbaImage {
     let model = StableDiffusion::load(dir, &LoadOptions::default()).unwrap();
     let request = GenerationRequest {
@@ -123,7 +102,7 @@ fn image(dir: &Path) -> image::RgbaImage {
 
 #[test]
 fn int8_weights_load_as_their_dequantized_values() {
-    let root = scratch("same");
+    let root = scratch("int8-same");
     let quantized = quantize(&root, None);
     assert!(quantized > 20, "only {quantized} tensors quantized");
     // The int8 folder really holds I8 tensors, at about a quarter of the f32 bytes.
@@ -162,7 +141,7 @@ fn int8_weights_load_as_their_dequantized_values() {
 
 #[test]
 fn an_int8_weight_without_its_scale_is_a_typed_error_naming_it() {
-    let root = scratch("noscale");
+    let root = scratch("int8-noscale");
     let name = "conv_in.weight";
     quantize(&root, Some(name));
     let e = StableDiffusion::load(&root.join("int8"), &LoadOptions::default())
