@@ -249,18 +249,7 @@ fn generate_with_a_taesd_decoder_and_a_wrong_decoder_folder() {
 #[test]
 fn generate_names_the_stand_in_of_an_unknown_scheduler_class() {
     let dir = Scratch::new("stand_in");
-    let model = dir.0.join("model");
-    let src = fixture_model();
-    for entry in walk(&src) {
-        let to = model.join(entry.strip_prefix(&src).unwrap());
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(&entry, &to).unwrap();
-    }
-    let config = model.join("scheduler/scheduler_config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace("\"DDIMScheduler\"", "\"BogusScheduler\"");
-    assert!(text.contains("BogusScheduler"));
-    std::fs::write(&config, text).unwrap();
+    let model = model_with_a_bogus_scheduler(&dir.0);
     let out = dir.0.join("out.png");
     let o = texgen(&[
         "generate",
