@@ -64,6 +64,12 @@ pub const SUPPORTED_PIPELINES: [&str; 7] = [
 /// as the text-to-image model.
 pub const UPSCALER_PIPELINE: &str = "StableDiffusionUpscalePipeline";
 
+/// How an x4 upscaler folder is used instead of as the text-to-image model (the refusals of
+/// the folder loader and of the hub download both say it).
+pub const UPSCALER_USE: &str = "give it as the upscaler of a text-to-image model (`texgen \
+     generate --model MODEL --upscaler DIR --upscale 4`, `LoadOptions::upscaler`), or upscale an \
+     image with it (`texgen upscale --model DIR --in PNG --out PNG`)";
+
 /// Which Stable Diffusion generation a folder holds (for defaults and messages; the configs
 /// drive the actual computation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::loading::folder::{
-    ComponentKind, PICKLE_EXTENSIONS, SUPPORTED_PIPELINES, UPSCALER_PIPELINE,
+    ComponentKind, PICKLE_EXTENSIONS, SUPPORTED_PIPELINES, UPSCALER_PIPELINE, UPSCALER_USE,
 };
 
 mod snapshot_download;

@@ -15,10 +15,7 @@ pub(super) fn wrong_pipeline(index_path: &Path, class: &str) -> Option<Diffusion
              latents + 3 low-res image channels, with a low_res_scheduler)"
         ),
         expected: "a text-to-image model".into(),
-        instead: "give it as the upscaler of a text-to-image model (`texgen generate --model \
-                  MODEL --upscaler DIR --upscale 4`, `LoadOptions::upscaler`), or upscale an \
-                  image with it (`texgen upscale --model DIR --in PNG --out PNG`)"
-            .into(),
+        instead: UPSCALER_USE.into(),
     })
 }
 

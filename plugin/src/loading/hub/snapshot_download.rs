@@ -71,10 +71,7 @@ pub fn download(
                 Some(c) if c == UPSCALER_PIPELINE => {
                     return Err(unusable(format!(
                         "model_index.json names {c}, an x4 upscaler, not a text-to-image \
-                         model: give its folder as the upscaler of a text-to-image model \
-                         (`texgen generate --model MODEL --upscaler DIR --upscale 4`, \
-                         `LoadOptions::upscaler`) or upscale an image with it (`texgen upscale \
-                         --model DIR --in PNG --out PNG`)"
+                         model: {UPSCALER_USE}"
                     )));
                 }
                 Some(c) => {
