@@ -303,6 +303,34 @@ pub fn upscale_output(
 /// The largest side, in pixels, of an upscaled output ([`lanczos_upscale`]'s limit).
 pub const MAX_UPSCALED_SIDE: u32 = 8192;
 
+/// The model-free part of [`check_upscale_size`]: a `width x height` image upscaled `factor`x
+/// stays at most [`MAX_UPSCALED_SIDE`] pixels a side (`None` and 1 pass). Also made at submit
+/// ([`crate::runtime::worker::validate_submission`]) once an in-memory init image gives the size.
+///
+/// Errors: [`DiffusionError::InvalidRequest`] naming `upscale` and its factor.
+pub fn check_upscaled_side(factor: Option<u32>, (width, height): (u32, u32)) -> Result<()> {
+    let factor = match factor {
+        None | Some(1) => return Ok(()),
+        Some(f) => f,
+    };
+    let (big_w, big_h) = (
+        u64::from(width) * u64::from(factor),
+        u64::from(height) * u64::from(factor),
+    );
+    if big_w > u64::from(MAX_UPSCALED_SIDE) || big_h > u64::from(MAX_UPSCALED_SIDE) {
+        return Err(DiffusionError::InvalidRequest {
+            field: "upscale",
+            value: factor.to_string(),
+            reason: format!(
+                "the {width}x{height} image upscaled {factor}x would be {big_w}x{big_h}, over \
+                 {MAX_UPSCALED_SIDE} pixels a side; set a smaller width/height (or init image) or \
+                 factor"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The size checks of [`upscale_output`] for a generation whose image is `width x height`
 /// pixels, made up front by [`crate::pipeline::check_inputs`] (the size is only known once the
 /// init image is read), so that an upscale that must fail is refused before any denoising or
@@ -316,6 +344,7 @@ pub fn check_upscale_size(
     factor: Option<u32>,
     (width, height): (u32, u32),
 ) -> Result<()> {
+    check_upscaled_side(factor, (width, height))?;
     let factor = match factor {
         None | Some(1) => return Ok(()),
         Some(f) => f,
@@ -325,16 +354,6 @@ pub fn check_upscale_size(
         value: factor.to_string(),
         reason,
     };
-    let (big_w, big_h) = (
-        u64::from(width) * u64::from(factor),
-        u64::from(height) * u64::from(factor),
-    );
-    if big_w > u64::from(MAX_UPSCALED_SIDE) || big_h > u64::from(MAX_UPSCALED_SIDE) {
-        return Err(bad(format!(
-            "the {width}x{height} image upscaled {factor}x would be {big_w}x{big_h}, over \
-             {MAX_UPSCALED_SIDE} pixels a side; set a smaller width/height (or init image) or factor"
-        )));
-    }
     if let Some(up) = &model.upscaler
         && factor as usize == up.factor()
     {

@@ -122,21 +122,10 @@ pub fn validate_submission(job: &GenerationRequest) -> Result<(), SubmitError> {
     }
     // A size of 0 takes the in-memory init image's: its upscaled size is known now too
     // (`validate` checked the request's own sizes).
-    if let (Some(f), Some(crate::request::InitImage::Rgba { width, height, .. })) =
-        (job.upscale, &job.init_image)
-    {
+    if let Some(crate::request::InitImage::Rgba { width, height, .. }) = &job.init_image {
         let w = if job.width == 0 { *width } else { job.width };
         let h = if job.height == 0 { *height } else { job.height };
-        if w.saturating_mul(f) > 8192 || h.saturating_mul(f) > 8192 {
-            return Err(SubmitError::InvalidRequest {
-                field: "upscale",
-                value: f.to_string(),
-                reason: format!(
-                    "{w}x{h} (the size the init_image gives) upscaled {f}x is over 8192 pixels \
-                     a side"
-                ),
-            });
-        }
+        crate::pipeline::upscale::check_upscaled_side(job.upscale, (w, h)).map_err(invalid)?;
     }
     Ok(())
 }
