@@ -12,9 +12,13 @@
 //!
 //! `--dtype f32|bf16` asks for a compute precision; it is resolved as the plugin resolves it
 //! ([`bevy_diffusion::precision::resolve`]: bf16 runs in f32 with a printed notice where the CPU
-//! lacks bf16 multiply instructions).
+//! has no bf16 kernel). A resolved bf16 builds the SD 1.5 UNet with its transformer linear
+//! weights in bf16, as a bf16 load does.
 //!
-//! `--only taesd|turbo|unet|vae|memory` runs one part: `turbo` is the SD-Turbo-architecture image
+//! `--only gemm` times a 2048³ GEMM in f32 (the `Linear` kernel) and, where a bf16 kernel runs,
+//! in bf16 (the bf16 `Linear` kernel), printing GFLOP/s.
+//!
+//! `--only taesd|turbo|unet|vae|memory|gemm` runs one part: `turbo` is the SD-Turbo-architecture image
 //! (SD 2.1 UNet, OpenCLIP-H text encoder, 512 px, 1 step, no CFG) with the full VAE and with
 //! TAESD; `memory` writes a real-size SD 1.5 folder with random f32 weights (a child process),
 //! loads it and generates one 512 px image, printing peak RSS (VmHWM) against the weights' bytes.
@@ -105,7 +109,10 @@ fn main() -> anyhow::Result<()> {
     if only.as_deref() == Some("memory") {
         return memory::memory_bench();
     }
-    sd15_bench(if quick { 32 } else { 64 }, only.as_deref())?;
+    if only.as_deref() == Some("gemm") {
+        return gemm_bench(dtype);
+    }
+    sd15_bench(if quick { 32 } else { 64 }, only.as_deref(), dtype)?;
     Ok(())
 }
 
@@ -259,14 +266,77 @@ fn write_config(name: &str, json: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Zero weights, with the UNet's transformer linear weights in bf16 when `bf16` (what a bf16
+/// load keeps in bf16: [`bevy_diffusion::models::transformer_2d::is_bf16_linear`]).
+struct Zeros {
+    bf16: bool,
+}
+
+impl candle_nn::var_builder::SimpleBackend for Zeros {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let keep =
+            self.bf16 && bevy_diffusion::models::transformer_2d::is_bf16_linear(name, s.dims());
+        Tensor::zeros(s, if keep { DType::BF16 } else { dtype }, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("bench zeros: `{name}` has no shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// 2048³ `x Wᵀ` through the `Linear` kernel, f32 and (where a bf16 kernel runs) bf16.
+fn gemm_bench(dtype: bevy_diffusion::ComputeDtype) -> anyhow::Result<()> {
+    let n = 2048;
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (n, n), &dev)?;
+    let w = Tensor::randn(0f32, 1., (n, n), &dev)?;
+    let flop = 2.0 * (n as f64).powi(3);
+    let mut dtypes = vec![DType::F32];
+    if dtype == bevy_diffusion::ComputeDtype::Bf16 {
+        dtypes.push(DType::BF16);
+    }
+    for dt in dtypes {
+        let linear = candle_nn::Linear::new(w.to_dtype(dt)?, None);
+        let s = timed(&format!("gemm {n}³ {dt:?}"), 5, || {
+            Ok(bevy_diffusion::testing::kernels::linear::forward(
+                &linear, &x,
+            )?)
+        })?;
+        println!("gemm {n}³ {dt:?}: {:.1} GFLOP/s", flop / s / 1e9);
+    }
+    Ok(())
+}
+
 /// `only`: `Some("unet")` / `Some("vae")` runs just that stage (`--only unet|vae`).
-fn sd15_bench(latent: usize, only: Option<&str>) -> anyhow::Result<()> {
+fn sd15_bench(
+    latent: usize,
+    only: Option<&str>,
+    dtype: bevy_diffusion::ComputeDtype,
+) -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let px = latent * 8;
     let vb = VarBuilder::zeros(DType::F32, &dev);
     let unet_cfg = UNet2DConditionConfig::from_file(&write_config("unet.json", SD15_UNET)?)?;
     let started = Instant::now();
-    let unet = UNet2DConditionModel::new(vb.clone(), &unet_cfg)?;
+    let unet_vb = VarBuilder::from_backend(
+        Box::new(Zeros {
+            bf16: dtype == bevy_diffusion::ComputeDtype::Bf16,
+        }),
+        DType::F32,
+        dev.clone(),
+    );
+    let unet = UNet2DConditionModel::new(unet_vb, &unet_cfg)?;
     println!(
         "sd15 unet built in {:.2} s",
         started.elapsed().as_secs_f64()

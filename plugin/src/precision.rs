@@ -9,11 +9,14 @@
 //! AVX2 EPYC (no AVX-512 at all), PyTorch 2.15's own bf16 `torch.mm` ran at 0.4 GFLOP/s against
 //! 5-8 GFLOP/s for f32 at 256-512 (a loaded machine; a 2048³ bf16 matmul did not finish in 5
 //! minutes while f32 ran at 38 GFLOP/s). So a bf16 request on such a CPU runs in f32, with a
-//! notice naming the missing feature, and the f32
-//! results are the parity-tested ones.
+//! notice naming the missing feature, and the f32 results are the parity-tested ones.
 //!
-//! This crate has no bf16 microkernel yet: on a CPU that has the instructions the request also
-//! runs in f32, and the notice says so (nothing here was run on AVX-512 BF16 hardware).
+//! On a CPU with AVX-512 BF16 (after the kernel's self-check, `kernels/bf16.rs`) a bf16
+//! request keeps the UNet's transformer linear layers in bf16
+//! ([`crate::models::transformer_2d::is_bf16_linear`]) and runs them through the bf16 GEMM with
+//! f32 accumulation; everything else (convolutions, attention, norms, the text encoder, the VAE,
+//! the scheduler) stays f32. The bf16 results are checked against f32 with the kernel's portable
+//! emulation (`BEVY_DIFFUSION_BF16=emulate`), which computes the same arithmetic on any CPU.
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,8 +30,9 @@ pub enum ComputeDtype {
     /// 32-bit floats everywhere (default; the parity-tested path).
     #[default]
     F32,
-    /// bfloat16 weights and GEMM inputs with f32 accumulation, where the CPU multiplies bf16
-    /// natively (see [`resolve`]; today always resolved to f32 with a notice).
+    /// bfloat16 weights and GEMM inputs with f32 accumulation for the UNet's transformer
+    /// linear layers, where the CPU multiplies bf16 natively (see [`resolve`]; elsewhere
+    /// resolved to f32 with a notice).
     Bf16,
 }
 
@@ -100,10 +104,13 @@ pub fn cpu_bf16() -> CpuBf16 {
 }
 
 /// The precision a request for `requested` on `device` runs in, and a one-line notice when it
-/// is not what was asked (`None` when it is). Today every request resolves to
-/// [`ComputeDtype::F32`]; the notice names the missing CPU feature (or says the bf16 kernels are
-/// not built for this CPU / device).
+/// is not what was asked, or is the slow emulation (`None` otherwise). bf16 runs where
+/// the bf16 GEMM (`kernels/bf16.rs`) has a kernel (AVX-512 BF16 after its self-check, or the
+/// forced emulation) and the CPU kernels are on; anything else resolves to
+/// [`ComputeDtype::F32`] with a notice naming why (the missing CPU feature, a GPU device, the
+/// kernels switched off).
 pub fn resolve(requested: ComputeDtype, device: &Device) -> (ComputeDtype, Option<String>) {
+    use crate::kernels::bf16::{Bf16Kernel, kernel};
     if requested == ComputeDtype::F32 {
         return (ComputeDtype::F32, None);
     }
@@ -113,15 +120,44 @@ pub fn resolve(requested: ComputeDtype, device: &Device) -> (ComputeDtype, Optio
             Some("dtype bf16 is not implemented for GPU devices yet: computing in f32".to_string()),
         );
     }
-    let cpu = cpu_bf16();
-    let why = match (cpu.feature, cpu.present) {
-        (Some(f), false) => format!(
-            "this CPU lacks `{f}` (bf16 multiply instructions), where bf16 runs slower than f32"
-        ),
-        (Some(f), true) => {
-            format!("this CPU has `{f}`, but bevy_diffusion has no bf16 microkernel for it yet")
+    let why = if !crate::kernels::enabled() {
+        "the CPU kernels are off (BEVY_DIFFUSION_KERNELS=off)".to_string()
+    } else {
+        match kernel() {
+            Some(Bf16Kernel::Avx512) => return (ComputeDtype::Bf16, None),
+            Some(Bf16Kernel::Emulated) => {
+                return (
+                    ComputeDtype::Bf16,
+                    Some(
+                        "dtype bf16 runs on the portable emulation of the bf16 kernel \
+                         (BEVY_DIFFUSION_BF16=emulate): the results of a bf16 CPU, many times \
+                         slower than f32"
+                            .to_string(),
+                    ),
+                );
+            }
+            None => {
+                let cpu = cpu_bf16();
+                match (cpu.feature, cpu.present) {
+                    (Some(f), false) => format!(
+                        "this CPU lacks `{f}` (bf16 multiply instructions), where bf16 runs \
+                         slower than f32"
+                    ),
+                    (Some("avx512bf16"), true) => {
+                        "the AVX-512 BF16 kernel failed its self-check (see the warning)"
+                            .to_string()
+                    }
+                    (Some(f), true) => {
+                        format!(
+                            "this CPU has `{f}`, but bevy_diffusion has no bf16 kernel for it yet"
+                        )
+                    }
+                    (None, _) => {
+                        "this CPU architecture has no bf16 multiply instructions".to_string()
+                    }
+                }
+            }
         }
-        (None, _) => "this CPU architecture has no bf16 multiply instructions".to_string(),
     };
     (
         ComputeDtype::F32,
@@ -143,10 +179,14 @@ mod tests {
             (ComputeDtype::F32, None)
         );
         let (d, note) = resolve(ComputeDtype::Bf16, &Device::Cpu);
-        assert_eq!(d, ComputeDtype::F32);
-        let note = note.expect("a bf16 request on the CPU explains itself");
-        if let Some(f) = cpu_bf16().feature {
-            assert!(note.contains(f), "{note}");
+        if crate::kernels::bf16::kernel().is_some() {
+            assert_eq!(d, ComputeDtype::Bf16);
+        } else {
+            assert_eq!(d, ComputeDtype::F32);
+            let note = note.expect("a bf16 request on the CPU explains itself");
+            if let Some(f) = cpu_bf16().feature {
+                assert!(note.contains(f), "{note}");
+            }
         }
     }
 }

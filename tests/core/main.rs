@@ -2,6 +2,7 @@
 
 mod bake;
 mod bake_art;
+mod bf16;
 mod break_it;
 mod break_it5;
 mod cargo_features;

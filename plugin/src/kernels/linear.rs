@@ -2,8 +2,13 @@
 //! weight `[out, in]` read in place as the transposed right operand and the bias written into the
 //! output before the GEMM accumulates onto it. candle's `Linear` runs a batched matmul against a
 //! broadcast, transposed weight instead.
+//!
+//! A bf16 weight (loaded so for a bf16 request, see `crate::precision`) goes through
+//! [`super::bf16::gemm`] in [`forward`] and [`forward_residual`] (and so in the fallbacks of the
+//! others), with `x` rounded to bf16 and f32 accumulation; without a bf16 kernel it is widened
+//! to f32 at each call (correct, slower).
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
@@ -13,6 +18,9 @@ use super::{on_cpu_f32, simd, with_opt_slice, with_slice};
 /// `linear.forward(x)` for `x` `[..., in]` -> `[..., out]`, through the kernel for f32 CPU
 /// tensors (else candle's `Linear`).
 pub fn forward(linear: &Linear, x: &Tensor) -> Result<Tensor> {
+    if linear.weight().dtype() == DType::BF16 {
+        return forward_bf16(linear, x, None);
+    }
     profile::timed(OpKind::Matmul, || {
         let w = linear.weight();
         let b = linear.bias();
@@ -189,6 +197,9 @@ pub fn forward_geglu(linear: &Linear, x: &Tensor) -> Result<Tensor> {
 /// `linear.forward(x) + residual` with the residual (and bias) written into the output first:
 /// `x` `[..., in]`, `residual` `[..., out]` -> `[..., out]`.
 pub fn forward_residual(linear: &Linear, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    if linear.weight().dtype() == DType::BF16 {
+        return forward_bf16(linear, x, Some(residual));
+    }
     profile::timed(OpKind::Matmul, || {
         let w = linear.weight();
         let b = linear.bias();
@@ -229,6 +240,59 @@ pub fn forward_residual(linear: &Linear, x: &Tensor, residual: &Tensor) -> Resul
                     unsafe { g.run(ws, out.as_mut_ptr(), true) };
                     Ok(())
                 })
+            })
+        })?;
+        Tensor::from_vec(out, shape, &Device::Cpu)
+    })
+}
+
+/// [`forward`] (`residual` `None`) or [`forward_residual`] for a bf16 `[out, in]` weight: `x`
+/// `[..., in]` f32 -> `[..., out]` f32 through [`super::bf16::gemm`]. Without a bf16 kernel
+/// ([`super::bf16::kernel`] `None`, the kernels off, or tensors off the CPU / not f32) the weight
+/// is widened to f32 and the f32 path runs.
+fn forward_bf16(linear: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    let (w, b) = (linear.weight(), linear.bias());
+    let kernel = super::bf16::kernel().filter(|_| {
+        w.device().is_cpu()
+            && on_cpu_f32(x)
+            && b.is_none_or(on_cpu_f32)
+            && residual.is_none_or(on_cpu_f32)
+    });
+    let Some(kernel) = kernel else {
+        let widened = Linear::new(w.to_dtype(x.dtype())?, b.cloned());
+        return match residual {
+            Some(r) => forward_residual(&widened, x, r),
+            None => forward(&widened, x),
+        };
+    };
+    profile::timed(OpKind::Matmul, || {
+        let (out_dim, in_dim) = w.dims2()?;
+        let rows = x.elem_count() / in_dim.max(1);
+        let mut shape = x.dims().to_vec();
+        *shape.last_mut().expect("rank >= 1") = out_dim;
+        if x.dims().last() != Some(&in_dim) || residual.is_some_and(|r| r.dims() != shape) {
+            candle_core::bail!(
+                "linear: input {:?}, residual {:?} for a [{out_dim}, {in_dim}] weight",
+                x.dims(),
+                residual.map(|r| r.dims().to_vec())
+            );
+        }
+        let mut out = match residual {
+            Some(r) => with_slice(r, |r| Ok(r.to_vec()))?,
+            None => vec![0f32; rows * out_dim],
+        };
+        with_opt_slice(b, |bs| {
+            if let Some(bs) = bs {
+                for row in out.chunks_mut(out_dim) {
+                    row.iter_mut().zip(bs).for_each(|(o, b)| *o += b);
+                }
+            }
+            Ok(())
+        })?;
+        with_slice(x, |xs| {
+            super::with_bf16_slice(w, |ws| {
+                super::bf16::gemm(kernel, rows, in_dim, out_dim, xs, ws, &mut out)
+                    .map_err(candle_core::Error::Msg)
             })
         })?;
         Tensor::from_vec(out, shape, &Device::Cpu)

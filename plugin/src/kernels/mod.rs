@@ -11,7 +11,8 @@
 //! | `attention.rs` | blocked (flash) attention with an online softmax, parallel over heads and query blocks |
 //! | `conv.rs` | 2-D convolution: im2col tiles (zero or circular padding per axis, stride 1 or 2) into a `gemm` with bias, time embedding and residual fused into the output |
 //! | `winograd.rs` (+ `winograd/`) | 3x3 stride-1 convolution by Winograd F(4x4, 3x3) (the default; `BEVY_DIFFUSION_WINOGRAD=off` for im2col): 4x fewer products, an AVX2 6x16 microkernel, transforms fused with padding, nearest 2x upsampling, bias, residual and ReLU |
-//! | `linear.rs` | `Linear` as one GEMM over all rows, bias fused |
+//! | `linear.rs` | `Linear` as one GEMM over all rows, bias fused (bf16 weights through `bf16.rs`) |
+//! | `bf16.rs` | a bf16 x bf16 -> f32 GEMM for `Linear` layers with bf16 weights: an AVX-512 BF16 microkernel (self-checked at first use) and its portable emulation |
 //! | `group_norm.rs` | GroupNorm (+ optional SiLU) in two reads and one write, parallel over groups |
 //! | `elementwise.rs` | parallel nearest-2x upsampling and GEGLU for large tensors |
 //! | `simd.rs` | vectorisable `exp` / SiLU / erf-GELU, compiled for AVX2+FMA when the CPU has it |
@@ -21,6 +22,7 @@
 //! Metal, other dtypes), so the same model code runs everywhere.
 
 pub mod attention;
+pub mod bf16;
 pub mod conv;
 pub mod elementwise;
 pub mod group_norm;
@@ -78,6 +80,21 @@ pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> 
     match &*storage {
         Storage::Cpu(CpuStorage::F32(v)) => f(&v[start..end]),
         _ => candle_core::bail!("kernel input must be an f32 CPU tensor"),
+    }
+}
+
+/// Runs `f` on the contiguous bf16 data (as bits) of a CPU tensor (made contiguous first if
+/// needed).
+pub(crate) fn with_bf16_slice<R>(t: &Tensor, f: impl FnOnce(&[u16]) -> Result<R>) -> Result<R> {
+    use half::slice::HalfFloatSliceExt;
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("kernel input is not contiguous after contiguous()");
+    };
+    match &*storage {
+        Storage::Cpu(CpuStorage::BF16(v)) => f(v[start..end].reinterpret_cast()),
+        _ => candle_core::bail!("kernel input must be a bf16 CPU tensor"),
     }
 }
 

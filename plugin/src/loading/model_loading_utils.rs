@@ -141,12 +141,25 @@ impl CheckedWeights {
             index,
             log: Arc::new(Mutex::new(LoadLog::default())),
             lora,
+            bf16: None,
         };
         Self {
             backend: Arc::new(backend),
             files: files.clone(),
             device: device.clone(),
         }
+    }
+
+    /// These weights, with every tensor for which `keep(name, shape)` holds converted to bf16
+    /// where the model asks for f32 (after any LoRA merge, which stays f32): the linear
+    /// weights of a bf16 request (see `crate::precision`). Call it before the first
+    /// [`CheckedWeights::var_builder`] / [`CheckedWeights::build`]; afterwards it changes
+    /// nothing.
+    pub fn with_bf16(mut self, keep: fn(&str, &[usize]) -> bool) -> Self {
+        if let Some(backend) = Arc::get_mut(&mut self.backend) {
+            backend.bf16 = Some(keep);
+        }
+        self
     }
 
     /// The files these weights come from.

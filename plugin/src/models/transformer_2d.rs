@@ -244,6 +244,17 @@ impl Module for FeedForward {
     }
 }
 
+/// Whether a UNet weight runs the bf16 GEMM under a bf16 request: the linear layers of the
+/// transformer blocks (`attn1` / `attn2`'s `to_q`, `to_k`, `to_v`, `to_out.0`, `ff.net.0.proj`,
+/// `ff.net.2`), i.e. a 2-D `.weight` under `.transformer_blocks.`, with an even `in` (the
+/// kernel's pairs of `k`). Norms, convolutions, `proj_in` / `proj_out` and the time embedding stay
+/// f32.
+pub fn is_bf16_linear(name: &str, shape: &[usize]) -> bool {
+    name.contains(".transformer_blocks.")
+        && name.ends_with(".weight")
+        && matches!(shape, [_, k] if k % 2 == 0)
+}
+
 /// diffusers' `BasicTransformerBlock` (`norm_type = "layer_norm"`, `activation_fn = "geglu"`):
 /// `x += attn1(norm1(x))` (self-attention, or cross-attention when `only_cross_attention`),
 /// `x += attn2(norm2(x), context)`, `x += ff(norm3(x))`. LayerNorms use eps `1e-5`.

@@ -181,9 +181,38 @@ pub fn build_part_of_component<T>(
     unused_prefixes: &[&str],
     construct: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
+    build_with(component, device, lora, unused_prefixes, None, construct)
+}
+
+/// [`build_component`] in the compute precision `dtype`: for [`ComputeDtype::Bf16`] the
+/// weights `bf16_linear(name, shape)` picks are kept in bf16 (the rest f32). Used for the UNet,
+/// whose transformer blocks' linear layers run the bf16 GEMM.
+pub fn build_component_in<T>(
+    component: &Component,
+    device: &Device,
+    lora: HashMap<String, Vec<LoraDelta>>,
+    dtype: ComputeDtype,
+    bf16_linear: fn(&str, &[usize]) -> bool,
+    construct: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
+    let bf16 = (dtype == ComputeDtype::Bf16).then_some(bf16_linear);
+    build_with(component, device, lora, &[], bf16, construct)
+}
+
+fn build_with<T>(
+    component: &Component,
+    device: &Device,
+    lora: HashMap<String, Vec<LoraDelta>>,
+    unused_prefixes: &[&str],
+    bf16: Option<fn(&str, &[usize]) -> bool>,
+    construct: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
     let patched = lora.len();
     let started = std::time::Instant::now();
-    let weights = CheckedWeights::open_with_lora(&component.weights, device, lora)?;
+    let mut weights = CheckedWeights::open_with_lora(&component.weights, device, lora)?;
+    if let Some(keep) = bf16 {
+        weights = weights.with_bf16(keep);
+    }
     let model = weights.build(construct)?;
     if let Some((weight, source)) = weights.unused_lora().into_iter().next() {
         return Err(DiffusionError::InvalidLora {
@@ -312,9 +341,14 @@ impl StableDiffusion {
             lora.take(LoraComponent::TextEncoder),
             |vb| ClipTextModel::new(vb, &text_encoder_config),
         )?;
-        let unet = build_component(&folder.unet, device, lora.take(LoraComponent::Unet), |vb| {
-            UNet2DConditionModel::new(vb, &unet_config)
-        })?;
+        let unet = build_component_in(
+            &folder.unet,
+            device,
+            lora.take(LoraComponent::Unet),
+            dtype,
+            crate::models::transformer_2d::is_bf16_linear,
+            |vb| UNet2DConditionModel::new(vb, &unet_config),
+        )?;
         let vae = build_component(&folder.vae, device, HashMap::new(), |vb| {
             Vae::new(vb, &vae_config)
         })?;

@@ -95,7 +95,8 @@ struct ModelArgs {
     #[arg(long, value_name = "DIR")]
     upscaler: Option<PathBuf>,
     /// Compute precision: f32 (default) or bf16. bf16 needs bf16 multiply instructions
-    /// (x86-64 AVX-512 BF16); without them the model runs in f32 and a note says why.
+    /// (x86-64 AVX-512 BF16), and then runs the UNet's transformer linear layers in bf16;
+    /// without them the model runs in f32 and a note says why.
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     dtype: bevy_diffusion::ComputeDtype,
 }

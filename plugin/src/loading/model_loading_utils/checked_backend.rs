@@ -2,7 +2,7 @@
 //! for is looked up in the safetensors headers (absent or mis-shaped: a typed error, recorded;
 //! a dry build goes on with broadcast zeros), then read from its file (positional reads, no
 //! mapping: [`super::tensor_read`]) or the compiled-in data, with its LoRA deltas merged, and
-//! converted to the requested dtype.
+//! converted to the requested dtype (or to bf16, for the tensors a bf16 request keeps so).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -68,6 +68,9 @@ pub(super) struct CheckedBackend {
     pub(super) log: Arc<Mutex<LoadLog>>,
     /// LoRA deltas added to a tensor as it is loaded (see [`crate::loading::lora_merge`]).
     pub(super) lora: HashMap<String, Vec<LoraDelta>>,
+    /// Tensors (by name and shape) kept in bf16 where f32 is asked for (a bf16 request's
+    /// linear weights, [`super::CheckedWeights::with_bf16`]); `None`: every tensor as asked.
+    pub(super) bf16: Option<fn(&str, &[usize]) -> bool>,
 }
 
 impl CheckedBackend {
@@ -190,6 +193,10 @@ impl CheckedBackend {
                 },
             ));
         }
+        let dtype = match self.bf16 {
+            Some(keep) if dtype == DType::F32 && keep(name, merged.dims()) => DType::BF16,
+            _ => dtype,
+        };
         if merged.dtype() == dtype {
             Ok(merged)
         } else {

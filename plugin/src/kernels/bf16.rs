@@ -1,0 +1,414 @@
+//! A bf16 GEMM with f32 accumulation for `Linear` layers: `dst[r, o] += Σ_i x[r, i] * w[o, i]`
+//! with `x` f32 (rounded to bf16 as it is packed) and `w` a bf16 `[out, in]` weight read in
+//! place, for CPUs that multiply bf16 natively.
+//!
+//! The microkernel is one `vdpbf16ps` per 16 lanes (x86-64 AVX-512 BF16, `_mm512_dpbf16_ps`):
+//! each f32 lane adds the products of one pair of bf16 values, `acc += a₀b₀ + a₁b₁`, so a pair
+//! of consecutive `k` is one 32-bit element of both operands. The weight `[out, in]` already
+//! holds its pairs consecutively along `k` (an even `in` keeps every pair inside its row), so
+//! it is broadcast pair by pair from `MR` rows at once and needs no packing; `x` is packed per
+//! task into panels of 32 rows (`[k / 2][32]` pairs), converted to bf16 on the way (round to
+//! nearest even, as `half::bf16::from_f32`). A tile is `MR` output channels x 32 rows over the
+//! whole `k` (24 accumulators of the 32 zmm registers), transposed into `dst` at the end.
+//!
+//! [`Bf16Kernel::Emulated`] runs the same arithmetic in portable Rust (lane by lane, in the
+//! order of Intel's pseudo-code for `VDPBF16PS`: the odd product, then the even one). It
+//! checks the driver and the packing on any CPU (the tests run it), is the reference of the
+//! AVX-512 kernel's self-check, and lets a machine without the instructions compute what a bf16
+//! run computes (slowly: `BEVY_DIFFUSION_BF16=emulate` or [`set_emulation`]). The AVX-512 path
+//! is used only after that self-check: on its first use it multiplies a fixed 45 x 70 x 29
+//! problem both ways and, if they differ by more than f32 rounding, it is not used (a warning
+//! names the difference) and bf16 requests run in f32.
+//!
+//! Where the CPU has no bf16 instructions at all a bf16 GEMM cannot beat the f32 one (every value
+//! must be widened before the multiply), so [`kernel`] is `None` there (see
+//! [`crate::precision::resolve`]).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use rayon::prelude::*;
+
+/// Output channels per microkernel tile.
+pub(crate) const MR: usize = 12;
+/// Rows of `x` per microkernel tile (two 16-lane accumulators per channel).
+const NR: usize = 32;
+
+/// Which bf16 microkernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// `vdpbf16ps` on 512-bit registers (AVX-512F + AVX-512 BF16), after its self-check.
+    Avx512,
+    /// The portable emulation of the same arithmetic (for checking; ~100x slower).
+    Emulated,
+}
+
+/// 0 = from the environment, 1 = emulation forced on, 2 = forced off.
+static EMULATION: AtomicU8 = AtomicU8::new(0);
+static EMULATION_FROM_ENV: OnceLock<bool> = OnceLock::new();
+static AVX512_CHECKED: OnceLock<bool> = OnceLock::new();
+
+/// Forces the portable emulation on (or back off) for the whole process, overriding
+/// `BEVY_DIFFUSION_BF16=emulate`: bf16 requests then run on a CPU without bf16 instructions, with
+/// the arithmetic of the native kernel (used by the bf16 parity tests).
+pub fn set_emulation(on: bool) {
+    EMULATION.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+fn emulation() -> bool {
+    match EMULATION.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => *EMULATION_FROM_ENV.get_or_init(|| {
+            matches!(
+                std::env::var("BEVY_DIFFUSION_BF16").as_deref(),
+                Ok("emulate")
+            )
+        }),
+    }
+}
+
+/// Whether this CPU has AVX-512F and AVX-512 BF16.
+pub fn cpu_has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The bf16 kernel this process uses, or `None` (bf16 then runs in f32): the emulation when
+/// forced ([`set_emulation`], `BEVY_DIFFUSION_BF16=emulate`), else AVX-512 where the CPU has it
+/// and its one-time self-check passed.
+pub fn kernel() -> Option<Bf16Kernel> {
+    if emulation() {
+        return Some(Bf16Kernel::Emulated);
+    }
+    if !cpu_has_avx512_bf16() {
+        return None;
+    }
+    let ok = *AVX512_CHECKED.get_or_init(|| match self_check(Bf16Kernel::Avx512) {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::warn!(
+                "the AVX-512 BF16 kernel failed its self-check ({why}): bf16 runs in f32"
+            );
+            false
+        }
+    });
+    ok.then_some(Bf16Kernel::Avx512)
+}
+
+/// Multiplies a fixed problem with `kernel` and with the emulation; `Err` names the largest
+/// difference when it exceeds f32 rounding (1e-5 of the problem's largest Σ|x·w|).
+pub fn self_check(kernel: Bf16Kernel) -> Result<(), String> {
+    let (rows, in_dim, out_dim) = (45, 70, 29);
+    let mut seed = 0x9e37_79b9_u32;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        (seed >> 8) as f32 / (1 << 23) as f32 - 1.0
+    };
+    let x: Vec<f32> = (0..rows * in_dim).map(|_| next()).collect();
+    let w: Vec<u16> = (0..out_dim * in_dim).map(|_| to_bf16(next())).collect();
+    let mut got = vec![0.5f32; rows * out_dim];
+    let mut want = got.clone();
+    gemm(kernel, rows, in_dim, out_dim, &x, &w, &mut got)?;
+    gemm(
+        Bf16Kernel::Emulated,
+        rows,
+        in_dim,
+        out_dim,
+        &x,
+        &w,
+        &mut want,
+    )?;
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(
+            0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        );
+    // |x| <= 1, |w| <= 1: every Σ|x·w| is at most in_dim.
+    let bound = 1e-5 * in_dim as f32;
+    if worst <= bound {
+        Ok(())
+    } else {
+        Err(format!(
+            "largest difference {worst:e} from the emulation, over {bound:e}"
+        ))
+    }
+}
+
+/// `v` rounded to bf16 (nearest even; NaN stays NaN), as bits.
+#[inline]
+pub fn to_bf16(v: f32) -> u16 {
+    half::bf16::from_f32(v).to_bits()
+}
+
+#[inline]
+fn from_bf16(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// `dst[r * out_dim + o] += Σ_i bf16(x[r * in_dim + i]) * w[o * in_dim + i]`, accumulated in
+/// f32: `x` `[rows, in_dim]` row-major f32, `w` `[out_dim, in_dim]` row-major bf16 bits, `dst`
+/// `[rows, out_dim]` row-major (its values are added onto: write the bias or residual first).
+/// Parallel over blocks of rows (rayon).
+///
+/// # Errors
+/// A message when `in_dim` is odd (a pair would straddle two weight rows) or a slice is shorter
+/// than its shape.
+pub fn gemm(
+    kernel: Bf16Kernel,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+    x: &[f32],
+    w: &[u16],
+    dst: &mut [f32],
+) -> Result<(), String> {
+    if !in_dim.is_multiple_of(2) {
+        return Err(format!("bf16 gemm: in_dim {in_dim} is odd"));
+    }
+    if x.len() < rows * in_dim || w.len() < out_dim * in_dim || dst.len() < rows * out_dim {
+        return Err(format!(
+            "bf16 gemm: slices of {}, {}, {} floats for [{rows}, {in_dim}] x [{out_dim}, {in_dim}]",
+            x.len(),
+            w.len(),
+            dst.len()
+        ));
+    }
+    if rows == 0 || out_dim == 0 {
+        return Ok(());
+    }
+    let kp = in_dim / 2;
+    // Rows per task: the packed x block (block x in_dim bf16) within ~320 KB of L2, 64..256.
+    let block = ((160 * 1024 / in_dim.max(1)) / NR * NR).clamp(2 * NR, 8 * NR);
+    let block = block.min(rows.next_multiple_of(NR));
+    dst[..rows * out_dim]
+        .par_chunks_mut(block * out_dim)
+        .enumerate()
+        .for_each_init(Vec::new, |packed: &mut Vec<u32>, (bi, out)| {
+            let r0 = bi * block;
+            let n = out.len() / out_dim;
+            let panels = n.div_ceil(NR);
+            packed.clear();
+            packed.resize(panels * kp * NR, 0);
+            pack_x(&x[r0 * in_dim..(r0 + n) * in_dim], n, in_dim, packed);
+            let mut tile = [[0f32; NR]; MR];
+            for o0 in (0..out_dim).step_by(MR) {
+                let r = MR.min(out_dim - o0);
+                let wr = &w[o0 * in_dim..(o0 + r) * in_dim];
+                for pj in 0..panels {
+                    let xp = &packed[pj * kp * NR..(pj + 1) * kp * NR];
+                    micro(kernel, r, kp, wr, in_dim, xp, &mut tile);
+                    let t0 = pj * NR;
+                    for t in 0..NR.min(n - t0) {
+                        let row = &mut out[(t0 + t) * out_dim + o0..][..r];
+                        for (c, o) in row.iter_mut().enumerate() {
+                            *o += tile[c][t];
+                        }
+                    }
+                }
+            }
+        });
+    Ok(())
+}
+
+/// Packs `n` rows of `x` (`[n, in_dim]`) into panels of [`NR`] rows, `[panel][in_dim / 2][NR]`
+/// bf16 pairs (the even `k` in the low half), rows past `n` zero.
+fn pack_x(x: &[f32], n: usize, in_dim: usize, packed: &mut [u32]) {
+    let kp = in_dim / 2;
+    for (t, row) in x.chunks_exact(in_dim).take(n).enumerate() {
+        let panel = &mut packed[(t / NR) * kp * NR..][..kp * NR];
+        let lane = t % NR;
+        for (p, pair) in row.chunks_exact(2).enumerate() {
+            panel[p * NR + lane] = to_bf16(pair[0]) as u32 | (to_bf16(pair[1]) as u32) << 16;
+        }
+    }
+}
+
+/// One tile: `tile[c][t] = Σ_p pair(w[c * ws + 2p..]) · xp[p * NR + t]` for `c < r`, `t < NR`.
+fn micro(
+    kernel: Bf16Kernel,
+    r: usize,
+    kp: usize,
+    w: &[u16],
+    ws: usize,
+    xp: &[u32],
+    tile: &mut [[f32; NR]; MR],
+) {
+    assert!((1..=MR).contains(&r) && xp.len() >= kp * NR && w.len() >= (r - 1) * ws + 2 * kp);
+    match kernel {
+        Bf16Kernel::Emulated => micro_emulated(r, kp, w, ws, xp, tile),
+        Bf16Kernel::Avx512 => {
+            #[cfg(target_arch = "x86_64")]
+            if cpu_has_avx512_bf16() {
+                macro_rules! rows {
+                    ($($n:literal)*) => {
+                        match r {
+                            // SAFETY: the CPU has AVX-512F + BF16 (checked above); the assert
+                            // bounds every read of w and xp, and tile holds MR rows of NR.
+                            $($n => unsafe { avx512::micro::<$n>(kp, w.as_ptr(), ws, xp.as_ptr(), tile) },)*
+                            _ => unreachable!("r is in 1..=MR"),
+                        }
+                    };
+                }
+                rows!(1 2 3 4 5 6 7 8 9 10 11 12);
+                return;
+            }
+            micro_emulated(r, kp, w, ws, xp, tile)
+        }
+    }
+}
+
+/// The portable [`micro`]: per lane, `acc += a₁b₁` then `acc += a₀b₀` (Intel's order).
+fn micro_emulated(
+    r: usize,
+    kp: usize,
+    w: &[u16],
+    ws: usize,
+    xp: &[u32],
+    tile: &mut [[f32; NR]; MR],
+) {
+    for (c, acc) in tile.iter_mut().enumerate().take(r) {
+        *acc = [0.0; NR];
+        let wrow = &w[c * ws..c * ws + 2 * kp];
+        for (p, wp) in wrow.chunks_exact(2).enumerate() {
+            let (w0, w1) = (from_bf16(wp[0]), from_bf16(wp[1]));
+            for (a, &xv) in acc.iter_mut().zip(&xp[p * NR..(p + 1) * NR]) {
+                *a += w1 * from_bf16((xv >> 16) as u16);
+                *a += w0 * from_bf16(xv as u16);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// The AVX-512 BF16 tile for `R` channels: 2R accumulators of 16 lanes.
+    ///
+    /// # Safety
+    /// AVX-512F + AVX-512 BF16 present; `w` holds `R` rows of `2 * kp` bf16 at stride `ws`,
+    /// `xp` holds `kp * NR` pairs.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn micro<const R: usize>(
+        kp: usize,
+        w: *const u16,
+        ws: usize,
+        xp: *const u32,
+        tile: &mut [[f32; NR]; MR],
+    ) {
+        // SAFETY: the caller's contract bounds every pointer below; __m512i and __m512bh are
+        // both 64 bytes of packed lanes.
+        unsafe {
+            let mut a0 = [_mm512_setzero_ps(); R];
+            let mut a1 = [_mm512_setzero_ps(); R];
+            for p in 0..kp {
+                let x = xp.add(p * NR);
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(x.cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(x.add(16).cast()));
+                for c in 0..R {
+                    let pair = w.add(c * ws + 2 * p).cast::<u32>().read_unaligned();
+                    let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
+                    a0[c] = _mm512_dpbf16_ps(a0[c], a, b0);
+                    a1[c] = _mm512_dpbf16_ps(a1[c], a, b1);
+                }
+            }
+            for c in 0..R {
+                _mm512_storeu_ps(tile[c].as_mut_ptr(), a0[c]);
+                _mm512_storeu_ps(tile[c].as_mut_ptr().add(16), a1[c]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Σ in f64 of the bf16-rounded operands.
+    fn reference(rows: usize, k: usize, out: usize, x: &[f32], w: &[u16]) -> Vec<f64> {
+        let mut d = vec![0f64; rows * out];
+        for r in 0..rows {
+            for o in 0..out {
+                d[r * out + o] = (0..k)
+                    .map(|i| {
+                        from_bf16(to_bf16(x[r * k + i])) as f64 * from_bf16(w[o * k + i]) as f64
+                    })
+                    .sum();
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn emulated_gemm_matches_the_bf16_product_on_ragged_shapes() {
+        for (rows, k, out) in [
+            (1, 2, 1),
+            (31, 70, 11),
+            (33, 6, 12),
+            (100, 320, 13),
+            (257, 40, 40),
+        ] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+                .collect();
+            let w: Vec<u16> = (0..out * k)
+                .map(|i| to_bf16(((i * 53 % 89) as f32 - 44.0) / 23.0))
+                .collect();
+            let mut d = vec![1.0f32; rows * out];
+            gemm(Bf16Kernel::Emulated, rows, k, out, &x, &w, &mut d).unwrap();
+            let want = reference(rows, k, out, &x, &w);
+            for (i, (&g, &e)) in d.iter().zip(&want).enumerate() {
+                let e = e + 1.0;
+                assert!(
+                    (g as f64 - e).abs() <= 1e-5 * e.abs().max(k as f64),
+                    "[{rows}, {k}] x [{out}, {k}] at {i}: {g} vs {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even_and_odd_k_is_refused() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between bf16 1.0 and 1.0078125: ties go to the even 1.0.
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        let e = gemm(
+            Bf16Kernel::Emulated,
+            1,
+            3,
+            1,
+            &[0.0; 3],
+            &[0; 3],
+            &mut [0.0],
+        )
+        .unwrap_err();
+        assert!(e.contains("odd"), "{e}");
+        assert!(self_check(Bf16Kernel::Emulated).is_ok());
+    }
+
+    #[test]
+    fn the_native_kernel_passes_its_self_check_where_the_cpu_has_it() {
+        if cpu_has_avx512_bf16() {
+            assert_eq!(self_check(Bf16Kernel::Avx512), Ok(()));
+        } else {
+            eprintln!("this CPU lacks AVX-512 BF16: only the emulation is checked here");
+        }
+    }
+}
