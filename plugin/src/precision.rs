@@ -165,9 +165,34 @@ pub fn resolve(requested: ComputeDtype, device: &Device) -> (ComputeDtype, Optio
     )
 }
 
+/// The model identity (cache keys, bake's content hash) of a model `identity` computing in
+/// `dtype`: unchanged for f32, a blake3 hash of it and the dtype for bf16, whose images differ
+/// slightly from f32's (so a cached or baked f32 image is never taken for a bf16 one).
+pub fn identity(identity: &str, dtype: ComputeDtype) -> String {
+    match dtype {
+        ComputeDtype::F32 => identity.to_string(),
+        ComputeDtype::Bf16 => {
+            let mut h = blake3::Hasher::new();
+            h.update(b"bevy_diffusion dtype v1\0");
+            h.update(identity.as_bytes());
+            h.update(b"\0bf16");
+            h.finalize().to_hex().to_string()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bf16_identity_differs_from_the_f32_one() {
+        assert_eq!(identity("abc", ComputeDtype::F32), "abc");
+        let bf16 = identity("abc", ComputeDtype::Bf16);
+        assert_ne!(bf16, "abc");
+        assert_eq!(bf16.len(), 64);
+        assert_ne!(bf16, identity("abd", ComputeDtype::Bf16));
+    }
 
     #[test]
     fn parses_and_resolves() {
@@ -179,8 +204,16 @@ mod tests {
             (ComputeDtype::F32, None)
         );
         let (d, note) = resolve(ComputeDtype::Bf16, &Device::Cpu);
-        if crate::kernels::bf16::kernel().is_some() {
+        let kernel = crate::kernels::bf16::kernel().filter(|_| crate::kernels::enabled());
+        if let Some(k) = kernel {
             assert_eq!(d, ComputeDtype::Bf16);
+            match k {
+                crate::kernels::bf16::Bf16Kernel::Avx512 => assert_eq!(note, None),
+                crate::kernels::bf16::Bf16Kernel::Emulated => {
+                    let note = note.expect("the emulation is named");
+                    assert!(note.contains("emulation"), "{note}");
+                }
+            }
         } else {
             assert_eq!(d, ComputeDtype::F32);
             let note = note.expect("a bf16 request on the CPU explains itself");

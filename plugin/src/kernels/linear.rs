@@ -259,7 +259,8 @@ fn forward_bf16(linear: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Resul
             && residual.is_none_or(on_cpu_f32)
     });
     let Some(kernel) = kernel else {
-        let widened = Linear::new(w.to_dtype(x.dtype())?, b.cloned());
+        // An f32 weight: `forward` cannot come back here.
+        let widened = Linear::new(w.to_dtype(DType::F32)?, b.cloned());
         return match residual {
             Some(r) => forward_residual(&widened, x, r),
             None => forward(&widened, x),

@@ -156,9 +156,8 @@ impl CheckedWeights {
     /// [`CheckedWeights::var_builder`] / [`CheckedWeights::build`]; afterwards it changes
     /// nothing.
     pub fn with_bf16(mut self, keep: fn(&str, &[usize]) -> bool) -> Self {
-        if let Some(backend) = Arc::get_mut(&mut self.backend) {
-            backend.bf16 = Some(keep);
-        }
+        let unique = Arc::get_mut(&mut self.backend).map(|b| b.bf16 = Some(keep));
+        debug_assert!(unique.is_some(), "with_bf16 after a var builder was made");
         self
     }
 

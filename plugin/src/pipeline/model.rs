@@ -65,8 +65,9 @@ impl Default for LoadOptions {
     }
 }
 
-/// A Stable Diffusion pipeline loaded from a diffusers-layout folder (all weights f32, on
-/// [`StableDiffusion::device`]).
+/// A Stable Diffusion pipeline loaded from a diffusers-layout folder (weights f32, on
+/// [`StableDiffusion::device`]; under a bf16 [`StableDiffusion::dtype`] the UNet's
+/// transformer linear weights are bf16).
 pub struct StableDiffusion {
     /// The folder it was loaded from.
     pub dir: PathBuf,
@@ -272,7 +273,9 @@ impl StableDiffusion {
     ///    tensor the config implies but the file lacks is
     ///    [`crate::DiffusionError::MissingTensor`], one of another shape
     ///    [`crate::DiffusionError::ShapeMismatch`] (naming the file, the tensor and both shapes).
-    ///    Weights of any float dtype are converted to f32.
+    ///    Weights of any float dtype are converted to f32 (for a resolved bf16
+    ///    [`LoadOptions::dtype`], the UNet's transformer linear weights to bf16, see
+    ///    [`crate::precision`]).
     /// 5. `scheduler/scheduler_config.json`.
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
         let folder_options = FolderOptions {
@@ -376,8 +379,10 @@ impl StableDiffusion {
                 (Some(upscaler), identity)
             }
         };
-        // LoRAs mix into the identity last: folder (+ decoder) (+ upscaler) + LoRAs.
+        // LoRAs mix into the identity: folder (+ decoder) (+ upscaler) + LoRAs, then a bf16
+        // precision (its images differ slightly from f32's).
         let identity = crate::loading::lora_merge::identity(&base_identity, &options.loras)?;
+        let identity = crate::precision::identity(&identity, dtype);
         let text_time = unet_config.addition_embed.map(|tt| {
             (
                 tt.addition_time_embed_dim,

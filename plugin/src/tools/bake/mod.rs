@@ -159,6 +159,8 @@ pub(crate) fn prepare(
         None => base_identity,
     };
     let identity = crate::loading::lora_merge::identity(&base_identity, &load.loras)?;
+    let dtype = crate::precision::resolve(load.dtype, &load.device).0;
+    let identity = crate::precision::identity(&identity, dtype);
     let planned = plan(
         &manifest.items,
         &options.base_dir,
