@@ -250,8 +250,8 @@ fn gemm_with(
                             r,
                         )
                     };
-                    for (c, o) in row.iter_mut().enumerate() {
-                        *o += tile[c][t];
+                    for (o, tile_row) in row.iter_mut().zip(&tile) {
+                        *o += tile_row[t];
                     }
                 }
             }
