@@ -83,8 +83,7 @@ pub fn cpu_bf16() -> CpuBf16 {
     {
         CpuBf16 {
             feature: Some("avx512bf16"),
-            present: std::arch::is_x86_feature_detected!("avx512bf16")
-                && std::arch::is_x86_feature_detected!("avx512f"),
+            present: crate::kernels::bf16::cpu_has_avx512_bf16(),
         }
     }
     #[cfg(target_arch = "aarch64")]
