@@ -9,7 +9,7 @@ use bevy_diffusion::{
 };
 use bevy_diffusion_tests::parity::{
     ALL_STEP_TENSORS, StepRecorder, assert_image_within_1_255, assert_steps_match,
-    assert_timesteps_match, replay_step_noise, scheduler_for, seam_ratio,
+    assert_timesteps_match, cobblestone_ddim4, replay_step_noise, scheduler_for, seam_ratio,
 };
 use bevy_diffusion_tests::{References, assert_close, tiny_sd_dir, tiny_sd_model};
 use candle_core::Tensor;
@@ -151,29 +151,7 @@ fn pipe_euler_a4() {
 
 /// Text-to-image with DDIM from explicit initial noise (no other randomness).
 fn generate_from_noise(noise: &Tensor, tiling: Tiling) -> image::RgbaImage {
-    let req = GenerationRequest {
-        prompt: "seamless mossy cobblestone floor texture".into(),
-        width: 64,
-        height: 64,
-        num_inference_steps: Some(4),
-        guidance_scale: Some(7.5),
-        scheduler: Some(SchedulerKind::Ddim),
-        tiling,
-        ..Default::default()
-    };
-    let explicit = ExplicitNoise {
-        noise: Some(noise.clone()),
-        vae_sample_eps: None,
-    };
-    pipeline::generate_with_noise(
-        model(),
-        &req,
-        &explicit,
-        &mut SeededNoise::new(0),
-        &mut NoHooks,
-    )
-    .unwrap()
-    .image
+    cobblestone_ddim4(model(), noise, tiling)
 }
 
 /// Rolls `t` (`[1, C, H, W]`) left by `k` along the width.

@@ -9,11 +9,8 @@ use bevy_diffusion::loading::folder::{FolderOptions, ModelFolder};
 use bevy_diffusion::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
 use bevy_diffusion::models::autoencoders::Vae;
 use bevy_diffusion::noise::{NoiseSource, SeededNoise};
-use bevy_diffusion::pipeline::{self, ExplicitNoise, NoHooks};
-use bevy_diffusion::{
-    DiffusionError, GenerationRequest, LoadOptions, SchedulerKind, StableDiffusion, Tiling,
-};
-use bevy_diffusion_tests::parity::{check, seam_ratio};
+use bevy_diffusion::{DiffusionError, LoadOptions, StableDiffusion, Tiling};
+use bevy_diffusion_tests::parity::{check, cobblestone_ddim4, seam_ratio};
 use bevy_diffusion_tests::{References, fixture_dir, max_abs_diff, tiny_sd_model};
 use candle_core::{DType, Device, Tensor};
 
@@ -268,25 +265,7 @@ fn a_decoder_changes_the_model_identity() {
 #[test]
 fn seamless_tiling_with_taesd_has_no_seam() {
     let m = tiny_sd_with_taesd();
-    let generate = |noise: &Tensor, tiling: Tiling| {
-        let req = GenerationRequest {
-            prompt: "seamless mossy cobblestone floor texture".into(),
-            width: 64,
-            height: 64,
-            num_inference_steps: Some(4),
-            guidance_scale: Some(7.5),
-            scheduler: Some(SchedulerKind::Ddim),
-            tiling,
-            ..Default::default()
-        };
-        let explicit = ExplicitNoise {
-            noise: Some(noise.clone()),
-            vae_sample_eps: None,
-        };
-        pipeline::generate_with_noise(m, &req, &explicit, &mut SeededNoise::new(0), &mut NoHooks)
-            .unwrap()
-            .image
-    };
+    let generate = |noise: &Tensor, tiling: Tiling| cobblestone_ddim4(m, noise, tiling);
     let (mut tiled, mut plain, mut tiled_all) = (Vec::new(), Vec::new(), Vec::new());
     for seed in 0..6 {
         let noise = SeededNoise::new(seed)

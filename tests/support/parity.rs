@@ -2,10 +2,10 @@
 //! recorded denoising step, the timesteps, and the final image. Tolerances are the fixture
 //! README's: tensors within `1e-4 * max(1, max|ref|)` ([`assert_close`]), images within 1/255.
 
-use bevy_diffusion::SchedulerKind;
 use bevy_diffusion::noise::{NoiseSource, ReplayNoise, SeededNoise};
-use bevy_diffusion::pipeline::{DenoisingStep, GenerationHooks};
+use bevy_diffusion::pipeline::{self, DenoisingStep, ExplicitNoise, GenerationHooks, NoHooks};
 use bevy_diffusion::schedulers::TimestepSpacing;
+use bevy_diffusion::{GenerationRequest, SchedulerKind, StableDiffusion, Tiling};
 use candle_core::Tensor;
 
 use crate::{assert_close, max_abs_diff};
@@ -138,6 +138,38 @@ pub fn assert_image_within_1_255(case: &str, ours: &image::RgbaImage, reference:
         worst <= 1.0 / 255.0 + 1e-6,
         "{case}: image differs by {worst} (> 1/255)"
     );
+}
+
+/// The tiling tests' image: "seamless mossy cobblestone floor texture", 64x64, DDIM 4 steps,
+/// CFG 7.5, from the explicit initial latents `noise` (`[1, 4, 8, 8]`; no other randomness).
+pub fn cobblestone_ddim4(
+    model: &StableDiffusion,
+    noise: &Tensor,
+    tiling: Tiling,
+) -> image::RgbaImage {
+    let req = GenerationRequest {
+        prompt: "seamless mossy cobblestone floor texture".into(),
+        width: 64,
+        height: 64,
+        num_inference_steps: Some(4),
+        guidance_scale: Some(7.5),
+        scheduler: Some(SchedulerKind::Ddim),
+        tiling,
+        ..Default::default()
+    };
+    let explicit = ExplicitNoise {
+        noise: Some(noise.clone()),
+        vae_sample_eps: None,
+    };
+    pipeline::generate_with_noise(
+        model,
+        &req,
+        &explicit,
+        &mut SeededNoise::new(0),
+        &mut NoHooks,
+    )
+    .unwrap()
+    .image
 }
 
 /// Mean absolute difference across the wrap-around seam vs between interior neighbours, along
