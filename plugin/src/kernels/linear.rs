@@ -222,9 +222,7 @@ pub fn forward_residual(linear: &Linear, x: &Tensor, residual: &Tensor) -> Resul
             with_slice(w, |ws| {
                 with_opt_slice(b, |bs| {
                     if let Some(bs) = bs {
-                        for row in out.chunks_mut(out_dim) {
-                            row.iter_mut().zip(bs).for_each(|(o, b)| *o += b);
-                        }
+                        add_bias(&mut out, bs);
                     }
                     let g = Gemm {
                         rows,
@@ -284,9 +282,7 @@ fn forward_bf16(linear: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Resul
         };
         with_opt_slice(b, |bs| {
             if let Some(bs) = bs {
-                for row in out.chunks_mut(out_dim) {
-                    row.iter_mut().zip(bs).for_each(|(o, b)| *o += b);
-                }
+                add_bias(&mut out, bs);
             }
             Ok(())
         })?;
@@ -298,6 +294,13 @@ fn forward_bf16(linear: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Resul
         })?;
         Tensor::from_vec(out, shape, &Device::Cpu)
     })
+}
+
+/// Adds the bias `bs` (`[out]`) onto every row of `out` (`[rows, out]`).
+fn add_bias(out: &mut [f32], bs: &[f32]) {
+    for row in out.chunks_mut(bs.len()) {
+        row.iter_mut().zip(bs).for_each(|(o, b)| *o += b);
+    }
 }
 
 /// `proj_in` of a `Transformer2DModel` straight from the feature map: `x` `[b, c, h, w]` ->

@@ -72,29 +72,36 @@ pub(crate) fn on_cpu_f32(t: &Tensor) -> bool {
 
 /// Runs `f` on the contiguous `f32` data of a CPU tensor (made contiguous first if needed).
 pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("kernel input is not contiguous after contiguous()");
-    };
-    match &*storage {
-        Storage::Cpu(CpuStorage::F32(v)) => f(&v[start..end]),
+    with_cpu_storage(t, |storage, range| match storage {
+        CpuStorage::F32(v) => f(&v[range]),
         _ => candle_core::bail!("kernel input must be an f32 CPU tensor"),
-    }
+    })
 }
 
 /// Runs `f` on the contiguous bf16 data (as bits) of a CPU tensor (made contiguous first if
 /// needed).
 pub(crate) fn with_bf16_slice<R>(t: &Tensor, f: impl FnOnce(&[u16]) -> Result<R>) -> Result<R> {
     use half::slice::HalfFloatSliceExt;
+    with_cpu_storage(t, |storage, range| match storage {
+        CpuStorage::BF16(v) => f(v[range].reinterpret_cast()),
+        _ => candle_core::bail!("kernel input must be a bf16 CPU tensor"),
+    })
+}
+
+/// Runs `f` on the CPU storage of `t` (made contiguous first if needed) and the range of it `t`
+/// covers; the shared part of [`with_slice`] and [`with_bf16_slice`].
+fn with_cpu_storage<R>(
+    t: &Tensor,
+    f: impl FnOnce(&CpuStorage, std::ops::Range<usize>) -> Result<R>,
+) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Some((start, end)) = layout.contiguous_offsets() else {
         candle_core::bail!("kernel input is not contiguous after contiguous()");
     };
     match &*storage {
-        Storage::Cpu(CpuStorage::BF16(v)) => f(v[start..end].reinterpret_cast()),
-        _ => candle_core::bail!("kernel input must be a bf16 CPU tensor"),
+        Storage::Cpu(s) => f(s, start..end),
+        _ => candle_core::bail!("kernel input must be a CPU tensor"),
     }
 }
 
