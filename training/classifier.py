@@ -5,10 +5,12 @@ blur/noise augmentation so that soft generated images are judged fairly. Used by
 
     python classifier.py --out runs/classifier64                          # v2: 46 classes at 64 px (default)
     python classifier.py --out runs/classifier --vocab v1 --size 32        # v1: 26 classes at 32 px (shipped model)
-        [--n 16000] [--epochs 8] [--threads 1]
+        [--n 16000] [--epochs 8] [--threads 1] [--resume] [--data-workers 2]
 
 Writes classifier.safetensors (+ classifier.json: classes, input size, vocabulary, accuracy on a fresh
-validation set). Images of any size are resized (area) to the classifier's size.
+validation set). Images of any size are resized (area) to the classifier's size. A checkpoint (classifier.pt: weights,
+optimizer, schedule, generator, epoch) is written after every epoch; a run stopped in any way continues from its last
+finished epoch with --resume (the data is regenerated from the same seeds), ending with the same weights.
 """
 import argparse
 import json
@@ -97,6 +99,11 @@ class Classifier:
         return torch.cat(out).numpy()
 
 
+def _run_args(a):
+    """The flags a checkpoint must agree with to be continued."""
+    return {k: getattr(a, k) for k in ("vocab", "size", "n", "n_val", "epochs", "batch", "lr", "seed")}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(HERE, "runs", "classifier64"))
@@ -110,15 +117,21 @@ def main():
     ap.add_argument("--seed", type=int, default=101)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/classifier.pt (after its last epoch)")
+    ap.add_argument("--data-workers", type=int, default=min(2, os.cpu_count() or 1),
+                    help="processes that generate the data (the same data for any N)")
     a = ap.parse_args()
+    ckpt = os.path.join(a.out, "classifier.pt")
+    if os.path.exists(ckpt) and not a.resume:
+        sys.exit(f"{ckpt} exists: pass --resume to continue it (or use a new --out)")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     dev = torch.device(a.device)
     size = a.size or dataset.DEFAULT_SIZE[a.vocab]
     classes = dataset.VOCABS[a.vocab].classes
     t0 = time.time()
-    tr = dataset.generate(a.n, a.seed, size, holdout=set(), vocab=a.vocab)
-    va = dataset.generate(a.n_val, a.seed + 1, size, holdout=set(), vocab=a.vocab)
+    tr = dataset.generate_parallel(a.n, a.seed, size, holdout=set(), vocab=a.vocab, workers=a.data_workers)
+    va = dataset.generate_parallel(a.n_val, a.seed + 1, size, holdout=set(), vocab=a.vocab, workers=a.data_workers)
     print(f"data: {a.n} train / {a.n_val} val ({size} px, {len(classes)} classes) in {time.time() - t0:.0f} s",
           flush=True)
     x_tr, y_tr = to_input(tr["images"], size), torch.from_numpy(tr["labels"])
@@ -127,8 +140,19 @@ def main():
     steps = a.epochs * (a.n // a.batch)
     sch = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=steps)
     g = torch.Generator().manual_seed(a.seed)
-    step = 0
-    for ep in range(a.epochs):
+    step, start, acc = 0, 0, float("nan")
+    if a.resume and os.path.exists(ckpt):
+        st = torch.load(ckpt, map_location=dev, weights_only=False)
+        if st["args"] != _run_args(a):
+            sys.exit(f"{ckpt} was made with {st['args']}, not {_run_args(a)}: use a new --out")
+        net.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        sch.load_state_dict(st["sch"])
+        g.set_state(st["gen"])
+        step, start, acc = st["step"], st["epoch"], st["val_acc"]
+        print(f"resumed after epoch {start} (val acc {acc:.4f})", flush=True)
+    os.makedirs(a.out, exist_ok=True)
+    for ep in range(start, a.epochs):
         net.train()
         perm = torch.randperm(a.n, generator=g)
         tot, t1 = 0.0, time.time()
@@ -146,9 +170,12 @@ def main():
         acc = float((clf.predict(va["images"]) == va["labels"]).mean())
         print(f"epoch {ep + 1}/{a.epochs} loss {tot / max(1, a.n // a.batch):.4f} val acc {acc:.4f} "
               f"({time.time() - t1:.0f} s)", flush=True)
+        tmp = ckpt + ".tmp"
+        torch.save({"epoch": ep + 1, "step": step, "val_acc": acc, "args": _run_args(a), "model": net.state_dict(),
+                    "opt": opt.state_dict(), "sch": sch.state_dict(), "gen": g.get_state()}, tmp)
+        os.replace(tmp, ckpt)
     from safetensors.torch import save_file
 
-    os.makedirs(a.out, exist_ok=True)
     save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, os.path.join(a.out, "classifier.safetensors"))
     with open(os.path.join(a.out, "classifier.json"), "w", encoding="utf-8") as f:
         json.dump({"classes": classes, "size": size, "vocab": a.vocab, "val_acc": acc, "n_train": a.n,

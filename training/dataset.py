@@ -129,6 +129,34 @@ def generate(n, seed=0, size=32, holdout=None, start=0, log_every=0, vocab=DEFAU
     return {"images": imgs, "captions": caps, "labels": labels, "is_tile": is_tile, "specs": specs}
 
 
+def _generate_chunk(job):
+    n, seed, size, holdout, start, vocab = job
+    g = generate(n, seed, size, holdout, start=start, vocab=vocab)
+    return {k: g[k] for k in ("images", "captions", "labels", "is_tile")}
+
+
+def generate_parallel(n, seed=0, size=32, holdout=None, vocab=DEFAULT_VOCAB, workers=2):
+    """generate(n, seed, size, holdout) split over `workers` processes (without "specs"). Sample i depends only on
+    (seed, i), so the result equals one process's, sample for sample."""
+    workers = max(1, min(workers, n))
+    if workers == 1:
+        g = generate(n, seed, size, holdout, log_every=10000, vocab=vocab)
+        return {k: g[k] for k in ("images", "captions", "labels", "is_tile")}
+    import multiprocessing as mp
+    holdout = load_holdout() if holdout is None else holdout
+    bounds = np.linspace(0, n, 4 * workers + 1).astype(int)  # 4 chunks per worker, for progress lines
+    jobs = [(int(b - a), seed, size, holdout, int(a), vocab) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = []
+    with mp.get_context("fork").Pool(workers) as pool:
+        for part in pool.imap(_generate_chunk, jobs):
+            parts.append(part)
+            print(f"  generated {sum(len(p['captions']) for p in parts)}/{n}", flush=True)
+    return {"images": np.concatenate([p["images"] for p in parts]),
+            "captions": [c for p in parts for c in p["captions"]],
+            "labels": np.concatenate([p["labels"] for p in parts]),
+            "is_tile": np.concatenate([p["is_tile"] for p in parts])}
+
+
 # ----------------------------------------------------------------------------------------- evaluation prompts
 def prompt_lines_v1(holdout):
     """The shipped model's evaluation list (208 rows): (prompt, seed, kind, colour, cls, mods, split)."""

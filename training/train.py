@@ -118,7 +118,7 @@ def load_data(a, meta):
         t = time.time()
         print(f"generating {d['n']} procedural {d['size']}px samples (vocabulary {vocab}, seed {d['seed']}) ...",
               flush=True)
-        g = dataset.generate(d["n"], d["seed"], d["size"], log_every=10000, vocab=vocab)
+        g = dataset.generate_parallel(d["n"], d["seed"], d["size"], vocab=vocab, workers=a.data_workers)
         ids = np.array(clip_bpe.encode(os.path.join(a.run, "tokenizer", "tokenizer.json"), g["captions"]), np.int32)
         np.savez(npz + ".tmp.npz", images=g["images"], labels=g["labels"], is_tile=g["is_tile"], ids=ids)
         os.replace(npz + ".tmp.npz", npz)
@@ -454,6 +454,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=30000, help="procedural samples (fixed when the run is created)")
     ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--data-workers", type=int, default=min(2, os.cpu_count() or 1),
+                    help="processes that generate the procedural dataset when a run is created (same data for any N)")
     ap.add_argument("--circular-frac", type=float, default=0.4,
                     help="fraction of steps that train on tiles only with circular padding (seamless mode)")
     ap.add_argument("--vae-steps", type=int, default=4000)
