@@ -8,8 +8,9 @@ and unpack it into a run folder that `train.py --resume` continues.
 
 Why: a run folder (`runs/`, git-ignored) lives only as long as the machine, and this project's machines are replaced
 between sessions. What is kept is what cannot be regenerated: `run.json`, `tokenizer/`, `log.jsonl` and each stage's
-checkpoint (`vae.pt`, `unet.pt`; a classifier folder's `classifier.pt`, `classifier.json` and
-`classifier.safetensors`) converted to safetensors. The dataset cache (`data/`, ~0.5 GB at 64 px) and
+checkpoint (`vae.pt`, `unet.pt`, a classifier folder's `classifier.pt`) converted to safetensors as
+`<stage>.ckpt.safetensors`; a classifier folder's finished `classifier.json` / `classifier.safetensors` are copied
+as they are. The dataset cache (`data/`, ~0.5 GB at 64 px) and
 `latents.pt` are not kept: train.py regenerates them (same seeds, same samples; `--data-workers` processes).
 
 Checkpoint tensors are stored as they are (f32 weights and EMA, bit for bit), except the optimizer's moment
@@ -64,7 +65,15 @@ def _unflatten(node, tensors):
     return node
 
 
-def save(run, out):
+def _carried_step(path):
+    """The step recorded in a carried checkpoint's header, or None."""
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta["step"]) if "step" in meta else None
+
+
+def save(run, out, force=False):
     if not any(os.path.exists(os.path.join(run, f)) for f in ("run.json", "classifier.pt", "classifier.json")):
         sys.exit(f"{run}: no run.json, classifier.pt or classifier.json: not a train.py or classifier.py folder")
     tmp = out.rstrip("/") + ".tmp"
@@ -81,37 +90,54 @@ def save(run, out):
         if not os.path.exists(pt):
             continue
         st = torch.load(pt, map_location="cpu", weights_only=False)
+        old = os.path.join(out, f"{stage}.ckpt.safetensors")
+        have = _carried_step(old) if os.path.exists(old) else None
+        if have is not None and st.get("step", 0) < have and not force:
+            shutil.rmtree(tmp)
+            sys.exit(f"{old} is at step {have}, {pt} only at {st.get('step')}: not replaced (--force to replace it)")
         tensors = {}
         skeleton = _flatten(st, [], tensors)
-        save_file(tensors, os.path.join(tmp, f"{stage}.safetensors"), metadata={"skeleton": json.dumps(skeleton)})
-        size = os.path.getsize(os.path.join(tmp, f"{stage}.safetensors"))
+        dst = os.path.join(tmp, f"{stage}.ckpt.safetensors")
+        save_file(tensors, dst, metadata={"skeleton": json.dumps(skeleton), "step": json.dumps(st.get("step"))})
+        size = os.path.getsize(dst)
         kept.append(f"{stage}: step {st.get('step')}{' (done)' if st.get('done') else ''}, {size / 1e6:.1f} MB")
-    shutil.rmtree(out, ignore_errors=True)
+    # Swap in the new folder; until the old one is removed, one complete copy always exists (out or out.old).
+    old_dir = out.rstrip("/") + ".old"
+    shutil.rmtree(old_dir, ignore_errors=True)
+    if os.path.exists(out):
+        os.replace(out, old_dir)
     os.replace(tmp, out)
+    shutil.rmtree(old_dir, ignore_errors=True)
     print(f"{out}: " + ("; ".join(kept) or "no checkpoint yet"))
 
 
 def restore(carry, run):
     if not any(os.path.exists(os.path.join(carry, f)) for f in ("run.json", "classifier.json", "classifier.safetensors")):
         sys.exit(f"{carry}: not a carry folder (no run.json or classifier files)")
-    os.makedirs(run, exist_ok=True)
+    from safetensors import safe_open
+    ckpts = []  # (stage, carried file, skeleton), all checked before anything is written
     for stage in STAGES:
-        if os.path.exists(os.path.join(run, f"{stage}.pt")) and os.path.exists(os.path.join(carry, f"{stage}.safetensors")):
+        src = os.path.join(carry, f"{stage}.ckpt.safetensors")
+        if not os.path.exists(src):
+            continue
+        if os.path.exists(os.path.join(run, f"{stage}.pt")):
             sys.exit(f"{run}/{stage}.pt exists: restore into a new --run (nothing was changed)")
+        with safe_open(src, "pt") as f:
+            meta = f.metadata() or {}
+        if "skeleton" not in meta:
+            sys.exit(f"{src}: no checkpoint skeleton in its header, not written by carry.py save (nothing was changed)")
+        ckpts.append((stage, src, json.loads(meta["skeleton"])))
+    os.makedirs(run, exist_ok=True)
     for f in FILES:
         if os.path.exists(os.path.join(carry, f)):
             shutil.copy2(os.path.join(carry, f), run)
     if os.path.isdir(os.path.join(carry, "tokenizer")):
         shutil.copytree(os.path.join(carry, "tokenizer"), os.path.join(run, "tokenizer"), dirs_exist_ok=True)
-    for stage in STAGES:
-        src = os.path.join(carry, f"{stage}.safetensors")
-        if not os.path.exists(src):
-            continue
-        from safetensors import safe_open
-        with safe_open(src, "pt") as f:
-            skeleton = json.loads(f.metadata()["skeleton"])
+    for stage, src, skeleton in ckpts:
         st = _unflatten(skeleton, load_file(src))
-        torch.save(st, os.path.join(run, f"{stage}.pt"))
+        dst = os.path.join(run, f"{stage}.pt")
+        torch.save(st, dst + ".tmp")
+        os.replace(dst + ".tmp", dst)
         print(f"{run}/{stage}.pt: step {st.get('step')}{' (done)' if st.get('done') else ''}")
 
 
@@ -121,12 +147,13 @@ def main():
     s = sub.add_parser("save", help="run folder -> carry folder")
     s.add_argument("--run", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--force", action="store_true", help="replace a carried checkpoint that is further on")
     r = sub.add_parser("restore", help="carry folder -> run folder")
     r.add_argument("--carry", required=True)
     r.add_argument("--run", required=True)
     a = ap.parse_args()
     if a.cmd == "save":
-        save(a.run, a.out)
+        save(a.run, a.out, a.force)
     else:
         restore(a.carry, a.run)
 

@@ -10,7 +10,9 @@ blur/noise augmentation so that soft generated images are judged fairly. Used by
 Writes classifier.safetensors (+ classifier.json: classes, input size, vocabulary, accuracy on a fresh
 validation set). Images of any size are resized (area) to the classifier's size. A checkpoint (classifier.pt: weights,
 optimizer, schedule, generator, epoch) is written after every epoch; a run stopped in any way continues from its last
-finished epoch with --resume (the data is regenerated from the same seeds), ending with the same weights.
+finished epoch with --resume (the data is regenerated from the same seeds), ending with the same weights when the
+device and --threads are the same. A finished --out keeps its classifier.pt, so running into it again needs --resume
+(which only rewrites the outputs) or a new --out.
 """
 import argparse
 import json
@@ -142,7 +144,7 @@ def main():
     g = torch.Generator().manual_seed(a.seed)
     step, start, acc = 0, 0, float("nan")
     if a.resume and os.path.exists(ckpt):
-        st = torch.load(ckpt, map_location=dev, weights_only=False)
+        st = torch.load(ckpt, map_location="cpu", weights_only=False)  # load_state_dict moves to dev
         if st["args"] != _run_args(a):
             sys.exit(f"{ckpt} was made with {st['args']}, not {_run_args(a)}: use a new --out")
         net.load_state_dict(st["model"])

@@ -125,7 +125,7 @@ def generate(n, seed=0, size=32, holdout=None, start=0, log_every=0, vocab=DEFAU
             print(f"  generated {k + 1}/{n}", flush=True)
     classes = VOCABS[vocab].classes
     labels = np.array([classes.index(s["cls"]) for s in specs], np.int64)
-    is_tile = np.array([kind_of(s["cls"]) == "tile" for s in specs])
+    is_tile = np.array([kind_of(s["cls"]) == "tile" for s in specs], bool)
     return {"images": imgs, "captions": caps, "labels": labels, "is_tile": is_tile, "specs": specs}
 
 
