@@ -138,7 +138,7 @@ def _generate_chunk(job):
 def generate_parallel(n, seed=0, size=32, holdout=None, vocab=DEFAULT_VOCAB, workers=2):
     """generate(n, seed, size, holdout) split over `workers` processes (without "specs"). Sample i depends only on
     (seed, i), so the result equals one process's, sample for sample."""
-    workers = max(1, min(workers, n))
+    workers = max(1, min(workers, n, os.cpu_count() or 1))  # a flag: bounded by the machine's cores
     if workers == 1:
         g = generate(n, seed, size, holdout, log_every=10000, vocab=vocab)
         return {k: g[k] for k in ("images", "captions", "labels", "is_tile")}
@@ -147,7 +147,7 @@ def generate_parallel(n, seed=0, size=32, holdout=None, vocab=DEFAULT_VOCAB, wor
     bounds = np.linspace(0, n, 4 * workers + 1).astype(int)  # 4 chunks per worker, for progress lines
     jobs = [(int(b - a), seed, size, holdout, int(a), vocab) for a, b in zip(bounds[:-1], bounds[1:])]
     parts = []
-    with mp.get_context("fork").Pool(workers) as pool:
+    with mp.get_context().Pool(workers) as pool:  # the platform's default start method; _generate_chunk is importable
         for part in pool.imap(_generate_chunk, jobs):
             parts.append(part)
             print(f"  generated {sum(len(p['captions']) for p in parts)}/{n}", flush=True)
