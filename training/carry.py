@@ -65,12 +65,11 @@ def _unflatten(node, tensors):
     return node
 
 
-def _carried_step(path):
-    """The step recorded in a carried checkpoint's header, or None."""
+def _header(path):
+    """A safetensors file's metadata dict (empty when it has none)."""
     from safetensors import safe_open
     with safe_open(path, "pt") as f:
-        meta = f.metadata() or {}
-    return json.loads(meta["step"]) if "step" in meta else None
+        return f.metadata() or {}
 
 
 def save(run, out, force=False):
@@ -91,7 +90,7 @@ def save(run, out, force=False):
             continue
         st = torch.load(pt, map_location="cpu", weights_only=False)
         old = os.path.join(out, f"{stage}.ckpt.safetensors")
-        have = _carried_step(old) if os.path.exists(old) else None
+        have = json.loads(_header(old).get("step", "null")) if os.path.exists(old) else None
         if have is not None and st.get("step", 0) < have and not force:
             shutil.rmtree(tmp)
             sys.exit(f"{old} is at step {have}, {pt} only at {st.get('step')}: not replaced (--force to replace it)")
@@ -114,7 +113,6 @@ def save(run, out, force=False):
 def restore(carry, run):
     if not any(os.path.exists(os.path.join(carry, f)) for f in ("run.json", "classifier.json", "classifier.safetensors")):
         sys.exit(f"{carry}: not a carry folder (no run.json or classifier files)")
-    from safetensors import safe_open
     ckpts = []  # (stage, carried file, skeleton), all checked before anything is written
     for stage in STAGES:
         src = os.path.join(carry, f"{stage}.ckpt.safetensors")
@@ -122,8 +120,7 @@ def restore(carry, run):
             continue
         if os.path.exists(os.path.join(run, f"{stage}.pt")):
             sys.exit(f"{run}/{stage}.pt exists: restore into a new --run (nothing was changed)")
-        with safe_open(src, "pt") as f:
-            meta = f.metadata() or {}
+        meta = _header(src)
         if "skeleton" not in meta:
             sys.exit(f"{src}: no checkpoint skeleton in its header, not written by carry.py save (nothing was changed)")
         ckpts.append((stage, src, json.loads(meta["skeleton"])))

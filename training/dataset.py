@@ -130,8 +130,8 @@ def generate(n, seed=0, size=32, holdout=None, start=0, log_every=0, vocab=DEFAU
 
 
 def _generate_chunk(job):
-    n, seed, size, holdout, start, vocab = job
-    g = generate(n, seed, size, holdout, start=start, vocab=vocab)
+    n, seed, size, holdout, start, vocab, log_every = job
+    g = generate(n, seed, size, holdout, start=start, log_every=log_every, vocab=vocab)
     return {k: g[k] for k in ("images", "captions", "labels", "is_tile")}
 
 
@@ -140,12 +140,11 @@ def generate_parallel(n, seed=0, size=32, holdout=None, vocab=DEFAULT_VOCAB, wor
     (seed, i), so the result equals one process's, sample for sample."""
     workers = max(1, min(workers, n, os.cpu_count() or 1))  # a flag: bounded by the machine's cores
     if workers == 1:
-        g = generate(n, seed, size, holdout, log_every=10000, vocab=vocab)
-        return {k: g[k] for k in ("images", "captions", "labels", "is_tile")}
+        return _generate_chunk((n, seed, size, holdout, 0, vocab, 10000))
     import multiprocessing as mp
     holdout = load_holdout() if holdout is None else holdout
     bounds = np.linspace(0, n, 4 * workers + 1).astype(int)  # 4 chunks per worker, for progress lines
-    jobs = [(int(b - a), seed, size, holdout, int(a), vocab) for a, b in zip(bounds[:-1], bounds[1:])]
+    jobs = [(int(b - a), seed, size, holdout, int(a), vocab, 0) for a, b in zip(bounds[:-1], bounds[1:])]
     parts = []
     with mp.get_context().Pool(workers) as pool:  # the platform's default start method; _generate_chunk is importable
         for part in pool.imap(_generate_chunk, jobs):
