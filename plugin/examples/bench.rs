@@ -313,7 +313,14 @@ fn gemm_bench(dtype: bevy_diffusion::ComputeDtype) -> anyhow::Result<()> {
                 &linear, &x,
             )?)
         })?;
-        println!("gemm {n}³ {dt:?}: {:.1} GFLOP/s", flop / s / 1e9);
+        let kernel = match dt {
+            DType::BF16 => format!(
+                " ({:?} kernel)",
+                bevy_diffusion::testing::kernels::bf16::kernel()
+            ),
+            _ => String::new(),
+        };
+        println!("gemm {n}³ {dt:?}: {:.1} GFLOP/s{kernel}", flop / s / 1e9);
     }
     Ok(())
 }

@@ -7,9 +7,59 @@ use std::time::Instant;
 use bevy_diffusion::testing::kernels::{self, AxisPad, Conv2dKernel};
 use candle_core::{Device, Tensor};
 
+/// `BF16_SHAPES=1`: GFLOP/s of the bf16 GEMM alone (`dst` reused, no tensors) on the SD 1.5
+/// UNet's linear shapes at batch 2 and a 2048³ square, for each bf16 kernel this CPU runs.
+fn bf16_shapes() {
+    use kernels::bf16::{self, Bf16Kernel};
+    let mut kinds = vec![];
+    if bf16::cpu_has_amx_bf16() {
+        kinds.push(Bf16Kernel::Amx);
+    }
+    if bf16::cpu_has_avx512_bf16() {
+        kinds.push(Bf16Kernel::Avx512);
+    }
+    for (rows, k, out) in [
+        (2048, 2048, 2048),
+        (8192, 320, 320),
+        (8192, 320, 2560),
+        (8192, 1280, 320),
+        (2048, 640, 640),
+        (128, 1280, 1280),
+        (128, 1280, 10240),
+        (154, 768, 320),
+    ] {
+        let x: Vec<f32> = (0..rows * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let w: Vec<u16> = (0..out * k)
+            .map(|i| bf16::to_bf16((i % 5) as f32 * 0.1))
+            .collect();
+        let mut dst = vec![0f32; rows * out];
+        let flop = 2.0 * (rows * k * out) as f64;
+        let mut line = format!("bf16 gemm [{rows}, {k}] x [{out}, {k}]:");
+        for &kind in &kinds {
+            bf16::gemm(kind, rows, k, out, &x, &w, &mut dst).unwrap();
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t = Instant::now();
+                bf16::gemm(kind, rows, k, out, &x, &w, &mut dst).unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            line += &format!(
+                " {kind:?} {:.0} GFLOP/s ({:.3} ms)",
+                flop / best / 1e9,
+                best * 1e3
+            );
+        }
+        println!("{line}");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     if std::env::var("GEMM_SHAPES").is_ok() {
         gemm_shapes();
+        return Ok(());
+    }
+    if std::env::var("BF16_SHAPES").is_ok() {
+        bf16_shapes();
         return Ok(());
     }
     let a: Vec<usize> = std::env::args()

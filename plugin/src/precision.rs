@@ -11,8 +11,8 @@
 //! minutes while f32 ran at 38 GFLOP/s). So a bf16 request on such a CPU runs in f32, with a
 //! notice naming the missing feature, and the f32 results are the parity-tested ones.
 //!
-//! On a CPU with AVX-512 BF16 (after the kernel's self-check, `kernels/bf16.rs`) a bf16
-//! request keeps the UNet's transformer linear layers in bf16
+//! On a CPU with AVX-512 BF16 (after the kernel's self-check, `kernels/bf16.rs`; on Intel AMX
+//! CPUs the AMX tile kernel, `kernels/bf16/amx.rs`) a bf16 request keeps the UNet's transformer linear layers in bf16
 //! ([`crate::models::transformer_2d::is_bf16_linear`]) and runs them through the bf16 GEMM with
 //! f32 accumulation; everything else (convolutions, attention, norms, the text encoder, the VAE,
 //! the scheduler) stays f32. The bf16 results are checked against f32 with the kernel's portable
@@ -104,8 +104,8 @@ pub fn cpu_bf16() -> CpuBf16 {
 
 /// The precision a request for `requested` on `device` runs in, and a one-line notice when it
 /// is not what was asked, or is the slow emulation (`None` otherwise). bf16 runs where
-/// the bf16 GEMM (`kernels/bf16.rs`) has a kernel (AVX-512 BF16 after its self-check, or the
-/// forced emulation) and the CPU kernels are on; anything else resolves to
+/// the bf16 GEMM (`kernels/bf16.rs`) has a kernel (AMX or AVX-512 BF16 after its self-check, or
+/// the forced emulation) and the CPU kernels are on; anything else resolves to
 /// [`ComputeDtype::F32`] with a notice naming why (the missing CPU feature, a GPU device, the
 /// kernels switched off).
 pub fn resolve(requested: ComputeDtype, device: &Device) -> (ComputeDtype, Option<String>) {
@@ -123,7 +123,7 @@ pub fn resolve(requested: ComputeDtype, device: &Device) -> (ComputeDtype, Optio
         "the CPU kernels are off (BEVY_DIFFUSION_KERNELS=off)".to_string()
     } else {
         match kernel() {
-            Some(Bf16Kernel::Avx512) => return (ComputeDtype::Bf16, None),
+            Some(Bf16Kernel::Avx512 | Bf16Kernel::Amx) => return (ComputeDtype::Bf16, None),
             Some(Bf16Kernel::Emulated) => {
                 return (
                     ComputeDtype::Bf16,
@@ -207,7 +207,8 @@ mod tests {
         if let Some(k) = kernel {
             assert_eq!(d, ComputeDtype::Bf16);
             match k {
-                crate::kernels::bf16::Bf16Kernel::Avx512 => assert_eq!(note, None),
+                crate::kernels::bf16::Bf16Kernel::Avx512
+                | crate::kernels::bf16::Bf16Kernel::Amx => assert_eq!(note, None),
                 crate::kernels::bf16::Bf16Kernel::Emulated => {
                     let note = note.expect("the emulation is named");
                     assert!(note.contains("emulation"), "{note}");

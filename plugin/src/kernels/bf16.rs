@@ -24,6 +24,11 @@
 //! problem both ways and, if they differ by more than f32 rounding, it is not used (a warning
 //! names the difference) and bf16 requests run in f32.
 //!
+//! On CPUs with Intel AMX (AMX-TILE + AMX-BF16: Sapphire Rapids and later) [`Bf16Kernel::Amx`]
+//! (`bf16/amx.rs`) runs the same product on tile registers (`tdpbf16ps`, 16x the work of one
+//! `vdpbf16ps`), preferred over the AVX-512 kernel after the same kind of self-check;
+//! `BEVY_DIFFUSION_BF16=avx512` skips it.
+//!
 //! Where the CPU has no bf16 instructions at all a bf16 GEMM cannot beat the f32 one (every value
 //! must be widened before the multiply), so [`kernel`] is `None` there (see
 //! [`crate::precision::resolve`]).
@@ -33,6 +38,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
+mod amx;
+
 /// Output channels per microkernel tile.
 pub(crate) const MR: usize = 12;
 /// Rows of `x` per microkernel tile (two 16-lane accumulators per channel).
@@ -41,6 +48,9 @@ const NR: usize = 32;
 /// Which bf16 microkernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Kernel {
+    /// Intel AMX tiles (`tdpbf16ps`, AMX-TILE + AMX-BF16, with the tile state granted by the OS:
+    /// `amx.rs`), after its self-check; 16x the work of one `vdpbf16ps` per instruction.
+    Amx,
     /// `vdpbf16ps` on 512-bit registers (AVX-512F + AVX-512 BF16), after its self-check.
     Avx512,
     /// The portable emulation of the same arithmetic (for checking; ~100x slower).
@@ -51,6 +61,7 @@ pub enum Bf16Kernel {
 static EMULATION: AtomicU8 = AtomicU8::new(0);
 static EMULATION_FROM_ENV: OnceLock<bool> = OnceLock::new();
 static AVX512_CHECKED: OnceLock<bool> = OnceLock::new();
+static AMX_CHECKED: OnceLock<bool> = OnceLock::new();
 
 /// Forces the portable emulation on (or back off) for the whole process, overriding
 /// `BEVY_DIFFUSION_BF16=emulate`: bf16 requests then run on a CPU without bf16 instructions, with
@@ -85,9 +96,15 @@ pub fn cpu_has_avx512_bf16() -> bool {
     }
 }
 
+/// Whether this CPU has AMX-TILE + AMX-BF16 and the OS grants this process the tile state.
+pub fn cpu_has_amx_bf16() -> bool {
+    amx::available()
+}
+
 /// The bf16 kernel this process uses, or `None` (bf16 then runs in f32): the emulation when
-/// forced ([`set_emulation`], `BEVY_DIFFUSION_BF16=emulate`), else AVX-512 where the CPU has it
-/// and its one-time self-check passed.
+/// forced ([`set_emulation`], `BEVY_DIFFUSION_BF16=emulate`), else AMX where the CPU and the OS
+/// allow it, else AVX-512 BF16 where the CPU has it, each only after its one-time self-check
+/// passed. `BEVY_DIFFUSION_BF16=avx512` skips AMX (to compare the two).
 pub fn kernel() -> Option<Bf16Kernel> {
     if emulation() {
         return Some(Bf16Kernel::Emulated);
@@ -95,16 +112,23 @@ pub fn kernel() -> Option<Bf16Kernel> {
     if !cpu_has_avx512_bf16() {
         return None;
     }
-    let ok = *AVX512_CHECKED.get_or_init(|| match self_check(Bf16Kernel::Avx512) {
-        Ok(()) => true,
-        Err(why) => {
-            tracing::warn!(
-                "the AVX-512 BF16 kernel failed its self-check ({why}): bf16 runs in f32"
-            );
-            false
-        }
-    });
-    ok.then_some(Bf16Kernel::Avx512)
+    let checked = |cell: &OnceLock<bool>, k: Bf16Kernel| {
+        *cell.get_or_init(|| match self_check(k) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!("the {k:?} bf16 kernel failed its self-check ({why}): not used");
+                false
+            }
+        })
+    };
+    let skip_amx = matches!(
+        std::env::var("BEVY_DIFFUSION_BF16").as_deref(),
+        Ok("avx512")
+    );
+    if !skip_amx && cpu_has_amx_bf16() && checked(&AMX_CHECKED, Bf16Kernel::Amx) {
+        return Some(Bf16Kernel::Amx);
+    }
+    checked(&AVX512_CHECKED, Bf16Kernel::Avx512).then_some(Bf16Kernel::Avx512)
 }
 
 /// Multiplies a fixed problem with `kernel` and with the emulation; `Err` names the largest
@@ -208,6 +232,13 @@ fn gemm_with(
     if rows == 0 || out_dim == 0 || in_dim == 0 {
         return Ok(());
     }
+    if kernel == Bf16Kernel::Amx {
+        if !amx::available() {
+            return Err("bf16 gemm: AMX is not available on this CPU / OS".to_string());
+        }
+        amx::gemm(rows, in_dim, out_dim, x, w, dst, parallel);
+        return Ok(());
+    }
     let kp = in_dim / 2;
     // Rows per task: the packed x block (block x in_dim bf16) ~320 KB (of L2) where in_dim <=
     // 2560, at least 64 rows (655 KB at in_dim 5120) and at most 256.
@@ -293,7 +324,7 @@ fn micro(
 ) {
     assert!((1..=MR).contains(&r) && xp.len() >= kp * NR && w.len() >= (r - 1) * ws + 2 * kp);
     match kernel {
-        Bf16Kernel::Emulated => micro_emulated(r, kp, w, ws, xp, tile),
+        Bf16Kernel::Emulated | Bf16Kernel::Amx => micro_emulated(r, kp, w, ws, xp, tile),
         Bf16Kernel::Avx512 => {
             #[cfg(target_arch = "x86_64")]
             if cpu_has_avx512_bf16() {
@@ -428,6 +459,57 @@ mod tests {
     }
 
     #[test]
+    fn native_kernels_match_the_emulation_on_ragged_shapes() {
+        let kernels: Vec<Bf16Kernel> = [
+            (cpu_has_amx_bf16(), Bf16Kernel::Amx),
+            (cpu_has_avx512_bf16(), Bf16Kernel::Avx512),
+        ]
+        .into_iter()
+        .filter_map(|(has, k)| has.then_some(k))
+        .collect();
+        if kernels.is_empty() {
+            eprintln!("this CPU has no bf16 instructions: only the emulation is checked here");
+        }
+        for kernel in kernels {
+            for (rows, k, out) in [
+                (1, 2, 1),
+                (15, 30, 17),
+                (31, 70, 11),
+                (33, 64, 32),
+                (100, 320, 13),
+                (257, 40, 40),
+                (700, 130, 70),
+                (64, 2050, 33),
+            ] {
+                let x: Vec<f32> = (0..rows * k)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+                    .collect();
+                let w: Vec<u16> = (0..out * k)
+                    .map(|i| to_bf16(((i * 53 % 89) as f32 - 44.0) / 23.0))
+                    .collect();
+                let mut got = vec![1.0f32; rows * out];
+                gemm(kernel, rows, k, out, &x, &w, &mut got).unwrap();
+                let want = reference(rows, k, out, &x, &w);
+                let bound = 1e-5 * (k as f64) * 3.0 * 1.95;
+                for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g as f64 - (e + 1.0)).abs() <= bound.max(1e-5 * e.abs()),
+                        "{kernel:?} [{rows}, {k}] x [{out}, {k}] at {i}: {g} vs {}",
+                        e + 1.0
+                    );
+                }
+                // The same on one thread.
+                let mut one = vec![1.0f32; rows * out];
+                gemm_with(kernel, rows, k, out, &x, &w, &mut one, false).unwrap();
+                assert_eq!(
+                    one, got,
+                    "{kernel:?} [{rows}, {k}] x [{out}, {k}]: 1 vs n threads"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn rounding_is_to_nearest_even_and_odd_k_is_refused() {
         assert_eq!(to_bf16(1.0), 0x3f80);
         // 1 + 2^-8 is halfway between bf16 1.0 and 1.0078125: ties go to the even 1.0.
@@ -453,6 +535,11 @@ mod tests {
 
     #[test]
     fn the_native_kernel_passes_its_self_check_where_the_cpu_has_it() {
+        if cpu_has_amx_bf16() {
+            assert_eq!(self_check(Bf16Kernel::Amx), Ok(()));
+        } else {
+            eprintln!("no AMX here (CPU or OS): the AMX kernel is not checked");
+        }
         if cpu_has_avx512_bf16() {
             assert_eq!(self_check(Bf16Kernel::Avx512), Ok(()));
         } else {
