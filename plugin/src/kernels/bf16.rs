@@ -25,8 +25,8 @@
 //! names the difference) and bf16 requests run in f32.
 //!
 //! On CPUs with Intel AMX (AMX-TILE + AMX-BF16: Sapphire Rapids and later) [`Bf16Kernel::Amx`]
-//! (`bf16/amx.rs`) runs the same product on tile registers (`tdpbf16ps`, 16x the work of one
-//! `vdpbf16ps`), preferred over the AVX-512 kernel after the same kind of self-check;
+//! (`bf16/amx.rs`) runs the same product on tile registers (`tdpbf16ps`: 16 x 16 x 32
+//! multiply-adds per instruction, 256x one 512-bit `vdpbf16ps`), preferred over the AVX-512 kernel after the same kind of self-check;
 //! `BEVY_DIFFUSION_BF16=avx512` skips it.
 //!
 //! Where the CPU has no bf16 instructions at all a bf16 GEMM cannot beat the f32 one (every value
@@ -49,7 +49,7 @@ const NR: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Kernel {
     /// Intel AMX tiles (`tdpbf16ps`, AMX-TILE + AMX-BF16, with the tile state granted by the OS:
-    /// `amx.rs`), after its self-check; 16x the work of one `vdpbf16ps` per instruction.
+    /// `amx.rs`), after its self-check; 8192 multiply-adds per instruction (256x one `vdpbf16ps`).
     Amx,
     /// `vdpbf16ps` on 512-bit registers (AVX-512F + AVX-512 BF16), after its self-check.
     Avx512,
@@ -121,20 +121,36 @@ pub fn kernel() -> Option<Bf16Kernel> {
             }
         })
     };
-    let skip_amx = matches!(
-        std::env::var("BEVY_DIFFUSION_BF16").as_deref(),
-        Ok("avx512")
-    );
+    static SKIP_AMX: OnceLock<bool> = OnceLock::new();
+    let skip_amx = *SKIP_AMX.get_or_init(|| {
+        matches!(
+            std::env::var("BEVY_DIFFUSION_BF16").as_deref(),
+            Ok("avx512")
+        )
+    });
     if !skip_amx && cpu_has_amx_bf16() && checked(&AMX_CHECKED, Bf16Kernel::Amx) {
         return Some(Bf16Kernel::Amx);
     }
     checked(&AVX512_CHECKED, Bf16Kernel::Avx512).then_some(Bf16Kernel::Avx512)
 }
 
-/// Multiplies a fixed problem with `kernel` and with the emulation; `Err` names the largest
-/// difference when it exceeds f32 rounding (1e-5 of the problem's largest Σ|x·w|).
+/// Multiplies two fixed problems with `kernel` and with the emulation; `Err` names the largest
+/// difference when it exceeds f32 rounding (1e-5 of the problem's largest Σ|x·w|). The second
+/// one (45 x 1090 x 61) reaches the AMX kernel's main path: whole 32 x 32 blocks accumulated in
+/// place across several slices of `k`, beside ragged edge blocks.
 pub fn self_check(kernel: Bf16Kernel) -> Result<(), String> {
-    let (rows, in_dim, out_dim) = (45, 70, 29);
+    for (rows, in_dim, out_dim) in [(45, 70, 29), (45, 1090, 61)] {
+        self_check_shape(kernel, rows, in_dim, out_dim)?;
+    }
+    Ok(())
+}
+
+fn self_check_shape(
+    kernel: Bf16Kernel,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) -> Result<(), String> {
     let mut seed = 0x9e37_79b9_u32;
     let mut next = move || {
         seed ^= seed << 13;
@@ -170,7 +186,8 @@ pub fn self_check(kernel: Bf16Kernel) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "largest difference {worst:e} from the emulation, over {bound:e}"
+            "[{rows}, {in_dim}] x [{out_dim}, {in_dim}]: largest difference {worst:e} from the \
+             emulation, over {bound:e}"
         ))
     }
 }
@@ -324,7 +341,8 @@ fn micro(
 ) {
     assert!((1..=MR).contains(&r) && xp.len() >= kp * NR && w.len() >= (r - 1) * ws + 2 * kp);
     match kernel {
-        Bf16Kernel::Emulated | Bf16Kernel::Amx => micro_emulated(r, kp, w, ws, xp, tile),
+        Bf16Kernel::Emulated => micro_emulated(r, kp, w, ws, xp, tile),
+        Bf16Kernel::Amx => unreachable!("the AMX kernel has its own driver (amx::gemm)"),
         Bf16Kernel::Avx512 => {
             #[cfg(target_arch = "x86_64")]
             if cpu_has_avx512_bf16() {

@@ -1,6 +1,6 @@
 //! The bf16 GEMM on Intel AMX tiles (x86-64 `AMX-TILE` + `AMX-BF16`, Sapphire Rapids and later):
 //! `TDPBF16PS` multiplies a 16 x 32 bf16 tile by a 32 x 16 one into a 16 x 16 f32 tile, 8192
-//! multiply-adds per instruction (16x one `VDPBF16PS`).
+//! multiply-adds per instruction (a 512-bit `VDPBF16PS` does 32).
 //!
 //! Layout (Intel's "Intel 64 and IA-32 Architectures Optimization Reference Manual", AMX chapter:
 //! A row-major, B in the "VNNI" pair layout): `dst[r, o] += Σ_k x[r, k] · w[o, k]` is `C += A·B`
@@ -9,7 +9,7 @@
 //! * `w` once per call into `[out/16][k/32][16 pairs of k][16 channels]` bf16 pairs (each 32-bit
 //!   element holds the pair of consecutive `k` that `TDPBF16PS` multiplies together);
 //! * `x` per task (a block of rows) into `[rows/16][k/32][16 rows][32 k]` bf16, rounded from f32
-//!   to nearest even by `VCVTNE2PS2BF16`.
+//!   to nearest even by `VCVTNE2PS2BF16` (which also flushes f32 denormals, below 1.2e-38, to zero).
 //!
 //! The microkernel loads a 32 x 32 block of `dst` into four tile registers (tmm0-3), adds the
 //! products over the whole `k` (two A tiles in tmm4-5 and two B tiles in tmm6-7 per 32 values of
@@ -86,7 +86,18 @@ pub(super) fn gemm(
     dst: &mut [f32],
     parallel: bool,
 ) {
-    debug_assert!(available());
+    // The raw-pointer writes and the AVX-512 / AMX instructions below rely on these.
+    assert!(available(), "amx::gemm without AMX");
+    assert!(
+        in_dim.is_multiple_of(2)
+            && x.len() >= rows * in_dim
+            && w.len() >= out_dim * in_dim
+            && dst.len() >= rows * out_dim,
+        "amx::gemm: shapes"
+    );
+    if rows == 0 || in_dim == 0 || out_dim == 0 {
+        return;
+    }
     let kt = in_dim.div_ceil(TK);
     // B = wᵀ in pair tiles, channels padded to pairs of tiles (the microkernel's 32).
     let ct = out_dim.div_ceil(2 * TR) * 2;
