@@ -253,7 +253,9 @@ fn gemm_with(
         if !amx::available() {
             return Err("bf16 gemm: AMX is not available on this CPU / OS".to_string());
         }
-        amx::gemm(rows, in_dim, out_dim, x, w, dst, parallel);
+        // SAFETY: AMX is available (just checked); the shapes, the slice lengths and the
+        // non-zero sizes were checked above.
+        unsafe { amx::gemm(rows, in_dim, out_dim, x, w, dst, parallel) };
         return Ok(());
     }
     let kp = in_dim / 2;
@@ -433,6 +435,17 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// Deterministic operands `x` `[rows, k]` (|x| < 3) and `w` `[out, k]` bf16 (|w| < 2).
+    fn operands(rows: usize, k: usize, out: usize) -> (Vec<f32>, Vec<u16>) {
+        let x = (0..rows * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
+        let w = (0..out * k)
+            .map(|i| to_bf16(((i * 53 % 89) as f32 - 44.0) / 23.0))
+            .collect();
+        (x, w)
+    }
+
     /// Σ in f64 of the bf16-rounded operands.
     fn reference(rows: usize, k: usize, out: usize, x: &[f32], w: &[u16]) -> Vec<f64> {
         let mut d = vec![0f64; rows * out];
@@ -457,12 +470,7 @@ mod tests {
             (100, 320, 13),
             (257, 40, 40),
         ] {
-            let x: Vec<f32> = (0..rows * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
-                .collect();
-            let w: Vec<u16> = (0..out * k)
-                .map(|i| to_bf16(((i * 53 % 89) as f32 - 44.0) / 23.0))
-                .collect();
+            let (x, w) = operands(rows, k, out);
             let mut d = vec![1.0f32; rows * out];
             gemm(Bf16Kernel::Emulated, rows, k, out, &x, &w, &mut d).unwrap();
             let want = reference(rows, k, out, &x, &w);
@@ -499,12 +507,7 @@ mod tests {
                 (700, 130, 70),
                 (64, 2050, 33),
             ] {
-                let x: Vec<f32> = (0..rows * k)
-                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
-                    .collect();
-                let w: Vec<u16> = (0..out * k)
-                    .map(|i| to_bf16(((i * 53 % 89) as f32 - 44.0) / 23.0))
-                    .collect();
+                let (x, w) = operands(rows, k, out);
                 let mut got = vec![1.0f32; rows * out];
                 gemm(kernel, rows, k, out, &x, &w, &mut got).unwrap();
                 let want = reference(rows, k, out, &x, &w);

@@ -75,9 +75,15 @@ fn request_tile_state() -> bool {
 }
 
 /// [`super::gemm`] on AMX tiles: `dst[r * out_dim + o] += Σ_i bf16(x[r * in_dim + i]) *
-/// w[o * in_dim + i]`. The caller has checked the shapes and that [`available`] is true.
+/// w[o * in_dim + i]`.
+///
+/// # Safety
+/// What `super::gemm_with` checks before calling it, and the raw-pointer writes and the AVX-512 /
+/// AMX instructions below rely on: [`available`] is true; `rows`, `in_dim` and `out_dim` are all
+/// non-zero, `in_dim` even; `x`, `w` and `dst` hold at least `rows x in_dim`, `out_dim x in_dim`
+/// and `rows x out_dim` elements.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm(
+pub(super) unsafe fn gemm(
     rows: usize,
     in_dim: usize,
     out_dim: usize,
@@ -86,18 +92,16 @@ pub(super) fn gemm(
     dst: &mut [f32],
     parallel: bool,
 ) {
-    // The raw-pointer writes and the AVX-512 / AMX instructions below rely on these.
-    assert!(available(), "amx::gemm without AMX");
-    assert!(
-        in_dim.is_multiple_of(2)
+    debug_assert!(available());
+    debug_assert!(
+        rows > 0
+            && out_dim > 0
+            && in_dim > 0
+            && in_dim.is_multiple_of(2)
             && x.len() >= rows * in_dim
             && w.len() >= out_dim * in_dim
-            && dst.len() >= rows * out_dim,
-        "amx::gemm: shapes"
+            && dst.len() >= rows * out_dim
     );
-    if rows == 0 || in_dim == 0 || out_dim == 0 {
-        return;
-    }
     let kt = in_dim.div_ceil(TK);
     // B = wᵀ in pair tiles, channels padded to pairs of tiles (the microkernel's 32).
     let ct = out_dim.div_ceil(2 * TR) * 2;
