@@ -4,13 +4,16 @@
     python compact_weights.py --model runs/default/export --out ../default_model/model      # the shipped f16 copy
     python compact_weights.py --model runs/v2/export --out ../default_model/model --int8    # 8-bit weights
     python compact_weights.py --model runs/v2/export --out /tmp/v2-deq --int8 --dequantized # the same, as f32
+    python compact_weights.py --model runs/v2/export --out /tmp/v2-mixed --int8 --int8-only unet  # 8-bit UNet, f16 rest
 
 Copies the folder, rewriting every float tensor of each *.safetensors as f16 (the Rust loader converts f16 to
 f32 at load), and prints each file's size raw and gzip-compressed (what a .crate holds). With --int8, weights
 of 2+ dimensions and >= 256 values are instead quantized to 8 bits per output channel, in compressed-tensors'
 int8 channel-wise layout, which the Rust loader dequantizes at load: `name` as I8 (same shape) plus
 `name_scale`, f16, one value per output channel (shape [out]); w[c] = q[c] * scale[c]. Everything else stays
-f16. --dequantized writes the int8 model's values back as f32 (what the Rust loader computes), for tools that
+f16. --int8-only COMPONENT[,COMPONENT...] limits the 8-bit form to those top-level folders (e.g. `unet`: the
+largest and, through the denoising loop's averaging, the least pixel-sensitive part; the VAE decoder writes pixels
+directly); the other components stay f16. --dequantized writes the int8 model's values back as f32 (what the Rust loader computes), for tools that
 cannot read I8 (diffusers). Input tensors may be f32 or f16 (f16 is upcast before quantizing).
 Needs only numpy and safetensors (no torch).
 """
@@ -39,9 +42,17 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--int8", action="store_true", help="8-bit weights with per-output-channel f16 scales")
     ap.add_argument("--dequantized", action="store_true", help="with --int8: write the dequantized f32 values")
+    ap.add_argument("--int8-only", default="",
+                    help="with --int8: comma-separated top-level folders to quantize (default: all)")
     args = ap.parse_args()
     if args.dequantized and not args.int8:
         raise SystemExit("--dequantized needs --int8")
+    if args.int8_only and not args.int8:
+        raise SystemExit("--int8-only needs --int8")
+    only = {c for c in args.int8_only.split(",") if c}
+    for c in only:
+        if not os.path.isdir(os.path.join(args.model, c)):
+            raise SystemExit(f"--int8-only: {args.model} has no folder `{c}`")
     if os.path.exists(args.out):
         raise SystemExit(f"{args.out} exists")
     shutil.copytree(args.model, args.out)
@@ -52,11 +63,13 @@ def main():
                 continue
             path = os.path.join(root, name)
             tensors = load_file(path)
+            component = os.path.relpath(path, args.out).split(os.sep)[0]
+            quantize = args.int8 and (not only or component in only)
             shipped, loadable = {}, {}
             for key, v in tensors.items():
                 if v.dtype not in (np.float32, np.float16):
                     shipped[key] = loadable[key] = v
-                elif args.int8 and v.ndim >= 2 and v.size >= 256:
+                elif quantize and v.ndim >= 2 and v.size >= 256:
                     if key + "_scale" in tensors:
                         raise SystemExit(f"{path}: `{key}_scale` exists, so `{key}` cannot get its int8 scale")
                     q, scale, deq = int8_per_channel(v.astype(np.float32))

@@ -5,6 +5,7 @@
                        [--json report.json]
     python evaluate.py --images gen32/ --prompts prompts_v1.txt      # the shipped 32x32 model's list
     python evaluate.py --selftest [--out DIR]   # scores the procedural ground truth (the metrics' ceiling)
+    python evaluate.py --selftest --vae-roundtrip runs/v2/export   # the same after the model's VAE (encode + decode)
 
 Images are <id>.png (id = first column of prompts.txt), any size (RGB is taken as alpha 255).
 Per image:
@@ -153,6 +154,31 @@ def print_summary(summary):
             print(f"  {k:16s} " + "  ".join(f"{a}={b:.3f}" if isinstance(b, float) else f"{a}={b}" for a, b in d.items()))
 
 
+def vae_roundtrip(model, rows, images, threads):
+    """images (id -> uint8 [H,W,4]) encoded and decoded by model's VAE, as training saw them: tiles wrap-padded on
+    encode (recipe.encode_wrapped) and decoded with circular padding, sprites plain; the posterior mean, no noise."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    import recipe
+
+    torch.set_num_threads(threads)
+    vae = AutoencoderKL.from_pretrained(os.path.join(model, "vae")).eval()
+    out = {}
+    with torch.no_grad():
+        for r in rows:
+            x = recipe.to_tensor(images[r["id"]][None])
+            tile = r["kind"] == "tile"
+            if tile:
+                mean, _ = recipe.encode_wrapped(vae, x)
+            else:
+                mean = vae.encode(x).latent_dist.mean
+            recipe.set_circular(vae.decoder, tile)
+            out[r["id"]] = recipe.to_u8(vae.decode(mean).sample)[0]
+            recipe.set_circular(vae.decoder, False)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", help="folder of <id>.png")
@@ -163,8 +189,14 @@ def main():
     ap.add_argument("--json", help="write per-image results and the summary here")
     ap.add_argument("--selftest", action="store_true", help="score procedural ground truth for the prompt list")
     ap.add_argument("--out", help="with --selftest: also write the ground-truth PNGs here")
+    ap.add_argument("--vae-roundtrip", metavar="MODEL",
+                    help="with --selftest: pass the ground truth through MODEL/vae (diffusers AutoencoderKL: posterior "
+                         "mean, tiles wrap-padded as in training, decoded with circular padding) before scoring: the "
+                         "ceiling the VAE leaves the UNet")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
+    if a.vae_roundtrip and not a.selftest:
+        ap.error("--vae-roundtrip needs --selftest")
     rows = dataset.read_prompts(a.prompts)
     v2 = bool(rows) and rows[0]["v2"]
     size = a.size or (64 if v2 else 32)
@@ -178,6 +210,9 @@ def main():
             if r["v2"]:
                 spec["style"] = r["style"]
             images[r["id"]] = dataset.render(spec, rng, size)
+        if a.vae_roundtrip:
+            images = vae_roundtrip(a.vae_roundtrip, rows, images, a.threads)
+        for r in rows:
             if a.out:
                 os.makedirs(a.out, exist_ok=True)
                 Image.fromarray(images[r["id"]], "RGBA").save(os.path.join(a.out, r["id"] + ".png"))

@@ -69,7 +69,7 @@ def build_pipeline(run, use_ema=True):
         m.eval()
     tok = CLIPTokenizer.from_pretrained(os.path.join(run, "tokenizer"))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
-                                   scheduler=DDIMScheduler(**recipe.SHIPPED_SCHEDULER), safety_checker=None,
+                                   scheduler=DDIMScheduler(**recipe.shipped_scheduler(meta)), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     return pipe, meta, ust["step"]
 

@@ -84,6 +84,31 @@ SHIPPED_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_e
                      "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "trailing"}
 DEFAULT_STEPS, DEFAULT_GUIDANCE = 12, 4.0
 
+# Training objectives (run.json "objective", train.py --objective). `epsilon`: SD 1.x's noise prediction on the
+# scaled_linear schedule above, whose last timestep keeps sqrt(alphas_cumprod[999]) = 0.068 of the latents.
+# `v-zsnr`: v-prediction on the same betas rescaled to zero terminal SNR (Lin et al. 2023, "Common Diffusion
+# Noise Schedules and Sample Steps are Flawed"; diffusers' rescale_betas_zero_snr), so that at t = 999, where
+# sampling starts, the model sees pure noise in training too and must take the image's colour from the prompt.
+OBJECTIVES = {
+    "epsilon": {"prediction_type": "epsilon", "rescale_betas_zero_snr": False},
+    "v-zsnr": {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True},
+}
+
+
+def objective(meta):
+    """The run's objective name (run.json "objective" -> "name"; runs made before it existed: epsilon)."""
+    return meta.get("objective", {}).get("name", "epsilon")
+
+
+def train_scheduler(meta):
+    """DDPMScheduler kwargs of the run's objective."""
+    return {**TRAIN_SCHEDULER, **OBJECTIVES[objective(meta)]}
+
+
+def shipped_scheduler(meta):
+    """DDIMScheduler kwargs that the exported model_index's scheduler gets (and previews sample with)."""
+    return {**SHIPPED_SCHEDULER, **OBJECTIVES[objective(meta)]}
+
 
 def build_vae(cfg):
     from diffusers import AutoencoderKL
@@ -145,12 +170,13 @@ def to_u8(x):
 # ----------------------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def sample(unet, text_encoder, vae, ids, uncond_ids, *, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE,
-           circular=None, generator=None, device="cpu"):
-    """DDIM (the shipped scheduler config) with classifier-free guidance; ids [N,77]. circular: bool per row
-    (seamless tiles) or None. Returns uint8 RGBA [N,H,W,4]."""
+           circular=None, generator=None, device="cpu", scheduler=None):
+    """DDIM (the shipped scheduler config, or `scheduler`: DDIMScheduler kwargs, e.g. shipped_scheduler(meta))
+    with classifier-free guidance; ids [N,77]. circular: bool per row (seamless tiles) or None. Returns uint8 RGBA
+    [N,H,W,4]."""
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler(**SHIPPED_SCHEDULER)
+    sched = DDIMScheduler(**(scheduler or SHIPPED_SCHEDULER))
     sched.set_timesteps(steps)
     n = ids.shape[0]
     cond = text_encoder(ids.to(device))[0]

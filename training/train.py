@@ -6,6 +6,7 @@
     python train.py --run runs/v2 --config v2 --stage all           # the 64x64 model (vocabulary v2)
     python train.py --run runs/default --stage all --resume         # continue after a stop / --minutes limit
     python train.py --run runs/default --stage unet --resume --minutes 30 --unet-steps 40000
+    python train.py --run runs/v2new --config v2 --stage all --objective v-zsnr   # v-prediction, zero terminal SNR
 
 Everything lives in the run folder: run.json (configs), data/ (procedural dataset cache), tokenizer/,
 vae.pt / unet.pt (training state: weights, EMA, optimizer, step), latents.pt, log.jsonl, samples/.
@@ -286,6 +287,27 @@ def latent_cache(a, meta, data, dev):
     return cache
 
 
+def set_objective(a, meta, step):
+    """The run's unet objective: run.json's, else --objective (default epsilon), recorded in run.json. An epsilon run
+    may switch to v-zsnr once (recorded with the step it switched at); any other change is refused."""
+    recorded = meta.get("objective")
+    have = recorded or {"name": "epsilon", "from_step": 0}  # runs made before --objective existed: epsilon
+    want = a.objective
+    if recorded is None and (not want or want == "epsilon" or step == 0):
+        meta["objective"] = {"name": want or "epsilon", "from_step": 0}
+    elif want and want != have["name"]:
+        if have["name"] == "epsilon" and want == "v-zsnr":
+            meta["objective"] = {"name": want, "from_step": step, "previous": have["name"]}
+        else:
+            sys.exit(f"run.json has objective {have['name']} (since step {have.get('from_step', 0)}); "
+                     f"--objective {want} cannot replace it")
+    if meta.get("objective") != recorded:
+        with open(os.path.join(a.run, "run.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+        print(f"unet: objective {meta['objective']['name']} from step {meta['objective']['from_step']}", flush=True)
+    return meta["objective"]["name"]
+
+
 def ema_update(ema, model, decay):
     with torch.no_grad():
         for pe, pm in zip(ema.parameters(), model.parameters()):
@@ -324,8 +346,11 @@ def train_unet(a, meta, data, stopper):
         return
     print(f"unet: {recipe.n_params(unet) / 1e6:.3f} M params + text encoder {recipe.n_params(te) / 1e6:.3f} M, "
           f"step {step} -> {a.unet_steps}, batch {a.unet_batch}", flush=True)
-    sched = DDPMScheduler(**recipe.TRAIN_SCHEDULER)
+    obj = set_objective(a, meta, step)
+    sched = DDPMScheduler(**recipe.train_scheduler(meta))
     acp = sched.alphas_cumprod.to(dev)
+    v_pred = recipe.OBJECTIVES[obj]["prediction_type"] == "v_prediction"
+    since = meta.get("objective", {}).get("from_step", 0)
     ids_all = torch.from_numpy(data["ids"].astype(np.int64))
     empty = torch.tensor(clip_bpe.encode(os.path.join(a.run, "tokenizer", "tokenizer.json"), [""]), dtype=torch.long)
     tiles = np.nonzero(data["is_tile"])[0]
@@ -356,15 +381,23 @@ def train_unet(a, meta, data, stopper):
         t = torch.randint(0, sched.config.num_train_timesteps, (a.unet_batch,), generator=g)
         z, noise, t, ids = z.to(dev), noise.to(dev), t.to(dev), ids.to(dev)
         noisy = sched.add_noise(z, noise, t)
+        rewarm = min(1.0, (step - since + 1) / a.objective_warmup) if since and a.objective_warmup > 0 else 1.0
         for grp in opt.param_groups:
-            grp["lr"] = lr_at(step, a.unet_steps, a.unet_lr, a.unet_warmup)
+            grp["lr"] = lr_at(step, a.unet_steps, a.unet_lr, a.unet_warmup) * rewarm
         recipe.set_circular(unet, circ)
         pred = unet(noisy, t, encoder_hidden_states=te(ids)[0]).sample
         recipe.set_circular(unet, False)
-        per = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        target = sched.get_velocity(z, noise, t) if v_pred else noise
+        per = (pred - target).pow(2).mean(dim=(1, 2, 3))
         if a.snr_gamma > 0:
             snr = acp[t] / (1 - acp[t])
-            per = per * torch.clamp(snr, max=a.snr_gamma) / snr
+            if v_pred:
+                # v-loss = (1 + snr) x the x0-loss. Min-SNR-gamma on (1 + snr): weight 1 (the plain v-loss) while
+                # 1 + snr <= gamma, so the pure-noise end (snr = 0, where the prompt alone sets the colour) keeps
+                # its full weight, and the x0 weight is capped at gamma at low noise.
+                per = per * torch.clamp(snr + 1, max=a.snr_gamma) / (snr + 1)
+            else:
+                per = per * torch.clamp(snr, max=a.snr_gamma) / snr
         loss = per.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -425,7 +458,8 @@ def preview_samples(a, meta, unet, te, step, dev):
     was = unet.training, te.training
     unet.eval()
     te.eval()
-    imgs = recipe.sample(unet, te, vae, ids, empty, circular=circ, generator=torch.Generator().manual_seed(0), device=dev)
+    imgs = recipe.sample(unet, te, vae, ids, empty, circular=circ, generator=torch.Generator().manual_seed(0), device=dev,
+                         scheduler=recipe.shipped_scheduler(meta))
     unet.train(was[0])
     te.train(was[1])
     path = os.path.join(a.run, "samples", f"unet_{step:06d}.png")
@@ -468,6 +502,12 @@ def main():
     ap.add_argument("--unet-batch", type=int, default=64)
     ap.add_argument("--unet-lr", type=float, default=5e-4)
     ap.add_argument("--unet-warmup", type=int, default=500)
+    ap.add_argument("--objective", choices=sorted(recipe.OBJECTIVES),
+                    help="unet stage: epsilon (default, SD 1.x) or v-zsnr (v-prediction on the zero-terminal-SNR "
+                         "schedule). Recorded in run.json the first time; switching an epsilon run to v-zsnr is "
+                         "allowed once (it records the step and warms the learning rate up again over "
+                         "--objective-warmup steps), any other change is refused")
+    ap.add_argument("--objective-warmup", type=int, default=200)
     ap.add_argument("--cfg-drop", type=float, default=0.1, help="fraction of empty captions (classifier-free guidance)")
     ap.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR loss weighting; 0 = plain MSE")
     ap.add_argument("--ema-decay", type=float, default=0.999)
