@@ -11,9 +11,9 @@ f32 at load), and prints each file's size raw and gzip-compressed (what a .crate
 of 2+ dimensions and >= 256 values are instead quantized to 8 bits per output channel, in compressed-tensors'
 int8 channel-wise layout, which the Rust loader dequantizes at load: `name` as I8 (same shape) plus
 `name_scale`, f16, one value per output channel (shape [out]); w[c] = q[c] * scale[c]. Everything else stays
-f16. --int8-only COMPONENT[,COMPONENT...] limits the 8-bit form to those top-level folders (e.g. `unet`: the
-largest and, through the denoising loop's averaging, the least pixel-sensitive part; the VAE decoder writes pixels
-directly); the other components stay f16. --dequantized writes the int8 model's values back as f32 (what the Rust loader computes), for tools that
+f16. --int8-only COMPONENT[,COMPONENT...] limits the 8-bit form to those top-level folders (e.g. `unet`, the
+largest part; on v2 it carries almost all of the pixel difference anyway); the other components stay f16.
+--dequantized writes the int8 model's values back as f32 (what the Rust loader computes), for tools that
 cannot read I8 (diffusers). Input tensors may be f32 or f16 (f16 is upcast before quantizing).
 Needs only numpy and safetensors (no torch).
 """
@@ -49,10 +49,13 @@ def main():
         raise SystemExit("--dequantized needs --int8")
     if args.int8_only and not args.int8:
         raise SystemExit("--int8-only needs --int8")
-    only = {c for c in args.int8_only.split(",") if c}
+    only = {os.path.normpath(c.strip()).strip(os.sep) for c in args.int8_only.split(",") if c.strip()}
+    if args.int8_only and not only:
+        raise SystemExit(f"--int8-only {args.int8_only!r} names no component")
     for c in only:
-        if not os.path.isdir(os.path.join(args.model, c)):
-            raise SystemExit(f"--int8-only: {args.model} has no folder `{c}`")
+        folder = os.path.join(args.model, c)
+        if not os.path.isdir(folder) or not any(f.endswith(".safetensors") for f in os.listdir(folder)):
+            raise SystemExit(f"--int8-only: {args.model} has no folder `{c}` with *.safetensors weights")
     if os.path.exists(args.out):
         raise SystemExit(f"{args.out} exists")
     shutil.copytree(args.model, args.out)

@@ -188,7 +188,8 @@ def main():
     ap.add_argument("--size", type=int, default=0, help="--selftest image size (default 64 for v2 prompts, 32 for v1)")
     ap.add_argument("--json", help="write per-image results and the summary here")
     ap.add_argument("--selftest", action="store_true", help="score procedural ground truth for the prompt list")
-    ap.add_argument("--out", help="with --selftest: also write the ground-truth PNGs here")
+    ap.add_argument("--out", help="with --selftest: also write the scored PNGs here (ground truth, or its VAE "
+                                  "reconstruction with --vae-roundtrip)")
     ap.add_argument("--vae-roundtrip", metavar="MODEL",
                     help="with --selftest: pass the ground truth through MODEL/vae (diffusers AutoencoderKL: posterior "
                          "mean, tiles wrap-padded as in training, decoded with circular padding) before scoring: the "

@@ -293,7 +293,15 @@ def set_objective(a, meta, step):
     recorded = meta.get("objective")
     have = recorded or {"name": "epsilon", "from_step": 0}  # runs made before --objective existed: epsilon
     want = a.objective
-    if recorded is None and (not want or want == "epsilon" or step == 0):
+    if recorded is not None and step < have.get("from_step", 0):
+        if step:
+            sys.exit(f"the unet checkpoint (step {step}) predates run.json's switch to {have['name']} at step "
+                     f"{have['from_step']}: use a new --run")
+        # The UNet restarts from step 0 in this folder: the objective applies from the start.
+        recorded = None
+        have = {"name": want or have["name"], "from_step": 0}
+        meta["objective"] = have
+    elif recorded is None and (not want or want == "epsilon" or step == 0):
         meta["objective"] = {"name": want or "epsilon", "from_step": 0}
     elif want and want != have["name"]:
         if have["name"] == "epsilon" and want == "v-zsnr":
@@ -381,7 +389,9 @@ def train_unet(a, meta, data, stopper):
         t = torch.randint(0, sched.config.num_train_timesteps, (a.unet_batch,), generator=g)
         z, noise, t, ids = z.to(dev), noise.to(dev), t.to(dev), ids.to(dev)
         noisy = sched.add_noise(z, noise, t)
-        rewarm = min(1.0, (step - since + 1) / a.objective_warmup) if since and a.objective_warmup > 0 else 1.0
+        rewarm = 1.0
+        if since and step >= since and a.objective_warmup > 0:
+            rewarm = min(1.0, (step - since + 1) / a.objective_warmup)
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, a.unet_steps, a.unet_lr, a.unet_warmup) * rewarm
         recipe.set_circular(unet, circ)
@@ -404,7 +414,8 @@ def train_unet(a, meta, data, stopper):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        decay = min(a.ema_decay, (1 + step) / (10 + step))
+        # The EMA warms up again after an objective switch, so it stops averaging the old objective's weights soon.
+        decay = min(a.ema_decay, (1 + step - since) / (10 + step - since))
         ema_update(ema_unet, unet, decay)
         ema_update(ema_te, te, decay)
         acc.append(loss.item())
@@ -413,7 +424,7 @@ def train_unet(a, meta, data, stopper):
             ct = (time.process_time() - c_log) / len(acc)
             print(f"unet {step}/{a.unet_steps} loss {np.mean(acc):.4f} lr {opt.param_groups[0]['lr']:.2e} "
                   f"{dt:.3f} s/step ({ct:.3f} cpu-s) eta {dt * (a.unet_steps - step) / 60:.1f} min", flush=True)
-            log(a.run, {"stage": "unet", "step": step, "loss": float(np.mean(acc)), "s_per_step": dt,
+            log(a.run, {"stage": "unet", "step": step, "objective": obj, "loss": float(np.mean(acc)), "s_per_step": dt,
                         "cpu_s_per_step": ct})
             t_log, acc, c_log = time.time(), [], time.process_time()
         if a.sample_minutes and time.time() - t_sample > a.sample_minutes * 60:
@@ -512,6 +523,11 @@ def main():
     ap.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR loss weighting; 0 = plain MSE")
     ap.add_argument("--ema-decay", type=float, default=0.999)
     a = ap.parse_args()
+    if a.objective and a.stage == "vae":
+        ap.error("--objective is a unet-stage option (it is recorded when the unet stage starts): "
+                 "pass it with --stage unet or all")
+    if a.objective_warmup < 0:
+        ap.error(f"--objective-warmup {a.objective_warmup}: must be >= 0")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     meta = setup_run(a)
