@@ -13,7 +13,11 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from evaluate import load_rgba  # noqa: E402
 
 
 def main():
@@ -30,8 +34,8 @@ def main():
         sys.exit(f"no PNG files in {args.a}")
     per_image, diffs = [], []
     for n in names:
-        x = np.asarray(Image.open(os.path.join(args.a, n)).convert("RGBA"), dtype=np.int16)
-        y = np.asarray(Image.open(os.path.join(args.b, n)).convert("RGBA"), dtype=np.int16)
+        x = load_rgba(os.path.join(args.a, n)).astype(np.int16)
+        y = load_rgba(os.path.join(args.b, n)).astype(np.int16)
         if x.shape != y.shape:
             sys.exit(f"{n}: {x.shape} in {args.a}, {y.shape} in {args.b}")
         d = np.abs(x - y)

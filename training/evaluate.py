@@ -213,9 +213,9 @@ def main():
             images[r["id"]] = dataset.render(spec, rng, size)
         if a.vae_roundtrip:
             images = vae_roundtrip(a.vae_roundtrip, rows, images, a.threads)
-        for r in rows:
-            if a.out:
-                os.makedirs(a.out, exist_ok=True)
+        if a.out:
+            os.makedirs(a.out, exist_ok=True)
+            for r in rows:
                 Image.fromarray(images[r["id"]], "RGBA").save(os.path.join(a.out, r["id"] + ".png"))
     else:
         if not a.images:
