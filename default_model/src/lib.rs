@@ -7,11 +7,13 @@
 //! with no folder, no environment variable and no download. bevy_diffusion reads these bytes
 //! through `bevy_diffusion::loading::embedded` and loads the weights from memory.
 //!
-//! The weights are safetensors with every float tensor stored as f16 (half the bytes of f32,
-//! so the `.crate` stays under crates.io's 10 MiB limit); bevy_diffusion converts them to f32
-//! at load. Measured against the f32 original on the 208 prompt x seed rows of
-//! `training/prompts_v1.txt`: at most 2/255 difference on any RGBA channel, mean 0.027/255
-//! (see `docs/embedded_model.md`).
+//! The weights are safetensors in compressed-tensors' int8 channel-wise layout: every weight
+//! matrix and conv kernel `w` of shape `[out, ...]` is stored as `I8` with an f16 sibling
+//! `w_scale` of `out` values, every other tensor (norms, biases) as f16, so the `.crate` stays
+//! under crates.io's 10 MiB limit; bevy_diffusion dequantizes them to f32 at load
+//! (`w[c, ...] = q[c, ...] * scale[c]`). Measured against the f32 original on the 334 prompt x
+//! seed rows of `training/prompts.txt`: mean difference 0.52/255 per RGBA channel (largest single
+//! pixel 34/255), the same colour, class, alpha and seam scores (see `docs/embedded_model.md`).
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -22,7 +24,8 @@ macro_rules! model_files {
 }
 
 /// Every file of the model folder: (path inside the folder, `/`-separated; contents).
-/// Weight files (`*.safetensors`) hold f16 tensors; the rest are UTF-8 JSON.
+/// Weight files (`*.safetensors`) hold I8 weights with f16 scales and f16 tensors; the rest are
+/// UTF-8 JSON.
 pub const FILES: &[(&str, &[u8])] = model_files![
     "model_index.json",
     "bevy_diffusion.json",

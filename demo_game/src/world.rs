@@ -20,10 +20,12 @@ use bevy_diffusion::{
 
 use crate::profiles::{ITEM_SLOTS, Players, RequestSettings, SaveGame, Slot, slot_request};
 
-/// Side of a floor or wall tile on screen, in pixels (a 32x32 texture at 2x).
+/// Side of a floor or wall tile on screen, in pixels (the default model's 64x64 texture drawn
+/// 1:1; a larger `--size` is drawn scaled down).
 pub const TILE: f32 = 64.0;
-/// Side of an item sprite on screen, in pixels (a 32x32 sprite at 3x).
-pub const ITEM_SIZE: f32 = 96.0;
+/// Side of an item sprite on screen, in pixels (the default model's 64x64 sprite at exactly 2x:
+/// a sprite leaves a margin around its object, which drawn 1:1 looks lost on a 64-px tile).
+pub const ITEM_SIZE: f32 = 128.0;
 /// Room width in tiles, walls included.
 pub const ROOM_COLS: i32 = 13;
 /// Room height in tiles, walls included.
@@ -464,7 +466,7 @@ pub fn apply_slots(
 }
 
 /// The sampler the demo wants on `current`: nearest-neighbour filtering (crisp pixel art when a
-/// 32x32 image is drawn at 2-3x), keeping the plugin's address modes (textures repeat).
+/// small image is drawn scaled up: the default model's tiles 1:1, its sprites at 2x), keeping the plugin's address modes (textures repeat).
 pub fn pixel_art_sampler(current: &ImageSampler) -> ImageSampler {
     let base = match current {
         ImageSampler::Descriptor(d) => d.clone(),

@@ -5,8 +5,9 @@
 //! on by default): its files are `&'static [u8]` in the executable, so a game that depends on
 //! the published crates needs no model folder, environment variable or download. It appears to
 //! the loader as the folder [`EMBEDDED_DIR`] (`<embedded>`), whose files
-//! [`crate::loading::model_files`] answers from memory: the weights (f16 safetensors, converted
-//! to f32 at load) are read straight from the binary, never written to or mapped from disk.
+//! [`crate::loading::model_files`] answers from memory: the weights (8-bit safetensors with
+//! per-output-channel f16 scales, dequantized to f32 at load) are read straight from the binary,
+//! never written to or mapped from disk.
 //!
 //! Precedence ([`default_model_dir`]): `$BEVY_DIFFUSION_DEFAULT_MODEL`, then an
 //! `assets/models/default` folder beside the executable or in the current folder, then the
