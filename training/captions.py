@@ -1,6 +1,6 @@
 """Captions of the procedural data: what a player would type for a sample's spec.
 
-v1 (frozen, the shipped model's data): "mossy dark cobblestone", "seamless red bricks texture", "a red potion".
+v1 (frozen, the v1 model's data): "mossy dark cobblestone", "seamless red bricks texture", "a red potion".
 v2 adds free phrasing: modifier synonyms ("old"/"worn"/"weathered"), colour synonyms ("violet", "gray"), style
 words ("pixel art", "hand painted", "16-bit") before or after the subject, "a wall of red bricks",
 "an icon of a golden crown", "the ...", no article, "..., game item". Every caption keeps the subject's

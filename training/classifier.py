@@ -4,7 +4,7 @@ Trained on the procedural data (all colours, held-out combinations included: it 
 blur/noise augmentation so that soft generated images are judged fairly. Used by evaluate.py.
 
     python classifier.py --out runs/classifier64                          # v2: 46 classes at 64 px (default)
-    python classifier.py --out runs/classifier --vocab v1 --size 32        # v1: 26 classes at 32 px (shipped model)
+    python classifier.py --out runs/classifier --vocab v1 --size 32        # v1: 26 classes at 32 px (v1, shipped until session 14)
         [--n 16000] [--epochs 8] [--threads 1] [--resume] [--data-workers 2]
 
 Writes classifier.safetensors (+ classifier.json: classes, input size, vocabulary, accuracy on a fresh

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write a compact copy of a model folder: what the crate ships, and what shipping it costs (issue 12 item 3).
 
-    python compact_weights.py --model runs/default/export --out ../default_model/model      # the shipped f16 copy
+    python compact_weights.py --model runs/default/export --out /tmp/v1-f16                 # f16 (how v1 shipped)
     python compact_weights.py --model runs/v2/export --out ../default_model/model --int8    # 8-bit weights
     python compact_weights.py --model runs/v2/export --out /tmp/v2-deq --int8 --dequantized # the same, as f32
     python compact_weights.py --model runs/v2/export --out /tmp/v2-mixed --int8 --int8-only unet  # 8-bit UNet, f16 rest

@@ -9,16 +9,16 @@ np.random.default_rng([seed, i]), so any sample can be regenerated on its own.
   covers the centre and keeps the outer border transparent (checked by `--check`).
 * v2 only: a style ("pixel art", "hand painted"; styles.py) changes the rendering of half the samples.
 
-Vocabularies (vocab.py): `v1` is the shipped 32x32 model's (14 patterns, 12 objects, frozen), `v2` issue 12's
+Vocabularies (vocab.py): `v1` is the v1 32x32 model's (shipped until session 14; 14 patterns, 12 objects, frozen), `v2` issue 12's
 (24 materials, 22 objects, styles, freer captions; captions.py). Captions read like what a player types
 ("old red brick wall", "a glowing blue crystal"). Colour+class pairs listed in holdout.txt are never produced
 for training (generalisation report).
 
-CLI (default vocabulary v2 at 64 px; `--vocab v1` gives the shipped model's data at 32 px):
+CLI (default vocabulary v2 at 64 px; `--vocab v1` gives v1's data at 32 px):
   python dataset.py --preview grid.png [--n 64] [--seed 0]     contact sheet with captions printed
   python dataset.py --check [--n 2000]                          seam / alpha / colour self-checks
   python dataset.py --write-prompts prompts.txt                  (re)write the evaluation prompt list
-  python dataset.py --vocab v1 --write-prompts prompts_v1.txt    the shipped model's 208-row list
+  python dataset.py --vocab v1 --write-prompts prompts_v1.txt    v1's 208-row list
 """
 import argparse
 import os
@@ -64,7 +64,7 @@ def _pick_colour(rng, cls, default, holdout):
 
 def sample_spec(rng, holdout=frozenset(), tile_frac=None, vocab=DEFAULT_VOCAB):
     """One sample's spec: class, colour, modifiers, whether the caption says the colour (+ style in v2).
-    v1's draws are frozen (same order and probabilities as the shipped model's data)."""
+    v1's draws are frozen (same order and probabilities as v1's data)."""
     v = VOCABS[vocab]
     tile = rng.random() < (tile_frac if tile_frac is not None else (0.55 if vocab == "v1" else 0.52))
     table = v.tiles if tile else v.sprites
@@ -158,7 +158,7 @@ def generate_parallel(n, seed=0, size=32, holdout=None, vocab=DEFAULT_VOCAB, wor
 
 # ----------------------------------------------------------------------------------------- evaluation prompts
 def prompt_lines_v1(holdout):
-    """The shipped model's evaluation list (208 rows): (prompt, seed, kind, colour, cls, mods, split)."""
+    """v1's evaluation list (208 rows): (prompt, seed, kind, colour, cls, mods, split)."""
     v = VOCABS["v1"]
     holdout = {p for p in holdout if p[1] in v.classes}
     rng = np.random.default_rng(1234)

@@ -3,7 +3,7 @@
 
     python evaluate.py --images gen/ [--prompts prompts.txt] [--classifier runs/classifier64/classifier.safetensors]
                        [--json report.json]
-    python evaluate.py --images gen32/ --prompts prompts_v1.txt      # the shipped 32x32 model's list
+    python evaluate.py --images gen32/ --prompts prompts_v1.txt      # v1's (32x32) list
     python evaluate.py --selftest [--out DIR]   # scores the procedural ground truth (the metrics' ceiling)
     python evaluate.py --selftest --vae-roundtrip runs/v2/export   # the same after the model's VAE (encode + decode)
 

@@ -44,7 +44,7 @@ TEXT_CONFIG = {
 }
 
 # ----------------------------------------------------------------------------------------- named configs
-# `train.py --config NAME` fixes these in run.json when a run is created. "v1" reproduces the shipped 32x32 model.
+# `train.py --config NAME` fixes these in run.json when a run is created. "v1" reproduces v1, the 32x32 model shipped until session 14.
 # The v2 candidates (issue 12: 64x64 RGBA at <= 0.3 s per image on one thread) were exported untrained and
 # timed with the Rust pipeline (training/README.md, "v2"); "v2" names the chosen one.
 def _vae(blocks, latent, size):

@@ -484,8 +484,8 @@ def main():
     ap.add_argument("--run", default=os.path.join(HERE, "runs", "default"))
     ap.add_argument("--stage", choices=["vae", "unet", "all"], default="all")
     ap.add_argument("--config", choices=sorted(recipe.CONFIGS),
-                    help="model + data config, fixed in run.json when the run is created (default v1: the shipped "
-                         "32x32 model; v2: the 64x64 model of issue 12)")
+                    help="model + data config, fixed in run.json when the run is created (default v1: the 32x32 model "
+                         "shipped until session 14; v2: the 64x64 model of issue 12, shipped since)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--threads", type=int, default=1,

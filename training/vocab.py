@@ -1,7 +1,7 @@
 """The words of the procedural data: colours, tile materials, sprite objects, modifiers, styles.
 
 Two vocabularies:
-* `v1`: what the shipped 32x32 model was trained on (14 tile patterns, 12 objects, 14 colours, no styles).
+* `v1`: what the v1 32x32 model (shipped until session 14) was trained on (14 tile patterns, 12 objects, 14 colours, no styles).
   Its tables, sampling and captions are frozen so that `train.py --config v1` regenerates the exact data.
 * `v2` (issue 12): 24 tile materials, 22 objects, the same 14 colours (with a few synonyms), more modifiers
   (old, glowing), two styles ("pixel art", "hand painted") that change the rendering, and freer caption

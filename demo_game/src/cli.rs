@@ -20,12 +20,14 @@ pub struct Args {
     /// The player to start as (ann or bob).
     #[arg(long, value_name = "ID")]
     pub player: Option<String>,
-    /// Denoising steps per request.
-    #[arg(long, default_value_t = 20)]
-    pub steps: usize,
-    /// Classifier-free guidance weight.
-    #[arg(long, default_value_t = 7.5)]
-    pub guidance: f64,
+    /// Denoising steps per request (default: what the model folder recommends, 12 for the
+    /// embedded model; 20 for a folder without a recommendation).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance weight (default: what the model folder recommends, 4 for the
+    /// embedded model; 7.5 for a folder without a recommendation).
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Side of generated images in pixels, a multiple of 8 (0 = the model's native size; for a
     /// 512-pixel SD model on a CPU, 128 or 256 keeps it interactive).
     #[arg(long, default_value_t = 0)]
@@ -79,7 +81,7 @@ impl Args {
         if !self.size.is_multiple_of(8) {
             return Err(format!("--size {} is not a multiple of 8", self.size));
         }
-        if self.steps == 0 {
+        if self.steps == Some(0) {
             return Err("--steps must be at least 1".into());
         }
         if let Some(model) = &self.model
@@ -174,9 +176,19 @@ mod tests {
     #[test]
     fn flags_parse_and_validate() {
         let a = parse(&[]).unwrap();
-        assert_eq!((a.steps, a.size, a.frames), (20, 0, 30));
+        assert_eq!((a.steps, a.guidance, a.size, a.frames), (None, None, 0, 30));
         assert!(a.validate().is_ok());
         assert!(a.scripted_run().is_none());
+        // Steps and guidance left unset reach the requests unset: the model's recommendation
+        // (12 steps at guidance 4 for the embedded model) fills them in.
+        let no_save = ["--cache-dir", "/nonexistent/bd_demo_cli_test"];
+        let settings = parse(&no_save).unwrap().demo_plugin().requests;
+        assert_eq!((settings.steps, settings.guidance), (None, None));
+        let a = parse(&[no_save[0], no_save[1], "--steps", "8", "--guidance", "5.5"]).unwrap();
+        assert_eq!((a.steps, a.guidance), (Some(8), Some(5.5)));
+        assert_eq!(a.demo_plugin().requests.steps, Some(8));
+        let e = parse(&["--steps", "0"]).unwrap().validate().unwrap_err();
+        assert!(e.contains("--steps"), "{e}");
         let a = parse(&[
             "--screenshot",
             "s.png",

@@ -254,6 +254,21 @@ mod tests {
     }
 
     #[test]
+    fn no_item_place_is_under_the_inset() {
+        // Window coordinates of the room (1280x720 logical, y down; as ui.rs places the title).
+        let inset = Rect::from_corners(INSET_POSITION, INSET_POSITION + Vec2::splat(INSET_SIZE));
+        for (col, row) in crate::world::ITEM_CELLS {
+            let c = crate::world::cell_center(col, row);
+            let centre = Vec2::new(640.0 + c.x, 360.0 - c.y);
+            let item = Rect::from_center_size(centre, Vec2::splat(crate::world::ITEM_SIZE));
+            assert!(
+                item.intersect(inset).is_empty(),
+                "item place ({col}, {row}) at {item:?} is under the inset {inset:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_inset_scales_with_the_window() {
         let v = inset_viewport(1.0);
         assert_eq!(v.physical_position, UVec2::new(40, 440));

@@ -211,18 +211,20 @@ impl Players {
 pub struct RequestSettings {
     /// Output side in pixels (0 = the model's native size).
     pub size: u32,
-    /// Denoising steps.
-    pub steps: usize,
-    /// Classifier-free guidance weight.
-    pub guidance: f64,
+    /// Denoising steps (`None`: what the model recommends, e.g. 12 for the embedded model, else
+    /// the crate default 20).
+    pub steps: Option<usize>,
+    /// Classifier-free guidance weight (`None`: what the model recommends, e.g. 4 for the
+    /// embedded model, else the crate default 7.5).
+    pub guidance: Option<f64>,
 }
 
 impl Default for RequestSettings {
     fn default() -> Self {
         Self {
             size: 0,
-            steps: 20,
-            guidance: 7.5,
+            steps: None,
+            guidance: None,
         }
     }
 }
@@ -254,8 +256,8 @@ pub fn slot_request(
         player: Some(player.id.clone()),
         width: settings.size,
         height: settings.size,
-        num_inference_steps: Some(settings.steps),
-        guidance_scale: Some(settings.guidance),
+        num_inference_steps: settings.steps,
+        guidance_scale: settings.guidance,
         ..base
     }
 }

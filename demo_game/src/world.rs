@@ -35,8 +35,9 @@ pub const ROOM_CENTER: Vec2 = Vec2::new(-208.0, -8.0);
 /// Tint of the wall tiles: a little darker than the floor, so the room reads as a room whatever
 /// the textures are.
 pub const WALL_TINT: Color = Color::srgb(0.72, 0.72, 0.76);
-/// Item places as (column, row) of the room grid, row 0 at the top.
-pub const ITEM_CELLS: [(i32, i32); ITEM_SLOTS] = [(3, 2), (6, 2), (9, 2), (3, 6), (6, 6), (9, 6)];
+/// Item places as (column, row) of the room grid, row 0 at the top. The lower row starts at
+/// column 5: the lit-material inset (`material_view`) covers the room's lower-left corner.
+pub const ITEM_CELLS: [(i32, i32); ITEM_SLOTS] = [(3, 2), (6, 2), (9, 2), (5, 6), (7, 6), (9, 6)];
 
 /// A floor or wall tile; shows the image of its slot.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
@@ -465,8 +466,9 @@ pub fn apply_slots(
     }
 }
 
-/// The sampler the demo wants on `current`: nearest-neighbour filtering (crisp pixel art when a
-/// small image is drawn scaled up: the default model's tiles 1:1, its sprites at 2x), keeping the plugin's address modes (textures repeat).
+/// The sampler the demo wants on `current`: nearest-neighbour filtering, so an image drawn at
+/// an integer scale stays crisp pixel art (the default model's sprites are drawn at 2x), keeping
+/// the plugin's address modes (textures repeat).
 pub fn pixel_art_sampler(current: &ImageSampler) -> ImageSampler {
     let base = match current {
         ImageSampler::Descriptor(d) => d.clone(),

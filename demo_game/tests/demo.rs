@@ -92,7 +92,7 @@ fn recorder(step_ms: u64) -> (DiffusionPlugin, Record) {
 fn demo(steps: usize) -> DemoPlugin {
     DemoPlugin {
         requests: RequestSettings {
-            steps,
+            steps: Some(steps),
             ..Default::default()
         },
         ..Default::default()

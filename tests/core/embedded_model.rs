@@ -99,8 +99,9 @@ fn the_compiled_in_files_are_the_model_folder_compact_safetensors_and_json_only(
         total += bytes.len();
         if rel.ends_with(".safetensors") {
             // The header (u64 length + JSON): every tensor stored as I8 with an F16
-            // `<name>_scale` of one value per output channel, or as F16; the weight matrices
-            // and conv kernels (every tensor of two or more dimensions) are the 8-bit ones.
+            // `<name>_scale` of one value per output channel, or as F16. The 8-bit ones are
+            // what `training/compact_weights.py --int8` quantizes: every tensor of two or more
+            // dimensions and at least 256 values (weight matrices, conv kernels, embeddings).
             let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
             let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
             let tensors = header.as_object().unwrap();
@@ -118,12 +119,25 @@ fn the_compiled_in_files_are_the_model_folder_compact_safetensors_and_json_only(
                 match t["dtype"].as_str().unwrap() {
                     "I8" => {
                         int8 += 1;
-                        let scale = &tensors[&format!("{name}_scale")];
+                        let scale = tensors
+                            .get(&format!("{name}_scale"))
+                            .unwrap_or_else(|| panic!("{rel}: {name} is I8 with no {name}_scale"));
                         assert_eq!(scale["dtype"], "F16", "{rel}: {name}_scale");
-                        assert_eq!(scale["shape"][0], shape[0], "{rel}: {name}_scale");
+                        assert_eq!(
+                            scale["shape"],
+                            serde_json::json!([shape[0]]),
+                            "{rel}: {name}_scale"
+                        );
+                    }
+                    "F16" if name.ends_with("_scale") => {
+                        let weight = &name[..name.len() - "_scale".len()];
+                        assert!(
+                            tensors.get(weight).is_some_and(|w| w["dtype"] == "I8"),
+                            "{rel}: {name} scales no I8 tensor"
+                        );
                     }
                     "F16" => assert!(
-                        shape.len() < 2 || name.ends_with("_scale"),
+                        shape.len() < 2 || shape.iter().product::<u64>() < 256,
                         "{rel}: {name} {shape:?} is a weight left in f16"
                     ),
                     other => panic!("{rel}: {name} is stored as {other}"),
@@ -355,15 +369,21 @@ fn sprites_have_transparent_borders_and_opaque_centres() {
         };
         let img = generate(req);
         let (w, h) = img.dimensions();
+        assert_eq!((w, h), (64, 64));
         let alpha = |x: u32, y: u32| img.get_pixel(x, y).0[3] as f64 / 255.0;
-        let border: Vec<f64> = (0..w)
-            .flat_map(|x| [alpha(x, 0), alpha(x, h - 1)])
-            .chain((0..h).flat_map(|y| [alpha(0, y), alpha(w - 1, y)]))
+        // As training/evaluate.py (`dataset.alpha_stats`): the border is the outer n/16 pixels
+        // (4 at 64 px) on each side, the centre the middle n/8 x n/8 square (8 x 8).
+        let b = w / 16;
+        let border: Vec<f64> = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .filter(|&(x, y)| x < b || y < b || x >= w - b || y >= h - b)
+            .map(|(x, y)| alpha(x, y))
             .collect();
         let border_mean = border.iter().sum::<f64>() / border.len() as f64;
-        let (cx, cy) = (w / 2, h / 2);
-        let centre: Vec<f64> = (cy - 2..cy + 2)
-            .flat_map(|y| (cx - 2..cx + 2).map(move |x| (x, y)))
+        let c = w / 8;
+        let (x0, y0) = ((w - c) / 2, (h - c) / 2);
+        let centre: Vec<f64> = (y0..y0 + c)
+            .flat_map(|y| (x0..x0 + c).map(move |x| (x, y)))
             .map(|(x, y)| alpha(x, y))
             .collect();
         let centre_mean = centre.iter().sum::<f64>() / centre.len() as f64;
@@ -425,29 +445,46 @@ fn tiles_are_seamless() {
     // 1.1x rule a third of the time), so average over tiles and both axes. The wrap is compared
     // with the interior pairs at the same place in the latent grid: an 8x VAE draws each latent
     // cell as an 8x8 block, and neighbour differences across block boundaries are larger than
-    // inside a block (0.95-1.45x on these tiles, mean 1.18x), so the plain all-pairs ratio of a
-    // seamless tile sits above 1 (mean 1.21 here; median 1.05 over training/prompts.txt's 175
-    // tiles).
-    // `tiles_are_a_torus` checks that there is no seam by construction.
-    let (mut ratios, mut plain) = (Vec::new(), Vec::new());
+    // inside a block (printed below: 0.95-1.45x on these tiles, mean 1.18x), and the wrap is a
+    // block boundary. Said plainly: the v1-era form of this test (the wrap against all interior
+    // pairs, mean <= 1.1) fails on this model, at 1.209; against the block boundaries the mean is
+    // 1.063. That form is kept as a bound on how much worse the block edges may get (<= 1.3).
+    // `tiles_are_a_torus` is the check that there is no seam by construction.
+    let (mut ratios, mut plain, mut blocks) = (Vec::new(), Vec::new(), Vec::new());
     for (i, prompt) in SEAM_PROMPTS.iter().enumerate() {
         let img = generate(request(prompt, 30 + i as u64));
         for along_x in [true, false] {
-            ratios.push(seam_ratio(&img, along_x, true));
-            plain.push(seam_ratio(&img, along_x, false));
+            let (on_boundaries, all) = (
+                seam_ratio(&img, along_x, true),
+                seam_ratio(&img, along_x, false),
+            );
+            ratios.push(on_boundaries);
+            plain.push(all);
+            // Block-boundary pairs over the other pairs: the ratio of the two interiors.
+            let n = f64::from(img.width() - 1);
+            let k = f64::from(img.width() / VAE_FACTOR - 1);
+            let mean_all = 1.0 / all;
+            let mean_boundaries = 1.0 / on_boundaries;
+            blocks.push(mean_boundaries / ((n * mean_all - k * mean_boundaries) / (n - k)));
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     eprintln!(
         "seam / interior cell boundaries: mean {:.3} ({ratios:.2?}); / all interior pairs: mean \
-         {:.3} ({plain:.2?})",
+         {:.3} ({plain:.2?}); cell-boundary pairs / other pairs: mean {:.2} ({blocks:.2?})",
         mean(&ratios),
-        mean(&plain)
+        mean(&plain),
+        mean(&blocks)
     );
     assert!(
         mean(&ratios) <= 1.1,
         "mean seam / interior cell-boundary ratio {:.3} ({ratios:.2?})",
         mean(&ratios)
+    );
+    assert!(
+        mean(&plain) <= 1.3,
+        "mean seam / all interior pairs {:.3} ({plain:.2?}): the 8-px block edges got stronger",
+        mean(&plain)
     );
 }
 
@@ -475,27 +512,36 @@ fn rolled_diff(a: &RgbaImage, b: &RgbaImage, dx: u32, dy: u32) -> (u8, f64) {
 fn tiles_are_a_torus() {
     // With tiling xy every padded conv of the UNet and the VAE decoder wraps around, so the
     // image has no edge: rolling the initial noise by 4 latent cells in x and in y rolls the
-    // image by 32 pixels in x and y (up to float rounding). 4 cells, because the UNet's two
-    // stride-2 downsamplers are equivariant only to shifts by multiples of 4 latent cells.
-    // Without tiling the edges differ.
+    // image by 32 pixels in x and y (within 2/255 of float rounding; measured: exactly). 4
+    // cells, because the UNet's two stride-2 downsamplers are equivariant only to shifts by
+    // multiples of 4 latent cells. Without tiling the edges differ.
     use bevy_diffusion::noise::{NoiseSource, SeededNoise};
     use bevy_diffusion::pipeline::ExplicitNoise;
+    let m = model();
+    let f = m.vae_config.downscale_factor;
+    assert_eq!(f as u32, VAE_FACTOR);
+    let side = 64 / f;
     let noise = SeededNoise::new(7)
-        .randn(&[1, 32, 8, 8], &candle_core::Device::Cpu)
+        .randn(
+            &[1, m.unet_config.in_channels, side, side],
+            &candle_core::Device::Cpu,
+        )
         .unwrap();
-    const CELLS: usize = 4;
+    // 2^(downsamplers) latent cells: the smallest shift every level of the UNet sees whole.
+    let levels = m.unet_config.block_out_channels.len() - 1;
+    let cells = 1usize << levels;
     let roll = |t: &candle_core::Tensor, dim: usize| {
         let n = t.dim(dim).unwrap();
         candle_core::Tensor::cat(
             &[
-                t.narrow(dim, CELLS, n - CELLS).unwrap(),
-                t.narrow(dim, 0, CELLS).unwrap(),
+                t.narrow(dim, cells, n - cells).unwrap(),
+                t.narrow(dim, 0, cells).unwrap(),
             ],
             dim,
         )
         .unwrap()
     };
-    let shift = CELLS as u32 * VAE_FACTOR;
+    let shift = (cells * f) as u32;
     let rolled = roll(&roll(&noise, 3), 2);
     let run = |noise: &candle_core::Tensor, tiling: bevy_diffusion::Tiling| {
         let req = GenerationRequest {
@@ -524,7 +570,7 @@ fn tiles_are_a_torus() {
     let none = bevy_diffusion::Tiling::None;
     let (_, plain_mean) = rolled_diff(&run(&noise, none), &run(&rolled, none), shift, shift);
     eprintln!(
-        "rolled by {CELLS} latent cells: tiling xy worst {worst} mean {mean:.4}; none mean {plain_mean:.3}"
+        "rolled by {cells} latent cells: tiling xy worst {worst} mean {mean:.4}; none mean {plain_mean:.3}"
     );
     assert!(
         worst <= 2,

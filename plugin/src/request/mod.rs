@@ -80,7 +80,7 @@ pub struct GenerationRequest {
     /// Seed of the request's noise stream (ChaCha8; see [`crate::noise`]).
     pub seed: u64,
     /// Output width in pixels, a multiple of the model's VAE factor `f` (its downscale factor:
-    /// 8 for SD, 4 for the embedded model); 0 = the model's native `unet.sample_size * f`.
+    /// 8 for SD and for the embedded model); 0 = the model's native `unet.sample_size * f`.
     pub width: u32,
     /// Output height in pixels, a multiple of the VAE factor `f`; 0 = the model's native size.
     pub height: u32,
@@ -178,7 +178,7 @@ pub const MAX_MICRO_CONDITIONING: u32 = 65_536;
 
 impl GenerationRequest {
     /// Checks the fields that do not depend on the model. `vae_scale` is the model's
-    /// pixels-per-latent factor `f` (8 for SD, 4 for the embedded model; 1 checks only the
+    /// pixels-per-latent factor `f` (8 for SD and for the embedded model; 1 checks only the
     /// model-free bounds).
     ///
     /// Errors: [`DiffusionError::InvalidRequest`] naming the field and its value.

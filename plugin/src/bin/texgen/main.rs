@@ -243,8 +243,8 @@ struct GenerateArgs {
     /// leading | linspace | trailing (overrides the folder's scheduler config).
     #[arg(long)]
     timestep_spacing: Option<String>,
-    /// Output width in pixels, a multiple of the model's VAE factor f (8 for SD, 4 for the
-    /// embedded model; `texgen inspect` prints it) (default: the model's native size).
+    /// Output width in pixels, a multiple of the model's VAE factor f (8 for SD and for
+    /// the embedded model; `texgen inspect` prints it) (default: the model's native size).
     #[arg(long, default_value_t = 0)]
     width: u32,
     /// Output height in pixels, a multiple of the VAE factor f (default: the model's native size).
