@@ -1,7 +1,7 @@
 """Item sprites: one drawing function per object (v1's 12 unchanged, v2's 10 new), drawn with PIL at 4x on a
 transparent canvas and premultiplied-box-downsampled; fully transparent pixels are (0, 0, 0, 0). Every object
 covers the centre and keeps the outer border transparent (checked by `dataset.py --check`).
-The v1 functions and their random draws are frozen (`train.py --config v1` regenerates the shipped data).
+The v1 functions and their random draws are frozen (`train.py --config v1` regenerates v1's data).
 """
 import numpy as np
 from PIL import Image, ImageDraw

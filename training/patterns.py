@@ -4,7 +4,7 @@ materials_v2.py; shared helpers in fields.py), the tile modifiers and render_til
 Every function takes (rng, n, base rgb) and returns float RGB (n, n, 3) in [0, 1], periodic on the n x n torus
 (integer-frequency Fourier noise, wrap-around Voronoi cells, grids whose periods divide the tile). render_tile
 draws at 2x and box-downsamples (which keeps periodicity). The v1 functions and their random draws are
-frozen: `train.py --config v1` must regenerate the shipped model's data bit for bit.
+frozen: `train.py --config v1` must regenerate v1's data (the model shipped until session 14) bit for bit.
 """
 import math
 

@@ -10,6 +10,7 @@ import torch  # noqa: E402
 
 IMAGE_SIZE = 32
 
+# v1's base configs below (v2 overrides them in CONFIGS: 64 px, an 8x VAE with 32 latent channels).
 # AutoencoderKL: RGBA in/out, 3 blocks -> 4x down (32 px -> 8x8 latents). scaling_factor is measured after the
 # VAE stage (1 / std of the latents) and written into the config then. norm_num_groups 4 (8-16 channels per
 # group, like tests/fixtures/tiny-sd's VAE): with 32 groups the 32-channel conv_norm_out before the decoder's
@@ -76,7 +77,8 @@ def vae_factor(vae_cfg):
     return 2 ** (len(vae_cfg["block_out_channels"]) - 1)
 
 
-# Training noise schedule (DDPM, epsilon) and the shipped sampler (DDIM, see README for why).
+# Training noise schedule (DDPM, epsilon; v2 trains with --objective v-zsnr) and the sampler shipped with v1
+# (DDIM, see README for why; v2's export adds v-prediction and the zero-terminal-SNR rescale).
 TRAIN_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                    "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "clip_sample": False}
 SHIPPED_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,

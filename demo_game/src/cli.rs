@@ -21,11 +21,11 @@ pub struct Args {
     #[arg(long, value_name = "ID")]
     pub player: Option<String>,
     /// Denoising steps per request (default: what the model folder recommends, 12 for the
-    /// embedded model; 20 for a folder without a recommendation).
+    /// embedded model; else the family's default, e.g. 20 for SD 1.x/2.x, 1 for the Turbos).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Classifier-free guidance weight (default: what the model folder recommends, 4 for the
-    /// embedded model; 7.5 for a folder without a recommendation).
+    /// embedded model; else the family's default, e.g. 7.5 for SD 1.x/2.x, 0 for the Turbos).
     #[arg(long)]
     pub guidance: Option<f64>,
     /// Side of generated images in pixels, a multiple of 8 (0 = the model's native size; for a

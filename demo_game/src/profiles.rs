@@ -212,10 +212,10 @@ pub struct RequestSettings {
     /// Output side in pixels (0 = the model's native size).
     pub size: u32,
     /// Denoising steps (`None`: what the model recommends, e.g. 12 for the embedded model, else
-    /// the crate default 20).
+    /// its family's default).
     pub steps: Option<usize>,
     /// Classifier-free guidance weight (`None`: what the model recommends, e.g. 4 for the
-    /// embedded model, else the crate default 7.5).
+    /// embedded model, else its family's default).
     pub guidance: Option<f64>,
 }
 

@@ -253,7 +253,9 @@ pub fn submit_slot(
 ) -> Option<(RequestId, Handle<Image>)> {
     let player = players.active();
     let request = slot_request(player, slot, &prompt, settings);
-    let total = request.steps();
+    // Unknown (0) until the first progress message when the model's recommendation fills the
+    // steps in.
+    let total = request.num_inference_steps.unwrap_or(0);
     match diffusion.submit(request) {
         Ok(job) => {
             jobs.pending.insert(

@@ -1,6 +1,9 @@
-//! [`super::ModelFolder::identity`]: a content hash of the folder's configs, tokenizer files and
-//! weight headers (file names, sizes, header digests), so a changed file changes every cache key
-//! and bake sidecar made with the model, without hashing gigabytes of weights.
+//! [`super::ModelFolder::identity`]: a content hash of the folder's configs, tokenizer files,
+//! recommended sampling settings (`bevy_diffusion.json`) and weight headers (file names, sizes,
+//! header digests), so a changed file changes every cache key and bake sidecar made with the
+//! model, without hashing gigabytes of weights. The recommended settings are in it because a
+//! request that leaves steps, guidance, scheduler or size unset is keyed as sent (unfilled), and
+//! what it renders follows them.
 
 use super::ModelFolder;
 use crate::error::{DiffusionError, Result};
@@ -22,6 +25,7 @@ pub(super) fn identity(folder: &ModelFolder) -> Result<String> {
     };
     for relative in [
         "model_index.json",
+        "bevy_diffusion.json",
         "text_encoder/config.json",
         "unet/config.json",
         "vae/config.json",
