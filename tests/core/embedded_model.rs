@@ -14,6 +14,7 @@ use bevy_diffusion::loading::embedded::{self, EMBEDDED_DIR};
 use bevy_diffusion::{
     GenerationRequest, LoadOptions, StableDiffusion, pipeline, pipeline::postprocess,
 };
+use bevy_diffusion_tests::parity::{roll, rolled_diff, seam_ratio};
 use image::RgbaImage;
 
 /// The compiled-in model's folder, `<embedded>`: no such folder exists on disk.
@@ -401,35 +402,6 @@ fn sprites_have_transparent_borders_and_opaque_centres() {
 /// The VAE's downscale factor: the shipped model decodes each latent cell into an 8x8 block.
 const VAE_FACTOR: u32 = 8;
 
-/// Wrap-around difference over the mean neighbour difference, along columns (`along_x`) or rows.
-/// `cell_boundaries_only`: the interior mean is taken over the pairs that straddle a latent-cell
-/// boundary (columns `8k - 1 | 8k`) only, the pairs the wrap (`last | 0`) is one of.
-fn seam_ratio(img: &RgbaImage, along_x: bool, cell_boundaries_only: bool) -> f64 {
-    let (w, h) = img.dimensions();
-    let (n, m) = if along_x { (w, h) } else { (h, w) };
-    let px = |i: u32, j: u32| {
-        if along_x {
-            img.get_pixel(i, j).0
-        } else {
-            img.get_pixel(j, i).0
-        }
-    };
-    let diff = |a: u32, b: u32| -> f64 {
-        (0..m)
-            .map(|j| {
-                (0..3)
-                    .map(|c| (px(a, j)[c] as f64 - px(b, j)[c] as f64).abs())
-                    .sum::<f64>()
-            })
-            .sum()
-    };
-    let pairs: Vec<u32> = (0..n - 1)
-        .filter(|i| !cell_boundaries_only || (i + 1) % VAE_FACTOR == 0)
-        .collect();
-    let interior = pairs.iter().map(|&i| diff(i, i + 1)).sum::<f64>() / pairs.len() as f64;
-    diff(n - 1, 0) / interior.max(1.0)
-}
-
 const SEAM_PROMPTS: [&str; 6] = [
     "mossy cobblestone",
     "red bricks",
@@ -454,9 +426,11 @@ fn tiles_are_seamless() {
     for (i, prompt) in SEAM_PROMPTS.iter().enumerate() {
         let img = generate(request(prompt, 30 + i as u64));
         for along_x in [true, false] {
+            // The wrap against the interior latent-cell boundaries (pairs `8k - 1 | 8k`, the
+            // kind the wrap `63 | 0` is), and against every interior pair.
             let (on_boundaries, all) = (
-                seam_ratio(&img, along_x, true),
-                seam_ratio(&img, along_x, false),
+                seam_ratio(&img, along_x, VAE_FACTOR),
+                seam_ratio(&img, along_x, 1),
             );
             ratios.push(on_boundaries);
             plain.push(all);
@@ -488,26 +462,6 @@ fn tiles_are_seamless() {
     );
 }
 
-/// The largest and the mean RGB difference between `a` rolled by `(dx, dy)` pixels and `b`.
-fn rolled_diff(a: &RgbaImage, b: &RgbaImage, dx: u32, dy: u32) -> (u8, f64) {
-    let (w, h) = a.dimensions();
-    let mut worst = 0u8;
-    let mut sum = 0f64;
-    for y in 0..h {
-        for x in 0..w {
-            let (p, q) = (
-                a.get_pixel((x + dx) % w, (y + dy) % h).0,
-                b.get_pixel(x, y).0,
-            );
-            for c in 0..3 {
-                worst = worst.max(p[c].abs_diff(q[c]));
-                sum += f64::from(p[c].abs_diff(q[c]));
-            }
-        }
-    }
-    (worst, sum / f64::from(w * h * 3))
-}
-
 #[test]
 fn tiles_are_a_torus() {
     // With tiling xy every padded conv of the UNet and the VAE decoder wraps around, so the
@@ -530,19 +484,8 @@ fn tiles_are_a_torus() {
     // 2^(downsamplers) latent cells: the smallest shift every level of the UNet sees whole.
     let levels = m.unet_config.block_out_channels.len() - 1;
     let cells = 1usize << levels;
-    let roll = |t: &candle_core::Tensor, dim: usize| {
-        let n = t.dim(dim).unwrap();
-        candle_core::Tensor::cat(
-            &[
-                t.narrow(dim, cells, n - cells).unwrap(),
-                t.narrow(dim, 0, cells).unwrap(),
-            ],
-            dim,
-        )
-        .unwrap()
-    };
     let shift = (cells * f) as u32;
-    let rolled = roll(&roll(&noise, 3), 2);
+    let rolled = roll(&roll(&noise, 3, cells), 2, cells);
     let run = |noise: &candle_core::Tensor, tiling: bevy_diffusion::Tiling| {
         let req = GenerationRequest {
             tiling,

@@ -337,20 +337,16 @@ fn fixture_folder_validates_as_sd1_with_a_stable_identity() {
     assert_ne!(edited.identity, folder.identity);
     // The recommended sampling settings too: a request that leaves its steps unset renders
     // what bevy_diffusion.json says, so caches keyed on the identity must see a change there.
-    std::fs::write(
-        copy.join("bevy_diffusion.json"),
+    let mut previous = edited.identity;
+    for recommended in [
         r#"{"num_inference_steps": 12}"#,
-    )
-    .unwrap();
-    let recommended = ModelFolder::open(&copy, &FolderOptions::default()).unwrap();
-    assert_ne!(recommended.identity, edited.identity);
-    std::fs::write(
-        copy.join("bevy_diffusion.json"),
         r#"{"num_inference_steps": 16}"#,
-    )
-    .unwrap();
-    let retuned = ModelFolder::open(&copy, &FolderOptions::default()).unwrap();
-    assert_ne!(retuned.identity, recommended.identity);
+    ] {
+        std::fs::write(copy.join("bevy_diffusion.json"), recommended).unwrap();
+        let opened = ModelFolder::open(&copy, &FolderOptions::default()).unwrap();
+        assert_ne!(opened.identity, previous, "{recommended}");
+        previous = opened.identity;
+    }
 }
 
 #[test]

@@ -9,7 +9,8 @@ use bevy_diffusion::{
 };
 use bevy_diffusion_tests::parity::{
     ALL_STEP_TENSORS, StepRecorder, assert_image_within_1_255, assert_steps_match,
-    assert_timesteps_match, cobblestone_ddim4, replay_step_noise, scheduler_for, seam_ratio,
+    assert_timesteps_match, cobblestone_ddim4, replay_step_noise, roll, rolled_diff, scheduler_for,
+    seam_ratio,
 };
 use bevy_diffusion_tests::{References, assert_close, tiny_sd_dir, tiny_sd_model};
 use candle_core::Tensor;
@@ -154,16 +155,6 @@ fn generate_from_noise(noise: &Tensor, tiling: Tiling) -> image::RgbaImage {
     cobblestone_ddim4(model(), noise, tiling)
 }
 
-/// Rolls `t` (`[1, C, H, W]`) left by `k` along the width.
-fn roll_x(t: &Tensor, k: usize) -> Tensor {
-    let w = t.dim(3).unwrap();
-    Tensor::cat(
-        &[t.narrow(3, k, w - k).unwrap(), t.narrow(3, 0, k).unwrap()],
-        3,
-    )
-    .unwrap()
-}
-
 #[test]
 fn seamless_tiling_xy_has_no_seam() {
     // The seam statistic, averaged over seeds and both axes (one column pair is a noisy figure).
@@ -201,21 +192,8 @@ fn tiling_xy_makes_the_image_a_torus_and_none_does_not() {
     let noise = SeededNoise::new(3)
         .randn(&[1, 4, 8, 8], &candle_core::Device::Cpu)
         .unwrap();
-    let rolled_noise = roll_x(&noise, 2);
-    let max_and_mean_diff = |a: &image::RgbaImage, b: &image::RgbaImage| {
-        let mut worst = 0u8;
-        let mut sum = 0f64;
-        for y in 0..64 {
-            for x in 0..64 {
-                let (p, q) = (a.get_pixel((x + 16) % 64, y).0, b.get_pixel(x, y).0);
-                for c in 0..3 {
-                    worst = worst.max(p[c].abs_diff(q[c]));
-                    sum += p[c].abs_diff(q[c]) as f64;
-                }
-            }
-        }
-        (worst, sum / (64.0 * 64.0 * 3.0))
-    };
+    let rolled_noise = roll(&noise, 3, 2);
+    let max_and_mean_diff = |a: &image::RgbaImage, b: &image::RgbaImage| rolled_diff(a, b, 16, 0);
     let (tiled_worst, tiled_mean) = max_and_mean_diff(
         &generate_from_noise(&noise, Tiling::XY),
         &generate_from_noise(&rolled_noise, Tiling::XY),

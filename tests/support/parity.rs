@@ -204,6 +204,43 @@ pub fn seam_ratio(img: &image::RgbaImage, along_x: bool, period: u32) -> f64 {
     seam / interior
 }
 
+/// `t` rolled by `k` along `dim`: element `i` of the result is element `(i + k) % n` of `t`
+/// (`torch.roll(t, -k, dim)`), e.g. latents `[1, C, H, W]` shifted by `k` cells along the width
+/// (`dim` 3) or the height (`dim` 2).
+pub fn roll(t: &Tensor, dim: usize, k: usize) -> Tensor {
+    let n = t.dim(dim).expect("roll: the tensor has that dimension");
+    Tensor::cat(
+        &[
+            t.narrow(dim, k, n - k).expect("roll: k <= n"),
+            t.narrow(dim, 0, k).expect("roll: k <= n"),
+        ],
+        dim,
+    )
+    .expect("roll: the two parts concatenate")
+}
+
+/// The largest and the mean RGB difference (in 1/255) between `a` rolled by `(dx, dy)` pixels
+/// (pixel `(x, y)` of the roll is `a`'s `((x + dx) % w, (y + dy) % h)`) and `b`: what a
+/// shift-equivariance (torus) test compares after rolling the noise by [`roll`].
+pub fn rolled_diff(a: &image::RgbaImage, b: &image::RgbaImage, dx: u32, dy: u32) -> (u8, f64) {
+    let (w, h) = a.dimensions();
+    let mut worst = 0u8;
+    let mut sum = 0f64;
+    for y in 0..h {
+        for x in 0..w {
+            let (p, q) = (
+                a.get_pixel((x + dx) % w, (y + dy) % h).0,
+                b.get_pixel(x, y).0,
+            );
+            for c in 0..3 {
+                worst = worst.max(p[c].abs_diff(q[c]));
+                sum += f64::from(p[c].abs_diff(q[c]));
+            }
+        }
+    }
+    (worst, sum / f64::from(w * h * 3))
+}
+
 /// The scheduler and timestep spacing diffusers ran a case with: `case_json["scheduler_class"]`
 /// (or `["scheduler"]["class"]`) and `case_json["scheduler_config"]`.
 pub fn scheduler_for(case_json: &serde_json::Value) -> (SchedulerKind, TimestepSpacing) {
