@@ -4,7 +4,7 @@
 
 use bevy_diffusion::testing::kernels::conv::pad_axis;
 use bevy_diffusion::testing::kernels::{AxisPad, Conv2dKernel, GroupNormKernel, elementwise};
-use candle_core::{D, Device, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
 
 /// Largest |a - b| relative to max(1, max |b|).
 fn rel_err(a: &Tensor, b: &Tensor) -> Result<f32> {
@@ -438,6 +438,65 @@ fn geglu_cases(rng: &mut Lcg) -> Result<()> {
             assert!(e < 1e-5, "{rows}x{in_dim} -> {inner}: {e}");
         }
     }
+    Ok(())
+}
+
+/// The bf16 GEGLU projection fused per task (`linear::forward_geglu` on a bf16 weight, the
+/// bf16 kernel's emulation) gives exactly the unfused bf16 `linear::forward` then
+/// `elementwise::geglu`: each output is the same sum in the same order. Many rows (blocks, a
+/// ragged last one), few rows (stripes of the inner columns, ragged, narrower than the
+/// microkernel's 12 channels), with and without bias, on 1, 2 and 3 threads; an odd width is
+/// refused.
+#[test]
+fn fused_bf16_geglu_is_exactly_the_unfused_one() -> Result<()> {
+    use bevy_diffusion::testing::kernels::{bf16, elementwise, linear};
+    bf16::set_emulation(true);
+    let mut rng = Lcg(43);
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| candle_core::Error::Msg(format!("thread pool: {e}")))?;
+        for &(rows, in_dim, inner) in &[(1101, 24, 40), (37, 16, 50), (3, 6, 7)] {
+            let w = rng.tensor(&[2 * inner, in_dim])?.to_dtype(DType::BF16)?;
+            let bias = rng.tensor(&[2 * inner])?;
+            let x = rng.tensor(&[rows, in_dim])?;
+            for l in [
+                candle_nn::Linear::new(w.clone(), Some(bias)),
+                candle_nn::Linear::new(w.clone(), None),
+            ] {
+                let (got, want) = pool.install(|| -> Result<_> {
+                    Ok((
+                        linear::forward_geglu(&l, &x)?,
+                        elementwise::geglu(&linear::forward(&l, &x)?)?,
+                    ))
+                })?;
+                assert_eq!(got.dims(), [rows, inner]);
+                let (g, e) = (
+                    got.flatten_all()?.to_vec1::<f32>()?,
+                    want.flatten_all()?.to_vec1::<f32>()?,
+                );
+                assert!(
+                    g == e,
+                    "{threads} threads, {rows}x{in_dim} -> {inner}: fused != unfused"
+                );
+                // And the bf16 path ran: not the f32 product of the unrounded input.
+                let f32_lin = candle_nn::Linear::new(w.to_dtype(DType::F32)?, l.bias().cloned());
+                let f32_out = linear::forward_geglu(&f32_lin, &x)?;
+                assert!(
+                    rel_err(&got, &f32_out)? > 0.0,
+                    "{rows}x{in_dim}: bf16 == f32"
+                );
+                assert!(
+                    rel_err(&got, &f32_out)? < 2e-2,
+                    "{rows}x{in_dim}: bf16 far from f32"
+                );
+            }
+        }
+    }
+    let odd = candle_nn::Linear::new(rng.tensor(&[7, 24])?.to_dtype(DType::BF16)?, None);
+    let err = linear::forward_geglu(&odd, &rng.tensor(&[4, 24])?).unwrap_err();
+    assert!(err.to_string().contains("[7, 24] projection"), "{err}");
     Ok(())
 }
 

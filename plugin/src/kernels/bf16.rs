@@ -223,6 +223,20 @@ pub fn gemm(
     gemm_with(kernel, rows, in_dim, out_dim, x, w, dst, true)
 }
 
+/// [`gemm`] on the calling thread alone (for callers that split the work into their own rayon
+/// tasks, e.g. the fused bf16 GEGLU of `kernels::linear`). Same errors as [`gemm`].
+pub(crate) fn gemm_on_this_thread(
+    kernel: Bf16Kernel,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+    x: &[f32],
+    w: &[u16],
+    dst: &mut [f32],
+) -> Result<(), String> {
+    gemm_with(kernel, rows, in_dim, out_dim, x, w, dst, false)
+}
+
 /// [`gemm`], on the calling thread alone unless `parallel`.
 #[allow(clippy::too_many_arguments)]
 fn gemm_with(
@@ -266,8 +280,12 @@ fn gemm_with(
     let row_blocks = rows.div_ceil(block);
     // Where that leaves fewer tasks than threads (cross-attention's 154 rows at batch 2, the
     // 8x8 level's 128), the output channels are split into strips as well (multiples of MR);
-    // each strip packs its rows of x again.
-    let threads = rayon::current_num_threads().max(1);
+    // each strip packs its rows of x again. On the calling thread alone, one strip.
+    let threads = if parallel {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
     let strip = out_dim
         .div_ceil(threads.div_ceil(row_blocks))
         .next_multiple_of(MR)

@@ -6,7 +6,8 @@
 //! A bf16 weight (loaded so for a bf16 request, see `crate::precision`) goes through
 //! [`super::bf16::gemm`] in [`forward`] and [`forward_residual`] (and so in the fallbacks of the
 //! others), with `x` rounded to bf16 and f32 accumulation; without a bf16 kernel it is widened
-//! to f32 at each call (correct, slower).
+//! to f32 at each call (correct, slower). [`forward_geglu`] fuses the GEGLU projection with its
+//! GELU product in both dtypes.
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::Linear;
@@ -94,11 +95,15 @@ pub fn forward(linear: &Linear, x: &Tensor) -> Result<Tensor> {
 /// GELU product), so the `2 * inner`-wide projection (84 MB at SD 1.5's 64x64 level, batch 2)
 /// never exists whole: that write, its page faults and the re-read made the unfused projection
 /// run at 60 GFLOP/s against 90 for the other linear layers of the same size. Errors when the
-/// projection's width is odd or `x`'s last axis does not match. Other devices / dtypes run
-/// `linear` then `elementwise::geglu`.
+/// projection's width is odd or `x`'s last axis does not match. A bf16 weight runs the same
+/// plan through the bf16 kernel (`forward_geglu_bf16`); other devices / dtypes run `linear`
+/// then `elementwise::geglu`.
 pub fn forward_geglu(linear: &Linear, x: &Tensor) -> Result<Tensor> {
     let w = linear.weight();
     let b = linear.bias();
+    if w.dtype() == DType::BF16 {
+        return forward_geglu_bf16(linear, x);
+    }
     if !(on_cpu_f32(x) && on_cpu_f32(w) && b.is_none_or(on_cpu_f32)) {
         return super::elementwise::geglu(&forward(linear, x)?);
     }
@@ -187,6 +192,106 @@ pub fn forward_geglu(linear: &Linear, x: &Tensor) -> Result<Tensor> {
                         },
                     );
                     Ok(())
+                })
+            })
+        })?;
+        Tensor::from_vec(out, shape, &Device::Cpu)
+    })
+}
+
+/// [`forward_geglu`] for a bf16 `[2 * inner, in]` projection (a bf16 load keeps `ff.net.0.proj`
+/// in bf16): `x` `[..., in]` f32 -> `[..., inner]` f32, fused like the f32 path. Per block of
+/// rows (and stripe of the inner columns where the rows give fewer blocks than threads), the
+/// stripe's hidden and gate columns go through [`super::bf16::gemm_on_this_thread`] into two
+/// block buffers, then the exact-erf GELU product; the `2 * inner`-wide projection is never
+/// written whole (unfused it cost an 84 MB write and re-read at SD 1.5's 64x64 level, batch 2,
+/// and a separate elementwise pass). With the AVX-512 BF16 kernel and the emulation the values
+/// are exactly those of the unfused `forward` then `elementwise::geglu` (each output is its own
+/// accumulator, the same sum in the same order); with the AMX kernel they agree within f32
+/// rounding (its full 32x32 blocks accumulate onto the bias per slice of `k`, its edge blocks
+/// add a finished sum, and fusing moves the block edges). Without a bf16 kernel (or off the
+/// CPU) it runs unfused, the weight widened to f32 as in `forward`.
+fn forward_geglu_bf16(linear: &Linear, x: &Tensor) -> Result<Tensor> {
+    let (w, b) = (linear.weight(), linear.bias());
+    let kernel = super::bf16::kernel()
+        .filter(|_| w.device().is_cpu() && on_cpu_f32(x) && b.is_none_or(on_cpu_f32));
+    let Some(kernel) = kernel else {
+        return super::elementwise::geglu(&forward(linear, x)?);
+    };
+    profile::timed(OpKind::Matmul, || {
+        let (width, in_dim) = w.dims2()?;
+        let dims = x.dims();
+        if dims.last() != Some(&in_dim) || width % 2 != 0 {
+            candle_core::bail!(
+                "GEGLU: input {:?} for a [{width}, {in_dim}] projection",
+                dims
+            );
+        }
+        let inner = width / 2;
+        let rows = x.elem_count() / in_dim.max(1);
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = inner;
+        let mut out = vec![0f32; rows * inner];
+        if out.is_empty() {
+            return Tensor::from_vec(out, shape, &Device::Cpu);
+        }
+        // The f32 path's tasks (blocks of 256-1024 rows, ~2 per thread, stripes of the inner
+        // columns where that leaves fewer blocks than threads), stripes in multiples of the bf16
+        // microkernel's channel count.
+        let threads = rayon::current_num_threads().max(1);
+        let block = (rows / (2 * threads)).clamp(256, 1024).min(rows);
+        let row_blocks = rows.div_ceil(block);
+        let stripe = inner
+            .div_ceil(threads.div_ceil(row_blocks))
+            .next_multiple_of(super::bf16::MR)
+            .min(inner);
+        let stripes = inner.div_ceil(stripe);
+        let out_ptr = super::SendPtr(out.as_mut_ptr());
+        with_slice(x, |xs| {
+            super::with_bf16_slice(w, |ws| {
+                with_opt_slice(b, |bs| {
+                    (0..row_blocks * stripes).into_par_iter().try_for_each_init(
+                        || (Vec::new(), Vec::new()),
+                        |(hidden, gate): &mut (Vec<f32>, Vec<f32>), task| {
+                            let (rb, sj) = (task / stripes, task % stripes);
+                            let (r0, c0) = (rb * block, sj * stripe);
+                            let (n, cw) = (block.min(rows - r0), stripe.min(inner - c0));
+                            let xb = &xs[r0 * in_dim..(r0 + n) * in_dim];
+                            for (buf, w0) in [(&mut *hidden, c0), (&mut *gate, inner + c0)] {
+                                buf.clear();
+                                match bs {
+                                    Some(bs) => {
+                                        for _ in 0..n {
+                                            buf.extend_from_slice(&bs[w0..w0 + cw]);
+                                        }
+                                    }
+                                    None => buf.resize(n * cw, 0.0),
+                                }
+                                super::bf16::gemm_on_this_thread(
+                                    kernel,
+                                    n,
+                                    in_dim,
+                                    cw,
+                                    xb,
+                                    &ws[w0 * in_dim..(w0 + cw) * in_dim],
+                                    buf,
+                                )
+                                .map_err(candle_core::Error::Msg)?;
+                            }
+                            for (r, (h, g)) in hidden.chunks(cw).zip(gate.chunks(cw)).enumerate() {
+                                // SAFETY: row r0 + r, columns [c0, c0 + cw) of out ([rows,
+                                // inner]) belong to this task only.
+                                let orow = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        out_ptr.get().add((r0 + r) * inner + c0),
+                                        cw,
+                                    )
+                                };
+                                simd::geglu(orow, h, g);
+                            }
+                            Ok(())
+                        },
+                    )
                 })
             })
         })?;
