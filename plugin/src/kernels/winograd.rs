@@ -121,7 +121,7 @@ unsafe fn write_tiles(
 
 /// Runs `f` on this thread's scratch with its row buffers grown for pieces of up to `n` tiles
 /// (the transformed input and GEMM output are the caller's to size).
-fn with_scratch<R>(n: usize, f: impl FnOnce(&mut Scratch) -> R) -> R {
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut ThreadScratch) -> R) -> R {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let s = &mut *s;
@@ -137,7 +137,7 @@ fn with_scratch<R>(n: usize, f: impl FnOnce(&mut Scratch) -> R) -> R {
 /// Per-thread scratch: one channel's gathered rows (split and row-transformed), the transformed
 /// input, the GEMM output and the output transform's rows.
 #[derive(Default)]
-struct Scratch {
+struct ThreadScratch {
     pad: Vec<f32>,
     rows: Vec<f32>,
     v: Vec<f32>,
@@ -148,7 +148,7 @@ struct Scratch {
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static SCRATCH: RefCell<ThreadScratch> = RefCell::new(ThreadScratch::default());
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) {

@@ -18,8 +18,8 @@
 
 use rayon::prelude::*;
 
-use super::super::SendPtr;
 use super::super::conv::ConvGeom;
+use super::super::{Scratch, SendPtr};
 use super::transforms::{input_transform, output_transform, transform_weights_plain};
 use super::{Fused, Piece, with_scratch, write_tiles};
 
@@ -90,8 +90,10 @@ pub(super) fn conv3x3(
     let row_bytes = 36 * (cin + cout) * tw * 4;
     let per_pass = (pass_bytes / row_bytes.max(1)).clamp(1, all_rows);
     let first_pass = per_pass * tw;
-    let mut v = vec![0f32; 36 * cin * first_pass];
-    let mut m = vec![0f32; 36 * cout * first_pass];
+    // Reused buffers (stale contents): every pass writes all of its `V` (the input transform
+    // covers each tile of its rows at every position) and all of its `M` (the GEMMs overwrite).
+    let mut v = Scratch::new(36 * cin * first_pass);
+    let mut m = Scratch::new(36 * cout * first_pass);
     let out_ptr = SendPtr(out.as_mut_ptr());
     for r0 in (0..all_rows).step_by(per_pass) {
         let r1 = (r0 + per_pass).min(all_rows);
