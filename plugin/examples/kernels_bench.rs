@@ -53,7 +53,61 @@ fn bf16_shapes() {
     }
 }
 
+/// `LINEAR_SHAPES=1`: GFLOP/s of `kernels::linear::forward` (f32 weights, bias, output
+/// allocated per call as in the UNet) on the SD 1.5 UNet's linear shapes at batch 2 (rows x in ->
+/// out), and of the fused GEGLU projection (`forward_geglu`, in -> 2 x inner) at its three levels;
+/// best of 5. The same shapes for PyTorch: `torch.nn.Linear` on 2 threads.
+fn linear_shapes() -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    kernels::set_enabled(true);
+    let shapes = [
+        (8192, 320, 2560, false),
+        (8192, 320, 320, false),
+        (8192, 1280, 320, false),
+        (2048, 640, 5120, false),
+        (2048, 2560, 640, false),
+        (2048, 640, 640, false),
+        (512, 1280, 10240, false),
+        (512, 5120, 1280, false),
+        (154, 768, 320, false),
+        (8192, 320, 2560, true),
+        (2048, 640, 5120, true),
+        (512, 1280, 10240, true),
+    ];
+    for (rows, k, out, geglu) in shapes {
+        let x = Tensor::randn(0f32, 1., (rows, k), &dev)?;
+        let w = Tensor::randn(0f32, 0.05, (out, k), &dev)?;
+        let b = Tensor::randn(0f32, 1., out, &dev)?;
+        let lin = candle_nn::Linear::new(w, Some(b));
+        let run = || {
+            if geglu {
+                kernels::linear::forward_geglu(&lin, &x)
+            } else {
+                kernels::linear::forward(&lin, &x)
+            }
+        };
+        run()?;
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            drop(run()?);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let flop = 2.0 * (rows * k * out) as f64;
+        println!(
+            "linear{} [{rows}, {k}] -> {out}: {:.0} GFLOP/s ({:.2} ms)",
+            if geglu { " + GEGLU" } else { "" },
+            flop / best / 1e9,
+            best * 1e3
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
+    if std::env::var("LINEAR_SHAPES").is_ok() {
+        return linear_shapes();
+    }
     if std::env::var("GEMM_SHAPES").is_ok() {
         gemm_shapes();
         return Ok(());
