@@ -16,7 +16,7 @@
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
-use super::micro::{MR, NR, micro, micro_add};
+use super::micro::{MR, NR, micro_add_cols, micro_cols};
 use super::{SendPtr, on_cpu_f32, simd, with_slice};
 
 /// Queries per task (a multiple of [`NR`]).
@@ -183,9 +183,7 @@ unsafe fn attend_block(
         for g in 0..cols.div_ceil(MR) {
             let mr = MR.min(cols - g * MR);
             let u = &p.k[(g0 + g) * MR * d..][..mr * d];
-            for tb in (0..rp).step_by(NR) {
-                micro(mr, d, u, &qt[tb..], rp, &mut st[g * MR * rp + tb..], rp);
-            }
+            micro_cols(mr, d, u, &qt, rp, &mut st[g * MR * rp..], rp, rp);
         }
         let st = &mut st[..cols * rp];
         softmax_update(st, rp, &mut row_max, &mut row_sum, &mut alpha);
@@ -197,9 +195,7 @@ unsafe fn attend_block(
         for g in 0..dv.div_ceil(MR) {
             let mr = MR.min(dv - g * MR);
             let u = &vb[g * MR * cols..][..mr * cols];
-            for tb in (0..rp).step_by(NR) {
-                micro_add(mr, cols, u, &st[tb..], rp, &mut ot[g * MR * rp + tb..], rp);
-            }
+            micro_add_cols(mr, cols, u, st, rp, &mut ot[g * MR * rp..], rp, rp);
         }
     }
     for r in 0..rows {

@@ -28,7 +28,7 @@ use super::conv::{ConvGeom, axis_map, gather_row};
 mod batched;
 mod transforms;
 
-use super::micro::{MR, NR, micro};
+use super::micro::{MR, NR, micro_cols};
 use transforms::{finish_row, input_transform, output_transform, split4, transform_weights};
 
 /// Tiles per job when their transformed input (`36 x cin x tiles` floats) fits in ~320 KB (L2).
@@ -237,9 +237,7 @@ pub(crate) fn conv3x3(
                     let ub = &u[xi * cout * cin + cb * MR * cin..][..cin * mr];
                     let vb = &s.v[xi * cin * np..(xi + 1) * cin * np];
                     let mb = &mut s.m[xi * MR * np..(xi * MR + mr) * np];
-                    for tb in (0..np).step_by(NR) {
-                        micro(mr, cin, ub, &vb[tb..], np, &mut mb[tb..], np);
-                    }
+                    micro_cols(mr, cin, ub, vb, np, mb, np, np);
                 }
                 for r in 0..mr {
                     let co = cb * MR + r;

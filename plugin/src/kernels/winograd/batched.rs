@@ -8,19 +8,23 @@
 //! Here the three steps run one after the other over all tiles of a pass, each parallel on its
 //! own axis:
 //! 1. per input channel: gather and transform its tiles into `V[ci][ξ][tile]`;
-//! 2. per position `ξ`: one GEMM `M[ξ] = U[ξ] · V[ξ]` (`[cout, cin] x [cin, tiles]`, the `gemm`
-//!    crate's cache-blocked kernel; `U = G g Gᵀ` is `[ξ][cout][cin]`);
+//! 2. per position `ξ` and chunk of tiles (its `V` columns ~256 KB, in L2): the GEMM
+//!    `M[ξ] = U[ξ] · V[ξ]` (`[cout, cin] x [cin, tiles]`) by the register-blocked microkernel of
+//!    `kernels/micro.rs` (AVX-512 where the CPU has it), one block of [`MR`] output channels at a
+//!    time, `U = G g Gᵀ` packed `[ξ][cout block][cin][MR]` as on the job-wise path;
 //! 3. per output channel: the output transform of `M[co][ξ][tile]`, with bias, residual and
 //!    ReLU fused, into the NCHW output.
 //!
 //! A pass covers whole tile rows; `V` and `M` together are bounded by [`PASS_BYTES`], so large
-//! feature maps run in several passes.
+//! feature maps run in several passes. Within a pass the tiles are padded to a multiple of
+//! [`NR`] (zero columns of `V`; the matching columns of `M` are never read).
 
 use rayon::prelude::*;
 
 use super::super::conv::ConvGeom;
+use super::super::micro::{MR, NR, micro_cols_ptr};
 use super::super::{Scratch, SendPtr};
-use super::transforms::{input_transform, output_transform, transform_weights_plain};
+use super::transforms::{input_transform, output_transform, transform_weights};
 use super::{Fused, Piece, with_scratch, write_tiles};
 
 /// Upper bound on one pass's `V` + `M` buffers (bytes).
@@ -81,15 +85,18 @@ pub(super) fn conv3x3(
     let (sh, sw) = (g.h / up, g.w / up);
     let (th, tw) = (oh.div_ceil(4), ow.div_ceil(4));
     let ohw = oh * ow;
-    let u = transform_weights_plain(wt, cout, cin);
     // Tile rows of the whole batch: row r is tile row r % th of image r / th.
     let all_rows = g.batch * th;
     if all_rows == 0 || cout == 0 {
         return;
     }
+    let u = transform_weights(wt, cout, cin);
     let row_bytes = 36 * (cin + cout) * tw * 4;
     let per_pass = (pass_bytes / row_bytes.max(1)).clamp(1, all_rows);
-    let first_pass = per_pass * tw;
+    let first_pass = (per_pass * tw).next_multiple_of(NR);
+    // Tiles per GEMM task: V's columns of one chunk (cin x chunk floats) ~256 KB, so that they
+    // stay in L2 while every block of output channels runs over them; a multiple of 2 NR.
+    let chunk = ((64 << 10) / cin.max(1)).next_multiple_of(2 * NR);
     // Reused buffers (stale contents): every pass writes all of its `V` (the input transform
     // covers each tile of its rows at every position) and all of its `M` (the GEMMs overwrite).
     let mut v = Scratch::new(36 * cin * first_pass);
@@ -98,57 +105,49 @@ pub(super) fn conv3x3(
     for r0 in (0..all_rows).step_by(per_pass) {
         let r1 = (r0 + per_pass).min(all_rows);
         let nt = (r1 - r0) * tw;
-        let (v, m) = (&mut v[..36 * cin * nt], &mut m[..36 * cout * nt]);
-        // 1. V[ci][ξ][t], t = (r - r0) tw + tx.
-        v.par_chunks_mut(36 * nt).enumerate().for_each(|(ci, vc)| {
+        // Tiles padded to whole microkernel columns: the GEMMs run over ntp, zeros past nt.
+        let ntp = nt.next_multiple_of(NR);
+        let (v, m) = (&mut v[..36 * cin * ntp], &mut m[..36 * cout * ntp]);
+        // 1. V[ci][ξ][t], t = (r - r0) tw + tx; the pass's last row also zeroes [nt, ntp).
+        v.par_chunks_mut(36 * ntp).enumerate().for_each(|(ci, vc)| {
             with_scratch(tw, |s| {
                 for r in r0..r1 {
                     let (bi, ty) = (r / th, r % th);
                     let plane = &x[(bi * cin + ci) * sh * sw..][..sh * sw];
                     let piece = Piece::new(g, ymap, xmap, ty, 0, tw);
                     piece.gather(plane, sw, up, &mut s.line, &mut s.pad);
-                    input_transform(&s.pad, tw, 0, &mut s.rows, vc, (r - r0) * tw, nt);
+                    let pad = if r + 1 == r1 { ntp - nt } else { 0 };
+                    input_transform(&s.pad, tw, pad, &mut s.rows, vc, (r - r0) * tw, ntp);
                 }
             })
         });
-        // 2. M[co][ξ][t] = Σ_ci U[ξ][co][ci] V[ci][ξ][t].
+        // 2. M[co][ξ][t] = Σ_ci U[ξ][co][ci] V[ci][ξ][t], per (ξ, chunk of tiles).
         let m_ptr = SendPtr(m.as_mut_ptr());
-        let (u, v) = (&u, &*v);
-        (0..36).into_par_iter().for_each(|xi| {
-            let stride = (36 * nt) as isize;
-            // SAFETY: dst M[.][ξ][.] is [cout, nt] at row stride 36 nt, written by the task of
-            // ξ only; lhs U[ξ] is row-major [cout, cin]; rhs V[.][ξ][.] is [cin, nt] at row
-            // stride 36 nt. Every index stays inside m, u and v (sized above).
-            unsafe {
-                gemm::gemm(
-                    cout,
-                    nt,
-                    cin,
-                    m_ptr.get().add(xi * nt),
-                    1,
-                    stride,
-                    false,
-                    u.as_ptr().add(xi * cout * cin),
-                    1,
-                    cin as isize,
-                    v.as_ptr().add(xi * nt),
-                    1,
-                    stride,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
+        let (u, v) = (&*u, &*v);
+        let chunks = ntp.div_ceil(chunk);
+        let stride = 36 * ntp;
+        (0..36 * chunks).into_par_iter().for_each(|task| {
+            let (xi, t0) = (task / chunks, (task % chunks) * chunk);
+            let cols = chunk.min(ntp - t0);
+            let vx = &v[xi * ntp + t0..];
+            for cb in 0..cout.div_ceil(MR) {
+                let mr = MR.min(cout - cb * MR);
+                let ub = &u[xi * cout * cin + cb * MR * cin..][..cin * mr];
+                // SAFETY: rows co = cb MR .. cb MR + mr of M[co][ξ][t0..t0 + cols] (row stride
+                // 36 ntp) lie inside m and are written by this (ξ, chunk) task only; vx holds
+                // rows 0..cin of `cols` at stride 36 ntp (checked by the microkernel).
+                unsafe {
+                    let mp = m_ptr.get().add(cb * MR * stride + xi * ntp + t0);
+                    micro_cols_ptr(mr, cin, ub, vx, stride, mp, stride, cols);
+                }
             }
         });
         // 3. The output transform per output channel.
-        m.par_chunks(36 * nt).enumerate().for_each(|(co, mc)| {
+        m.par_chunks(36 * ntp).enumerate().for_each(|(co, mc)| {
             with_scratch(tw, |s| {
                 for r in r0..r1 {
                     let (bi, ty) = (r / th, r % th);
-                    output_transform(mc, (r - r0) * tw, nt, tw, &mut s.t, &mut s.out_row);
+                    output_transform(mc, (r - r0) * tw, ntp, tw, &mut s.t, &mut s.out_row);
                     let bias = bias.map_or(0.0, |b| b[bi * cout + co]);
                     let fused = Fused {
                         bias,
@@ -240,7 +239,9 @@ mod tests {
 
     /// The batched path against the direct convolution: one and several passes (a ragged last
     /// one), batch 2, sizes not a multiple of 4, zero / circular / asymmetric padding per axis,
-    /// the upsampled read, per-sample bias, residual and ReLU.
+    /// the upsampled read, per-sample bias, residual and ReLU; and many input channels with
+    /// 128 tiles in one pass, so that the GEMMs run in several chunks of tiles (weights scaled
+    /// by 1/100 there, to keep the outputs near 1 for the same absolute bound).
     #[test]
     fn batched_winograd_matches_the_direct_convolution() {
         let pad = |before, after, circular| AxisPad {
@@ -286,6 +287,18 @@ mod tests {
                 true,
                 true,
             ),
+            (
+                2,
+                1100,
+                7,
+                30,
+                30,
+                1,
+                pad(1, 1, false),
+                pad(1, 1, true),
+                true,
+                false,
+            ),
         ];
         for (i, &(batch, cin, cout, h, w, up, pad_y, pad_x, with_res, relu)) in
             cases.iter().enumerate()
@@ -304,7 +317,11 @@ mod tests {
             };
             let (oh, ow) = g.out_hw().expect("valid geometry");
             let x = values(batch * cin * (h / up) * (w / up), 1 + i as u64);
-            let wt = values(cout * cin * 9, 100 + i as u64);
+            let scale = if cin > 100 { 0.01 } else { 1.0 };
+            let wt: Vec<f32> = values(cout * cin * 9, 100 + i as u64)
+                .iter()
+                .map(|w| w * scale)
+                .collect();
             let bias = values(batch * cout, 200 + i as u64);
             let res = with_res.then(|| values(batch * cout * oh * ow, 300 + i as u64));
             let want = naive(&g, up, &x, &wt, &bias, res.as_deref(), relu, (oh, ow));

@@ -24,11 +24,6 @@ pub(super) fn transform_weights(wt: &[f32], cout: usize, cin: usize) -> Scratch 
     )
 }
 
-/// `U = G g Gᵀ` as 36 row-major `[cout, cin]` matrices: `[ξ][cout][cin]`.
-pub(super) fn transform_weights_plain(wt: &[f32], cout: usize, cin: usize) -> Scratch {
-    transform_weights_at(wt, cout, cin, |xi, co| (xi * cout + co) * cin, |_| 1)
-}
-
 /// Input channels per vectorised chunk of [`weight_chunk`].
 const WL: usize = 16;
 
