@@ -13,7 +13,7 @@
 //! `--dtype f32|bf16` asks for a compute precision; it is resolved as the plugin resolves it
 //! ([`bevy_diffusion::precision::resolve`]: bf16 runs in f32 with a printed notice where the CPU
 //! has no bf16 kernel). A resolved bf16 builds the SD 1.5 UNet with its transformer linear
-//! weights in bf16, as a bf16 load does.
+//! and convolution weights in bf16, as a bf16 load does.
 //!
 //! `--only gemm` times a 2048³ GEMM in f32 (the `Linear` kernel) and, where a bf16 kernel runs,
 //! in bf16 (the bf16 `Linear` kernel), printing GFLOP/s.
@@ -266,8 +266,8 @@ fn write_config(name: &str, json: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Zero weights, with the UNet's transformer linear weights in bf16 when `bf16` (what a bf16
-/// load keeps in bf16: [`bevy_diffusion::models::transformer_2d::is_bf16_linear`]).
+/// Zero weights, with the UNet's transformer linear and conv weights in bf16 when `bf16` (what a bf16
+/// load keeps in bf16: [`bevy_diffusion::models::unet_2d_condition::is_bf16_weight`]).
 struct Zeros {
     bf16: bool,
 }
@@ -282,7 +282,7 @@ impl candle_nn::var_builder::SimpleBackend for Zeros {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let keep =
-            self.bf16 && bevy_diffusion::models::transformer_2d::is_bf16_linear(name, s.dims());
+            self.bf16 && bevy_diffusion::models::unet_2d_condition::is_bf16_weight(name, s.dims());
         Tensor::zeros(s, if keep { DType::BF16 } else { dtype }, dev)
     }
 

@@ -15,7 +15,9 @@
 //! CPUs the AMX tile kernel, `kernels/bf16/amx.rs`) a bf16 request keeps the UNet's transformer linear layers in bf16
 //! ([`crate::models::transformer_2d::is_bf16_linear`]) and runs them through the bf16 GEMM with
 //! f32 accumulation; everything else (convolutions, attention, norms, the text encoder, the VAE,
-//! the scheduler) stays f32. The bf16 results are checked against f32 with the kernel's portable
+//! the scheduler) stays f32. `BEVY_DIFFUSION_BF16_CONV=1` also keeps the UNet's convolutions in
+//! bf16 (opt-in: faster, with a larger measured error;
+//! [`crate::models::unet_2d_condition::bf16_convolutions`]). The bf16 results are checked against f32 with the kernel's portable
 //! emulation (`BEVY_DIFFUSION_BF16=emulate`), which computes the same arithmetic on any CPU.
 
 use std::fmt;

@@ -500,6 +500,75 @@ fn fused_bf16_geglu_is_exactly_the_unfused_one() -> Result<()> {
     Ok(())
 }
 
+/// A bf16 convolution weight (a bf16 load's UNet): the im2col path through the bf16 kernel
+/// (its emulation) gives candle's f32 convolution of the bf16-rounded input and weight, within
+/// f32 accumulation order (zero and circular padding, stride 2, 1x1, batch 2, bias + per-sample
+/// bias + residual, few tiles so that the output channels split over threads); the paths that
+/// widen the weight instead (a Winograd geometry, an odd `cin * kh * kw`) give candle's f32
+/// convolution of the unrounded input with the rounded weight.
+#[test]
+fn bf16_conv_weights_run_the_bf16_kernel_on_im2col_and_widen_elsewhere() -> Result<()> {
+    use bevy_diffusion::testing::kernels::bf16;
+    bf16::set_emulation(true);
+    let mut rng = Lcg(47);
+    let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+    // (batch, cin, cout, h, w, k, stride, circular, bf16 kernel used)
+    let cases = [
+        (2, 6, 13, 7, 9, 3, 1, false, true),
+        (1, 8, 30, 6, 5, 3, 1, true, true),
+        (2, 4, 7, 9, 8, 3, 2, false, true),
+        (2, 10, 9, 5, 6, 1, 1, false, true),
+        (1, 5, 6, 5, 5, 1, 1, false, false),
+        (2, 8, 12, 18, 17, 3, 1, true, false),
+    ];
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| candle_core::Error::Msg(format!("thread pool: {e}")))?;
+        for &(batch, cin, cout, h, w, k, stride, circular, rounded_x) in &cases {
+            let x = rng.tensor(&[batch, cin, h, w])?;
+            let wt = rng.tensor(&[cout, cin, k, k])?.to_dtype(DType::BF16)?;
+            let b = rng.tensor(&[cout])?;
+            let extra = rng.tensor(&[batch, cout])?;
+            let p = AxisPad::symmetric(k / 2, circular);
+            let conv = Conv2dKernel::new(wt.clone(), Some(b.clone()), stride)?;
+            let (oh, ow) = (
+                (h + 2 * (k / 2) - k) / stride + 1,
+                (w + 2 * (k / 2) - k) / stride + 1,
+            );
+            let res = rng.tensor(&[batch, cout, oh, ow])?;
+            let got = pool.install(|| conv.forward(&x, p, p, Some(&extra), Some(&res)))?;
+            let xr = if rounded_x { round(&x)? } else { x.clone() };
+            let xp = pad_axis(&pad_axis(&xr, 3, p)?, 2, p)?;
+            let want = xp
+                .conv2d(&wt.to_dtype(DType::F32)?, 0, stride, 1, 1)?
+                .broadcast_add(&b.reshape((1, cout, 1, 1))?)?
+                .broadcast_add(&extra.reshape((batch, cout, 1, 1))?)?
+                .add(&res)?;
+            let err = rel_err(&got, &want)?;
+            let case = format!("{threads} threads, {batch}x{cin}x{h}x{w} -> {cout}, k {k}");
+            assert!(err < 1e-5, "{case}: error {err}");
+            if rounded_x {
+                // The bf16 kernel ran: the unrounded input gives a measurably different result.
+                let exact = pad_axis(&pad_axis(&x, 3, p)?, 2, p)?.conv2d(
+                    &wt.to_dtype(DType::F32)?,
+                    0,
+                    stride,
+                    1,
+                    1,
+                )?;
+                let exact = exact
+                    .broadcast_add(&b.reshape((1, cout, 1, 1))?)?
+                    .broadcast_add(&extra.reshape((batch, cout, 1, 1))?)?
+                    .add(&res)?;
+                assert!(rel_err(&got, &exact)? > 1e-4, "{case}: input not rounded");
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn linear_kernel_matches_candle_linear() -> Result<()> {
     let mut rng = Lcg(17);

@@ -237,6 +237,94 @@ pub(crate) fn gemm_on_this_thread(
     gemm_with(kernel, rows, in_dim, out_dim, x, w, dst, false)
 }
 
+/// The product of [`gemm`] with `x` and `dst` transposed, the layout of an im2col
+/// convolution: `dst[c * ds + r] += Σ_i bf16(x[i * xs + r]) * w[c * ws + i]` for `r < rows`,
+/// `c < out_dim`, `i < in_dim`; `x` `[in_dim, rows]` at row stride `xs` (the im2col columns
+/// `[cin·kh·kw, pixels]`), `w` `[out_dim, in_dim]` bf16 bits at row stride `ws` (the conv
+/// weight `[cout, cin, kh, kw]` flattened), `dst` `[out_dim, rows]` at row stride `ds` (an NCHW
+/// output plane per channel; its values are added onto). The kernel's tile is already
+/// `[channel][row]`, so nothing is transposed; `x` is packed per block of rows from its
+/// contiguous rows. On the calling thread; the AMX kernel (row-major operands only) runs as
+/// the AVX-512 BF16 one, which every AMX CPU has.
+///
+/// # Errors
+/// As [`gemm`]: `in_dim` odd, or `x` / `w` shorter than their shapes.
+///
+/// # Safety
+/// `dst.add(c * ds + r)` for `c < out_dim`, `r < rows` is valid for reads and writes and no one
+/// else's meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_cols_on_this_thread(
+    kernel: Bf16Kernel,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+    x: &[f32],
+    xs: usize,
+    w: &[u16],
+    ws: usize,
+    dst: *mut f32,
+    ds: usize,
+) -> Result<(), String> {
+    if !in_dim.is_multiple_of(2) {
+        return Err(format!("bf16 gemm: in_dim {in_dim} is odd"));
+    }
+    if rows == 0 || out_dim == 0 || in_dim == 0 {
+        return Ok(());
+    }
+    if x.len() < (in_dim - 1) * xs + rows || w.len() < (out_dim - 1) * ws + in_dim || ws < in_dim {
+        return Err(format!(
+            "bf16 gemm: slices of {}, {} values for [{in_dim}, {rows}] (stride {xs}) x \
+             [{out_dim}, {in_dim}] (stride {ws})",
+            x.len(),
+            w.len()
+        ));
+    }
+    let kernel = match kernel {
+        Bf16Kernel::Amx => Bf16Kernel::Avx512,
+        k => k,
+    };
+    let kp = in_dim / 2;
+    // Rows per block as in `gemm_with`: the packed block ~320 KB where in_dim <= 2560.
+    let block = ((160 * 1024 / in_dim) / NR * NR).clamp(2 * NR, 8 * NR);
+    let mut packed = Vec::new();
+    let mut tile = [[0f32; NR]; MR];
+    for r0 in (0..rows).step_by(block) {
+        let n = block.min(rows - r0);
+        let panels = n.div_ceil(NR);
+        packed.clear();
+        packed.resize(panels * kp * NR, 0);
+        for p in 0..kp {
+            let (a, b) = (&x[2 * p * xs + r0..][..n], &x[(2 * p + 1) * xs + r0..][..n]);
+            for (t, (&a, &b)) in a.iter().zip(b).enumerate() {
+                packed[(t / NR) * kp * NR + p * NR + t % NR] =
+                    to_bf16(a) as u32 | (to_bf16(b) as u32) << 16;
+            }
+        }
+        for o0 in (0..out_dim).step_by(MR) {
+            let r = MR.min(out_dim - o0);
+            let wr = &w[o0 * ws..];
+            for pj in 0..panels {
+                let xp = &packed[pj * kp * NR..(pj + 1) * kp * NR];
+                micro(kernel, r, kp, wr, ws, xp, &mut tile);
+                let t0 = pj * NR;
+                let cols = NR.min(n - t0);
+                for (c, tile_row) in tile.iter().enumerate().take(r) {
+                    // SAFETY: channel o0 + c < out_dim, rows r0 + t0 .. + cols < rows: the
+                    // caller's contract.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(dst.add((o0 + c) * ds + r0 + t0), cols)
+                    };
+                    for (o, v) in row.iter_mut().zip(tile_row) {
+                        *o += v;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// [`gemm`], on the calling thread alone unless `parallel`.
 #[allow(clippy::too_many_arguments)]
 fn gemm_with(

@@ -13,9 +13,10 @@
 
 use std::cell::RefCell;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
+use super::bf16::Bf16Kernel;
 use super::profile::{self, OpKind};
 use super::winograd::applies as winograd_applies;
 use super::{SendPtr, on_cpu_f32, with_opt_slice, with_slice};
@@ -51,7 +52,8 @@ const COL_BUDGET: usize = 1 << 20;
 /// Smallest tile (output pixels) worth a GEMM of its own when splitting for parallelism.
 const MIN_TILE: usize = 128;
 
-/// A convolution's weights (`[cout, cin, kh, kw]`, contiguous) and optional bias `[cout]`.
+/// A convolution's weights (`[cout, cin, kh, kw]`, contiguous; f32, or bf16 for a bf16 load's
+/// UNet, see [`Conv2dKernel::new`]) and optional bias `[cout]`.
 #[derive(Debug, Clone)]
 pub struct Conv2dKernel {
     weight: Tensor,
@@ -110,7 +112,10 @@ impl ConvGeom {
 }
 
 impl Conv2dKernel {
-    /// `weight` `[cout, cin, kh, kw]`, `bias` `[cout]`, `stride` >= 1.
+    /// `weight` `[cout, cin, kh, kw]`, `bias` `[cout]`, `stride` >= 1. A bf16 `weight` (kept so
+    /// by a bf16 load) runs the im2col + GEMM path through the bf16 kernel (the input rounded to
+    /// bf16, f32 accumulation) and is widened to f32 per call on the other paths (Winograd, no
+    /// bf16 kernel, an odd `cin * kh * kw`). Errors on a bias of the wrong length or stride 0.
     pub fn new(weight: Tensor, bias: Option<Tensor>, stride: usize) -> Result<Self> {
         let (cout, _, _, _) = weight.dims4()?;
         if let Some(b) = &bias
@@ -217,6 +222,28 @@ impl Conv2dKernel {
             pad_x,
         };
         let (oh, ow) = g.out_hw()?;
+        // A bf16 weight (a bf16 load): the im2col + GEMM path runs the bf16 kernel on it; every
+        // other path (Winograd, whose transformed weights are f32; candle's; no bf16 kernel; an
+        // odd cin * kh * kw) runs on the weight widened to f32 for this call.
+        let mut bf16_kernel = None;
+        if self.weight.dtype() == DType::BF16 {
+            let winograd = winograd_enabled() && winograd_applies(&g, oh, ow);
+            bf16_kernel = super::bf16::kernel().filter(|_| {
+                self.weight.device().is_cpu()
+                    && on_cpu_f32(x)
+                    && up == 1
+                    && !winograd
+                    && (cin * kh * kw).is_multiple_of(2)
+            });
+            if bf16_kernel.is_none() {
+                let widened = Self {
+                    weight: self.weight.to_dtype(DType::F32)?,
+                    bias: self.bias.clone(),
+                    stride: self.stride,
+                };
+                return widened.forward_inner(x, up, pad_y, pad_x, extra_bias, residual, relu);
+            }
+        }
         if let Some(e) = extra_bias
             && e.dims() != [batch, cout]
         {
@@ -238,7 +265,7 @@ impl Conv2dKernel {
             }
         }
         let cpu = on_cpu_f32(x)
-            && on_cpu_f32(&self.weight)
+            && (bf16_kernel.is_some() || on_cpu_f32(&self.weight))
             && self.bias.as_ref().is_none_or(on_cpu_f32)
             && extra_bias.is_none_or(on_cpu_f32)
             && residual.is_none_or(on_cpu_f32);
@@ -274,6 +301,17 @@ impl Conv2dKernel {
             }
         };
         let mut out = super::zeroed(batch * cout * oh * ow);
+        if let Some(kernel) = bf16_kernel {
+            with_slice(x, |xs| {
+                super::with_bf16_slice(&self.weight, |ws| {
+                    with_opt_slice(residual, |rs| {
+                        let b = bias.as_deref();
+                        conv2d_bf16(&g, kernel, xs, ws, b, rs, relu, &mut out)
+                    })
+                })
+            })?;
+            return Tensor::from_vec(out, (batch, cout, oh, ow), &Device::Cpu);
+        }
         with_slice(x, |xs| {
             with_slice(&self.weight, |ws| {
                 with_opt_slice(residual, |rs| {
@@ -301,7 +339,12 @@ impl Conv2dKernel {
     ) -> Result<Tensor> {
         let x = pad_axis(x, 3, pad_x)?;
         let x = pad_axis(&x, 2, pad_y)?;
-        let mut y = x.conv2d(&self.weight, 0, self.stride, 1, 1)?;
+        let w = if self.weight.dtype() == x.dtype() {
+            self.weight.clone()
+        } else {
+            self.weight.to_dtype(x.dtype())?
+        };
+        let mut y = x.conv2d(&w, 0, self.stride, 1, 1)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
         }

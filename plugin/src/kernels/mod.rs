@@ -10,9 +10,9 @@
 //! |---|---|
 //! | `attention.rs` | blocked (flash) attention with an online softmax, parallel over heads and query blocks |
 //! | `conv.rs` | 2-D convolution: im2col tiles (zero or circular padding per axis, stride 1 or 2) into a `gemm` with bias, time embedding and residual fused into the output |
-//! | `winograd.rs` (+ `winograd/`) | 3x3 stride-1 convolution by Winograd F(4x4, 3x3) (the default; `BEVY_DIFFUSION_WINOGRAD=off` for im2col): 4x fewer products, an AVX2 6x16 microkernel, transforms fused with padding, nearest 2x upsampling, bias, residual and ReLU |
+//! | `winograd.rs` (+ `winograd/`) | 3x3 stride-1 convolution by Winograd F(4x4, 3x3) (the default; `BEVY_DIFFUSION_WINOGRAD=off` for im2col): 4x fewer products, a 6x16 microkernel (AVX2; two blocks at a time as 6x32 with AVX-512F, `micro.rs`), transforms fused with padding, nearest 2x upsampling, bias, residual and ReLU |
 //! | `linear.rs` | `Linear` as one GEMM over all rows, bias fused (bf16 weights through `bf16.rs`) |
-//! | `bf16.rs` | a bf16 x bf16 -> f32 GEMM for `Linear` layers with bf16 weights: an AVX-512 BF16 microkernel (self-checked at first use) and its portable emulation |
+//! | `bf16.rs` | a bf16 x bf16 -> f32 GEMM for `Linear` layers with bf16 weights (and, opt-in, im2col convolutions): an AVX-512 BF16 microkernel (self-checked at first use) and its portable emulation |
 //! | `group_norm.rs` | GroupNorm (+ optional SiLU) in two reads and one write, parallel over groups |
 //! | `elementwise.rs` | parallel nearest-2x upsampling and GEGLU for large tensors |
 //! | `simd.rs` | vectorisable `exp` / SiLU / erf-GELU, compiled for AVX2+FMA when the CPU has it |

@@ -349,7 +349,7 @@ impl StableDiffusion {
             device,
             lora.take(LoraComponent::Unet),
             dtype,
-            crate::models::transformer_2d::is_bf16_linear,
+            crate::models::unet_2d_condition::is_bf16_weight,
             |vb| UNet2DConditionModel::new(vb, &unet_config),
         )?;
         let vae = build_component(&folder.vae, device, HashMap::new(), |vb| {

@@ -125,10 +125,59 @@ pub fn conv2d_f32(
         super::super::winograd::conv3x3(g, 1, oh, ow, x, wt, bias, residual, relu, out);
         return;
     }
+    im2col_gemm(g, x, Weights::F32(wt), bias, residual, relu, out);
+}
+
+/// [`conv2d_f32`]'s im2col + GEMM with a bf16 weight (`[cout, cin * kh * kw]` bf16 bits, an even
+/// `cin * kh * kw`) through the bf16 kernel (`kernels::bf16::gemm_cols_on_this_thread`: the
+/// im2col columns rounded to bf16, f32 accumulation), for a bf16 load's convolutions. No
+/// Winograd here (its transformed weights are f32): the caller widens the weight for those.
+/// Errors when `cin * kh * kw` is odd.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_bf16(
+    g: &ConvGeom,
+    kernel: Bf16Kernel,
+    x: &[f32],
+    wt: &[u16],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    let k = g.cin * g.kh * g.kw;
+    if !k.is_multiple_of(2) {
+        candle_core::bail!("bf16 conv2d: cin * kh * kw = {k} is odd");
+    }
+    im2col_gemm(g, x, Weights::Bf16(kernel, wt), bias, residual, relu, out);
+    Ok(())
+}
+
+/// The weight of [`im2col_gemm`]: `[cout, cin * kh * kw]` f32, or bf16 bits with the kernel.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    F32(&'a [f32]),
+    Bf16(Bf16Kernel, &'a [u16]),
+}
+
+/// The im2col + GEMM convolution of [`conv2d_f32`] (no Winograd), with either weight.
+#[allow(clippy::too_many_arguments)]
+fn im2col_gemm(
+    g: &ConvGeom,
+    x: &[f32],
+    weights: Weights,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) {
+    let (oh, ow) = g.out_hw().expect("geometry checked by the caller");
     let k = g.cin * g.kh * g.kw;
     let ohw = oh * ow;
     assert_eq!(x.len(), g.batch * g.cin * g.h * g.w);
-    assert_eq!(wt.len(), g.cout * k);
+    match weights {
+        Weights::F32(wt) => assert_eq!(wt.len(), g.cout * k),
+        Weights::Bf16(_, wt) => assert!(wt.len() == g.cout * k && k.is_multiple_of(2)),
+    }
     assert_eq!(out.len(), g.batch * g.cout * ohw);
     let pointwise = g.kh == 1
         && g.kw == 1
@@ -190,7 +239,51 @@ pub fn conv2d_f32(
             }
         }
         let x_img = &x[bi * g.cin * g.h * g.w..(bi + 1) * g.cin * g.h * g.w];
-        let gemm_call = |rhs: *const f32, rhs_rs: isize| {
+        let gemm_call = |rhs: &[f32], rhs_rs: usize| {
+            let wt = match weights {
+                Weights::F32(wt) => wt,
+                Weights::Bf16(kernel, wb) => {
+                    // The output is zeroed or prefilled: the kernel adds onto it. Parallel
+                    // over strips of output channels where the tiles alone are too few.
+                    let strips = match par {
+                        gemm::Parallelism::None => 1,
+                        _ => (2 * threads).min(g.cout.div_ceil(12)).max(1),
+                    };
+                    let strip = g.cout.div_ceil(strips);
+                    let task = |sj: usize| {
+                        let c0 = sj * strip;
+                        let c1 = (c0 + strip).min(g.cout);
+                        if c0 >= c1 {
+                            return;
+                        }
+                        // SAFETY: channels [c0, c1) of this tile's columns [dst_off, + t) of
+                        // every plane (stride ohw) lie inside `out` and belong to this task.
+                        unsafe {
+                            super::super::bf16::gemm_cols_on_this_thread(
+                                kernel,
+                                t,
+                                k,
+                                c1 - c0,
+                                rhs,
+                                rhs_rs,
+                                &wb[c0 * k..],
+                                k,
+                                dst.get().add(dst_off + c0 * ohw),
+                                ohw,
+                            )
+                        }
+                        .expect("bf16 conv: shapes checked above");
+                    };
+                    if strips > 1 {
+                        (0..strips).into_par_iter().for_each(task);
+                    } else {
+                        task(0);
+                    }
+                    return;
+                }
+            };
+            let rhs_rs = rhs_rs as isize;
+            let rhs = rhs.as_ptr();
             // SAFETY: lhs is [cout, k] row-major, rhs [k, t] with row stride rhs_rs, dst
             // [cout, t] with row stride ohw inside this tile's disjoint columns.
             unsafe {
@@ -228,7 +321,7 @@ pub fn conv2d_f32(
             }
         };
         if pointwise {
-            gemm_call(x_img[row0 * ow..].as_ptr(), (g.h * g.w) as isize);
+            gemm_call(&x_img[row0 * ow..], g.h * g.w);
             relu_tile();
             return;
         }
@@ -249,7 +342,7 @@ pub fn conv2d_f32(
                 &xrange,
                 &mut col[..k * t],
             );
-            gemm_call(col.as_ptr(), t as isize);
+            gemm_call(&col[..k * t], t);
         });
         relu_tile();
     };
