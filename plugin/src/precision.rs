@@ -16,8 +16,7 @@
 //! ([`crate::models::transformer_2d::is_bf16_linear`]) and runs them through the bf16 GEMM with
 //! f32 accumulation; everything else (convolutions, attention, norms, the text encoder, the VAE,
 //! the scheduler) stays f32. `BEVY_DIFFUSION_BF16_CONV=1` also keeps the UNet's convolutions in
-//! bf16 (opt-in: faster, with a larger measured error;
-//! [`crate::models::unet_2d_condition::bf16_convolutions`]). The bf16 results are checked against f32 with the kernel's portable
+//! bf16 (opt-in: faster, with a larger measured error; [`bf16_convolutions`]). The bf16 results are checked against f32 with the kernel's portable
 //! emulation (`BEVY_DIFFUSION_BF16=emulate`), which computes the same arithmetic on any CPU.
 
 use std::fmt;
@@ -166,9 +165,21 @@ pub fn resolve(requested: ComputeDtype, device: &Device) -> (ComputeDtype, Optio
     )
 }
 
+/// Whether a bf16 load also keeps the UNet's convolutions in bf16 (`BEVY_DIFFUSION_BF16_CONV=1`,
+/// read once; see `models::unet_2d_condition::is_bf16_weight`). `Conv2dKernel` then runs their
+/// im2col + GEMM path (3x3 at the 16x16 and 8x8 levels, stride 2, 1x1 shortcuts) through the
+/// bf16 kernel and widens the weight per call for Winograd. Opt-in because it multiplies the
+/// bf16 error beyond what the bf16 tests hold (measured on tiny-sd and timed on SD 1.5's shapes
+/// in docs/speed.md, "On an AMD Zen 5 machine"). Part of the bf16 [`identity`].
+pub fn bf16_convolutions() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BEVY_DIFFUSION_BF16_CONV").as_deref() == Ok("1"))
+}
+
 /// The model identity (cache keys, bake's content hash) of a model `identity` computing in
 /// `dtype`: unchanged for f32, a blake3 hash of it and the dtype for bf16, whose images differ
-/// slightly from f32's (so a cached or baked f32 image is never taken for a bf16 one).
+/// slightly from f32's (so a cached or baked f32 image is never taken for a bf16 one), with
+/// [`bf16_convolutions`] hashed in when it is on (its images differ again).
 pub fn identity(identity: &str, dtype: ComputeDtype) -> String {
     match dtype {
         ComputeDtype::F32 => identity.to_string(),
@@ -177,6 +188,9 @@ pub fn identity(identity: &str, dtype: ComputeDtype) -> String {
             h.update(b"bevy_diffusion dtype v1\0");
             h.update(identity.as_bytes());
             h.update(b"\0bf16");
+            if bf16_convolutions() {
+                h.update(b"\0conv");
+            }
             h.finalize().to_hex().to_string()
         }
     }

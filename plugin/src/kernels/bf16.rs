@@ -112,15 +112,6 @@ pub fn kernel() -> Option<Bf16Kernel> {
     if !cpu_has_avx512_bf16() {
         return None;
     }
-    let checked = |cell: &OnceLock<bool>, k: Bf16Kernel| {
-        *cell.get_or_init(|| match self_check(k) {
-            Ok(()) => true,
-            Err(why) => {
-                tracing::warn!("the {k:?} bf16 kernel failed its self-check ({why}): not used");
-                false
-            }
-        })
-    };
     static SKIP_AMX: OnceLock<bool> = OnceLock::new();
     let skip_amx = *SKIP_AMX.get_or_init(|| {
         matches!(
@@ -132,6 +123,29 @@ pub fn kernel() -> Option<Bf16Kernel> {
         return Some(Bf16Kernel::Amx);
     }
     checked(&AVX512_CHECKED, Bf16Kernel::Avx512).then_some(Bf16Kernel::Avx512)
+}
+
+/// Whether kernel `k` passed its one-time self-check (run on first ask, a warning if it fails).
+fn checked(cell: &OnceLock<bool>, k: Bf16Kernel) -> bool {
+    *cell.get_or_init(|| match self_check(k) {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::warn!("the {k:?} bf16 kernel failed its self-check ({why}): not used");
+            false
+        }
+    })
+}
+
+/// The kernel for [`gemm_cols_on_this_thread`] (im2col convolutions), which has no AMX
+/// driver: [`kernel`], with AMX replaced by the AVX-512 BF16 kernel (every AMX CPU has it)
+/// after that one's own self-check; `None` where neither runs.
+pub(crate) fn conv_kernel() -> Option<Bf16Kernel> {
+    match kernel()? {
+        Bf16Kernel::Amx => {
+            checked(&AVX512_CHECKED, Bf16Kernel::Avx512).then_some(Bf16Kernel::Avx512)
+        }
+        k => Some(k),
+    }
 }
 
 /// Multiplies two fixed problems with `kernel` and with the emulation; `Err` names the largest
@@ -244,11 +258,11 @@ pub(crate) fn gemm_on_this_thread(
 /// weight `[cout, cin, kh, kw]` flattened), `dst` `[out_dim, rows]` at row stride `ds` (an NCHW
 /// output plane per channel; its values are added onto). The kernel's tile is already
 /// `[channel][row]`, so nothing is transposed; `x` is packed per block of rows from its
-/// contiguous rows. On the calling thread; the AMX kernel (row-major operands only) runs as
-/// the AVX-512 BF16 one, which every AMX CPU has.
+/// contiguous rows. On the calling thread. Pick the kernel with [`conv_kernel`].
 ///
 /// # Errors
-/// As [`gemm`]: `in_dim` odd, or `x` / `w` shorter than their shapes.
+/// As [`gemm`]: `in_dim` odd, or `x` / `w` shorter than their shapes; the AMX kernel (its
+/// driver takes row-major operands only).
 ///
 /// # Safety
 /// `dst.add(c * ds + r)` for `c < out_dim`, `r < rows` is valid for reads and writes and no one
@@ -280,10 +294,9 @@ pub(crate) unsafe fn gemm_cols_on_this_thread(
             w.len()
         ));
     }
-    let kernel = match kernel {
-        Bf16Kernel::Amx => Bf16Kernel::Avx512,
-        k => k,
-    };
+    if kernel == Bf16Kernel::Amx {
+        return Err("bf16 gemm: the AMX kernel has no column-layout driver (conv_kernel)".into());
+    }
     let kp = in_dim / 2;
     // Rows per block as in `gemm_with`: the packed block ~320 KB where in_dim <= 2560.
     let block = ((160 * 1024 / in_dim) / NR * NR).clamp(2 * NR, 8 * NR);

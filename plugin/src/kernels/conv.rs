@@ -228,7 +228,7 @@ impl Conv2dKernel {
         let mut bf16_kernel = None;
         if self.weight.dtype() == DType::BF16 {
             let winograd = winograd_enabled() && winograd_applies(&g, oh, ow);
-            bf16_kernel = super::bf16::kernel().filter(|_| {
+            bf16_kernel = super::bf16::conv_kernel().filter(|_| {
                 self.weight.device().is_cpu()
                     && on_cpu_f32(x)
                     && up == 1

@@ -151,8 +151,8 @@ impl CheckedWeights {
     }
 
     /// These weights, with every tensor for which `keep(name, shape)` holds converted to bf16
-    /// where the model asks for f32 (after any LoRA merge, which stays f32): the linear
-    /// weights of a bf16 request (see `crate::precision`). Call it before the first
+    /// where the model asks for f32 (after any LoRA merge, which stays f32): the UNet weights a
+    /// bf16 request keeps in bf16 (see `crate::precision`). Call it before the first
     /// [`CheckedWeights::var_builder`] / [`CheckedWeights::build`]; afterwards it changes
     /// nothing.
     pub fn with_bf16(mut self, keep: fn(&str, &[usize]) -> bool) -> Self {

@@ -28,29 +28,20 @@ pub use config::*;
 
 /// Whether a UNet weight is kept in bf16 under a bf16 request: the transformer blocks' linear
 /// layers ([`crate::models::transformer_2d::is_bf16_linear`]); and, when
-/// `BEVY_DIFFUSION_BF16_CONV=1` (read once; opt-in, see [`bf16_convolutions`]), the
+/// [`crate::precision::bf16_convolutions`] (`BEVY_DIFFUSION_BF16_CONV=1`, opt-in), the
 /// convolution weights (`[cout, cin, kh, kw]` with an even `cin * kh * kw`, the bf16 kernel's
-/// pairs) other than `conv_in` and `conv_out`. Biases, norms, the time embedding and 2-D
-/// `proj_in` / `proj_out` stay f32.
+/// pairs) other than `conv_in`, `conv_out` and the 1x1 `proj_in` / `proj_out` of SD 1.x (run as
+/// linear layers on NCHW, whose fused f32 path they would leave). Biases, norms and the time
+/// embedding stay f32.
 pub fn is_bf16_weight(name: &str, shape: &[usize]) -> bool {
     crate::models::transformer_2d::is_bf16_linear(name, shape)
-        || (bf16_convolutions()
+        || (crate::precision::bf16_convolutions()
             && name.ends_with(".weight")
             && !name.starts_with("conv_in.")
             && !name.starts_with("conv_out.")
+            && !name.contains(".proj_in.")
+            && !name.contains(".proj_out.")
             && matches!(shape, [_, c, kh, kw] if (c * kh * kw).is_multiple_of(2)))
-}
-
-/// Whether a bf16 load also keeps the UNet's convolutions in bf16 (`BEVY_DIFFUSION_BF16_CONV=1`,
-/// read once). `Conv2dKernel` then runs their im2col + GEMM path through the bf16 kernel and
-/// widens the weight per call for Winograd. Opt-in because it multiplies the bf16 error: on the
-/// tiny-sd fixture the noise prediction at t = 500 moves from 9.8e-4 to 8.1e-3 of max|ref|
-/// against diffusers' f32 (the default's test bound is 3e-3), the 64x64 image from a mean of
-/// 0.056/255 to 0.26/255 against our f32; on SD 1.5's shapes it takes the bf16 UNet step from
-/// 4.46 s to 3.89 s (2-core Zen 5, docs/speed.md).
-pub fn bf16_convolutions() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BEVY_DIFFUSION_BF16_CONV").as_deref() == Ok("1"))
 }
 
 /// diffusers' `UNet2DConditionModel` (positional timestep embedding, no class/addition

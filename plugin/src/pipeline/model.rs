@@ -67,7 +67,8 @@ impl Default for LoadOptions {
 
 /// A Stable Diffusion pipeline loaded from a diffusers-layout folder (weights f32, on
 /// [`StableDiffusion::device`]; under a bf16 [`StableDiffusion::dtype`] the UNet's
-/// transformer linear weights are bf16).
+/// transformer linear weights are bf16, and its convolution weights with
+/// [`crate::precision::bf16_convolutions`]).
 pub struct StableDiffusion {
     /// The folder it was loaded from.
     pub dir: PathBuf,
@@ -186,17 +187,17 @@ pub fn build_part_of_component<T>(
 }
 
 /// [`build_component`] in the compute precision `dtype`: for [`ComputeDtype::Bf16`] the
-/// weights `bf16_linear(name, shape)` picks are kept in bf16 (the rest f32). Used for the UNet,
-/// whose transformer blocks' linear layers run the bf16 GEMM.
+/// weights `bf16_weight(name, shape)` picks are kept in bf16 (the rest f32). Used for the UNet,
+/// whose transformer blocks' linear layers (and, opt-in, convolutions) run the bf16 GEMM.
 pub fn build_component_in<T>(
     component: &Component,
     device: &Device,
     lora: HashMap<String, Vec<LoraDelta>>,
     dtype: ComputeDtype,
-    bf16_linear: fn(&str, &[usize]) -> bool,
+    bf16_weight: fn(&str, &[usize]) -> bool,
     construct: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
-    let bf16 = (dtype == ComputeDtype::Bf16).then_some(bf16_linear);
+    let bf16 = (dtype == ComputeDtype::Bf16).then_some(bf16_weight);
     build_with(component, device, lora, &[], bf16, construct)
 }
 
@@ -274,8 +275,8 @@ impl StableDiffusion {
     ///    [`crate::DiffusionError::MissingTensor`], one of another shape
     ///    [`crate::DiffusionError::ShapeMismatch`] (naming the file, the tensor and both shapes).
     ///    Weights of any float dtype are converted to f32 (for a resolved bf16
-    ///    [`LoadOptions::dtype`], the UNet's transformer linear weights to bf16, see
-    ///    [`crate::precision`]).
+    ///    [`LoadOptions::dtype`], the UNet's transformer linear weights, and opt-in its
+    ///    convolution weights, to bf16, see [`crate::precision`]).
     /// 5. `scheduler/scheduler_config.json`.
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
         let folder_options = FolderOptions {

@@ -221,9 +221,10 @@ fn im2col_gemm(
         let t = nrows * ow;
         let dst_off = bi * g.cout * ohw + row0 * ow;
         let dst = out_ptr;
-        // Prefill with bias (+ residual) so that the GEMM accumulates onto it.
+        // Prefill with bias (+ residual) so that the GEMM accumulates onto it; the bf16 kernel
+        // always adds onto its output, so its tile is zeroed where there is neither.
         let read_dst = bias.is_some() || residual.is_some();
-        if read_dst {
+        if read_dst || matches!(weights, Weights::Bf16(..)) {
             for co in 0..g.cout {
                 let off = dst_off + co * ohw;
                 // SAFETY: [off, off + t) lies inside `out` and belongs to this tile only.
@@ -243,7 +244,7 @@ fn im2col_gemm(
             let wt = match weights {
                 Weights::F32(wt) => wt,
                 Weights::Bf16(kernel, wb) => {
-                    // The output is zeroed or prefilled: the kernel adds onto it. Parallel
+                    // The output is prefilled (above): the kernel adds onto it. Parallel
                     // over strips of output channels where the tiles alone are too few.
                     let strips = match par {
                         gemm::Parallelism::None => 1,

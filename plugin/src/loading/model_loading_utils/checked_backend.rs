@@ -69,7 +69,7 @@ pub(super) struct CheckedBackend {
     /// LoRA deltas added to a tensor as it is loaded (see [`crate::loading::lora_merge`]).
     pub(super) lora: HashMap<String, Vec<LoraDelta>>,
     /// Tensors (by name and shape) kept in bf16 where f32 is asked for (a bf16 request's
-    /// linear weights, [`super::CheckedWeights::with_bf16`]); `None`: every tensor as asked.
+    /// UNet weights, [`super::CheckedWeights::with_bf16`]); `None`: every tensor as asked.
     pub(super) bf16: Option<fn(&str, &[usize]) -> bool>,
 }
 
