@@ -298,8 +298,7 @@ pub(crate) unsafe fn gemm_cols_on_this_thread(
         return Err("bf16 gemm: the AMX kernel has no column-layout driver (conv_kernel)".into());
     }
     let kp = in_dim / 2;
-    // Rows per block as in `gemm_with`: the packed block ~320 KB where in_dim <= 2560.
-    let block = ((160 * 1024 / in_dim) / NR * NR).clamp(2 * NR, 8 * NR);
+    let block = rows_per_block(in_dim);
     let mut packed = Vec::new();
     let mut tile = [[0f32; NR]; MR];
     for r0 in (0..rows).step_by(block) {
@@ -374,10 +373,7 @@ fn gemm_with(
         return Ok(());
     }
     let kp = in_dim / 2;
-    // Rows per task: the packed x block (block x in_dim bf16) ~320 KB (of L2) where in_dim <=
-    // 2560, at least 64 rows (655 KB at in_dim 5120) and at most 256.
-    let block = ((160 * 1024 / in_dim) / NR * NR).clamp(2 * NR, 8 * NR);
-    let block = block.min(rows.next_multiple_of(NR));
+    let block = rows_per_block(in_dim).min(rows.next_multiple_of(NR));
     let row_blocks = rows.div_ceil(block);
     // Where that leaves fewer tasks than threads (cross-attention's 154 rows at batch 2, the
     // 8x8 level's 128), the output channels are split into strips as well (multiples of MR);
@@ -435,6 +431,12 @@ fn gemm_with(
         (0..row_blocks * strips).for_each(|task| body(&mut packed, task));
     }
     Ok(())
+}
+
+/// Rows of `x` per packed block: the block (`rows x in_dim` bf16) ~320 KB (of L2) where
+/// `in_dim <= 2560`, at least 64 rows (655 KB at `in_dim` 5120) and at most 256.
+fn rows_per_block(in_dim: usize) -> usize {
+    ((160 * 1024 / in_dim) / NR * NR).clamp(2 * NR, 8 * NR)
 }
 
 /// Packs `n` rows of `x` (`[n, in_dim]`) into panels of [`NR`] rows, `[panel][in_dim / 2][NR]`

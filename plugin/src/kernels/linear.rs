@@ -109,108 +109,131 @@ pub fn forward_geglu(linear: &Linear, x: &Tensor) -> Result<Tensor> {
     }
     profile::timed(OpKind::Matmul, || {
         let (width, in_dim) = w.dims2()?;
-        let dims = x.dims();
-        if dims.last() != Some(&in_dim) || width % 2 != 0 {
-            candle_core::bail!(
-                "GEGLU: input {:?} for a [{width}, {in_dim}] projection",
-                dims
-            );
-        }
-        let inner = width / 2;
-        let rows = x.elem_count() / in_dim.max(1);
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("rank >= 1") = inner;
-        let mut out = vec![0f32; rows * inner];
-        if out.is_empty() {
-            return Tensor::from_vec(out, shape, &Device::Cpu);
-        }
-        let threads = rayon::current_num_threads().max(1);
-        // Tasks: blocks of rows x stripes of the inner columns. Each task's GEMM packs its
-        // operands again: row blocks repeat the weight's packing, stripes repeat `x`'s. Blocks
-        // of 256-1024 rows, ~2 per thread (measured at SD 1.5's three levels, batch 2: fewer,
-        // larger blocks won); where that leaves fewer blocks than threads (256 rows at the
-        // 16x16 level, batch 1, with a [10240, 1280] weight) the columns are split as well.
-        let block = (rows / (2 * threads)).clamp(256, 1024).min(rows);
-        let row_blocks = rows.div_ceil(block);
-        let stripe = inner
-            .div_ceil(threads.div_ceil(row_blocks))
-            .next_multiple_of(16)
-            .min(inner);
-        let stripes = inner.div_ceil(stripe);
-        let out_ptr = super::SendPtr(out.as_mut_ptr());
-        with_slice(x, |xs| {
-            with_slice(w, |ws| {
-                with_opt_slice(b, |bs| {
-                    (0..row_blocks * stripes).into_par_iter().for_each_init(
-                        Vec::new,
-                        |h: &mut Vec<f32>, task| {
-                            let (rb, sj) = (task / stripes, task % stripes);
-                            let (r0, c0) = (rb * block, sj * stripe);
-                            let (n, cw) = (block.min(rows - r0), stripe.min(inner - c0));
-                            // h [n, 2 cw]: the stripe's hidden columns, then its gate columns.
-                            h.resize(n * 2 * cw, 0.0);
-                            if let Some(bs) = bs {
-                                for r in h.chunks_mut(2 * cw) {
-                                    r[..cw].copy_from_slice(&bs[c0..c0 + cw]);
-                                    r[cw..].copy_from_slice(&bs[inner + c0..inner + c0 + cw]);
-                                }
-                            }
-                            let g = Gemm {
-                                rows: n,
-                                in_dim,
-                                out_dim: cw,
-                                x: xs[r0 * in_dim..].as_ptr(),
-                                x_rs: in_dim as isize,
-                                x_cs: 1,
-                                dst_rs: 2 * cw as isize,
-                                dst_cs: 1,
-                            };
-                            for (half, w0) in [(0, c0), (cw, inner + c0)] {
-                                // SAFETY: rows [r0, r0 + n) of x ([rows, in]) times weight rows
-                                // [w0, w0 + cw) ([width, in]) into columns [half, half + cw) of
-                                // h ([n, 2 cw]).
-                                unsafe {
-                                    g.run_with(
-                                        &ws[w0 * in_dim..(w0 + cw) * in_dim],
-                                        h.as_mut_ptr().add(half),
-                                        bs.is_some(),
-                                        false,
-                                    )
-                                };
-                            }
-                            for (r, hrow) in h.chunks(2 * cw).enumerate() {
-                                // SAFETY: row r0 + r, columns [c0, c0 + cw) of out ([rows,
-                                // inner]) belong to this task only.
-                                let orow = unsafe {
-                                    std::slice::from_raw_parts_mut(
-                                        out_ptr.get().add((r0 + r) * inner + c0),
-                                        cw,
-                                    )
-                                };
-                                simd::geglu(orow, &hrow[..cw], &hrow[cw..]);
-                            }
-                        },
-                    );
-                    Ok(())
-                })
+        // Without a bias the buffers are zeros and the GEMM overwrites them, as before the frame
+        // was shared.
+        let has_bias = b.is_some();
+        with_slice(w, |ws| {
+            // Stripes in multiples of 16 (the `gemm` crate's column blocks).
+            geglu_tasks(x, b, (width, in_dim), 16, |xb, w0, cw, buf| {
+                let g = Gemm {
+                    rows: xb.len() / in_dim,
+                    in_dim,
+                    out_dim: cw,
+                    x: xb.as_ptr(),
+                    x_rs: in_dim as isize,
+                    x_cs: 1,
+                    dst_rs: cw as isize,
+                    dst_cs: 1,
+                };
+                // SAFETY: the block's rows of x ([n, in]) times weight rows [w0, w0 + cw)
+                // ([width, in]) into buf ([n, cw], holding the bias when there is one).
+                unsafe {
+                    g.run_with(
+                        &ws[w0 * in_dim..(w0 + cw) * in_dim],
+                        buf.as_mut_ptr(),
+                        has_bias,
+                        false,
+                    )
+                };
+                Ok(())
             })
-        })?;
-        Tensor::from_vec(out, shape, &Device::Cpu)
+        })
     })
 }
 
+/// The fused GEGLU's frame, shared by the f32 and bf16 projections: checks `x` `[..., in]`
+/// against the `[width, in]` projection (`width` even), then runs tasks of blocks of rows x
+/// stripes of the inner columns (stripes in multiples of `align`) and writes `[..., width / 2]`.
+/// Each task fills two `[n, cw]` buffers with the stripe's bias (or zeros), has `project(xb,
+/// w0, cw, buf)` add `xb · W[w0..w0 + cw]ᵀ` onto each (`xb`: the block's `n` rows of `x`; `w0`:
+/// the stripe's first hidden column, then its first gate column), then writes the exact-erf
+/// GELU product. Blocks of 256-1024 rows, ~2 per thread (measured at SD 1.5's three levels,
+/// batch 2: fewer, larger blocks won); where that leaves fewer blocks than threads (256 rows at
+/// the 16x16 level, batch 1, with a [10240, 1280] weight) the columns are split as well. Each
+/// task's GEMM packs its operands again: row blocks repeat the weight's packing, stripes `x`'s.
+fn geglu_tasks(
+    x: &Tensor,
+    b: Option<&Tensor>,
+    (width, in_dim): (usize, usize),
+    align: usize,
+    project: impl Fn(&[f32], usize, usize, &mut [f32]) -> Result<()> + Sync,
+) -> Result<Tensor> {
+    let dims = x.dims();
+    if dims.last() != Some(&in_dim) || width % 2 != 0 {
+        candle_core::bail!(
+            "GEGLU: input {:?} for a [{width}, {in_dim}] projection",
+            dims
+        );
+    }
+    let inner = width / 2;
+    let rows = x.elem_count() / in_dim.max(1);
+    let mut shape = dims.to_vec();
+    *shape.last_mut().expect("rank >= 1") = inner;
+    let mut out = vec![0f32; rows * inner];
+    if out.is_empty() {
+        return Tensor::from_vec(out, shape, &Device::Cpu);
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let block = (rows / (2 * threads)).clamp(256, 1024).min(rows);
+    let row_blocks = rows.div_ceil(block);
+    let stripe = inner
+        .div_ceil(threads.div_ceil(row_blocks))
+        .next_multiple_of(align)
+        .min(inner);
+    let stripes = inner.div_ceil(stripe);
+    let out_ptr = super::SendPtr(out.as_mut_ptr());
+    with_slice(x, |xs| {
+        with_opt_slice(b, |bs| {
+            (0..row_blocks * stripes).into_par_iter().try_for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(hidden, gate): &mut (Vec<f32>, Vec<f32>), task| {
+                    let (rb, sj) = (task / stripes, task % stripes);
+                    let (r0, c0) = (rb * block, sj * stripe);
+                    let (n, cw) = (block.min(rows - r0), stripe.min(inner - c0));
+                    let xb = &xs[r0 * in_dim..(r0 + n) * in_dim];
+                    for (buf, w0) in [(&mut *hidden, c0), (&mut *gate, inner + c0)] {
+                        buf.clear();
+                        match bs {
+                            Some(bs) => {
+                                for _ in 0..n {
+                                    buf.extend_from_slice(&bs[w0..w0 + cw]);
+                                }
+                            }
+                            None => buf.resize(n * cw, 0.0),
+                        }
+                        project(xb, w0, cw, buf)?;
+                    }
+                    for (r, (h, g)) in hidden.chunks(cw).zip(gate.chunks(cw)).enumerate() {
+                        // SAFETY: row r0 + r, columns [c0, c0 + cw) of out ([rows, inner])
+                        // belong to this task only.
+                        let orow = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out_ptr.get().add((r0 + r) * inner + c0),
+                                cw,
+                            )
+                        };
+                        simd::geglu(orow, h, g);
+                    }
+                    Ok(())
+                },
+            )
+        })
+    })?;
+    Tensor::from_vec(out, shape, &Device::Cpu)
+}
+
 /// [`forward_geglu`] for a bf16 `[2 * inner, in]` projection (a bf16 load keeps `ff.net.0.proj`
-/// in bf16): `x` `[..., in]` f32 -> `[..., inner]` f32, fused like the f32 path. Per block of
-/// rows (and stripe of the inner columns where the rows give fewer blocks than threads), the
-/// stripe's hidden and gate columns go through [`super::bf16::gemm_on_this_thread`] into two
-/// block buffers, then the exact-erf GELU product; the `2 * inner`-wide projection is never
-/// written whole (unfused it cost an 84 MB write and re-read at SD 1.5's 64x64 level, batch 2,
-/// and a separate elementwise pass). With the AVX-512 BF16 kernel and the emulation the values
-/// are exactly those of the unfused `forward` then `elementwise::geglu` (each output is its own
-/// accumulator, the same sum in the same order); with the AMX kernel they agree within f32
-/// rounding (its full 32x32 blocks accumulate onto the bias per slice of `k`, its edge blocks
-/// add a finished sum, and fusing moves the block edges). Without a bf16 kernel (or off the
-/// CPU) it runs unfused, the weight widened to f32 as in `forward`.
+/// in bf16): `x` `[..., in]` f32 -> `[..., inner]` f32, fused like the f32 path
+/// ([`geglu_tasks`]): the stripe's hidden and gate columns go through
+/// [`super::bf16::gemm_on_this_thread`] into the task's two block buffers, then the exact-erf
+/// GELU product; the `2 * inner`-wide projection is never written whole (unfused it cost an 84
+/// MB write and re-read at SD 1.5's 64x64 level, batch 2, and a separate elementwise pass). With
+/// the AVX-512 BF16 kernel and the emulation the values are exactly those of the unfused
+/// `forward` then `elementwise::geglu` (each output is its own accumulator, the same sum in the
+/// same order); with the AMX kernel they agree within f32 rounding (its full 32x32 blocks
+/// accumulate onto the bias per slice of `k`, its edge blocks add a finished sum, and fusing
+/// moves the block edges). Without a bf16 kernel (or off the CPU) it runs unfused, the weight
+/// widened to f32 as in `forward`.
 fn forward_geglu_bf16(linear: &Linear, x: &Tensor) -> Result<Tensor> {
     let (w, b) = (linear.weight(), linear.bias());
     let kernel = super::bf16::kernel()
@@ -220,82 +243,15 @@ fn forward_geglu_bf16(linear: &Linear, x: &Tensor) -> Result<Tensor> {
     };
     profile::timed(OpKind::Matmul, || {
         let (width, in_dim) = w.dims2()?;
-        let dims = x.dims();
-        if dims.last() != Some(&in_dim) || width % 2 != 0 {
-            candle_core::bail!(
-                "GEGLU: input {:?} for a [{width}, {in_dim}] projection",
-                dims
-            );
-        }
-        let inner = width / 2;
-        let rows = x.elem_count() / in_dim.max(1);
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("rank >= 1") = inner;
-        let mut out = vec![0f32; rows * inner];
-        if out.is_empty() {
-            return Tensor::from_vec(out, shape, &Device::Cpu);
-        }
-        // The f32 path's tasks (blocks of 256-1024 rows, ~2 per thread, stripes of the inner
-        // columns where that leaves fewer blocks than threads), stripes in multiples of the bf16
-        // microkernel's channel count.
-        let threads = rayon::current_num_threads().max(1);
-        let block = (rows / (2 * threads)).clamp(256, 1024).min(rows);
-        let row_blocks = rows.div_ceil(block);
-        let stripe = inner
-            .div_ceil(threads.div_ceil(row_blocks))
-            .next_multiple_of(super::bf16::MR)
-            .min(inner);
-        let stripes = inner.div_ceil(stripe);
-        let out_ptr = super::SendPtr(out.as_mut_ptr());
-        with_slice(x, |xs| {
-            super::with_bf16_slice(w, |ws| {
-                with_opt_slice(b, |bs| {
-                    (0..row_blocks * stripes).into_par_iter().try_for_each_init(
-                        || (Vec::new(), Vec::new()),
-                        |(hidden, gate): &mut (Vec<f32>, Vec<f32>), task| {
-                            let (rb, sj) = (task / stripes, task % stripes);
-                            let (r0, c0) = (rb * block, sj * stripe);
-                            let (n, cw) = (block.min(rows - r0), stripe.min(inner - c0));
-                            let xb = &xs[r0 * in_dim..(r0 + n) * in_dim];
-                            for (buf, w0) in [(&mut *hidden, c0), (&mut *gate, inner + c0)] {
-                                buf.clear();
-                                match bs {
-                                    Some(bs) => {
-                                        for _ in 0..n {
-                                            buf.extend_from_slice(&bs[w0..w0 + cw]);
-                                        }
-                                    }
-                                    None => buf.resize(n * cw, 0.0),
-                                }
-                                super::bf16::gemm_on_this_thread(
-                                    kernel,
-                                    n,
-                                    in_dim,
-                                    cw,
-                                    xb,
-                                    &ws[w0 * in_dim..(w0 + cw) * in_dim],
-                                    buf,
-                                )
-                                .map_err(candle_core::Error::Msg)?;
-                            }
-                            for (r, (h, g)) in hidden.chunks(cw).zip(gate.chunks(cw)).enumerate() {
-                                // SAFETY: row r0 + r, columns [c0, c0 + cw) of out ([rows,
-                                // inner]) belong to this task only.
-                                let orow = unsafe {
-                                    std::slice::from_raw_parts_mut(
-                                        out_ptr.get().add((r0 + r) * inner + c0),
-                                        cw,
-                                    )
-                                };
-                                simd::geglu(orow, h, g);
-                            }
-                            Ok(())
-                        },
-                    )
-                })
+        super::with_bf16_slice(w, |ws| {
+            // Stripes in multiples of the bf16 microkernel's channel count.
+            geglu_tasks(x, b, (width, in_dim), super::bf16::MR, |xb, w0, cw, buf| {
+                let n = xb.len() / in_dim;
+                let wb = &ws[w0 * in_dim..(w0 + cw) * in_dim];
+                super::bf16::gemm_on_this_thread(kernel, n, in_dim, cw, xb, wb, buf)
+                    .map_err(candle_core::Error::Msg)
             })
-        })?;
-        Tensor::from_vec(out, shape, &Device::Cpu)
+        })
     })
 }
 
