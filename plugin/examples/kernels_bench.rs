@@ -116,6 +116,9 @@ fn main() -> anyhow::Result<()> {
         bf16_shapes();
         return Ok(());
     }
+    if std::env::var("ATTENTION_ONLY").is_ok() {
+        return attention_and_linear();
+    }
     let a: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|s| s.parse().ok())
@@ -201,10 +204,43 @@ fn attention_and_linear() -> anyhow::Result<()> {
     let lin = candle_nn::Linear::new(w, Some(b));
     let x = Tensor::randn(0f32, 1., (2, 4096, 320), &dev)?;
     let lflops = 2.0 * 8192.0 * 320.0 * 2560.0;
+    let bf16 = match kernels::bf16::kernel() {
+        Some(kernels::bf16::Bf16Kernel::Amx) => Some(kernels::bf16::Bf16Kernel::Avx512),
+        k => k,
+    };
+    // ATTENTION_ONLY=f32|bf16: that attention alone, 5 times (for profiling).
+    if let Ok(which) = std::env::var("ATTENTION_ONLY") {
+        for _ in 0..5 {
+            let t = Instant::now();
+            match (which.as_str(), bf16) {
+                ("bf16", Some(kernel)) => {
+                    kernels::attention::attention_heads_bf16(&q, &k, &v, 8, 0.15, kernel)?;
+                }
+                _ => {
+                    kernels::attention::attention_heads(&q, &k, &v, 8, 0.15)?;
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "attention 16x4096x40 {which}: {:.1} GFLOP/s ({secs:.3} s)",
+                flops / secs / 1e9
+            );
+        }
+        return Ok(());
+    }
     for round in 0..2 {
         let t = Instant::now();
         kernels::attention::attention_heads(&q, &k, &v, 8, 0.15)?;
         let ours = t.elapsed().as_secs_f64();
+        if let Some(kernel) = bf16 {
+            let t = Instant::now();
+            kernels::attention::attention_heads_bf16(&q, &k, &v, 8, 0.15, kernel)?;
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "round {round}: attention 16x4096x40 bf16 ({kernel:?}): {:.1} GFLOP/s ({secs:.3} s)",
+                flops / secs / 1e9
+            );
+        }
         let t = Instant::now();
         let s = (qs.matmul(&ks.t()?)? * 0.15)?;
         candle_nn::ops::softmax_last_dim(&s)?.matmul(&vs)?;

@@ -12,12 +12,15 @@
 //! notice naming the missing feature, and the f32 results are the parity-tested ones.
 //!
 //! On a CPU with AVX-512 BF16 (after the kernel's self-check, `kernels/bf16.rs`; on Intel AMX
-//! CPUs the AMX tile kernel, `kernels/bf16/amx.rs`) a bf16 request keeps the UNet's transformer linear layers in bf16
-//! ([`crate::models::transformer_2d::is_bf16_linear`]) and runs them through the bf16 GEMM with
-//! f32 accumulation; everything else (convolutions, attention, norms, the text encoder, the VAE,
-//! the scheduler) stays f32. `BEVY_DIFFUSION_BF16_CONV=1` also keeps the UNet's convolutions in
-//! bf16 (opt-in: faster, with a larger measured error; [`bf16_convolutions`]). The bf16 results are checked against f32 with the kernel's portable
-//! emulation (`BEVY_DIFFUSION_BF16=emulate`), which computes the same arithmetic on any CPU.
+//! CPUs the AMX tile kernel, `kernels/bf16/amx.rs`) a bf16 request keeps the UNet's transformer
+//! linear layers in bf16 ([`crate::models::transformer_2d::is_bf16_linear`]) and runs them
+//! through the bf16 GEMM with f32 accumulation, and its attention's two products (`QKᵀ`, `PV`)
+//! on the AVX-512 BF16 kernel (also on AMX CPUs; [`bf16_attention`]; the softmax stays f32);
+//! everything else (convolutions, norms, the text
+//! encoder, the VAE, the scheduler) stays f32. `BEVY_DIFFUSION_BF16_CONV=1` also keeps the UNet's
+//! convolutions in bf16 (opt-in: faster, with a larger measured error; [`bf16_convolutions`]).
+//! The bf16 results are checked against f32 with the kernel's portable emulation
+//! (`BEVY_DIFFUSION_BF16=emulate`), which computes the same arithmetic on any CPU.
 
 use std::fmt;
 use std::str::FromStr;
@@ -176,20 +179,35 @@ pub fn bf16_convolutions() -> bool {
     *ON.get_or_init(|| std::env::var("BEVY_DIFFUSION_BF16_CONV").as_deref() == Ok("1"))
 }
 
+/// Whether a bf16 model's attention multiplies in bf16 (`QKᵀ` and `PV` on the bf16 kernel,
+/// the softmax in f32: `kernels::attention::attention_heads_bf16`): on unless
+/// `BEVY_DIFFUSION_BF16_ATTENTION=0` (read once; for A/B runs). On tiny-sd it leaves the bf16
+/// noise prediction's error where it was (9.4e-4 of max|ref| with it, 9.8e-4 without; docs/speed.md
+/// "bf16 attention"). Part of the bf16 [`identity`].
+pub fn bf16_attention() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BEVY_DIFFUSION_BF16_ATTENTION").as_deref() != Ok("0"))
+}
+
 /// The model identity (cache keys, bake's content hash) of a model `identity` computing in
 /// `dtype`: unchanged for f32, a blake3 hash of it and the dtype for bf16, whose images differ
 /// slightly from f32's (so a cached or baked f32 image is never taken for a bf16 one), with
-/// [`bf16_convolutions`] hashed in when it is on (its images differ again).
+/// [`bf16_convolutions`] hashed in when it is on and [`bf16_attention`] when it is off (their
+/// images differ again).
 pub fn identity(identity: &str, dtype: ComputeDtype) -> String {
     match dtype {
         ComputeDtype::F32 => identity.to_string(),
         ComputeDtype::Bf16 => {
             let mut h = blake3::Hasher::new();
-            h.update(b"bevy_diffusion dtype v1\0");
+            // v2: the attention products in bf16 (v1's images had them in f32).
+            h.update(b"bevy_diffusion dtype v2\0");
             h.update(identity.as_bytes());
             h.update(b"\0bf16");
             if bf16_convolutions() {
                 h.update(b"\0conv");
+            }
+            if !bf16_attention() {
+                h.update(b"\0f32-attention");
             }
             h.finalize().to_hex().to_string()
         }

@@ -390,6 +390,111 @@ fn multi_head_attention_reads_heads_in_place() -> Result<()> {
     Ok(())
 }
 
+/// The bf16 attention (`attention::attention_heads_bf16`) is the attention of `Q * scale`, `K`
+/// and `V` rounded to bf16, up to the rounding of the probabilities to bf16 (each within 2^-9
+/// of itself, so the output within 2^-9 max|v| of the reference; bound 2^-8): against an f64
+/// reference on the rounded operands, for the emulation and (where the CPU has it) the AVX-512
+/// BF16 kernel, which agree to f32 rounding. Odd sizes, more keys than one block (240) and an
+/// odd key count (the padded last pair), more queries than one task (128), more value columns
+/// than one tile (12), a non-contiguous `q`; an odd head size and a head size of 0 run the f32
+/// kernel.
+#[test]
+fn bf16_attention_is_the_f32_attention_of_bf16_operands() -> Result<()> {
+    use bevy_diffusion::testing::kernels::attention::{attention_heads, attention_heads_bf16};
+    use bevy_diffusion::testing::kernels::bf16::{self, Bf16Kernel};
+    let round = |t: &Tensor| -> Result<Vec<f32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|x| half::bf16::from_f32(x).to_f32())
+            .collect())
+    };
+    let mut rng = Lcg(77);
+    for &(b, n, m, heads, d, dv) in &[
+        (1, 5, 7, 1, 4, 2),
+        (2, 130, 1101, 3, 8, 14),
+        (1, 1, 1, 2, 2, 5),
+        (1, 33, 250, 2, 40, 40),
+    ] {
+        let q = (rng.tensor(&[b, heads * d, n])? * 3.0)?.transpose(1, 2)?;
+        let k = (rng.tensor(&[b, m, heads * d])? * 3.0)?;
+        let v = rng.tensor(&[b, m, heads * dv])?;
+        let scale = 0.7f32;
+        let (qr, kr, vr) = (
+            round(&(q.contiguous()? * scale as f64)?)?,
+            round(&k)?,
+            round(&v)?,
+        );
+        let (qw, vw) = (heads * d, heads * dv);
+        let mut want = vec![0f32; b * n * vw];
+        for bi in 0..b {
+            for h in 0..heads {
+                for i in 0..n {
+                    let qi = &qr[(bi * n + i) * qw + h * d..][..d];
+                    let s: Vec<f64> = (0..m)
+                        .map(|j| {
+                            let kj = &kr[(bi * m + j) * qw + h * d..][..d];
+                            qi.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum()
+                        })
+                        .collect();
+                    let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let p: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+                    let l: f64 = p.iter().sum();
+                    for c in 0..dv {
+                        let o: f64 = (0..m)
+                            .map(|j| p[j] * vr[(bi * m + j) * vw + h * dv + c] as f64)
+                            .sum();
+                        want[(bi * n + i) * vw + h * dv + c] = (o / l) as f32;
+                    }
+                }
+            }
+        }
+        let want = Tensor::from_vec(want, (b, n, vw), &Device::Cpu)?;
+        let vmax = v.abs()?.max_all()?.to_scalar::<f32>()?;
+        let emulated = attention_heads_bf16(&q, &k, &v, heads, scale as f64, Bf16Kernel::Emulated)?
+            .expect("f32 CPU");
+        let diff = (&emulated - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            diff <= vmax / 256.0,
+            "{b}x{n}x{m}x{heads}x{d}: {diff} over 2^-8 of {vmax}"
+        );
+        // The bf16 path ran: the f32 kernel on the unrounded operands differs.
+        let f32_out = attention_heads(&q, &k, &v, heads, scale as f64)?.expect("f32 CPU");
+        let from_f32 = (&emulated - &f32_out)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(
+            from_f32 > 1e-5,
+            "{b}x{n}x{m}x{heads}x{d}: bf16 == f32 ({from_f32})"
+        );
+        if bf16::cpu_has_avx512_bf16() && bf16::self_check(Bf16Kernel::Avx512).is_ok() {
+            let native = attention_heads_bf16(&q, &k, &v, heads, scale as f64, Bf16Kernel::Avx512)?
+                .expect("f32 CPU");
+            let e = rel_err(&native, &emulated)?;
+            assert!(
+                e < 1e-5,
+                "{b}x{n}x{m}x{heads}x{d}: AVX-512 vs emulation {e}"
+            );
+        }
+    }
+    // An odd head size: the f32 kernel, exactly.
+    let q = rng.tensor(&[1, 9, 6])?;
+    let k = rng.tensor(&[1, 11, 6])?;
+    let v = rng.tensor(&[1, 11, 4])?;
+    let got = attention_heads_bf16(&q, &k, &v, 2, 0.5, Bf16Kernel::Emulated)?.expect("f32 CPU");
+    let f32_out = attention_heads(&q, &k, &v, 2, 0.5)?.expect("f32 CPU");
+    assert_eq!(rel_err(&got, &f32_out)?, 0.0);
+    // A head size of 0 (every score 0: the mean of v), as the f32 kernel.
+    let q = Tensor::zeros((1, 3, 0), DType::F32, &Device::Cpu)?;
+    let k = Tensor::zeros((1, 4, 0), DType::F32, &Device::Cpu)?;
+    let v = rng.tensor(&[1, 4, 2])?;
+    let got = attention_heads_bf16(&q, &k, &v, 1, 0.5, Bf16Kernel::Emulated)?.expect("f32 CPU");
+    let want = v.mean_keepdim(1)?.broadcast_as((1, 3, 2))?.contiguous()?;
+    assert!(rel_err(&got, &want)? < 1e-6);
+    Ok(())
+}
+
 /// The GEGLU projection fused per task (`linear::forward_geglu`) against candle's linear, split
 /// and exact erf GELU: many rows (blocks of rows, a ragged last one), few rows (stripes of the
 /// inner columns, a ragged last one), a 3-d non-contiguous input, with and without bias, and

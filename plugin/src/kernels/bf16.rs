@@ -43,7 +43,7 @@ mod amx;
 /// Output channels per microkernel tile.
 pub(crate) const MR: usize = 12;
 /// Rows of `x` per microkernel tile (two 16-lane accumulators per channel).
-const NR: usize = 32;
+pub(crate) const NR: usize = 32;
 
 /// Which bf16 microkernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,8 +212,9 @@ pub fn to_bf16(v: f32) -> u16 {
     half::bf16::from_f32(v).to_bits()
 }
 
+/// The f32 value of bf16 bits (exact).
 #[inline]
-fn from_bf16(bits: u16) -> f32 {
+pub(crate) fn from_bf16(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 
@@ -389,6 +390,10 @@ fn gemm_with(
         .min(out_dim);
     let strips = out_dim.div_ceil(strip);
     let dst_ptr = super::SendPtr(dst.as_mut_ptr());
+    // The tile is added in with AVX-512 where the AVX-512 kernel really runs (`micro` falls
+    // back to the emulation on a CPU without it).
+    #[cfg(target_arch = "x86_64")]
+    let native = kernel == Bf16Kernel::Avx512 && cpu_has_avx512_bf16();
     let body = |packed: &mut Vec<u32>, task: usize| {
         let (rb, sj) = (task / strips, task % strips);
         let (r0, c0) = (rb * block, sj * strip);
@@ -405,6 +410,21 @@ fn gemm_with(
                 let xp = &packed[pj * kp * NR..(pj + 1) * kp * NR];
                 micro(kernel, r, kp, wr, in_dim, xp, &mut tile);
                 let t0 = pj * NR;
+                #[cfg(target_arch = "x86_64")]
+                if native {
+                    // SAFETY: the CPU has AVX-512F (`native`); rows r0 + t0 .. + NR.min(n - t0)
+                    // < rows, columns [o0, o0 + r) of this task's strip: as below.
+                    unsafe {
+                        avx512::add_tile_transposed(
+                            &tile,
+                            r,
+                            NR.min(n - t0),
+                            dst_ptr.get().add((r0 + t0) * out_dim + o0),
+                            out_dim,
+                        )
+                    };
+                    continue;
+                }
                 for t in 0..NR.min(n - t0) {
                     // SAFETY: row r0 + t0 + t < rows, columns [o0, o0 + r) within this
                     // task's strip [c0, c1) < out_dim: dst (checked to hold rows x out_dim
@@ -452,8 +472,10 @@ fn pack_x(x: &[f32], n: usize, in_dim: usize, packed: &mut [u32]) {
     }
 }
 
-/// One tile: `tile[c][t] = Σ_p pair(w[c * ws + 2p..]) · xp[p * NR + t]` for `c < r`, `t < NR`.
-fn micro(
+/// One tile: `tile[c][t] = Σ_p pair(w[c * ws + 2p..]) · xp[p * NR + t]` for `c < r`, `t < NR`
+/// (`w`: `r` rows of `2 * kp` bf16 bits at stride `ws`; `xp`: `kp` groups of [`NR`] bf16 pairs,
+/// the even `k` in the low half). Panics on short slices or `r` outside `1..=MR`; not for AMX.
+pub(crate) fn micro(
     kernel: Bf16Kernel,
     r: usize,
     kp: usize,
@@ -550,11 +572,114 @@ mod avx512 {
             }
         }
     }
+
+    /// `dst[t * ds + c] += tile[c][t]` for `c < r`, `t < rows` (the scalar loop of
+    /// `gemm_with`, same sums): two 16 x 16 transposes in registers (channels `r..16` zero),
+    /// then one masked add of `r` lanes per output row.
+    ///
+    /// # Safety
+    /// AVX-512F present; `r <= MR`, `rows <= NR`; `dst.add(t * ds + c)` valid for reads and
+    /// writes for those `t`, `c`, and no one else's meanwhile.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn add_tile_transposed(
+        tile: &[[f32; NR]; MR],
+        r: usize,
+        rows: usize,
+        dst: *mut f32,
+        ds: usize,
+    ) {
+        let mask: __mmask16 = ((1u32 << r) - 1) as __mmask16;
+        for t0 in (0..rows).step_by(16) {
+            let mut v = [_mm512_setzero_ps(); 16];
+            for (c, row) in tile.iter().enumerate().take(r) {
+                // SAFETY: t0 + 16 <= NR: inside the row.
+                v[c] = unsafe { _mm512_loadu_ps(row.as_ptr().add(t0)) };
+            }
+            transpose16(&mut v);
+            for (t, vt) in v.iter().enumerate().take((rows - t0).min(16)) {
+                // SAFETY: row t0 + t < rows, lanes c < r only (masked): the caller's contract.
+                unsafe {
+                    let p = dst.add((t0 + t) * ds);
+                    let d = _mm512_maskz_loadu_ps(mask, p);
+                    _mm512_mask_storeu_ps(p, mask, _mm512_add_ps(d, *vt));
+                }
+            }
+        }
+    }
+
+    /// `v[k][i]` <- `v[i][k]` for a 16 x 16 block of f32 (unpack 32-bit, unpack 64-bit, then
+    /// two rounds of 128-bit lane shuffles).
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(v: &mut [__m512; 16]) {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+        }
+        // r[4i + j], 128-bit lane L: column 4L + j of rows 4i..4i + 3.
+        let mut r = [_mm512_setzero_ps(); 16];
+        let (lo, hi) = (
+            |a: __m512, b: __m512| {
+                _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+            },
+            |a: __m512, b: __m512| {
+                _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+            },
+        );
+        for i in 0..4 {
+            r[4 * i] = lo(t[4 * i], t[4 * i + 2]);
+            r[4 * i + 1] = hi(t[4 * i], t[4 * i + 2]);
+            r[4 * i + 2] = lo(t[4 * i + 1], t[4 * i + 3]);
+            r[4 * i + 3] = hi(t[4 * i + 1], t[4 * i + 3]);
+        }
+        for j in 0..4 {
+            let u0 = _mm512_shuffle_f32x4::<0x44>(r[j], r[4 + j]);
+            let u1 = _mm512_shuffle_f32x4::<0xEE>(r[j], r[4 + j]);
+            let u2 = _mm512_shuffle_f32x4::<0x44>(r[8 + j], r[12 + j]);
+            let u3 = _mm512_shuffle_f32x4::<0xEE>(r[8 + j], r[12 + j]);
+            v[j] = _mm512_shuffle_f32x4::<0x88>(u0, u2);
+            v[4 + j] = _mm512_shuffle_f32x4::<0xDD>(u0, u2);
+            v[8 + j] = _mm512_shuffle_f32x4::<0x88>(u1, u3);
+            v[12 + j] = _mm512_shuffle_f32x4::<0xDD>(u1, u3);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX-512 transposed tile add gives exactly the scalar loop's sums, for every channel
+    /// count and row count of a tile.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn transposed_tile_add_is_the_scalar_one() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let mut tile = [[0f32; NR]; MR];
+        for (c, row) in tile.iter_mut().enumerate() {
+            for (t, x) in row.iter_mut().enumerate() {
+                *x = (c * 37 + t) as f32 * 0.25 - 40.0;
+            }
+        }
+        let ds = 17;
+        for r in 1..=MR {
+            for rows in 1..=NR {
+                let base: Vec<f32> = (0..NR * ds).map(|i| i as f32 * 0.5).collect();
+                let mut want = base.clone();
+                for t in 0..rows {
+                    for c in 0..r {
+                        want[t * ds + c] += tile[c][t];
+                    }
+                }
+                let mut got = base;
+                // SAFETY: AVX-512F checked above; got holds NR rows of ds >= r floats.
+                unsafe { avx512::add_tile_transposed(&tile, r, rows, got.as_mut_ptr(), ds) };
+                assert_eq!(got, want, "r {r}, rows {rows}");
+            }
+        }
+    }
 
     /// Deterministic operands `x` `[rows, k]` (|x| < 3) and `w` `[out, k]` bf16 (|w| < 2).
     fn operands(rows: usize, k: usize, out: usize) -> (Vec<f32>, Vec<u16>) {

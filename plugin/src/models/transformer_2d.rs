@@ -185,8 +185,18 @@ impl Attention {
             mm(&self.to_v, context)?,
         );
         // The blocked kernel reads the heads in place (no split/merge copies).
+        // A bf16 model (bf16 projections) multiplies in bf16 here too (see
+        // `precision::bf16_attention`).
+        let bf16 = (self.to_q.weight().dtype() == DType::BF16
+            && crate::precision::bf16_attention())
+        .then(crate::kernels::bf16::conv_kernel)
+        .flatten();
         let fused = profile::timed(OpKind::Attention, || {
-            crate::kernels::attention::attention_heads(&q, &k, &v, self.heads, self.scale)
+            use crate::kernels::attention::{attention_heads, attention_heads_bf16};
+            match bf16 {
+                Some(kernel) => attention_heads_bf16(&q, &k, &v, self.heads, self.scale, kernel),
+                None => attention_heads(&q, &k, &v, self.heads, self.scale),
+            }
         })?;
         let out = match fused {
             Some(out) => out,

@@ -95,9 +95,9 @@ struct ModelArgs {
     #[arg(long, value_name = "DIR")]
     upscaler: Option<PathBuf>,
     /// Compute precision: f32 (default) or bf16. bf16 needs bf16 multiply instructions
-    /// (x86-64 AVX-512 BF16), and then runs the UNet's transformer linear layers in bf16 (its
-    /// convolutions too with BEVY_DIFFUSION_BF16_CONV=1: faster, less exact); without them the
-    /// model runs in f32 and a note says why.
+    /// (x86-64 AVX-512 BF16), and then runs the UNet's transformer linear layers and its
+    /// attention products in bf16 (its convolutions too with BEVY_DIFFUSION_BF16_CONV=1:
+    /// faster, less exact); without them the model runs in f32 and a note says why.
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     dtype: bevy_diffusion::ComputeDtype,
 }

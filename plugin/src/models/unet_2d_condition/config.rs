@@ -79,7 +79,8 @@ pub struct UNet2DConditionConfig {
     pub num_attention_heads: Vec<usize>,
     /// Transformers' `proj_in`/`proj_out` are `Linear` (SD 2.x) instead of 1x1 convs (SD 1.x).
     pub use_linear_projection: bool,
-    /// Accepted; attention is always computed in f32.
+    /// Accepted; the scores and softmax are always f32 (under `--dtype bf16` the two products'
+    /// operands are rounded to bf16, accumulated in f32: `kernels::attention::attention_heads_bf16`).
     pub upcast_attention: bool,
     /// Kernel of `conv_in` (3; padding `(k - 1) / 2`).
     pub conv_in_kernel: usize,
