@@ -181,12 +181,17 @@ pub fn bf16_convolutions() -> bool {
 
 /// Whether a bf16 model's attention multiplies in bf16 (`QKᵀ` and `PV` on the bf16 kernel,
 /// the softmax in f32: `kernels::attention::attention_heads_bf16`): on unless
-/// `BEVY_DIFFUSION_BF16_ATTENTION=0` (read once; for A/B runs). On tiny-sd it leaves the bf16
-/// noise prediction's error where it was (9.4e-4 of max|ref| with it, 9.8e-4 without; docs/speed.md
-/// "bf16 attention"). Part of the bf16 [`identity`].
+/// `BEVY_DIFFUSION_BF16_ATTENTION` is `0`, `off` or `false` (read once; for A/B runs). On
+/// tiny-sd it leaves the bf16 noise prediction's error where it was (9.4e-4 of max|ref| with it,
+/// 9.8e-4 without; docs/speed.md "bf16 attention"). Part of the bf16 [`identity`].
 pub fn bf16_attention() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BEVY_DIFFUSION_BF16_ATTENTION").as_deref() != Ok("0"))
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("BEVY_DIFFUSION_BF16_ATTENTION").as_deref(),
+            Ok("0" | "off" | "false")
+        )
+    })
 }
 
 /// The model identity (cache keys, bake's content hash) of a model `identity` computing in

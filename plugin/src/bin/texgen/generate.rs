@@ -101,9 +101,15 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         eprintln!("texgen: note: --dtype {}: {note}", load.dtype);
     }
     eprintln!(
-        "loaded {} in {:.2} s",
+        "loaded {} in {:.2} s{}",
         model_dir.display(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        // Say so when bf16 really runs (a bf16 request that fell back to f32 has its note).
+        if model.dtype == bevy_diffusion::ComputeDtype::Bf16 {
+            " (computing in bf16)"
+        } else {
+            ""
+        }
     );
     // The library logs this through `tracing`, which texgen does not print: say it here, once,
     // when the request leaves the scheduler to the folder (an unknown class runs a stand-in).
