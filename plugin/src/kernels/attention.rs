@@ -269,9 +269,26 @@ unsafe fn attend_block(
             micro_add_cols(mr, cols, u, st, rp, &mut ot[g * MR * rp..], rp, rp);
         }
     }
+    // SAFETY: the caller's contract.
+    unsafe { write_rows(&ot, &row_sum, rp, rows, dv, (o, o_rs)) };
+}
+
+/// The end of [`attend_block`] and [`attend_block16`]: `O = (Oᵀ / l)ᵀ`, row `r < rows` of `o`
+/// (first row, row stride) = column `r` of `ot` (`[dv][rp]`) divided by `row_sum[r]`.
+///
+/// # Safety
+/// `o` must address `rows` rows of `dv` floats at its stride that no one else writes meanwhile.
+unsafe fn write_rows(
+    ot: &[f32],
+    row_sum: &[f32],
+    rp: usize,
+    rows: usize,
+    dv: usize,
+    (o, o_rs): (*mut f32, usize),
+) {
     for r in 0..rows {
         let inv = 1.0 / row_sum[r];
-        // SAFETY: row r of this task's output block (the caller's contract).
+        // SAFETY: row r of the output block (the caller's contract).
         let o = unsafe { std::slice::from_raw_parts_mut(o.add(r * o_rs), dv) };
         for (j, x) in o.iter_mut().enumerate() {
             *x = ot[j * rp + r] * inv;
@@ -403,14 +420,8 @@ unsafe fn attend_block16(
             }
         }
     }
-    for r in 0..rows {
-        let inv = 1.0 / row_sum[r];
-        // SAFETY: row r of this task's output block (the caller's contract).
-        let o = unsafe { std::slice::from_raw_parts_mut(o.add(r * o_rs), dv) };
-        for (j, x) in o.iter_mut().enumerate() {
-            *x = ot[j * rp + r] * inv;
-        }
-    }
+    // SAFETY: the caller's contract.
+    unsafe { write_rows(&ot, &row_sum, rp, rows, dv, (o, o_rs)) };
 }
 
 simd::multiversion! {
@@ -433,18 +444,7 @@ simd::multiversion! {
         let (row_max, row_sum, alpha) = (&mut row_max[..rp], &mut row_sum[..rp], &mut alpha[..rp]);
         let mut new_max = [f32::NEG_INFINITY; BLOCK_Q];
         let new_max = &mut new_max[..rp];
-        new_max.copy_from_slice(row_max);
-        for c in st.chunks_exact(rp) {
-            for (m, &x) in new_max.iter_mut().zip(c) {
-                *m = m.max(x);
-            }
-        }
-        for ((a, &old), &new) in alpha.iter_mut().zip(row_max.iter()).zip(new_max.iter()) {
-            *a = if old == f32::NEG_INFINITY { 0.0 } else { simd::exp(old - new) };
-        }
-        for (s, &a) in row_sum.iter_mut().zip(alpha.iter()) {
-            *s *= a;
-        }
+        rescale(st, row_max, row_sum, alpha, new_max);
         let kc = cols.div_ceil(2);
         for i in 0..kc {
             let a = &st[2 * i * rp..][..rp];
@@ -476,6 +476,37 @@ simd::multiversion! {
     }
 }
 
+/// The part of one key block's online-softmax update shared by [`softmax_update`] and
+/// [`softmax_to_pairs`] (inlined into their vectorised versions): `new_max[r]` = max(`row_max[r]`,
+/// the block's max over `st` `[keys][rp]`), `alpha[r]` = `exp(row_max[r] - new_max[r])` (0 on
+/// the first block), `row_sum[r] *= alpha[r]`. All slices `rp` long (`st` a multiple).
+#[inline(always)]
+fn rescale(
+    st: &[f32],
+    row_max: &[f32],
+    row_sum: &mut [f32],
+    alpha: &mut [f32],
+    new_max: &mut [f32],
+) {
+    new_max.copy_from_slice(row_max);
+    for c in st.chunks_exact(row_max.len()) {
+        // max() rather than a compare-and-select: an unconditional store vectorises.
+        for (m, &x) in new_max.iter_mut().zip(c) {
+            *m = m.max(x);
+        }
+    }
+    for ((a, &old), &new) in alpha.iter_mut().zip(row_max.iter()).zip(new_max.iter()) {
+        *a = if old == f32::NEG_INFINITY {
+            0.0
+        } else {
+            simd::exp(old - new)
+        };
+    }
+    for (s, &a) in row_sum.iter_mut().zip(alpha.iter()) {
+        *s *= a;
+    }
+}
+
 simd::multiversion! {
     /// One key block of the online softmax, along the queries: `st` is `Sᵀ` (`[keys][rp]`);
     /// per query `r` the new max `m'` = max(`row_max[r]`, the block's max), `alpha[r]` =
@@ -485,19 +516,7 @@ simd::multiversion! {
         let (row_max, row_sum, alpha) = (&mut row_max[..rp], &mut row_sum[..rp], &mut alpha[..rp]);
         let mut new_max = [f32::NEG_INFINITY; BLOCK_Q];
         let new_max = &mut new_max[..rp];
-        new_max.copy_from_slice(row_max);
-        for c in st.chunks_exact(rp) {
-            // max() rather than a compare-and-select: an unconditional store vectorises.
-            for (m, &x) in new_max.iter_mut().zip(c) {
-                *m = m.max(x);
-            }
-        }
-        for ((a, &old), &new) in alpha.iter_mut().zip(row_max.iter()).zip(new_max.iter()) {
-            *a = if old == f32::NEG_INFINITY { 0.0 } else { simd::exp(old - new) };
-        }
-        for (s, &a) in row_sum.iter_mut().zip(alpha.iter()) {
-            *s *= a;
-        }
+        rescale(st, row_max, row_sum, alpha, new_max);
         for c in st.chunks_exact_mut(rp) {
             for ((x, &m), s) in c.iter_mut().zip(new_max.iter()).zip(row_sum.iter_mut()) {
                 *x = simd::exp(*x - m);

@@ -3,18 +3,31 @@
 //! run time. Accuracy: `exp` within ~2 ulp (relative 2.5e-7) on [-87, 88]; `erf` within 1.5e-7
 //! absolute (Abramowitz & Stegun 7.1.26 is not enough, so a rational Cephes-style fit is used).
 
+// `exp`'s and `exp_fma`'s constants: ln 2 split in a high part (exact products with small
+// integers) and the rest; 1.5 * 2^23, whose addition rounds to an integer; the degree-6
+// Taylor/minimax polynomial of e^r on [-ln2/2, ln2/2] (Cephes expf), its coefficients from the
+// highest down to r^2's (then 1/2, 1, 1).
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_145_75;
+#[allow(clippy::excessive_precision)]
+const LN2_LO: f32 = 1.428_606_8e-6;
+const ROUND: f32 = 12_582_912.0;
+#[allow(clippy::excessive_precision)]
+const EXP_P: [f32; 5] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+];
+
 /// `e^x` for finite `x`; clamps to [-87.3, 88.7]. Below -87.3 the result is e^-87.3 (a normal
 /// f32, ~1.2e-38, where the true value is denormal or 0); above 88.38 (where the rounded power
 /// of two reaches 2^128) it is +inf, a little before f32's own overflow at 88.72. Every caller
 /// (softmax on `x - max <= 0`, SiLU's and GELU's `e^-|x|`-style terms) only meets the top end
 /// where +inf gives the right limit (SiLU of x < -88.38 is -0.0 instead of ~-1e-36).
 #[inline(always)]
-#[allow(clippy::excessive_precision)]
 pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let x = x.clamp(-87.3, 88.7);
     // t = ROUND + n for the integer n nearest x log2(e): floats in [2^23, 2^24) are spaced 1
     // apart, so t's bits are ROUND's bits + n (|n| <= 128), read without a float -> int cast
@@ -23,12 +36,12 @@ pub fn exp(x: f32) -> f32 {
     let n = t - ROUND;
     let ni = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    // e^r on [-ln2/2, ln2/2], degree-6 Taylor/minimax (Cephes expf coefficients).
-    let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
+    // e^r on [-ln2/2, ln2/2].
+    let p = EXP_P[0];
+    let p = p * r + EXP_P[1];
+    let p = p * r + EXP_P[2];
+    let p = p * r + EXP_P[3];
+    let p = p * r + EXP_P[4];
     let p = p * r + 0.5;
     let p = p * r * r + r + 1.0;
     let bits = (ni.wrapping_add(127) as u32) << 23;
@@ -41,22 +54,17 @@ pub fn exp(x: f32) -> f32 {
 /// float rounding; used where the result is rounded to bf16 next (the bf16 attention's
 /// probabilities), so that [`exp`]'s results stay those of the f32 paths.
 #[inline(always)]
-#[allow(clippy::excessive_precision)]
 pub fn exp_fma(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
     let t = x.mul_add(LOG2E, ROUND);
     let n = t - ROUND;
     let ni = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
-    let p = 1.987_569_1e-4_f32;
-    let p = p.mul_add(r, 1.398_199_9e-3);
-    let p = p.mul_add(r, 8.333_452e-3);
-    let p = p.mul_add(r, 4.166_579_6e-2);
-    let p = p.mul_add(r, 1.666_666_5e-1);
+    let p = EXP_P[0];
+    let p = p.mul_add(r, EXP_P[1]);
+    let p = p.mul_add(r, EXP_P[2]);
+    let p = p.mul_add(r, EXP_P[3]);
+    let p = p.mul_add(r, EXP_P[4]);
     let p = p.mul_add(r, 0.5);
     let p = (p * r).mul_add(r, r + 1.0);
     let bits = (ni.wrapping_add(127) as u32) << 23;
